@@ -246,3 +246,20 @@ def test_module_file_imports_only_glue(module):
             continue
         bad.append(f"{line}: {mod}")
     assert not bad, f"{module}.py imports non-glue modules: {bad}"
+
+
+def test_module_resources_do_not_collide():
+    """Slicer installs every scripted module's resources into one shared ``qt-scripted-modules/Resources`` folder:
+    two modules may only share a relative resource path if the files are identical."""
+    seen: dict[str, Path] = {}
+    clashes = []
+    for module in MODULES:
+        base = ROOT / module
+        for p in (base / "Resources").rglob("*"):
+            if not p.is_file() or "__pycache__" in p.parts:
+                continue
+            rel = p.relative_to(base).as_posix()
+            if rel in seen and seen[rel].read_bytes() != p.read_bytes():
+                clashes.append(rel)
+            seen.setdefault(rel, p)
+    assert not clashes, f"resources that would overwrite each other when installed: {clashes}"

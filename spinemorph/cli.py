@@ -23,6 +23,13 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 #: modules that define ``register(subparsers)``, in the order shown by ``--help``
 COMMAND_MODULES: list[str] = [
+    "spinemorph.cmd_phantom",
+    "spinemorph.cmd_synth",
+    "DuralSacSegLib.cli",
+    "FORAMEN3DLib.cli",
+    "spinemorph.cmd_plan",
+    "spinemorph.cmd_study",
+    "spinemorph.cmd_batch",
 ]
 
 

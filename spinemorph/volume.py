@@ -25,6 +25,13 @@ IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 MIN_SPACING_MM = 0.05
 MAX_SPACING_MM = 20.0
 
+#: largest image read (voxels); a header declaring more is refused before any pixel memory is allocated
+MAX_VOXELS = 2**30
+#: smallest usable image: the two largest axes need at least this many voxels
+MIN_SIZE_VOXELS = 4
+#: coarsest spacing (mm) along a direction that a task resamples into its image plane (sagittal 2D -> axial, 3D model)
+MAX_RESLICE_SPACING_MM = 2.0
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Volume:
@@ -87,7 +94,7 @@ class Volume:
         sx, sy, sz = self.spacing_mm
         return sx * sy * sz
 
-    def with_array(self, array: np.ndarray) -> "Volume":
+    def with_array(self, array: np.ndarray) -> Volume:
         """Same geometry, other voxel values (same shape)."""
         if tuple(array.shape[:3]) != tuple(self.array.shape[:3]):
             raise ValueError(f"shape {array.shape} does not match {self.array.shape}")
@@ -121,7 +128,7 @@ class Volume:
         return img
 
     @classmethod
-    def from_sitk(cls, img: sitk.Image) -> "Volume":
+    def from_sitk(cls, img: sitk.Image) -> Volume:
         if img.GetDimension() != 3:
             raise InputError(f"expected a 3D image, got {img.GetDimension()}D; export the series as one 3D volume")
         return cls(
@@ -135,17 +142,66 @@ class Volume:
 # ---------------------------------------------------------------------- checks
 def check_geometry(vol: Volume, name: str = "image") -> None:
     """Raise :class:`InputError` if spacing or direction of ``vol`` is unusable."""
-    sp = np.asarray(vol.spacing_mm)
+    sp = np.asarray(vol.spacing_mm, dtype=float)
+    shown = "(" + ", ".join(f"{float(s):.4g}" for s in sp) + ")"
     if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        raise InputError(f"{name} has missing or zero voxel spacing {tuple(sp)}; fix the header (PixelSpacing/SliceThickness)")
+        raise InputError(f"{name} has missing or zero voxel spacing {shown}; fix the header (PixelSpacing/SliceThickness)")
     if np.any(sp < MIN_SPACING_MM) or np.any(sp > MAX_SPACING_MM):
         raise InputError(
-            f"{name} has implausible voxel spacing {tuple(np.round(sp, 4))} mm (expected {MIN_SPACING_MM}-{MAX_SPACING_MM} mm); "
+            f"{name} has implausible voxel spacing {shown} mm (expected {MIN_SPACING_MM}-{MAX_SPACING_MM} mm); "
             "check the header units"
         )
     d = vol.direction
     if not np.all(np.isfinite(d)) or not np.allclose(d.T @ d, np.eye(3), atol=1e-3):
         raise InputError(f"{name} has a non-orthogonal direction matrix (sheared or degenerate); resample it to an orthogonal grid")
+
+
+def check_plane_resolution(vol: Volume, normal_lps=(0.0, 0.0, 1.0), max_spacing_mm: float = MAX_RESLICE_SPACING_MM,
+                           name: str = "image", plane: str = "axial") -> None:
+    """Raise :class:`InputError` if resampling ``vol`` onto planes with normal ``normal_lps`` gives coarse pixels.
+
+    An index axis that lies more than 30° away from the normal contributes to the in-plane resolution of such planes;
+    its spacing must not exceed ``max_spacing_mm`` (e.g. the 4 mm slices of a sagittal 2D series resliced to axial).
+    """
+    n = np.asarray(normal_lps, dtype=float)
+    n = n / np.linalg.norm(n)
+    for c in range(3):
+        along = abs(float(vol.direction[:, c] @ n))
+        if along < np.cos(np.radians(30.0)) and vol.spacing_mm[c] > max_spacing_mm:
+            raise InputError(
+                f"{name} is a non-{plane} series with {vol.spacing_mm[c]:.3g} mm slices: on {plane} planes its pixels would be "
+                f"{vol.spacing_mm[c]:.3g} mm wide; use an {plane} series or a 3D volume with at most {max_spacing_mm:g} mm spacing"
+            )
+
+
+def check_3d_resolution(vol: Volume, max_spacing_mm: float = MAX_RESLICE_SPACING_MM, name: str = "image",
+                        task: str = "this task") -> None:
+    """Raise :class:`InputError` unless ``vol`` is a true 3D volume (every spacing at most ``max_spacing_mm``)."""
+    worst = max(vol.spacing_mm)
+    if worst > max_spacing_mm or min(vol.size_ijk) < 2:
+        raise InputError(
+            f"{name} is a 2D multi-slice series ({worst:.3g} mm slices, size {vol.size_ijk}); {task} needs a 3D volume "
+            f"(e.g. T2 SPACE) with at most {max_spacing_mm:g} mm spacing in every direction"
+        )
+
+
+def check_size(size_ijk, name: str = "image") -> None:
+    """Raise :class:`InputError` if an image of ``size_ijk`` voxels is too small to be an image or too large to read."""
+    size = [int(n) for n in size_ijk]
+    if any(n < 1 for n in size):
+        raise InputError(f"{name} is empty (size {tuple(size)}); export the image again")
+    n_vox = float(np.prod(np.asarray(size, dtype=float)))
+    if n_vox > MAX_VOXELS:
+        raise InputError(
+            f"{name} declares {' x '.join(map(str, size))} voxels ({n_vox:.3g}), more than the {MAX_VOXELS:.3g} voxel "
+            "limit; the header is corrupt or the image must be cropped or downsampled first"
+        )
+    two_largest = sorted(size)[-2:] if len(size) >= 2 else size
+    if min(two_largest) < MIN_SIZE_VOXELS:
+        raise InputError(
+            f"{name} is too small to be an MR image ({' x '.join(map(str, size))} voxels; at least "
+            f"{MIN_SIZE_VOXELS} x {MIN_SIZE_VOXELS} in-plane needed)"
+        )
 
 
 def check_intensities(vol: Volume, name: str = "image") -> None:
@@ -165,15 +221,144 @@ def _is_image_file(path: Path) -> bool:
     return any(name.endswith(s) for s in IMAGE_SUFFIXES)
 
 
-def _read_sitk_file(path: Path) -> sitk.Image:
+def _first_line(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "unknown reason"
+
+
+def _header_spacing(path: Path) -> list[float] | None:
+    """Voxel spacing written in the header of an NRRD / NIfTI / MetaImage file, [] if it declares none.
+
+    ITK silently substitutes 1 mm for a missing, zero or NaN spacing in these formats; this reads what the file
+    really says (None when the format is not one of these or the header cannot be parsed here; ITK then decides).
+    """
+    name = path.name.lower()
     try:
-        return sitk.ReadImage(str(path))
+        if name.endswith((".nrrd", ".nhdr")):
+            import nrrd
+
+            hdr = nrrd.read_header(str(path))
+            if "space directions" in hdr:
+                dirs = [np.asarray(d, dtype=float) for d in hdr["space directions"] if d is not None]
+                dirs = [d for d in dirs if d.ndim == 1 and d.size and not np.all(np.isnan(d))]
+                return [float(np.linalg.norm(d)) for d in dirs]
+            if "spacings" in hdr:
+                return [float(x) for x in np.asarray(hdr["spacings"], dtype=float).ravel()]
+            return []
+        if name.endswith((".mha", ".mhd")):
+            with open(path, "rb") as fh:
+                head = fh.read(65536).decode("latin-1")
+            fields = {}
+            for line in head.splitlines():
+                key, sep, value = line.partition("=")
+                if not sep:
+                    break
+                fields[key.strip().lower()] = value.strip()
+                if key.strip().lower() == "elementdatafile":
+                    break
+            text = fields.get("elementspacing") or fields.get("elementsize")
+            return [float(x) for x in text.split()] if text else []
+        if name.endswith((".nii", ".nii.gz")):
+            import gzip
+            import struct
+
+            opener = gzip.open if name.endswith(".gz") else open
+            with opener(path, "rb") as fh:
+                hdr = fh.read(540)
+            for endian in "<>":
+                size = struct.unpack_from(endian + "i", hdr, 0)[0]
+                if size == 348 and len(hdr) >= 348:
+                    ndim = struct.unpack_from(endian + "h", hdr, 40)[0]
+                    pixdim = struct.unpack_from(endian + "8f", hdr, 76)
+                    return [float(x) for x in pixdim[1 : 1 + min(max(ndim, 1), 3)]]
+                if size == 540 and len(hdr) >= 540:
+                    ndim = struct.unpack_from(endian + "q", hdr, 16)[0]
+                    pixdim = struct.unpack_from(endian + "8d", hdr, 104)
+                    return [float(x) for x in pixdim[1 : 1 + min(max(ndim, 1), 3)]]
+            return None
+    except Exception:  # noqa: BLE001 - an unparsable header is left to ITK, which reports it
+        return None
+    return None
+
+
+def _read_sitk_file(path: Path) -> sitk.Image:
+    """Read an image file with SimpleITK, checking its header (size, spacing, direction) before the pixels."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
-        raise InputError(f"cannot read {path}: not a readable image file ({first[:120]})") from None
+        raise InputError(_describe_read_error(path, exc)) from None
+    spacing = _header_spacing(path)
+    if spacing is not None:
+        if not spacing:
+            raise InputError(f"{path} has no voxel spacing in its header; re-export it with its pixel spacing and slice thickness")
+        if not all(np.isfinite(spacing)) or any(s <= 0 for s in spacing):
+            shown = "(" + ", ".join(f"{s:.4g}" for s in spacing) + ")"
+            raise InputError(f"{path} has missing or zero voxel spacing {shown}; fix the header (pixel spacing / slice thickness)")
+    check_size(reader.GetSize(), str(path))
+    _check_data_size(path, reader)
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(_describe_read_error(path, exc)) from None
+    except MemoryError:
+        raise InputError(f"{path} is too large to load into memory; crop or downsample it first") from None
+
+
+def _uncompressed_attached(path: Path) -> bool:
+    """True for single files whose voxel data follow the header uncompressed (size known from the header)."""
+    name = path.name.lower()
+    try:
+        if name.endswith(".nii"):
+            return True
+        if name.endswith(".nrrd"):
+            import nrrd
+
+            hdr = nrrd.read_header(str(path))
+            return str(hdr.get("encoding", "")).lower() == "raw" and "data file" not in hdr and "datafile" not in hdr
+        if name.endswith(".mha"):
+            with open(path, "rb") as fh:
+                head = fh.read(65536).decode("latin-1").lower()
+            return "elementdatafile = local" in head and "compresseddata = true" not in head
+    except Exception:  # noqa: BLE001 - unknown: let ITK decide
+        return False
+    return False
+
+
+def _check_data_size(path: Path, reader: sitk.ImageFileReader) -> None:
+    """Refuse an uncompressed file shorter than the voxel data its header declares (truncated copy), before
+    allocating memory for it."""
+    if not _uncompressed_attached(path):
+        return
+    try:
+        itemsize = sitk.GetArrayViewFromImage(sitk.Image([1, 1], reader.GetPixelID())).itemsize
+    except RuntimeError:
+        return
+    n_bytes = float(np.prod(np.asarray(reader.GetSize(), dtype=float))) * reader.GetNumberOfComponents() * itemsize
+    have = path.stat().st_size
+    if have < n_bytes:
+        raise InputError(
+            f"{path} is truncated: its header declares {n_bytes:.0f} bytes of voxel data but the file holds {have}; "
+            "copy or export the image again"
+        )
+
+
+def _describe_read_error(path: Path, exc: Exception) -> str:
+    text = str(exc)
+    low = text.lower()
+    if "orthonormal" in low:
+        return f"{path} has a non-orthogonal direction matrix (sheared or degenerate); resample it to an orthogonal grid"
+    if "spacing" in low and ("refusing" in low or "invalid" in low or "zero" in low):
+        return f"{path} has missing or zero voxel spacing; fix the header (pixel spacing / slice thickness)"
+    if "allocate" in low:
+        return f"{path} is too large to load into memory; crop or downsample it first"
+    return f"cannot read {path}: the file is corrupt, truncated or not a supported image ({_first_line(exc)[:120]}); re-export it"
 
 
 def _from_image(img: sitk.Image, source: str) -> Volume:
+    if img.GetDimension() < 2 or img.GetDimension() > 4:
+        raise InputError(f"{source} is {img.GetDimension()}D; expected a 3D volume")
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
             f"{source} has {img.GetNumberOfComponentsPerPixel()} components per voxel (RGB or vector image); "
@@ -185,6 +370,7 @@ def _from_image(img: sitk.Image, source: str) -> Volume:
         img = sitk.JoinSeries(img)
     if img.GetDimension() != 3:
         raise InputError(f"{source} is {img.GetDimension()}D; expected a 3D volume")
+    check_size(img.GetSize(), source)
     vol = Volume.from_sitk(img)
     check_geometry(vol, source)
     return vol
@@ -204,7 +390,14 @@ def list_dicom_series(folder: str | os.PathLike) -> list[dict]:
     dirs = [folder] + sorted(p for p in folder.rglob("*") if p.is_dir())
     seen = set()
     for d in dirs:
-        for uid in reader.GetGDCMSeriesIDs(str(d)) or ():
+        # folders without DICOM files make ITK print "No Series were found" warnings: silence them here
+        shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        try:
+            uids = reader.GetGDCMSeriesIDs(str(d)) or ()
+        finally:
+            sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+        for uid in uids:
             if uid in seen:
                 continue
             seen.add(uid)
@@ -241,16 +434,84 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
         if not matches:
             raise InputError(f"series {series_uid} not found in {folder}")
         chosen = matches[0]
+    _check_dicom_header(chosen["files"][0], folder)
+    if series_uid is None:
+        _check_unreadable_dicom_files(folder, series)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(chosen["files"])
+    reader.MetaDataDictionaryArrayUpdateOn()
     try:
         img = reader.Execute()
     except RuntimeError as exc:
-        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
-        raise InputError(f"cannot read DICOM series {chosen['uid']} in {folder}: {msg[:160]}") from None
+        msg = _first_line(exc)
+        raise InputError(
+            f"cannot read DICOM series {chosen['uid']} in {folder}: a file is corrupt or truncated ({msg[:160]}); "
+            "export the series again"
+        ) from None
+    except MemoryError:
+        raise InputError(f"DICOM series in {folder} is too large to load into memory") from None
     if len(chosen["files"]) > 1 and img.GetSize()[2] == 1:
         raise InputError(f"DICOM series in {folder} is multi-frame or inconsistent; export it as a single 3D series")
+    # ITK always records "ITK_non_uniform_sampling_deviation" (as a double SimpleITK cannot print), so the spacing
+    # uniformity is checked here from the per-slice ImagePositionPatient values.
+    dev = _slice_spacing_deviation_mm(reader, len(chosen["files"]))
+    if dev is not None and dev > max(0.05, 0.1 * img.GetSpacing()[2]):
+        raise InputError(
+            f"DICOM series in {folder} has missing slices or uneven slice spacing (deviation {dev:.3g} mm); "
+            "check that the series is complete (no truncated or deleted files)"
+        )
     return _from_image(img, f"DICOM series {folder}")
+
+
+def _slice_spacing_deviation_mm(reader, n_files: int) -> float | None:
+    """Largest deviation (mm) of the gaps between consecutive slice positions from their median, or None."""
+    if n_files < 3:
+        return None
+    try:
+        pos = np.array([[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")] for i in range(n_files)])
+    except (RuntimeError, ValueError, IndexError):
+        return None
+    gaps = np.linalg.norm(np.diff(pos, axis=0), axis=1)
+    return float(np.max(np.abs(gaps - np.median(gaps))))
+
+
+def _check_dicom_header(first_file: str, folder: Path) -> None:
+    """Refuse multi-frame files and series without pixel spacing before reading the pixels."""
+    r = sitk.ImageFileReader()
+    r.SetFileName(first_file)
+    try:
+        r.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(f"cannot read DICOM file {first_file}: corrupt or truncated ({_first_line(exc)[:120]})") from None
+    frames = r.GetMetaData("0028|0008").strip() if r.HasMetaDataKey("0028|0008") else "1"
+    try:
+        n_frames = int(float(frames or "1"))
+    except ValueError:
+        n_frames = 1
+    if n_frames > 1:
+        raise InputError(
+            f"{folder} holds a multi-frame (enhanced) DICOM file with {n_frames} frames; export the series as classic "
+            "single-frame DICOM (one file per slice) or as NRRD/NIfTI"
+        )
+    if r.GetDimension() > 3 or (r.GetDimension() == 3 and r.GetSize()[2] > 1):
+        raise InputError(f"{folder} holds a multi-frame or 4D DICOM file; export it as classic single-frame DICOM")
+    if not any(r.HasMetaDataKey(k) for k in ("0028|0030", "0018|1164")):
+        raise InputError(
+            f"DICOM series in {folder} has no PixelSpacing (0028,0030); the voxel spacing is missing, re-export the series"
+        )
+    check_size(r.GetSize(), f"DICOM series {folder}")
+
+
+def _check_unreadable_dicom_files(folder: Path, series: list[dict]) -> None:
+    """Refuse a folder where some ``.dcm`` files belong to no readable series (truncated or corrupt copies)."""
+    listed = {os.path.realpath(f) for s in series for f in s["files"]}
+    bad = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() in (".dcm", ".ima")
+           and os.path.realpath(p) not in listed]
+    if bad:
+        raise InputError(
+            f"{len(bad)} DICOM file(s) in {folder} cannot be read (e.g. {bad[0].name}: truncated or corrupt); "
+            "copy the series again or remove the broken files"
+        )
 
 
 def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volume:

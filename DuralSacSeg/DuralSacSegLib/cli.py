@@ -1,0 +1,169 @@
+"""The ``spinemorph dsca`` command group: ``segment`` (here), ``train`` and ``evaluate`` (``DuralSacSegLib.cli_train``).
+
+``spinemorph dsca segment INPUT --out DIR [--model NAME|FILE] [--device auto|cuda|mps|cpu] [--series UID]
+[--levels JSON] [--overwrite]`` segments the dural sac in every axial slice of INPUT and writes the mask
+(``.seg.nrrd`` + NIfTI), the per-slice DSCA table (CSV/JSON) and overlay PNGs of the smallest-area slices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import math
+import sys
+
+from spinemorph.device import DEVICE_CHOICES
+
+log = logging.getLogger(__name__)
+
+_SEGMENT_EPILOG = """\
+outputs in DIR:
+  dural_sac.seg.nrrd     segmentation for 3D Slicer (segment "dural sac"), on the input's own grid
+  dural_sac.nii.gz       the same mask as a 0/1 label map
+  dsca.csv, dsca.json    per-slice table: area_mm2 (axial DSCA), corrected_area_mm2 (perpendicular to the
+                         canal centreline), AP/LR diameters, solidity, components, QC flags, stenosis category;
+                         the JSON adds the geometry, timings, model and the stenosis thresholds with citations
+  dsca_levels.csv        per-level summary (with --levels)
+  overlay_N.png          slices with the outline and area, smallest area first
+
+A non-axial input (e.g. sagittal 3D T2 SPACE) is resliced to axial planes (every --slice-spacing-mm, default the
+input's S-I spacing but at least 1 mm); the table then refers to those planes (positions and LPS centres are listed).
+
+--levels takes JSON text or a JSON file: {"L4-5": 12.5} (mm along the slice normal) or {"L4-5": [x, y, z]}
+(an LPS point, e.g. the disc centre); the nearest slice is summarised.
+
+examples:
+  spinemorph dsca segment axial_t1/ --out results/
+  spinemorph dsca segment t2_space.nii.gz --out results/ --levels '{"L4-5": [0, 10, -35]}' --device cpu
+"""
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def register(subparsers) -> None:
+    """Add the ``dsca`` command group with its sub-commands to ``subparsers``."""
+    p = subparsers.add_parser(
+        "dsca",
+        help="dural sac cross-sectional area (DuralSacSeg): segment, train, evaluate",
+        description="Dural sac cross-sectional area (DSCA) per axial slice: 2D segmentation, training and evaluation.",
+    )
+    p.set_defaults(func=lambda args: _print_help(p))
+    sub = p.add_subparsers(dest="dsca_command", metavar="SUBCOMMAND", parser_class=type(p))
+    add_segment_parser(sub)
+    try:
+        cli_train = importlib.import_module("DuralSacSegLib.cli_train")
+    except ModuleNotFoundError as exc:  # the training commands have not landed yet
+        if exc.name != "DuralSacSegLib.cli_train":
+            raise
+        log.debug("DuralSacSegLib.cli_train not available: dsca train/evaluate not registered")
+    else:
+        cli_train.add_train_parser(sub)
+        cli_train.add_evaluate_parser(sub)
+
+
+def add_segment_parser(sub) -> argparse.ArgumentParser:
+    """Add ``segment`` to the ``dsca`` sub-parsers."""
+    from DuralSacSegLib.stenosis import SCHEMES
+
+    s = sub.add_parser(
+        "segment",
+        help="segment the dural sac and write the per-slice DSCA table",
+        description="Segment the dural sac in every axial slice of INPUT (DICOM folder, .nrrd, .nii/.nii.gz, .mha) and "
+        "measure its cross-sectional area per slice.",
+        epilog=_SEGMENT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("input", metavar="INPUT", help="DICOM folder (or one file of the series) or an image file")
+    s.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
+    s.add_argument("--model", default=None, metavar="NAME|FILE",
+                   help="embedded model name or a .pt weights file (default: the catalogue's default, MultiResUNet)")
+    s.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="compute device (default: auto)")
+    s.add_argument("--series", default=None, metavar="UID", help="SeriesInstanceUID when the DICOM folder holds several")
+    s.add_argument("--levels", default=None, metavar="JSON", help="level positions, JSON text or file (see below)")
+    s.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
+    s.add_argument("--batch-size", type=int, default=8, metavar="N", help="slices per forward pass (default: 8)")
+    s.add_argument("--slice-spacing-mm", type=float, default=None, metavar="MM",
+                   help="plane spacing when a non-axial input is resliced (default: input S-I spacing, >= 1 mm)")
+    s.add_argument("--fov-mm", type=float, default=None, metavar="MM",
+                   help="square field of view fed to the network, centred on each slice (default: the whole slice; "
+                   "the embedded models were trained on 150-220 mm)")
+    s.add_argument("--overlays", type=int, default=4, metavar="N", help="overlay PNGs to write (default: 4)")
+    s.add_argument("--save-probability", action="store_true", help="also write dural_sac_probability.nii.gz")
+    s.add_argument("--stenosis-scheme", default="bolender1985", choices=sorted(SCHEMES),
+                   help="stenosis thresholds (default: bolender1985: < 75 mm² absolute, 75-100 mm² relative)")
+    s.add_argument("--stenosis-area", default="axial", choices=("axial", "corrected"),
+                   help="area the stenosis categories use (default: axial)")
+    s.set_defaults(func=run_segment)
+    return s
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    """Run ``spinemorph dsca segment``; returns the exit code."""
+    from tqdm import tqdm
+
+    from DuralSacSegLib.dsca import parse_levels
+    from DuralSacSegLib.segment import expected_outputs, segment_file, write_outputs
+    from spinemorph.atomic import prepare_output_dir
+    from spinemorph.errors import InputError
+
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.overlays < 0:
+        raise InputError(f"--overlays must be >= 0, got {args.overlays}")
+    for opt in ("slice_spacing_mm", "fov_mm"):
+        val = getattr(args, opt)
+        if val is not None and not (math.isfinite(val) and val > 0):
+            raise InputError(f"--{opt.replace('_', '-')} must be a positive number, got {val}")
+    levels = parse_levels(args.levels)
+    # refuse to overwrite before spending minutes on inference
+    prepare_output_dir(args.out, args.overwrite,
+                       expected_outputs(bool(levels), args.save_probability, args.overlays))
+
+    bar = tqdm(total=100, desc="dsca segment", unit="%", leave=False, disable=None)
+
+    def progress(fraction: float, message: str) -> None:
+        bar.n = int(round(100 * fraction))
+        bar.set_postfix_str(message, refresh=False)
+        bar.refresh()
+
+    try:
+        result = segment_file(
+            args.input,
+            args.series,
+            model=args.model,
+            device=args.device,
+            batch_size=args.batch_size,
+            keep_probability=args.save_probability,
+            slice_spacing_mm=args.slice_spacing_mm,
+            fov_mm=args.fov_mm,
+            levels=levels,
+            scheme=args.stenosis_scheme,
+            stenosis_area=args.stenosis_area,
+            progress=progress,
+        )
+    finally:
+        bar.close()
+    paths = write_outputs(result, args.out, overwrite=args.overwrite, n_overlays=args.overlays)
+
+    table = result.table
+    nonempty = table.nonempty_rows()
+    print(f"model {result.model_name} on {result.device}: {len(table)} slices, dural sac found on {len(nonempty)}"
+          f"{' (input resliced to axial planes)' if result.resliced else ''}; {result.timings_s['total_s']:.1f} s")
+    if nonempty:
+        r = table.smallest(1)[0]
+        corr = f", perpendicular {r.corrected_area_mm2:.1f} mm²" if math.isfinite(r.corrected_area_mm2) else ""
+        print(f"smallest DSCA: {r.area_mm2:.1f} mm² at slice {r.slice_index} ({r.position_mm:.1f} mm){corr}"
+              f" - {r.stenosis}")
+    else:
+        print("warning: no dural sac was segmented on any slice; check the input (lumbar MRI expected)", file=sys.stderr)
+    for lv in table.levels:
+        if lv.slice_index < 0:
+            print(f"level {lv.level}: outside the imaged slices")
+        else:
+            print(f"level {lv.level}: slice {lv.slice_index}, DSCA {lv.area_mm2:.1f} mm² - {lv.stenosis or 'no dural sac'}")
+    print(f"wrote {len(paths)} files to {args.out}")
+    return 0

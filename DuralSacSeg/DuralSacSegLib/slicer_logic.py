@@ -1,0 +1,106 @@
+"""Slicer glue: the DuralSacSeg logic (usable from the Python console without the widget).
+
+Computation is the Slicer-free core: ``DuralSacSegLib.segment.segment_volume`` (segmentation + per-slice table),
+``DuralSacSegLib.segment.recompute_table`` (table from an edited mask) and ``DuralSacSegLib.table_model`` (what is
+shown). This file only converts nodes and fills MRML nodes.
+"""
+
+import logging
+import os
+import time
+
+import slicer
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+
+from DuralSacSegLib import slicer_dependencies, slicer_nodes
+
+#: segment ID of the dural sac in the output segmentation
+SEGMENT_ID = "dural_sac"
+#: chart colours (axial, angle-corrected)
+SERIES_COLORS = ((0.95, 0.75, 0.10), (0.20, 0.55, 0.90))
+
+
+def requirementsPath():
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources", "requirements.txt")
+
+
+class DuralSacSegLogicBase(ScriptedLoadableModuleLogic):
+    """Implementation of ``DuralSacSegLogic`` (the module file's class derives from this one)."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        #: last ``SegmentationResult`` / ``DscaTable`` (for the widget's table clicks and CSV export)
+        self.lastResult = None
+        self.lastTable = None
+
+    def ensureDependencies(self):
+        slicer_dependencies.ensureDependencies(requirementsPath(), requester="DuralSacSeg")
+
+    def _process(self, inputVolume, model, device, outputSegmentation, outputTable, outputChart, progress, shouldCancel,
+                 showResult):
+        from DuralSacSegLib import table_model
+        from DuralSacSegLib.segment import segment_volume
+        from spinemorph.errors import InputError
+        from spinemorph.labels import COLORS
+
+        if inputVolume is None:
+            raise InputError("no input volume selected; load a lumbar MR series and select it as Input volume")
+        self.ensureDependencies()
+        startTime = time.time()
+        image = slicer_nodes.volumeFromNode(inputVolume)
+        result = segment_volume(image, model=model, device=device, progress=progress, should_cancel=shouldCancel)
+
+        if outputSegmentation is None:
+            outputSegmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", inputVolume.GetName() + " dural sac")
+        slicer_nodes.setSegmentsFromLabelmap(
+            outputSegmentation, result.mask, inputVolume,
+            [(1, SEGMENT_ID, table_model.DURAL_SAC_SEGMENT_NAME, COLORS["dural sac"], table_model.DURAL_SAC_TERMINOLOGY)],
+        )
+        outputTable, outputChart = self._showTable(result.table, inputVolume, outputTable, outputChart)
+        for node in (outputSegmentation, outputTable, outputChart):
+            slicer_nodes.placeInStudy(node, inputVolume)
+        self.lastResult = result
+        if showResult:
+            slicer.util.setSliceViewerLayers(background=inputVolume, fit=True)
+            slicer.modules.plots.logic().ShowChartInLayout(outputChart)
+        logging.info(f"DuralSacSeg: {table_model.summary_text(result.table)} ({time.time() - startTime:.1f} s, {result.device})")
+        return outputSegmentation, outputTable, outputChart
+
+    def _showTable(self, table, inputVolume, outputTable, outputChart):
+        from DuralSacSegLib import table_model
+
+        if outputTable is None:
+            outputTable = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", inputVolume.GetName() + " DSCA")
+        slicer_nodes.fillTableNode(outputTable, table_model.table_columns(table))
+        outputTable.SetAttribute("DuralSacSeg.Source", inputVolume.GetID())
+        outputChart = slicer_nodes.areaChart(outputTable, outputChart, table_model.PLOT_X, table_model.PLOT_Y, SERIES_COLORS)
+        self.lastTable = table
+        return outputTable, outputChart
+
+    def recomputeTable(self, inputVolume, segmentationNode, outputTable=None, outputChart=None):
+        """Recompute the per-slice table from the (edited) dural sac segment; returns ``(tableNode, chartNode)``."""
+        from DuralSacSegLib.segment import recompute_table
+
+        self.ensureDependencies()
+        image = slicer_nodes.volumeFromNode(inputVolume)
+        mask = slicer_nodes.maskFromSegment(segmentationNode, SEGMENT_ID, inputVolume)
+        table = recompute_table(mask, image)
+        return self._showTable(table, inputVolume, outputTable, outputChart)
+
+    def exportCsv(self, path):
+        """Write the current per-slice table to ``path`` (.csv); returns the path written."""
+        from DuralSacSegLib import table_model
+        from spinemorph.errors import SpineMorphError
+
+        if self.lastTable is None:
+            raise SpineMorphError("there is no table yet; run Apply (or Recompute table) first")
+        return str(table_model.export_csv(self.lastTable, path))
+
+    def sliceCentreRAS(self, row):
+        """RAS point of table row ``row`` (the slice's dural sac centroid, else the slice centre)."""
+        from DuralSacSegLib import table_model
+        from spinemorph.errors import SpineMorphError
+
+        if self.lastTable is None:
+            raise SpineMorphError("there is no table yet; run Apply first")
+        return table_model.row_centre_ras(self.lastTable, row)

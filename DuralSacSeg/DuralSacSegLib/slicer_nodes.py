@@ -1,0 +1,130 @@
+"""Slicer glue: MRML nodes <-> the Slicer-free core (``spinemorph.volume.Volume``, DSCA tables).
+
+Geometry conversion (LPS core <-> RAS Slicer) is done by :mod:`spinemorph.gui_support`; this file only moves
+arrays and matrices between MRML nodes and those helpers. ``spinemorph`` is imported inside the functions because it
+may be installed on first use (see ``slicer_dependencies``).
+"""
+
+import numpy as np
+import slicer
+import vtk
+
+
+def volumeFromNode(volumeNode):
+    """:class:`spinemorph.volume.Volume` (LPS) with a copy of the voxels and the geometry of a scalar volume node."""
+    from spinemorph.errors import InputError
+    from spinemorph.gui_support import volume_from_ijk_to_ras
+
+    if volumeNode is None or volumeNode.GetImageData() is None:
+        raise InputError("the input volume has no voxels; load an image (DICOM, NRRD, NIfTI) and select it")
+    if volumeNode.GetParentTransformNode() is not None:
+        raise InputError(f"volume '{volumeNode.GetName()}' is transformed; harden the transform (Transforms module) first")
+    ijkToRAS = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(ijkToRAS)
+    matrix = slicer.util.arrayFromVTKMatrix(ijkToRAS)
+    return volume_from_ijk_to_ras(np.array(slicer.util.arrayFromVolume(volumeNode)), matrix)
+
+
+def ijkToRASFromVolume(volume):
+    """vtkMatrix4x4 IJK-to-RAS of a core Volume."""
+    from spinemorph.gui_support import ijk_to_ras_matrix
+
+    return slicer.util.vtkMatrixFromArray(ijk_to_ras_matrix(volume))
+
+
+def placeInStudy(node, referenceNode):
+    """Put ``node`` under the same subject-hierarchy parent (study) as ``referenceNode``."""
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    referenceItem = shNode.GetItemByDataNode(referenceNode)
+    item = shNode.GetItemByDataNode(node)
+    if referenceItem and item:
+        shNode.SetItemParent(item, shNode.GetItemParent(referenceItem))
+
+
+def setSegmentsFromLabelmap(segmentationNode, labels, referenceVolumeNode, segments):
+    """Fill ``segmentationNode`` with one segment per label value of the core Volume ``labels``.
+
+    :param labels: core Volume on the grid of ``referenceVolumeNode`` (integer label values).
+    :param segments: list of ``(labelValue, segmentId, name, rgb, terminologyString)``.
+    Existing segments with these IDs are replaced; the reference geometry is set from the input volume.
+    """
+    segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
+    if segmentationNode.GetDisplayNode() is None:
+        segmentationNode.CreateDefaultDisplayNodes()
+    segmentation = segmentationNode.GetSegmentation()
+    array = np.asarray(labels.array)
+    for labelValue, segmentId, name, rgb, terminology in segments:
+        if segmentation.GetSegment(segmentId) is not None:
+            segmentation.RemoveSegment(segmentId)
+        segmentation.AddEmptySegment(segmentId, name, list(rgb))
+        segment = segmentation.GetSegment(segmentId)
+        if terminology:
+            segment.SetTerminology(terminology)
+        mask = (array == labelValue).astype(np.uint8)
+        if mask.any():  # an empty structure stays an empty segment (nothing to import)
+            slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentationNode, segmentId, referenceVolumeNode)
+
+
+def maskFromSegment(segmentationNode, segmentId, referenceVolumeNode):
+    """The segment as a 0/1 core Volume on the grid of ``referenceVolumeNode`` (after manual edits too)."""
+    from spinemorph.errors import InputError
+
+    if segmentationNode is None or segmentationNode.GetSegmentation().GetSegment(segmentId) is None:
+        raise InputError("the dural sac segment is missing; run Apply first (or keep the segment named 'dural sac')")
+    reference = volumeFromNode(referenceVolumeNode)
+    try:
+        array = np.asarray(slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceVolumeNode)) > 0
+    except RuntimeError:  # an empty segment has nothing to export: every slice is empty
+        array = np.zeros(reference.array.shape, dtype=bool)
+    return reference.with_array(array.astype(np.uint8))
+
+
+def fillTableNode(tableNode, columns):
+    """Replace the columns of ``tableNode`` by typed columns (``table_model.TableColumn``) with their units."""
+    wasModifying = tableNode.StartModify()
+    tableNode.RemoveAllColumns()
+    for column in columns:
+        if column.kind == "int":
+            array = vtk.vtkIntArray()
+        elif column.kind == "double":
+            array = vtk.vtkDoubleArray()
+        else:
+            array = vtk.vtkStringArray()
+        array.SetName(column.name)
+        for value in column.values:
+            array.InsertNextValue(value)
+        tableNode.AddColumn(array)
+        if column.unit:
+            tableNode.SetColumnUnitLabel(column.name, column.unit)
+    tableNode.SetUseColumnNameAsColumnHeader(True)
+    tableNode.EndModify(wasModifying)
+
+
+def areaChart(tableNode, chartNode, xColumn, yColumns, colors):
+    """Line chart of ``yColumns`` against ``xColumn`` of ``tableNode`` (series nodes are reused by name)."""
+    if chartNode is None:
+        chartNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotChartNode", tableNode.GetName() + " chart")
+    chartNode.RemoveAllPlotSeriesNodeIDs()
+    for yColumn, color in zip(yColumns, colors):
+        seriesName = f"{tableNode.GetName()} {yColumn}"
+        seriesNode = slicer.mrmlScene.GetFirstNodeByName(seriesName)
+        if seriesNode is None or not seriesNode.IsA("vtkMRMLPlotSeriesNode"):
+            seriesNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", seriesName)
+        seriesNode.SetAndObserveTableNodeID(tableNode.GetID())
+        seriesNode.SetXColumnName(xColumn)
+        seriesNode.SetYColumnName(yColumn)
+        seriesNode.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+        seriesNode.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
+        seriesNode.SetColor(*color)
+        chartNode.AddAndObservePlotSeriesNodeID(seriesNode.GetID())
+    chartNode.SetXAxisTitle(f"{xColumn} (slice position along the slice normal)")
+    chartNode.SetYAxisTitle("dural sac area (mm2)")
+    chartNode.SetTitle("Dural sac cross-sectional area per slice")
+    return chartNode
+
+
+def jumpSlicesTo(ras):
+    """Centre all slice views on the RAS point ``ras``."""
+    slicer.vtkMRMLSliceNode.JumpAllSlices(
+        slicer.mrmlScene, float(ras[0]), float(ras[1]), float(ras[2]), slicer.vtkMRMLSliceNode.CenteredJumpSlice
+    )

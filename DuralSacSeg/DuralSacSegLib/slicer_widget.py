@@ -1,0 +1,189 @@
+"""Slicer glue: what the DuralSacSeg panel's buttons do (the module file's widget delegates here).
+
+Decisions (model choices, table content, slice to jump to, messages) come from the Slicer-free
+``DuralSacSegLib.table_model`` and ``spinemorph.gui_support``; this controller only reads and writes widgets.
+"""
+
+import importlib
+import logging
+import sys
+
+import qt
+import slicer
+
+#: model entries shown before the dependencies (and so the catalogue reader) are installed: (label, value)
+FALLBACK_MODEL_CHOICES = (
+    ("MultiResUNet", "multiresunet"),
+    ("U-Net", "unet"),
+    ("Attention U-Net", "attention_unet"),
+    ("Imported weights file…", "__weights_file__"),
+)
+
+
+def reloadGlue(packageName):
+    """Reload the already imported glue modules ``packageName.slicer_*`` (so that "Reload" picks up edited glue).
+
+    The Slicer-free core is not reloaded: its classes are shared with other modules (``isinstance`` checks)."""
+    for name in sorted(n for n in sys.modules if n.startswith(packageName + ".slicer_")):
+        importlib.reload(sys.modules[name])
+
+
+class RunGuard:
+    """Progress bar + Cancel button for one long computation; ``relay`` feeds the core's callbacks."""
+
+    def __init__(self, ui):
+        from spinemorph.gui_support import ProgressRelay
+
+        self.ui = ui
+        self.relay = ProgressRelay(self._onProgress, slicer.app.processEvents)
+
+    def _onProgress(self, percent, message):
+        self.ui.progressBar.value = percent
+        self.ui.progressBar.setFormat(f"%p% {message}" if message else "%p%")
+
+    def __enter__(self):
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.visible = True
+        self.ui.cancelButton.visible = True
+        self.ui.cancelButton.enabled = True
+        self.ui.applyButton.enabled = False
+        self.ui.cancelButton.connect("clicked()", self.relay.request_cancel)
+        return self
+
+    def __exit__(self, excType, exc, tb):
+        self.ui.cancelButton.disconnect("clicked()", self.relay.request_cancel)
+        self.ui.cancelButton.visible = False
+        self.ui.progressBar.visible = False
+        self.ui.applyButton.enabled = True
+        return False
+
+
+class DuralSacSegController:
+    """Handlers of the DuralSacSeg panel."""
+
+    def __init__(self, ui, logic, parameterNodeGetter):
+        self.ui = ui
+        self.logic = logic
+        self._parameterNode = parameterNodeGetter
+        self.ui.progressBar.visible = False
+        self.ui.cancelButton.visible = False
+        self.ui.deviceWarningLabel.visible = False
+
+    # ------------------------------------------------------------------ model / device
+    def populateModels(self):
+        """Fill the model combo box from the embedded catalogue (default first) + "Imported weights file…"."""
+        try:
+            from DuralSacSegLib import table_model
+
+            choices, error = table_model.model_choices()
+            entries = [(c.label, c.value) for c in choices]
+        except ImportError:
+            entries, error = list(FALLBACK_MODEL_CHOICES), ""
+        combo = self.ui.modelComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for label, value in entries:
+            combo.addItem(label, value)
+        combo.blockSignals(wasBlocked)
+        if error:
+            self.ui.statusLabel.text = error
+        self.syncModelFromParameters()
+
+    def syncModelFromParameters(self):
+        pn = self._parameterNode()
+        combo = self.ui.modelComboBox
+        index = combo.findData(pn.model) if pn else -1
+        combo.currentIndex = index if index >= 0 else 0
+        if pn and index < 0 and combo.currentData:
+            pn.model = combo.currentData  # a stored name that is no longer in the catalogue: use the default
+        self.ui.weightsPathLineEdit.visible = self.ui.weightsLabel.visible = combo.currentData == "__weights_file__"
+
+    def onModelChanged(self, index):
+        pn = self._parameterNode()
+        value = self.ui.modelComboBox.itemData(index)
+        if pn and value:
+            pn.model = value
+        self.ui.weightsPathLineEdit.visible = self.ui.weightsLabel.visible = value == "__weights_file__"
+
+    def updateDeviceWarning(self, preference):
+        """Show the CPU-fallback warning next to the device combo box (empty when a GPU is used)."""
+        try:
+            from spinemorph.gui_support import resolve_device
+
+            _, warning = resolve_device(preference)
+        except ImportError:
+            warning = ""
+        self.ui.deviceWarningLabel.text = warning
+        self.ui.deviceWarningLabel.visible = bool(warning)
+
+    # ------------------------------------------------------------------ apply
+    def onApply(self):
+        pn = self._parameterNode()
+        with slicer.util.tryWithErrorDisplay("DuralSacSeg failed.", waitCursor=True):
+            self.logic.ensureDependencies()
+            from DuralSacSegLib import table_model
+            from spinemorph.gui_support import is_cancelled, user_message
+
+            self.populateModels()
+            model = table_model.resolve_model(pn.model, pn.weightsFile)
+            self.updateDeviceWarning(pn.device.value)
+            try:
+                with RunGuard(self.ui) as guard:
+                    segNode, tableNode, chartNode = self.logic.process(
+                        pn.inputVolume, model=model, device=pn.device.value,
+                        outputSegmentation=pn.outputSegmentation, outputTable=pn.outputTable,
+                        outputChart=pn.outputChart, progress=guard.relay.progress,
+                        shouldCancel=guard.relay.should_cancel,
+                    )
+            except Exception as exc:
+                if is_cancelled(exc):
+                    self.ui.statusLabel.text = user_message(exc)
+                    return
+                raise RuntimeError(user_message(exc)) from exc
+            pn.outputSegmentation, pn.outputTable, pn.outputChart = segNode, tableNode, chartNode
+            self.ui.tableView.setMRMLTableNode(tableNode)
+            self.ui.statusLabel.text = table_model.summary_text(self.logic.lastTable)
+
+    # ------------------------------------------------------------------ results
+    def onTableClicked(self, index):
+        """Jump the slice views to the slice of the clicked table row."""
+        view = self.ui.tableView
+        row = view.tableModel().mrmlTableRowIndex(view.sortFilterProxyModel().mapToSource(index))
+        if row < 0 or self.logic.lastTable is None:
+            return
+        from DuralSacSegLib import slicer_nodes
+
+        try:
+            slicer_nodes.jumpSlicesTo(self.logic.sliceCentreRAS(row))
+        except Exception as exc:  # a stale table after manual edits: tell, do not crash the slot
+            logging.warning(f"DuralSacSeg: cannot jump to row {row}: {exc}")
+
+    def onEditInSegmentEditor(self):
+        pn = self._parameterNode()
+        with slicer.util.tryWithErrorDisplay("Cannot open the Segment Editor."):
+            if not pn.outputSegmentation or not pn.inputVolume:
+                raise RuntimeError("there is no dural sac segmentation yet; run Apply first")
+            slicer.util.selectModule("SegmentEditor")
+            editor = slicer.modules.SegmentEditorWidget.editor
+            editor.setSegmentationNode(pn.outputSegmentation)
+            editor.setSourceVolumeNode(pn.inputVolume)
+            editor.setCurrentSegmentID("dural_sac")
+
+    def onRecomputeTable(self):
+        pn = self._parameterNode()
+        with slicer.util.tryWithErrorDisplay("Recomputing the table failed.", waitCursor=True):
+            from DuralSacSegLib import table_model
+
+            if not pn.outputSegmentation or not pn.inputVolume:
+                raise RuntimeError("there is no dural sac segmentation yet; run Apply first")
+            tableNode, chartNode = self.logic.recomputeTable(pn.inputVolume, pn.outputSegmentation, pn.outputTable, pn.outputChart)
+            pn.outputTable, pn.outputChart = tableNode, chartNode
+            self.ui.tableView.setMRMLTableNode(tableNode)
+            self.ui.statusLabel.text = "Recomputed from the edited segment: " + table_model.summary_text(self.logic.lastTable)
+
+    def onExportCsv(self):
+        with slicer.util.tryWithErrorDisplay("Exporting the table failed."):
+            path = qt.QFileDialog.getSaveFileName(None, "Export DSCA table", "dsca.csv", "CSV files (*.csv)")
+            if path:
+                written = self.logic.exportCsv(path)
+                self.ui.statusLabel.text = f"Table written to {written}"

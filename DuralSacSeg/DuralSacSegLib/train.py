@@ -1,0 +1,541 @@
+"""Training of the 2D dural sac networks: the source paper's recipe, K-fold cross-validation, resumable runs.
+
+Recipe (``DuralSacSeg/Resources/Models/configs/paper.json``, the default): axial slices resized to 320×320 and
+normalised per slice with :func:`spinemorph.intensity.normalize_percentile` (:func:`DuralSacSegLib.models.prepare_slice`,
+the same function inference uses); weighted binary cross-entropy with positive weight 20; Adam; batch 8; 20 epochs;
+5-fold cross-validation with folds split by patient (``group``); the checkpoint with the lowest validation loss is kept
+("best"); an external validation set, never in any fold, is evaluated with the best checkpoint of every fold.
+
+The learning rate is not given by the source; we use Adam's common default for U-Net segmentation, 1e-4
+(the Keras/PyTorch default 1e-3 is often unstable with a positive weight of 20 and BN at batch 8).
+
+The budget configuration (``configs/budget_cpu.json``) trains on random crops at the 320-grid scale (mostly around the
+canal, some anywhere) for a fixed number of iterations and runs only one fold; the networks are fully convolutional,
+so inference still runs on the full 320×320 slice.
+
+Run folder::
+
+    config.json             the configuration used (with the command-line overrides applied)
+    fold<k>/state.pt        resumable state: weights, optimizer, epoch, RNG states, history (atomic, each epoch)
+    fold<k>/best.pt         weights with the lowest validation loss (SpineMorph weights format, float16)
+    fold<k>/history.csv     per-epoch train / validation loss, validation Dice, seconds
+    fold<k>/loss_curve.png  train and validation loss per epoch
+    fold<k>/metrics.json    validation and external-validation metrics of best.pt (also *_slices.csv)
+    folds.csv, summary.json per-fold metrics and their mean / SD
+    best.pt                 the best fold's weights (lowest validation loss)
+    loss_curves.png         every fold's curves
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from DuralSacSegLib.evaluate import (
+    SliceSample,
+    evaluate_network,
+    load_dataset,
+    preprocess_samples,
+    write_csv,
+    write_json,
+)
+from spinemorph.atomic import atomic_path, atomic_write_bytes, atomic_write_text, prepare_output_dir
+from spinemorph.errors import InputError, OutputError, SpineMorphError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "configs"
+PAPER_CONFIG = CONFIG_DIR / "paper.json"
+BUDGET_CONFIG = CONFIG_DIR / "budget_cpu.json"
+
+#: documented evaluation splits (data never trained on); ``spinemorph dsca evaluate --data NAME`` uses these
+EVAL_SPECS: dict[str, dict] = {
+    # planes synthesised from the held-out SPIDER label maps (patients 98, 166, 220), seed never used in training
+    "synthetic": {"source": "synthetic", "held_out": True, "n": 60, "seed": 1001},
+    # phantom anatomies with a seed never used in training
+    "phantom": {"source": "phantom", "n": 60, "seed": 2002},
+    # axial planes of the held-out real T2 SPACE slabs, 0.6 mm isotropic, every 4th PNG row (0.47 mm apart)
+    "real-slabs": {"source": "real-slabs", "isotropic_mm": 0.6, "square": 320, "row_step": 4},
+}
+
+#: defaults of every configuration key (paper recipe)
+DEFAULT_CONFIG: dict = {
+    "name": "paper",
+    "architecture": "multiresunet",
+    "seed": 0,
+    "input_size": [320, 320],
+    "loss": {"name": "weighted_bce", "pos_weight": 20.0},
+    "optimizer": {"name": "adam", "lr": 1e-4, "betas": [0.9, 0.999], "weight_decay": 0.0},
+    "batch_size": 8,
+    "epochs": 20,
+    "iterations_per_epoch": None,
+    "folds": 5,
+    "run_folds": None,
+    "crop": None,
+    "augment": {"flip_lr": False, "gamma": None},
+    "validation": {"max_slices": None, "batch_size": 4},
+    "external": {"max_slices": None},
+    "data": {
+        "train": {"source": "synthetic", "n": 600, "seed": 0},
+        "external": {"source": "real-slabs", "isotropic_mm": 0.6, "square": 320, "row_step": 4},
+    },
+    "num_threads": None,
+    "device": "auto",
+}
+
+
+# ----------------------------------------------------------------------------- configuration
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("data",):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None, **overrides) -> dict:
+    """Read a training configuration (JSON) on top of :data:`DEFAULT_CONFIG`; ``None`` → the paper recipe.
+
+    Keyword overrides whose value is ``None`` are ignored (``seed``, ``folds``, ``architecture``, ...).
+    """
+    path = Path(path) if path is not None else PAPER_CONFIG
+    if not path.is_file():
+        raise InputError(f"training configuration {path} does not exist")
+    try:
+        user = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"training configuration {path} is not valid JSON ({exc})") from None
+    if not isinstance(user, dict):
+        raise InputError(f"training configuration {path} must be a JSON object")
+    cfg = _merge(DEFAULT_CONFIG, user)
+    for k, v in overrides.items():
+        if v is not None:
+            cfg[k] = v
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg: dict) -> None:
+    """Raise :class:`InputError` for impossible settings."""
+    from DuralSacSegLib.networks import NETWORKS, SIZE_DIVISOR
+
+    if cfg["architecture"] not in NETWORKS:
+        raise InputError(f"unknown architecture {cfg['architecture']!r}; choose one of {', '.join(NETWORKS)}")
+    if int(cfg["folds"]) < 2:
+        raise InputError("folds must be at least 2 (one fold is validation); use run_folds to train only some folds")
+    if int(cfg["batch_size"]) < 1 or int(cfg["epochs"]) < 1:
+        raise InputError("batch_size and epochs must be at least 1")
+    if cfg["run_folds"] is not None and any(not 0 <= int(f) < int(cfg["folds"]) for f in cfg["run_folds"]):
+        raise InputError(f"run_folds {cfg['run_folds']} must lie in 0..{int(cfg['folds']) - 1}")
+    crop = cfg.get("crop")
+    if crop and int(crop["size"]) % SIZE_DIVISOR:
+        raise InputError(f"crop size {crop['size']} must be a multiple of {SIZE_DIVISOR}")
+    if cfg["loss"].get("name", "weighted_bce") != "weighted_bce":
+        raise InputError(f"unknown loss {cfg['loss'].get('name')!r}; only 'weighted_bce' is implemented")
+    if cfg["optimizer"].get("name", "adam") != "adam":
+        raise InputError(f"unknown optimizer {cfg['optimizer'].get('name')!r}; only 'adam' is implemented")
+
+
+# ----------------------------------------------------------------------------- loss
+def weighted_bce_loss(logits, target, pos_weight: float = 20.0):
+    """Weighted binary cross-entropy on logits: mean over pixels of ``-(w·y·log σ(x) + (1−y)·log(1−σ(x)))``."""
+    import torch
+    import torch.nn.functional as F
+
+    w = torch.as_tensor([float(pos_weight)], dtype=logits.dtype, device=logits.device)
+    return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), pos_weight=w)
+
+
+# ----------------------------------------------------------------------------- folds
+def make_folds(groups: Sequence[str], n_folds: int, seed: int) -> list[np.ndarray]:
+    """Split sample indices into ``n_folds`` folds by group (patient); fold k's indices are its validation set.
+
+    Groups are shuffled with ``seed`` and dealt round-robin; with fewer groups than folds the samples themselves are
+    dealt (no group information to respect).
+    """
+    groups = [str(g) for g in groups]
+    uniq = sorted(set(groups))
+    rng = np.random.default_rng(seed)
+    folds: list[list[int]] = [[] for _ in range(n_folds)]
+    if len(uniq) >= n_folds:
+        order = [uniq[i] for i in rng.permutation(len(uniq))]
+        fold_of = {g: i % n_folds for i, g in enumerate(order)}
+        for idx, g in enumerate(groups):
+            folds[fold_of[g]].append(idx)
+    else:
+        for j, idx in enumerate(rng.permutation(len(groups))):
+            folds[j % n_folds].append(int(idx))
+    return [np.array(sorted(f), dtype=int) for f in folds]
+
+
+# ----------------------------------------------------------------------------- batches
+class BatchSampler:
+    """Draws training batches (full slices or crops) from preprocessed slices, with its own RNG."""
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, cfg: dict, rng: np.random.Generator):
+        self.images, self.masks, self.cfg, self.rng = images, masks, cfg, rng
+        self.batch = int(cfg["batch_size"])
+        self.crop = cfg.get("crop") or None
+        self.positive = np.flatnonzero(masks.reshape(len(masks), -1).any(axis=1))
+        self._order: list[int] = []
+
+    def _next_index(self) -> int:
+        if not self._order:
+            self._order = list(self.rng.permutation(len(self.images)))
+        return int(self._order.pop())
+
+    def _crop(self, idx: int, around_canal: bool):
+        size = int(self.crop["size"])
+        rows, cols = self.images.shape[1:]
+        if around_canal:
+            ys, xs = np.nonzero(self.masks[idx])
+            k = int(self.rng.integers(len(ys)))
+            lo, hi = float(self.crop.get("canal_margin", 0.15)), 1.0 - float(self.crop.get("canal_margin", 0.15))
+            oy = int(round(ys[k] - self.rng.uniform(lo, hi) * size))
+            ox = int(round(xs[k] - self.rng.uniform(lo, hi) * size))
+        else:
+            oy = int(self.rng.integers(0, rows - size + 1))
+            ox = int(self.rng.integers(0, cols - size + 1))
+        oy = min(max(oy, 0), rows - size)
+        ox = min(max(ox, 0), cols - size)
+        return self.images[idx, oy : oy + size, ox : ox + size], self.masks[idx, oy : oy + size, ox : ox + size]
+
+    def _augment(self, img: np.ndarray, msk: np.ndarray):
+        aug = self.cfg.get("augment") or {}
+        img = img.astype(np.float32)
+        if aug.get("flip_lr") and self.rng.random() < 0.5:
+            img, msk = img[:, ::-1], msk[:, ::-1]
+        if aug.get("gamma"):
+            lo, hi = aug["gamma"]
+            img = np.clip(img, 0, 1) ** float(np.exp(self.rng.uniform(np.log(lo), np.log(hi))))
+        return np.ascontiguousarray(img), np.ascontiguousarray(msk)
+
+    def next_batch(self):
+        xs, ys = [], []
+        for _ in range(self.batch):
+            if self.crop:
+                neg_frac = float(self.crop.get("negative_fraction", 0.25))
+                if len(self.positive) and self.rng.random() >= neg_frac:
+                    img, msk = self._crop(int(self.rng.choice(self.positive)), True)
+                else:
+                    img, msk = self._crop(int(self.rng.integers(len(self.images))), False)
+            else:
+                idx = self._next_index()
+                img, msk = self.images[idx], self.masks[idx]
+            img, msk = self._augment(img, msk)
+            xs.append(img)
+            ys.append(msk)
+        return np.stack(xs)[:, None].astype(np.float32), np.stack(ys)[:, None].astype(np.float32)
+
+    def batches_per_epoch(self) -> int:
+        it = self.cfg.get("iterations_per_epoch")
+        return int(it) if it else max(1, math.ceil(len(self.images) / self.batch))
+
+
+# ----------------------------------------------------------------------------- state (resume)
+def _save_torch(obj, path: Path) -> None:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _rng_state(rng: np.random.Generator) -> str:
+    return json.dumps(rng.bit_generator.state)
+
+
+def _restore_rng(state: str) -> np.random.Generator:
+    rng = np.random.default_rng()
+    rng.bit_generator.state = json.loads(state)
+    return rng
+
+
+def _validation_loss(net, images, masks, pos_weight: float, device, batch_size: int) -> float:
+    import torch
+
+    net.eval()
+    total, n = 0.0, 0
+    with torch.inference_mode():
+        for s in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[s : s + batch_size, None], dtype=np.float32)).to(device)
+            y = torch.from_numpy(masks[s : s + batch_size, None].astype(np.float32)).to(device)
+            total += float(weighted_bce_loss(net(x), y, pos_weight)) * len(x)
+            n += len(x)
+    net.train()
+    return total / max(n, 1)
+
+
+def _subset(indices: np.ndarray, max_n, seed: int) -> np.ndarray:
+    if max_n is None or len(indices) <= int(max_n):
+        return indices
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(indices, int(max_n), replace=False))
+
+
+def plot_loss_curves(histories: dict[str, list[dict]], path: Path, title: str = "") -> Path:
+    """Train / validation loss per epoch of one or more folds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (name, hist) in enumerate(histories.items()):
+        if not hist:
+            continue
+        ep = [h["epoch"] for h in hist]
+        color = f"C{i}"
+        ax.plot(ep, [h["train_loss"] for h in hist], "-", color=color, label=f"{name} train")
+        ax.plot(ep, [h["val_loss"] for h in hist], "--", color=color, label=f"{name} validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("weighted BCE loss")
+    ax.set_title(title or "loss")
+    ax.legend(fontsize=8)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- one fold
+def train_fold(
+    fold: int,
+    cfg: dict,
+    run_dir: Path,
+    images: np.ndarray,
+    masks: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    device,
+    resume: bool,
+    progress: bool = True,
+) -> dict:
+    """Train one fold (resumable); returns its state summary (history, best epoch / loss, seconds)."""
+    import torch
+
+    from DuralSacSegLib.models import save_weights
+    from DuralSacSegLib.networks import build_network
+
+    fold_dir = run_dir / f"fold{fold}"
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    state_path = fold_dir / "state.pt"
+    seed = int(cfg["seed"]) * 1000 + fold
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_network(cfg["architecture"])
+    net.to(device)
+    opt_cfg = cfg["optimizer"]
+    opt = torch.optim.Adam(
+        net.parameters(), lr=float(opt_cfg["lr"]), betas=tuple(opt_cfg.get("betas", (0.9, 0.999))),
+        weight_decay=float(opt_cfg.get("weight_decay", 0.0)),
+    )
+    rng = np.random.default_rng(seed)
+    state = {"epoch": 0, "history": [], "best_val_loss": math.inf, "best_epoch": 0, "seconds": 0.0, "done": False}
+    if resume and state_path.is_file():
+        try:
+            saved = torch.load(state_path, map_location="cpu", weights_only=True)
+            net.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            rng = _restore_rng(saved["numpy_rng"])
+            state = json.loads(saved["state"])
+            state["done"] = int(state["epoch"]) >= int(cfg["epochs"])  # the saved config may have more epochs now
+        except Exception as exc:  # noqa: BLE001 - any unreadable state means the same to the user
+            raise SpineMorphError(f"cannot resume from {state_path} ({type(exc).__name__}); delete it to restart the fold") from None
+    state["trained_now"] = False
+    if state["done"]:
+        return state
+    state["trained_now"] = True
+    net.train()
+    sampler = BatchSampler(images[train_idx], masks[train_idx], cfg, rng)
+    v_idx = _subset(val_idx, (cfg.get("validation") or {}).get("max_slices"), seed + 17)
+    v_images, v_masks = images[v_idx], masks[v_idx]
+    pos_weight = float(cfg["loss"].get("pos_weight", 20.0))
+    val_bs = int((cfg.get("validation") or {}).get("batch_size", 4))
+    n_batches = sampler.batches_per_epoch()
+    for epoch in range(int(state["epoch"]) + 1, int(cfg["epochs"]) + 1):
+        t0 = time.perf_counter()
+        losses = []
+        sampler._order = []  # every epoch starts a new permutation (so a resumed run draws what a straight one would)
+        it = range(n_batches)
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(it, desc=f"fold {fold} epoch {epoch}/{cfg['epochs']}", unit="batch", leave=False)
+        for _ in it:
+            xb, yb = sampler.next_batch()
+            x, y = torch.from_numpy(xb).to(device), torch.from_numpy(yb).to(device)
+            opt.zero_grad(set_to_none=True)
+            loss = weighted_bce_loss(net(x), y, pos_weight)
+            if not torch.isfinite(loss):
+                raise SpineMorphError(f"training diverged (loss {float(loss)}) in fold {fold} epoch {epoch}; lower the learning rate")
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            if progress:
+                it.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        val_loss = _validation_loss(net, v_images, v_masks, pos_weight, device, val_bs)
+        seconds = time.perf_counter() - t0
+        state["history"].append(
+            {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss, "seconds": seconds, "iterations": len(losses)}
+        )
+        state["seconds"] += seconds
+        state["epoch"] = epoch
+        if val_loss < state["best_val_loss"]:
+            state["best_val_loss"], state["best_epoch"] = val_loss, epoch
+            save_weights(fold_dir / "best.pt", net, cfg["architecture"], config={**cfg, "fold": fold, "epoch": epoch})
+        state["done"] = epoch >= int(cfg["epochs"])
+        _save_torch(
+            {
+                "model": net.state_dict(),
+                "optimizer": opt.state_dict(),
+                "numpy_rng": _rng_state(sampler.rng),
+                "state": json.dumps(state),
+            },
+            state_path,
+        )
+        write_csv(fold_dir / "history.csv", state["history"])
+        plot_loss_curves({f"fold {fold}": state["history"]}, fold_dir / "loss_curve.png", f"{cfg['architecture']} fold {fold}")
+        print(f"fold {fold} epoch {epoch}: train loss {np.mean(losses):.4f}, validation loss {val_loss:.4f} ({seconds:.0f} s)", flush=True)
+    return state
+
+
+# ----------------------------------------------------------------------------- whole run
+def _prepare(samples: list[SliceSample], size) -> tuple[np.ndarray, np.ndarray]:
+    images, masks, _ = preprocess_samples(samples, tuple(size))
+    return images.astype(np.float16), masks
+
+
+def _select(samples: list[SliceSample], max_n, seed: int) -> list[SliceSample]:
+    idx = _subset(np.arange(len(samples)), max_n, seed)
+    return [samples[i] for i in idx]
+
+
+CONFIG_NAME = "config.json"
+
+
+def run_training(
+    config: dict,
+    run_dir: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+    train_samples: list[SliceSample] | None = None,
+    external_samples: list[SliceSample] | None = None,
+) -> dict:
+    """Train every requested fold of ``config`` into ``run_dir`` and write the run's reports.
+
+    Parameters
+    ----------
+    config : dict
+        Configuration as returned by :func:`load_config`.
+    run_dir : path
+        Run folder. A new run refuses a folder that already holds a run; ``resume=True`` continues it with the
+        configuration saved there.
+    train_samples, external_samples : list of SliceSample, optional
+        Data given directly (tests); default: loaded from ``config["data"]``.
+
+    Returns
+    -------
+    dict
+        The summary written to ``summary.json``.
+    """
+    import torch
+
+    from DuralSacSegLib.models import load_model
+    from spinemorph.device import select_device
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / CONFIG_NAME
+    if resume:
+        if not cfg_path.is_file():
+            raise OutputError(f"--resume: {run_dir} holds no run ({CONFIG_NAME} missing); start a new run without --resume")
+        config = load_config(cfg_path)
+    else:
+        prepare_output_dir(run_dir)
+        if cfg_path.exists():
+            raise OutputError(f"{run_dir} already holds a training run; pass --resume to continue it or choose another --out")
+        validate_config(config)
+        atomic_write_text(cfg_path, json.dumps(config, indent=2) + "\n")
+    cfg = config
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg["num_threads"]))
+    device = select_device(cfg.get("device", "auto"))
+    t_start = time.perf_counter()
+    if train_samples is None:
+        train_samples = load_dataset(cfg["data"]["train"], purpose="training")
+    if external_samples is None and cfg["data"].get("external"):
+        external_samples = load_dataset(cfg["data"]["external"], purpose="external validation")
+    external_samples = _select(external_samples or [], (cfg.get("external") or {}).get("max_slices"), int(cfg["seed"]) + 99)
+    images, masks = _prepare(train_samples, cfg["input_size"])
+    folds = make_folds([s.group for s in train_samples], int(cfg["folds"]), int(cfg["seed"]))
+    run_folds = cfg["run_folds"] if cfg["run_folds"] is not None else list(range(int(cfg["folds"])))
+    fold_rows, histories = [], {}
+    for fold in run_folds:
+        fold = int(fold)
+        val_idx = folds[fold]
+        train_idx = np.setdiff1d(np.arange(len(train_samples)), val_idx)
+        if len(train_idx) == 0 or len(val_idx) == 0:
+            raise InputError(f"fold {fold} has no training or no validation slices; use fewer folds or more data")
+        state = train_fold(fold, cfg, run_dir, images, masks, train_idx, val_idx, device, resume, progress)
+        histories[f"fold {fold}"] = state["history"]
+        fold_dir = run_dir / f"fold{fold}"
+        metrics_path = fold_dir / "metrics.json"
+        if metrics_path.is_file() and resume and not state["trained_now"]:
+            row = json.loads(metrics_path.read_text())
+        else:
+            net, _ = load_model(fold_dir / "best.pt", device)
+            v_idx = _subset(val_idx, (cfg.get("validation") or {}).get("max_slices"), int(cfg["seed"]) * 1000 + fold + 17)
+            val_summary, val_rows, *_ = evaluate_network(net, [train_samples[i] for i in v_idx], device=device, size=tuple(cfg["input_size"]))
+            write_csv(fold_dir / "validation_slices.csv", val_rows)
+            row = {
+                "fold": fold,
+                "n_train_slices": int(len(train_idx)),
+                "n_val_slices": int(len(val_idx)),
+                "n_val_evaluated": int(len(v_idx)),
+                "best_epoch": state["best_epoch"],
+                "best_val_loss": state["best_val_loss"],
+                "train_seconds": state["seconds"],
+                "validation": val_summary,
+            }
+            if external_samples:
+                ext_summary, ext_rows, *_ = evaluate_network(net, external_samples, device=device, size=tuple(cfg["input_size"]))
+                write_csv(fold_dir / "external_slices.csv", ext_rows)
+                row["external"] = ext_summary
+            write_json(metrics_path, row)
+        fold_rows.append(row)
+    keys = ("accuracy", "precision", "recall", "f1", "mean_slice_dice", "area_mae_mm2", "area_mse_mm2", "pearson_r",
+            "ba_mean_diff_mm2", "ba_loa_low_mm2", "ba_loa_high_mm2")
+    table = []
+    for row in fold_rows:
+        flat = {k: row[k] for k in ("fold", "n_train_slices", "n_val_slices", "best_epoch", "best_val_loss", "train_seconds")}
+        for part in ("validation", "external"):
+            for k in keys:
+                if part in row:
+                    flat[f"{part}_{k}"] = row[part].get(k)
+        table.append(flat)
+    write_csv(run_dir / "folds.csv", table)
+    summary = {"architecture": cfg["architecture"], "config": cfg.get("name", ""), "folds": table, "mean": {}, "sd": {}}
+    for k in table[0]:
+        if k == "fold":
+            continue
+        vals = np.array([r[k] for r in table if r.get(k) is not None], dtype=float)
+        if len(vals):
+            summary["mean"][k] = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
+            summary["sd"][k] = float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1 else math.nan
+    best = min(fold_rows, key=lambda r: r["best_val_loss"])
+    summary["best_fold"] = best["fold"]
+    summary["wall_seconds_this_session"] = time.perf_counter() - t_start
+    shutil.copyfile(run_dir / f"fold{best['fold']}" / "best.pt", run_dir / ".best.pt.tmp")
+    os.replace(run_dir / ".best.pt.tmp", run_dir / "best.pt")
+    plot_loss_curves(histories, run_dir / "loss_curves.png", f"{cfg['architecture']} ({cfg.get('name', '')})")
+    write_json(run_dir / "summary.json", summary)
+    return summary

@@ -1,0 +1,622 @@
+"""Landmarks of the L4-5 motion segment found from the geometry of a label map (no image needed).
+
+Input: a label :class:`spinemorph.volume.Volume` with 1 = L4, 2 = L4-5 disc, 3 = L5 (each vertebra label includes
+its posterior elements, as in the SPIDER masks), in any orientation and spacing.
+
+Method (see ``docs/foramen_method.md`` for figures):
+
+1. **Canal-aligned frame** (:func:`build_frame`): ``z'`` = normal of the L4-5 disc (smallest principal axis of the
+   disc's voxel cloud), oriented towards L4, averaged with the L5→L4 vertebral-body centroid axis; ``y'``
+   (anterior → posterior) = direction from the disc centroid to the centroid of the posterior elements (vertebra
+   voxels outside the extruded disc footprint), made perpendicular to ``z'``; ``x' = y' × z'`` (patient left for
+   normal anatomy, like LPS ``x``). Only physical (LPS) coordinates are used, so any input orientation (PIR, LPS,
+   oblique) and any tilt / lordosis gives the same anatomical frame.
+2. **Resampling** (:func:`resample_to_frame`): each label's indicator is linearly interpolated (SimpleITK) onto an
+   isotropic grid aligned with the frame (default 0.5 mm) around L4-L5, giving partial-volume fractions whose 0.5
+   level set is a sub-voxel boundary.
+3. **Body column**: the projection along ``z'`` of both vertebral bodies (step 4), dilated by 2 mm; the body part
+   of a lateral view is the vertebra inside this column.
+4. **Pedicles**: the vertebral body is the largest component of the morphological opening of the vertebra by a
+   6 mm ball (1.5 mm grid, distance maps); its posterior wall at the midline is the 98th percentile of ``y'`` there.
+   Per side (``x'`` beyond the midline ± 3 mm) the coronal cross-section area of the vertebra is profiled along
+   ``y'`` from 1 to 15 mm behind that wall: the pedicle is the waist — the narrow bridge between body and arch —
+   at the minimum of this profile (the body's lateral bulge lies in front of it, articular pillar, transverse
+   process and lamina behind). The vertebra in a 3 mm coronal slab at the waist gives the pedicle column (the
+   ``x'`` interval around the histogram mode where the count stays ≥ 50 % of the peak), its centre and ``z'``
+   range.
+5. **Lateral views**: per side, a parasagittal slab centred on the mean L4/L5 pedicle centre (default ±1.5 mm,
+   like one clinical sagittal slice) is projected along ``x'`` (mean of the fractions, then a Gaussian of half the
+   input voxel size; :func:`slab_candidates` lists the wider maximum projections tried when that view does not
+   enclose the foramen), giving 2D images in (``y'``, ``z'``) in which the foramen is the hole between L4 pedicle, L4 body, disc, L5 body, L5 pedicle and the
+   facet (see :mod:`FORAMEN3DLib.morphometry`). The midline slab gives the posterior disc height.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+from spinemorph.errors import InputError
+from spinemorph.labels import DISC_L45, L4, L5
+from spinemorph.volume import Volume
+
+SIDES = ("left", "right")
+
+#: minimum plausible structure volumes (mm³) below which the label map is rejected
+MIN_VERTEBRA_MM3 = 2000.0
+MIN_DISC_MM3 = 300.0
+#: at most this many voxel positions per structure are used for centroids and principal axes
+MAX_POINTS = 40000
+
+
+@dataclasses.dataclass(frozen=True)
+class SpineFrame:
+    """Canal-aligned frame at L4-5.
+
+    Attributes
+    ----------
+    origin_lps : numpy.ndarray
+        LPS position (mm) of the frame origin (the L4-5 disc centroid).
+    axes_lps : numpy.ndarray
+        3×3 matrix whose columns are the unit LPS directions of ``x'`` (left-right, towards patient left),
+        ``y'`` (anterior → posterior) and ``z'`` (inferior → superior, along the canal).
+    """
+
+    origin_lps: np.ndarray
+    axes_lps: np.ndarray
+
+    def to_frame(self, points_lps) -> np.ndarray:
+        """LPS points ``(..., 3)`` → frame coordinates ``(x', y', z')`` in mm."""
+        return (np.asarray(points_lps, dtype=float) - self.origin_lps) @ self.axes_lps
+
+    def to_lps(self, points_frame) -> np.ndarray:
+        """Frame coordinates ``(..., 3)`` → LPS points in mm."""
+        return np.asarray(points_frame, dtype=float) @ self.axes_lps.T + self.origin_lps
+
+    @property
+    def lateral_axis_lps(self) -> np.ndarray:
+        """Unit LPS direction of ``x'`` (the viewing direction of the lateral view)."""
+        return self.axes_lps[:, 0].copy()
+
+
+@dataclasses.dataclass
+class FrameGrid:
+    """Label fractions resampled on an isotropic grid aligned with a :class:`SpineFrame`.
+
+    ``fractions[label]`` is a float32 array indexed ``[z', y', x']``; voxel ``[0, 0, 0]`` sits at frame coordinates
+    ``origin_frame_mm``.
+    """
+
+    frame: SpineFrame
+    spacing_mm: float
+    origin_frame_mm: np.ndarray
+    fractions: dict
+
+    @property
+    def shape(self) -> tuple:
+        return next(iter(self.fractions.values())).shape
+
+    def axis_mm(self, axis: str) -> np.ndarray:
+        """Frame coordinates (mm) of the grid lines along ``'x'``, ``'y'`` or ``'z'``."""
+        c = "xyz".index(axis)
+        n = self.shape[2 - c]
+        return self.origin_frame_mm[c] + self.spacing_mm * np.arange(n)
+
+    def index_of(self, axis: str, value_mm: float) -> int:
+        c = "xyz".index(axis)
+        n = self.shape[2 - c]
+        return int(np.clip(np.round((value_mm - self.origin_frame_mm[c]) / self.spacing_mm), 0, n - 1))
+
+
+@dataclasses.dataclass
+class Pedicle:
+    """One pedicle root found in the band behind the vertebral body (frame coordinates, mm)."""
+
+    vertebra: str
+    side: str
+    x_range_mm: tuple
+    center_x_mm: float
+    z_range_mm: tuple
+    n_voxels: int
+    y_mm: float = float("nan")
+
+
+@dataclasses.dataclass
+class LateralView:
+    """Projection of a parasagittal slab along ``x'``: 2D images indexed ``[z', y']``.
+
+    Attributes
+    ----------
+    side : str
+        ``'left'``, ``'right'`` or ``'midline'``.
+    x_mm, half_width_mm : float
+        Slab centre and half width along ``x'`` (frame mm).
+    projection : str
+        ``'mean'`` (the slab's partial volume, like one thick sagittal slice; unbiased for structures that do not
+        change across the slab) or ``'max'`` (any structure anywhere in the slab).
+    smooth_mm : float
+        Standard deviation of the Gaussian applied to the projected fractions (removes the voxel staircase of
+        the input grid; a straight boundary keeps its 0.5 level).
+    y_mm, z_mm : numpy.ndarray
+        Frame coordinates of the image columns (``y'``) and rows (``z'``).
+    fractions : dict
+        label → maximum over the slab of that label's fraction.
+    body : dict
+        label (L4, L5) → same, restricted to the vertebral body column.
+    body_max : dict
+        label (L4, L5) → maximum over the slab of the body-column fraction (a vertebral body seen anywhere in the
+        slab is solid: at the lateral edge of a body a thin slab is only partly filled).
+    frame : SpineFrame
+    """
+
+    side: str
+    x_mm: float
+    half_width_mm: float
+    projection: str
+    smooth_mm: float
+    y_mm: np.ndarray
+    z_mm: np.ndarray
+    fractions: dict
+    body: dict
+    body_max: dict
+    frame: SpineFrame
+
+    @property
+    def spacing_mm(self) -> float:
+        return float(self.y_mm[1] - self.y_mm[0])
+
+    def pixel_to_yz(self, rc) -> np.ndarray:
+        """Continuous (row, col) pixel coordinates ``(N, 2)`` → (``y'``, ``z'``) in mm."""
+        rc = np.asarray(rc, dtype=float).reshape(-1, 2)
+        s = self.spacing_mm
+        return np.stack([self.y_mm[0] + s * rc[:, 1], self.z_mm[0] + s * rc[:, 0]], axis=1)
+
+    def yz_to_lps(self, yz) -> np.ndarray:
+        """(``y'``, ``z'``) points ``(N, 2)`` on the slab's central plane → LPS ``(N, 3)``."""
+        yz = np.asarray(yz, dtype=float).reshape(-1, 2)
+        q = np.column_stack([np.full(len(yz), self.x_mm), yz])
+        return self.frame.to_lps(q)
+
+    def lps_to_yz(self, points_lps) -> np.ndarray:
+        """LPS points ``(N, 3)`` → (``y'``, ``z'``) (projection along ``x'``)."""
+        q = self.frame.to_frame(np.asarray(points_lps, dtype=float).reshape(-1, 3))
+        return q[:, 1:]
+
+
+@dataclasses.dataclass
+class Landmarks:
+    """Everything :func:`find_landmarks` derives from the label map."""
+
+    frame: SpineFrame
+    grid: FrameGrid
+    footprint: np.ndarray
+    body_column: np.ndarray
+    midline_x_mm: float
+    posterior_wall_y_mm: float
+    pedicles: dict
+    lateral_views: dict
+    midline_view: LateralView
+    structure_volumes_mm3: dict
+    smooth_mm: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index bounds ``lo`` (inclusive) and ``hi`` (exclusive) per array axis of the True voxels of ``mask``."""
+    lo, hi = [], []
+    for ax in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != ax)
+        nz = np.flatnonzero(mask.any(axis=other))
+        lo.append(int(nz[0]))
+        hi.append(int(nz[-1]) + 1)
+    return np.array(lo), np.array(hi)
+
+
+def _label_points(labels: Volume) -> tuple[dict, Volume, dict]:
+    """LPS points of every voxel of labels 1-3 (array cropped to their bounding box first)."""
+    arr = np.asarray(labels.array)
+    if arr.ndim != 3:
+        raise InputError(f"label map must be 3D, got {arr.ndim}D")
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)) or not np.allclose(arr, np.round(arr)):
+            raise InputError("label map holds non-integer values; give a label map with 1 = L4, 2 = L4-5 disc, 3 = L5")
+        arr = np.round(arr).astype(np.int32)
+    fg = (arr >= 1) & (arr <= 3)
+    if not fg.any():
+        raise InputError("label map holds none of the labels 1 (L4), 2 (L4-5 disc), 3 (L5)")
+    lo, hi = bounding_box(fg)
+    crop = arr[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    cvol = Volume(crop, labels.spacing_mm, labels.index_to_lps(lo[::-1]), labels.direction)
+    pts, counts = {}, {}
+    vv = labels.voxel_volume_mm3
+    names = {L4: "L4", DISC_L45: "L4-5 disc", L5: "L5"}
+    st = 2 if crop.size > 4_000_000 else 1  # every 2nd voxel along each axis is plenty for centroids and axes
+    sub = crop[::st, ::st, ::st]
+    for lab in (L4, DISC_L45, L5):
+        n_lab = int(np.count_nonzero(crop == lab))
+        vol_mm3 = n_lab * vv
+        need = MIN_DISC_MM3 if lab == DISC_L45 else MIN_VERTEBRA_MM3
+        if vol_mm3 < need:
+            raise InputError(
+                f"label {lab} ({names[lab]}) covers only {vol_mm3:.0f} mm³ (< {need:.0f} mm³); "
+                "the label map must hold L4 = 1, L4-5 disc = 2 and L5 = 3"
+            )
+        idx = np.argwhere(sub == lab) * st
+        step = max(1, len(idx) // MAX_POINTS)
+        pts[lab] = cvol.index_to_lps(idx[::step, ::-1].astype(float))
+        counts[lab] = n_lab
+    return pts, cvol, counts
+
+
+def _footprint_mask_2d(uv: np.ndarray, step: float, half: float) -> tuple[np.ndarray, float]:
+    n = int(np.ceil(2 * half / step)) + 1
+    g = np.zeros((n, n), bool)
+    ij = np.clip(np.round((uv + half) / step).astype(int), 0, n - 1)
+    g[ij[:, 1], ij[:, 0]] = True
+    g = ndi.binary_fill_holes(ndi.binary_closing(g, iterations=2))
+    return g, n
+
+
+def _plane_basis(n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ref = np.eye(3)[int(np.argmin(np.abs(n)))]
+    a = np.cross(n, ref)
+    a /= np.linalg.norm(a)
+    return a, np.cross(n, a)
+
+
+def build_frame(labels: Volume) -> SpineFrame:
+    """Canal-aligned frame at L4-5 from the label geometry (see module docstring, step 1).
+
+    Raises
+    ------
+    InputError
+        Missing / tiny labels, or L4 and L5 not on opposite sides of the disc.
+    """
+    pts, _, _ = _label_points(labels)
+    return _frame_from_points(pts)
+
+
+def _frame_from_points(pts: dict) -> SpineFrame:
+    disc = pts[DISC_L45]
+    c = disc.mean(0)
+    w, vecs = np.linalg.eigh(np.cov((disc - c).T))
+    n = vecs[:, 0]
+    c4, c5 = pts[L4].mean(0), pts[L5].mean(0)
+    if n @ (c4 - c5) < 0:
+        n = -n
+    if (c4 - c) @ n <= 0 or (c5 - c) @ n >= 0:
+        raise InputError("L4 (label 1) and L5 (label 3) are not on opposite sides of the L4-5 disc (label 2); check the labels")
+    if n[2] < -0.2:
+        raise InputError(
+            "L4 (label 1) lies below L5 (label 3) in patient coordinates; the labels are swapped or the image header's "
+            "orientation is wrong"
+        )
+    # disc footprint in the disc plane (1 mm raster)
+    a, b = _plane_basis(n)
+
+    def uv(p):
+        q = p - c
+        return np.stack([q @ a, q @ b], axis=1)
+
+    half = float(np.abs(uv(disc)).max() + 8.0)
+    fp, nfp = _footprint_mask_2d(uv(disc), 1.0, half)
+    fp = ndi.binary_dilation(fp, iterations=2)
+
+    def inside(p):
+        ij = np.round((uv(p) + half) / 1.0).astype(int)
+        ok = np.all((ij >= 0) & (ij < nfp), axis=1)
+        res = np.zeros(len(p), bool)
+        res[ok] = fp[ij[ok, 1], ij[ok, 0]]
+        return res
+
+    body4 = pts[L4][inside(pts[L4])]
+    body5 = pts[L5][inside(pts[L5])]
+    if len(body4) and len(body5):
+        axis = body4.mean(0) - body5.mean(0)
+        axis /= np.linalg.norm(axis)
+        if axis @ n > 0.7:  # bodies roughly aligned with the disc normal: average both estimates
+            n = n + axis
+            n /= np.linalg.norm(n)
+    vert = np.concatenate([pts[L4], pts[L5]])
+    post = vert[~inside(vert)]
+    if len(post) < 10:
+        raise InputError("no posterior elements found behind the vertebral bodies; the vertebra labels must include pedicles and arches")
+    y = post.mean(0) - c
+    y -= (y @ n) * n
+    if np.linalg.norm(y) < 1e-6:
+        raise InputError("cannot tell anterior from posterior: the posterior elements are centred on the disc")
+    y /= np.linalg.norm(y)
+    x = np.cross(y, n)
+    return SpineFrame(origin_lps=c, axes_lps=np.stack([x, y, n], axis=1))
+
+
+def resample_to_frame(labels: Volume, frame: SpineFrame, spacing_mm: float = 0.5, bounds_mm=None, cvol=None) -> FrameGrid:
+    """Resample the indicator of each label onto a frame-aligned isotropic grid (linear interpolation).
+
+    Parameters
+    ----------
+    labels : Volume
+        Label map (1 L4, 2 disc, 3 L5).
+    frame : SpineFrame
+    spacing_mm : float
+        Grid spacing.
+    bounds_mm : array-like (2, 3), optional
+        Frame-coordinate box ``[[x0, y0, z0], [x1, y1, z1]]``; default: the box of the labels.
+    """
+    src = cvol if cvol is not None else labels
+    img = src.to_sitk()
+    if bounds_mm is None:
+        pts, _, _ = _label_points(labels)
+        q = frame.to_frame(np.concatenate(list(pts.values())))
+        bounds_mm = np.stack([q.min(0) - 2, q.max(0) + 2])
+    bounds_mm = np.asarray(bounds_mm, dtype=float)
+    lo = bounds_mm[0]
+    size = np.maximum(np.ceil((bounds_mm[1] - lo) / spacing_mm).astype(int) + 1, 2)
+    origin = frame.to_lps(lo)
+    fr = {}
+    for lab in (L4, DISC_L45, L5):
+        ind = sitk.Cast(img == lab, sitk.sitkFloat32)
+        out = sitk.Resample(
+            ind,
+            [int(s) for s in size],
+            sitk.Transform(),
+            sitk.sitkLinear,
+            tuple(float(o) for o in origin),
+            (float(spacing_mm),) * 3,
+            tuple(frame.axes_lps.ravel()),
+            0.0,
+            sitk.sitkFloat32,
+        )
+        fr[lab] = sitk.GetArrayFromImage(out)
+    return FrameGrid(frame=frame, spacing_mm=float(spacing_mm), origin_frame_mm=lo, fractions=fr)
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    lab, n = ndi.label(mask)
+    if n <= 1:
+        return mask
+    sizes = ndi.sum(mask, lab, index=np.arange(1, n + 1))
+    return lab == (1 + int(np.argmax(sizes)))
+
+
+def _view(
+    grid: FrameGrid,
+    side: str,
+    x_mm: float,
+    half_width_mm: float,
+    body_col: np.ndarray,
+    projection: str = "mean",
+    smooth_mm: float = 0.0,
+) -> LateralView:
+    xs = grid.axis_mm("x")
+    sel = np.abs(xs - x_mm) <= half_width_mm + 1e-6
+    if not sel.any():
+        sel[grid.index_of("x", x_mm)] = True
+    sig = float(smooth_mm) / grid.spacing_mm
+
+    def red(a):
+        out = a.mean(axis=2) if projection == "mean" else a.max(axis=2)
+        return ndi.gaussian_filter(out, sig, mode="nearest") if sig > 0 else out
+
+    fr = {lab: red(grid.fractions[lab][:, :, sel]) for lab in grid.fractions}
+    col = body_col[:, sel].astype(np.float32)
+    body = {lab: red(grid.fractions[lab][:, :, sel] * col[None]) for lab in (L4, L5)}
+    body_max = {}
+    for lab in (L4, L5):
+        m = (grid.fractions[lab][:, :, sel] * col[None]).max(axis=2)
+        body_max[lab] = ndi.gaussian_filter(m, sig, mode="nearest") if sig > 0 else m
+    return LateralView(
+        side=side,
+        x_mm=float(x_mm),
+        half_width_mm=float(half_width_mm),
+        projection=projection,
+        smooth_mm=float(smooth_mm),
+        y_mm=grid.axis_mm("y"),
+        z_mm=grid.axis_mm("z"),
+        fractions=fr,
+        body=body,
+        body_max=body_max,
+        frame=grid.frame,
+    )
+
+
+def find_landmarks(
+    labels: Volume,
+    spacing_mm: float = 0.5,
+    slab_half_width_mm: float = 1.5,
+    band_mm: tuple = (1.0, 15.0),
+    body_radius_mm: float = 6.0,
+    smooth_mm: float | None = None,
+) -> Landmarks:
+    """Frame, body/pedicle split and lateral views of the L4-5 segment (see module docstring).
+
+    Parameters
+    ----------
+    labels : Volume
+        Label map, 1 = L4, 2 = L4-5 disc, 3 = L5 (vertebrae with posterior elements), any orientation.
+    spacing_mm : float
+        Spacing of the frame-aligned working grid.
+    slab_half_width_mm : float
+        Half width of the parasagittal slab (lateral view) through each pedicle.
+    band_mm : (float, float)
+        Range behind the posterior wall of the body (at the midline) searched for the pedicle waist.
+    body_radius_mm : float
+        Radius of the ball of the morphological opening that keeps the vertebral body and removes pedicles and arch.
+    smooth_mm : float, optional
+        Gaussian smoothing of the lateral views (default: half the largest voxel spacing of the input, at most 1 mm).
+
+    Raises
+    ------
+    InputError
+        Missing labels, labels in the wrong order, or no pedicle found on a side.
+    """
+    pts, cvol, counts = _label_points(labels)
+    if smooth_mm is None:
+        smooth_mm = min(0.5 * max(labels.spacing_mm), 1.0)
+    frame = _frame_from_points(pts)
+    q = {lab: frame.to_frame(p) for lab, p in pts.items()}
+    allq = np.concatenate(list(q.values()))
+    dq = q[DISC_L45]
+    lo = np.maximum(allq.min(0) - 3.0, [-45.0, dq[:, 1].min() - 4.0, -45.0])
+    hi = np.minimum(allq.max(0) + 3.0, [45.0, dq[:, 1].max() + 35.0, 45.0])
+    grid = resample_to_frame(labels, frame, spacing_mm, np.stack([lo, hi]), cvol=cvol)
+    s = grid.spacing_mm
+
+    disc = grid.fractions[DISC_L45] > 0.5
+    fp = disc.any(axis=0)
+    if not fp.any():
+        raise InputError("the L4-5 disc (label 2) vanished on resampling; it is too thin to measure")
+    fp = _largest_component(ndi.binary_fill_holes(ndi.binary_closing(fp, iterations=2)))
+
+    f = max(1, int(round(1.5 / s)))  # coarse grid of about 1.5 mm for the morphological work
+    cs = f * s
+    cx, cy, cz = (float(c) for c in grid.origin_frame_mm + s * (f - 1) / 2.0)
+    bodies, pedicles, coarse = {}, {}, {}
+    body_col_c = None
+    for lab, name in ((L4, "L4"), (L5, "L5")):
+        vert = coarse[lab] = _block_mean(grid.fractions[lab], f) > 0.5
+        body = _open_body(vert, body_radius_mm / cs)
+        if not body.any():
+            raise InputError(
+                f"no vertebral body found in {name} (label {lab}): nothing {2 * body_radius_mm:.0f} mm thick; check the label map"
+            )
+        bodies[lab] = body
+        col = body.any(axis=0)
+        body_col_c = col if body_col_c is None else (body_col_c | col)
+    ys_c = cy + cs * np.arange(body_col_c.shape[0])
+    xs_c = cx + cs * np.arange(body_col_c.shape[1])
+    zs_c = cz + cs * np.arange(bodies[L4].shape[0])
+    bz, by, bx = np.nonzero(bodies[L4] | bodies[L5])
+    mid_x = float(np.mean(xs_c[bx]))
+    central = np.abs(xs_c[bx] - mid_x) <= 5.0
+    wall_y = float(np.percentile(ys_c[by[central]], 98)) if central.any() else float(ys_c[by].max())
+    for lab, name in ((L4, "L4"), (L5, "L5")):
+        vert = coarse[lab]
+        bz, by, bx = np.nonzero(bodies[lab])
+        central = np.abs(xs_c[bx] - mid_x) <= 5.0
+        wall_v = float(np.percentile(ys_c[by[central]], 98)) if central.any() else wall_y
+        for side in SIDES:
+            xsel = xs_c > mid_x + 3.0 if side == "left" else xs_c < mid_x - 3.0
+            sub = vert[:, :, xsel]
+            area = sub.sum(axis=(0, 2)).astype(float)  # coronal cross-section (mm²) of this side, per y'
+            area = np.convolve(area, np.ones(3) / 3.0, mode="same")
+            ysel = np.flatnonzero((ys_c >= wall_v + band_mm[0]) & (ys_c <= wall_v + band_mm[1]) & (area > 0))
+            if len(ysel) == 0:
+                raise InputError(
+                    f"no {side} pedicle found on {name}: nothing of label {lab} behind the vertebral body on that side; "
+                    "the vertebra labels must include the pedicles"
+                )
+            j = int(ysel[np.argmin(area[ysel])])
+            kz, _, kx = np.nonzero(sub[:, max(j - 1, 0) : j + 2, :])
+            if len(kz) < 4:
+                raise InputError(f"the {side} pedicle of {name} is too thin to measure; check the label map")
+            xv, zv = xs_c[xsel][kx], zs_c[kz]
+            x0, x1 = _main_peak(xv, cs)
+            keep = (xv >= x0 - cs) & (xv <= x1 + cs)
+            xv, zv = xv[keep], zv[keep]
+            pedicles[(name, side)] = Pedicle(
+                vertebra=name,
+                side=side,
+                x_range_mm=(float(x0), float(x1)),
+                center_x_mm=float((x0 + x1) / 2),
+                z_range_mm=(float(zv.min()), float(zv.max())),
+                n_voxels=int(len(xv)),
+                y_mm=float(ys_c[j]),
+            )
+    # body column on the fine grid (projection of both bodies along z', dilated by 2 mm)
+    ny, nx = grid.shape[1], grid.shape[2]
+    col = np.repeat(np.repeat(body_col_c, f, axis=0), f, axis=1)[:ny, :nx]
+    col = np.pad(col, ((0, ny - col.shape[0]), (0, nx - col.shape[1])), mode="edge")
+    body_col = ndi.binary_dilation(col, structure=_disk(max(1, int(round(2.0 / s)))))
+    views = {}
+    for side in SIDES:
+        xc = 0.5 * (pedicles[("L4", side)].center_x_mm + pedicles[("L5", side)].center_x_mm)
+        views[side] = _view(grid, side, xc, slab_half_width_mm, body_col, "mean", smooth_mm)
+    midline = _view(grid, "midline", mid_x, slab_half_width_mm, body_col, "mean", smooth_mm)
+    vols = {lab: float(n) * labels.voxel_volume_mm3 for lab, n in counts.items()}
+    return Landmarks(
+        frame=frame,
+        grid=grid,
+        footprint=fp,
+        body_column=body_col,
+        midline_x_mm=mid_x,
+        posterior_wall_y_mm=wall_y,
+        pedicles=pedicles,
+        lateral_views=views,
+        midline_view=midline,
+        structure_volumes_mm3=vols,
+        smooth_mm=float(smooth_mm),
+    )
+
+
+def lateral_view(lm: Landmarks, side: str, x_mm: float, half_width_mm: float, projection: str = "mean") -> LateralView:
+    """Lateral view of another parasagittal slab (frame ``x'`` centre and half width in mm)."""
+    return _view(lm.grid, side, x_mm, half_width_mm, lm.body_column, projection, lm.smooth_mm)
+
+
+def slab_candidates(lm: Landmarks, side: str, default_half_width_mm: float = 1.5) -> list[tuple[float, float, str]]:
+    """Slabs (centre, half width, projection) tried in turn for one side's lateral view.
+
+    1. the default thin slab through the mean L4/L5 pedicle centre, averaged across (a thick sagittal slice);
+    2. the slab covering both pedicles' ``x'`` extents, maximum projection;
+    3. that slab extended 4 mm medially (maximum projection), to take in an articular process that lies medial to
+       the pedicles.
+    """
+    p4, p5 = lm.pedicles[("L4", side)], lm.pedicles[("L5", side)]
+    c = 0.5 * (p4.center_x_mm + p5.center_x_mm)
+    lo = min(p4.x_range_mm[0], p5.x_range_mm[0])
+    hi = max(p4.x_range_mm[1], p5.x_range_mm[1])
+    out = [(c, default_half_width_mm, "mean")]
+    out.append(((lo + hi) / 2, (hi - lo) / 2, "max"))
+    if side == "left":
+        lo -= 4.0
+    else:
+        hi += 4.0
+    out.append(((lo + hi) / 2, (hi - lo) / 2, "max"))
+    return out
+
+
+def _disk(r: int) -> np.ndarray:
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return (xx * xx + yy * yy) <= r * r
+
+
+def _main_peak(x: np.ndarray, step: float, frac: float = 0.5) -> tuple[float, float]:
+    """x-interval around the mode of ``x`` where the histogram stays >= ``frac`` × the peak (the pedicle column;
+    a transverse process root or articular process in the band adds a low, wide tail that is cut off)."""
+    lo = float(x.min())
+    idx = np.round((x - lo) / step).astype(int)
+    h = np.bincount(idx)
+    m = int(np.argmax(h))
+    a = m
+    while a > 0 and h[a - 1] >= frac * h[m]:
+        a -= 1
+    b = m
+    while b < len(h) - 1 and h[b + 1] >= frac * h[m]:
+        b += 1
+    return lo + a * step, lo + b * step
+
+
+def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
+    """Mean over ``f``×``f``×``f`` blocks (the array is padded with zeros to a multiple of ``f``)."""
+    if f == 1:
+        return a
+    pad = [(0, (-n) % f) for n in a.shape]
+    b = np.pad(a, pad)
+    k, j, i = (n // f for n in b.shape)
+    return b.reshape(k, f, j, f, i, f).mean(axis=(1, 3, 5))
+
+
+def _open_body(vert: np.ndarray, radius_vox: float) -> np.ndarray:
+    """Largest component of the morphological opening of ``vert`` by a ball (via Euclidean distance maps)."""
+    pad = int(np.ceil(radius_vox)) + 2
+    v = np.pad(vert, pad)
+    core = ndi.distance_transform_edt(v) > radius_vox
+    if not core.any():
+        return np.zeros_like(vert)
+    opened = (ndi.distance_transform_edt(~core) <= radius_vox) & v
+    opened = opened[pad:-pad, pad:-pad, pad:-pad]
+    return _largest_component(opened)

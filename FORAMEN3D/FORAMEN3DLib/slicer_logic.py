@@ -1,0 +1,211 @@
+"""Slicer glue: the FORAMEN3D logic (usable from the Python console without the widget).
+
+Computation is the Slicer-free core: ``FORAMEN3DLib.segment3d.segment_volume`` (L4 / disc / L5),
+``FORAMEN3DLib.meshes`` (surfaces), ``FORAMEN3DLib.morphometry`` (height / width / area per side),
+``FORAMEN3DLib.planning`` (trajectories) and ``FORAMEN3DLib.markup_model`` (what is shown and the live
+recomputation). This file only converts nodes and fills MRML nodes.
+"""
+
+import logging
+import os
+import tempfile
+import time
+
+import slicer
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+
+from FORAMEN3DLib import slicer_dependencies, slicer_nodes
+
+#: colour of the working-channel model
+CHANNEL_COLOR = (0.2, 0.9, 0.4)
+
+
+def requirementsPath():
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources", "requirements.txt")
+
+
+class FORAMEN3DLogicBase(ScriptedLoadableModuleLogic):
+    """Implementation of ``FORAMEN3DLogic`` (the module file's class derives from this one)."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        #: ``markup_model.MeasurementState`` of the last measurement, its markups nodes by key, last morphometry result
+        self.measurementState = None
+        self.markupNodes = {}
+        self.morphometry = None
+        self.surfaceModels = {}
+        #: planning cache: (labels Volume, PlanningScene, AnatomicalFrame) and the last PlanResult / Trajectory
+        self._planningInputs = None
+        self.lastPlan = None
+        self.lastTrajectory = None
+        self.heatmapPath = None
+        self.measurementTable = None
+
+    def ensureDependencies(self):
+        slicer_dependencies.ensureDependencies(requirementsPath(), requester="FORAMEN3D")
+
+    # ------------------------------------------------------------------ segmentation
+    def _process(self, inputVolume, model, device, outputSegmentation, measurementTable, progress, shouldCancel,
+                 showResult, measure):
+        from FORAMEN3DLib import markup_model
+        from FORAMEN3DLib.segment3d import segment_volume
+        from spinemorph.errors import InputError
+
+        if inputVolume is None:
+            raise InputError("no input volume selected; load a sagittal or 3D lumbar MR series (T2 SPACE) and select it")
+        self.ensureDependencies()
+        startTime = time.time()
+        image = slicer_nodes.volumeFromNode(inputVolume)
+        result = segment_volume(image, model=model, device=device, progress=progress, should_cancel=shouldCancel)
+        if outputSegmentation is None:
+            outputSegmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", inputVolume.GetName() + " L4-L5")
+        slicer_nodes.setSegmentsFromLabelmap(outputSegmentation, result.labels, inputVolume, markup_model.SEGMENTS)
+        slicer_nodes.placeInStudy(outputSegmentation, inputVolume)
+        self._planningInputs = None
+        self.updateSurfaceModels(inputVolume, result.labels)
+        if measure:
+            measurementTable = self.measure(inputVolume, outputSegmentation, measurementTable, labels=result.labels,
+                                            showResult=showResult)
+        logging.info(f"FORAMEN3D: segmentation done in {time.time() - startTime:.1f} s on {result.device}")
+        return outputSegmentation, measurementTable
+
+    def updateSurfaceModels(self, inputVolume, labels):
+        """Surface models of L4, the disc and L5 (``FORAMEN3DLib.meshes``), placed in the input's study."""
+        from FORAMEN3DLib import markup_model
+
+        for segmentId, name, rgb, polyData, _info in markup_model.surface_models_ras(labels):
+            node = self.surfaceModels.get(segmentId)
+            if node is not None and slicer.mrmlScene.GetNodeByID(node.GetID()) is None:
+                node = None
+            node = slicer_nodes.setModel(node, f"{inputVolume.GetName()} {name} surface", polyData, rgb)
+            slicer_nodes.placeInStudy(node, inputVolume)
+            self.surfaceModels[segmentId] = node
+
+    # ------------------------------------------------------------------ measurements
+    def measure(self, inputVolume, segmentationNode, measurementTable=None, labels=None, showResult=True):
+        """Measure both foramina from the segmentation (or ``labels``); creates the markups and fills the table."""
+        from FORAMEN3DLib import markup_model
+        from FORAMEN3DLib.morphometry import measure_foramen
+
+        self.ensureDependencies()
+        if labels is None:
+            labels = slicer_nodes.labelsFromSegmentation(segmentationNode, inputVolume, markup_model.SEGMENTS)
+        self.morphometry = measure_foramen(labels)
+        self.measurementState = markup_model.MeasurementState(self.morphometry)
+        self._createMarkups(inputVolume)
+        if measurementTable is None:
+            measurementTable = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", inputVolume.GetName() + " foramen")
+            slicer_nodes.placeInStudy(measurementTable, inputVolume)
+        self.measurementTable = measurementTable
+        self.refreshMeasurementTable()
+        if showResult:
+            self.showLateralViews(inputVolume)
+        return measurementTable
+
+    def _createMarkups(self, inputVolume):
+        for node in self.markupNodes.values():
+            if slicer.mrmlScene.GetNodeByID(node.GetID()) is not None:
+                slicer.mrmlScene.RemoveNode(node)
+        self.markupNodes = {}
+        for spec in self.measurementState.markup_specs():
+            node = slicer_nodes.createMeasurementMarkup(spec)
+            slicer_nodes.placeInStudy(node, inputVolume)
+            self.markupNodes[spec.key] = node
+
+    def onMarkupModified(self, markupsNode):
+        """A measurement markup was moved: recompute that side from the points and refresh the table."""
+        key = markupsNode.GetAttribute(slicer_nodes.MARKUP_KEY_ATTRIBUTE)
+        if not key or self.measurementState is None:
+            return None
+        values = self.measurementState.update_from_ras(key, slicer_nodes.markupPointsRAS(markupsNode))
+        self.refreshMeasurementTable()
+        return values
+
+    def refreshMeasurementTable(self):
+        if self.measurementState is not None and getattr(self, "measurementTable", None) is not None:
+            slicer_nodes.fillTableFromRows(self.measurementTable, self.measurementState.rows())
+
+    def measurementRows(self, case=""):
+        """Current Metric / Side / Value / Unit / Flag rows (with a Case column) — for batch CSVs."""
+        rows = self.measurementState.rows() if self.measurementState else []
+        return [{"Case": case, **row} for row in rows]
+
+    def showLateralViews(self, inputVolume):
+        from FORAMEN3DLib import markup_model
+
+        slicer_nodes.registerLayout(markup_model.LAYOUT_ID, markup_model.layout_xml())
+        for side, viewName in markup_model.LATERAL_VIEW_NAMES.items():
+            slicer_nodes.setReformat(viewName, markup_model.lateral_view_plane(self.measurementState, side), inputVolume)
+
+    # ------------------------------------------------------------------ planning
+    def _planning(self, inputVolume, segmentationNode):
+        from FORAMEN3DLib import markup_model
+        from FORAMEN3DLib.planning import PlanningScene, anatomical_frame
+
+        if self._planningInputs is None:
+            labels = slicer_nodes.labelsFromSegmentation(segmentationNode, inputVolume, markup_model.SEGMENTS)
+            self._planningInputs = (labels, PlanningScene(labels), anatomical_frame(labels))
+        return self._planningInputs
+
+    def suggestTrajectory(self, inputVolume, segmentationNode, side="left", target="disc-posterior-third",
+                          diameterMm=7.5, trajectoryLine=None, progress=None):
+        """Angle sweep on one side (``FORAMEN3DLib.planning.plan``); puts the best channel into ``trajectoryLine``.
+
+        :return: ``(trajectoryLine, planResult)``; the sweep heat-map PNG is at ``self.heatmapPath``.
+        """
+        from FORAMEN3DLib.markup_model import plan_with_skin_fallback
+        from FORAMEN3DLib.planning import PlanningConfig, write_heatmap_png
+        from spinemorph.gui_support import lps_to_ras
+
+        self.ensureDependencies()
+        self._planningInputs = None
+        labels, _scene, frame = self._planning(inputVolume, segmentationNode)
+        if progress:
+            progress(0.1, f"sweeping {side} trajectories")
+        config = PlanningConfig(diameter_mm=float(diameterMm), target=target)
+        result = plan_with_skin_fallback(labels, slicer_nodes.volumeFromNode(inputVolume), side, config, frame)
+        self.lastPlan = result
+        best = result.sides[side].best
+        if trajectoryLine is None:
+            trajectoryLine = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", f"{side} trajectory")
+            slicer_nodes.placeInStudy(trajectoryLine, inputVolume)
+        slicer_nodes.setMarkupPoints(trajectoryLine, lps_to_ras([best.entry_lps, best.target_lps]))
+        self.heatmapPath = os.path.join(tempfile.gettempdir(), f"FORAMEN3D_sweep_{side}.png")
+        write_heatmap_png(result, self.heatmapPath)
+        if progress:
+            progress(1.0, "sweep done")
+        return trajectoryLine, result
+
+    def evaluateTrajectory(self, inputVolume, segmentationNode, trajectoryLine, diameterMm=7.5, channelModel=None,
+                           trajectoryTable=None, showResult=True):
+        """Evaluate the channel entry (point 1) -> target (point 2) of ``trajectoryLine``.
+
+        Updates the channel model, the trajectory table and the trajectory reformat; returns
+        ``(Trajectory, channelModel, trajectoryTable)``.
+        """
+        from FORAMEN3DLib import markup_model
+        from FORAMEN3DLib.planning import PlanningConfig, channel_mesh, evaluate_trajectory, reformat_planes
+        from spinemorph.errors import InputError
+        from spinemorph.gui_support import lps_to_ras, ras_to_lps
+
+        points = slicer_nodes.markupPointsRAS(trajectoryLine) if trajectoryLine else []
+        if len(points) != 2:
+            raise InputError("place the trajectory's entry (first point) and target (second point), or click Suggest")
+        entry, target = ras_to_lps(points)
+        _labels, scene, frame = self._planning(inputVolume, segmentationNode)
+        config = PlanningConfig(diameter_mm=float(diameterMm))
+        trajectory = evaluate_trajectory(scene, frame, entry, target, float(diameterMm), config=config)
+        self.lastTrajectory = trajectory
+        meshPoints, triangles = channel_mesh(entry, target, float(diameterMm))
+        polyData = slicer_nodes.polyDataFromMesh(lps_to_ras(meshPoints), triangles)
+        channelModel = slicer_nodes.setModel(channelModel, "working channel", polyData, CHANNEL_COLOR, opacity=0.6)
+        slicer_nodes.placeInStudy(channelModel, inputVolume)
+        if trajectoryTable is None:
+            trajectoryTable = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "trajectory")
+            slicer_nodes.placeInStudy(trajectoryTable, inputVolume)
+        slicer_nodes.fillTableFromRows(trajectoryTable, markup_model.trajectory_rows(trajectory))
+        if showResult:
+            slicer_nodes.registerLayout(markup_model.LAYOUT_ID, markup_model.layout_xml())
+            planes = reformat_planes(frame, entry, target)
+            slicer_nodes.setReformat(markup_model.TRAJECTORY_VIEW_NAME, markup_model.trajectory_plane(planes), inputVolume)
+        return trajectory, channelModel, trajectoryTable

@@ -1,0 +1,220 @@
+"""Slicer glue: what the FORAMEN3D panel's buttons do (the module file's widget delegates here).
+
+Decisions (markups, live values, layout, reformats, messages) come from the Slicer-free
+``FORAMEN3DLib.markup_model`` and ``spinemorph.gui_support``; this controller only reads and writes widgets.
+"""
+
+import importlib
+import logging
+import sys
+
+import qt
+import slicer
+
+IMPORTED_WEIGHTS = "__weights_file__"
+
+
+def reloadGlue(packageName):
+    """Reload the already imported glue modules ``packageName.slicer_*`` (so that "Reload" picks up edited glue).
+
+    The Slicer-free core is not reloaded: its classes are shared with other modules (``isinstance`` checks)."""
+    for name in sorted(n for n in sys.modules if n.startswith(packageName + ".slicer_")):
+        importlib.reload(sys.modules[name])
+
+
+class RunGuard:
+    """Progress bar + Cancel button for one long computation; ``relay`` feeds the core's callbacks."""
+
+    def __init__(self, ui):
+        from spinemorph.gui_support import ProgressRelay
+
+        self.ui = ui
+        self.relay = ProgressRelay(self._onProgress, slicer.app.processEvents)
+
+    def _onProgress(self, percent, message):
+        self.ui.progressBar.value = percent
+        self.ui.progressBar.setFormat(f"%p% {message}" if message else "%p%")
+
+    def __enter__(self):
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.visible = True
+        self.ui.cancelButton.visible = True
+        self.ui.applyButton.enabled = False
+        self.ui.cancelButton.connect("clicked()", self.relay.request_cancel)
+        return self
+
+    def __exit__(self, excType, exc, tb):
+        self.ui.cancelButton.disconnect("clicked()", self.relay.request_cancel)
+        self.ui.cancelButton.visible = False
+        self.ui.progressBar.visible = False
+        self.ui.applyButton.enabled = True
+        return False
+
+
+class FORAMEN3DController:
+    """Handlers of the FORAMEN3D panel."""
+
+    def __init__(self, ui, logic, parameterNodeGetter, observeMarkup):
+        self.ui = ui
+        self.logic = logic
+        self._parameterNode = parameterNodeGetter
+        self._observeMarkup = observeMarkup
+        self.ui.progressBar.visible = False
+        self.ui.cancelButton.visible = False
+        self.ui.deviceWarningLabel.visible = False
+
+    # ------------------------------------------------------------------ model / device
+    def populateModels(self):
+        """Embedded 3D models (catalogue; default first) + "Imported weights file…"."""
+        entries, error = [], ""
+        try:
+            from FORAMEN3DLib import models3d
+
+            for entry in models3d.list_models():
+                entries.append((f"{entry['name']} ({entry.get('description', '3D U-Net')})"[:80], entry["name"]))
+        except ImportError:
+            pass
+        except Exception as exc:
+            error = str(exc)
+        if not entries:
+            entries.append(("default (embedded 3D U-Net)", "default"))
+        entries.append(("Imported weights file…", IMPORTED_WEIGHTS))
+        combo = self.ui.modelComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for label, value in entries:
+            combo.addItem(label, value)
+        combo.blockSignals(wasBlocked)
+        if error:
+            self.ui.statusLabel.text = error
+        self.syncModelFromParameters()
+
+    def syncModelFromParameters(self):
+        pn = self._parameterNode()
+        combo = self.ui.modelComboBox
+        index = combo.findData(pn.model) if pn else -1
+        combo.currentIndex = index if index >= 0 else 0
+        if pn and index < 0 and combo.currentData:
+            pn.model = combo.currentData  # a stored name that is no longer in the catalogue: use the default
+        imported = combo.currentData == IMPORTED_WEIGHTS
+        self.ui.weightsPathLineEdit.visible = self.ui.weightsLabel.visible = imported
+
+    def onModelChanged(self, index):
+        pn = self._parameterNode()
+        value = self.ui.modelComboBox.itemData(index)
+        if pn and value:
+            pn.model = value
+        self.ui.weightsPathLineEdit.visible = self.ui.weightsLabel.visible = value == IMPORTED_WEIGHTS
+
+    def resolvedModel(self):
+        from spinemorph.errors import SpineMorphError
+
+        pn = self._parameterNode()
+        if pn.model != IMPORTED_WEIGHTS:
+            return pn.model or "default"
+        path = pn.weightsFile
+        if str(path) in ("", ".") or not path.is_file():
+            raise SpineMorphError("no weights file chosen; pick a .pt file written by 'spinemorph foramen train' or an embedded model")
+        return str(path)
+
+    def updateDeviceWarning(self, preference):
+        try:
+            from spinemorph.gui_support import resolve_device
+
+            _, warning = resolve_device(preference)
+        except ImportError:
+            warning = ""
+        self.ui.deviceWarningLabel.text = warning
+        self.ui.deviceWarningLabel.visible = bool(warning)
+
+    # ------------------------------------------------------------------ apply / measure
+    def onApply(self):
+        pn = self._parameterNode()
+        with slicer.util.tryWithErrorDisplay("FORAMEN3D failed.", waitCursor=True):
+            self.logic.ensureDependencies()
+            from spinemorph.gui_support import is_cancelled, user_message
+
+            self.updateDeviceWarning(pn.device.value)
+            model = self.resolvedModel()
+            try:
+                with RunGuard(self.ui) as guard:
+                    segNode, tableNode = self.logic.process(
+                        pn.inputVolume, model=model, device=pn.device.value, outputSegmentation=pn.outputSegmentation,
+                        measurementTable=pn.measurementTable, progress=guard.relay.progress,
+                        shouldCancel=guard.relay.should_cancel)
+            except Exception as exc:
+                if is_cancelled(exc):
+                    self.ui.statusLabel.text = user_message(exc)
+                    return
+                raise RuntimeError(user_message(exc)) from exc
+            pn.outputSegmentation, pn.measurementTable = segNode, tableNode
+            self._afterMeasure()
+
+    def onRemeasure(self):
+        pn = self._parameterNode()
+        with slicer.util.tryWithErrorDisplay("Measuring the foramina failed.", waitCursor=True):
+            if not pn.outputSegmentation:
+                raise RuntimeError("there is no L4 / disc / L5 segmentation yet; run Apply first")
+            pn.measurementTable = self.logic.measure(pn.inputVolume, pn.outputSegmentation, pn.measurementTable)
+            self._afterMeasure()
+
+    def _afterMeasure(self):
+        for node in self.logic.markupNodes.values():
+            self._observeMarkup(node)
+        self.ui.measurementTableView.setMRMLTableNode(self._parameterNode().measurementTable)
+        self.ui.statusLabel.text = self.logic.measurementState.summary_text()
+
+    def onMarkupModified(self, caller, event=None):
+        try:
+            self.logic.onMarkupModified(caller)
+        except Exception as exc:  # an outline dragged to < 3 points etc.: say it, keep the slot alive
+            self.ui.statusLabel.text = str(exc)
+            return
+        if self.logic.measurementState is not None:
+            self.ui.statusLabel.text = self.logic.measurementState.summary_text()
+
+    def onEditInSegmentEditor(self):
+        pn = self._parameterNode()
+        with slicer.util.tryWithErrorDisplay("Cannot open the Segment Editor."):
+            if not pn.outputSegmentation or not pn.inputVolume:
+                raise RuntimeError("there is no segmentation yet; run Apply first")
+            slicer.util.selectModule("SegmentEditor")
+            editor = slicer.modules.SegmentEditorWidget.editor
+            editor.setSegmentationNode(pn.outputSegmentation)
+            editor.setSourceVolumeNode(pn.inputVolume)
+
+    def onLateralViews(self):
+        pn = self._parameterNode()
+        with slicer.util.tryWithErrorDisplay("Cannot show the lateral views."):
+            if self.logic.measurementState is None:
+                raise RuntimeError("measure first (Apply or Re-measure)")
+            self.logic.showLateralViews(pn.inputVolume)
+
+    # ------------------------------------------------------------------ planning
+    def onSuggest(self):
+        pn = self._parameterNode()
+        with slicer.util.tryWithErrorDisplay("Trajectory planning failed.", waitCursor=True):
+            if not pn.outputSegmentation:
+                raise RuntimeError("there is no L4 / disc / L5 segmentation yet; run Apply first")
+            self.ui.statusLabel.text = f"Sweeping {pn.side.value} trajectories (medial x craniocaudal angles)…"
+            slicer.app.processEvents()
+            line, result = self.logic.suggestTrajectory(
+                pn.inputVolume, pn.outputSegmentation, pn.side.value, pn.target.value, pn.diameterMm, pn.trajectoryLine)
+            pn.trajectoryLine = line
+            sweep = result.sides[pn.side.value]
+            verdict = "foraminoplasty needed: no bone-free channel" if sweep.foraminoplasty_needed else "bone-free channel found"
+            notes = "; ".join(result.warnings[:1])
+            self.ui.statusLabel.text = f"{pn.side.value}: {verdict} ({sweep.criterion})" + (f". Note: {notes}" if notes else "")
+            if self.logic.heatmapPath:
+                pixmap = qt.QPixmap(self.logic.heatmapPath)
+                self.ui.heatmapLabel.setPixmap(pixmap.scaledToWidth(max(200, self.ui.heatmapLabel.width)))
+            self.onEvaluate()
+
+    def onEvaluate(self):
+        pn = self._parameterNode()
+        with slicer.util.tryWithErrorDisplay("Evaluating the trajectory failed.", waitCursor=True):
+            trajectory, model, table = self.logic.evaluateTrajectory(
+                pn.inputVolume, pn.outputSegmentation, pn.trajectoryLine, pn.diameterMm, pn.channelModel, pn.trajectoryTable)
+            pn.channelModel, pn.trajectoryTable = model, table
+            self.ui.trajectoryTableView.setMRMLTableNode(table)
+            logging.info(f"FORAMEN3D trajectory: clearance {trajectory.clearance_mm:.2f} mm, bone {trajectory.bone_mm3:.1f} mm3")

@@ -1,0 +1,231 @@
+"""Batch runs: N cases with k broken give N - k results, k reported failures with reasons, exit code 3; interrupted
+batches resume; nothing half-written is left behind."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from spinemorph.batch import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    REPORT_CSV,
+    REPORT_JSON,
+    BatchCase,
+    discover_cases,
+    run_batch,
+)
+from spinemorph.errors import InputError, OutputError, SpineMorphError
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return [p.name for p in folder.rglob("*") if ".partial-" in p.name or ".tmp" in p.name or ".old-" in p.name]
+
+
+def _writer(case: BatchCase, out: Path) -> dict:
+    """A case function: writes two files, or fails according to the case name."""
+    (out / "result.txt").write_text(f"result of {case.name}\n")
+    if case.name.startswith("bad"):
+        raise InputError(f"{case.name} is broken on purpose; fix the input")
+    if case.name.startswith("bug"):
+        raise ZeroDivisionError("division by zero")
+    (out / "more.txt").write_text("x\n")
+    return {"value": len(case.name)}
+
+
+def _cases(names) -> list[BatchCase]:
+    return [BatchCase(n, Path(f"/inputs/{n}")) for n in names]
+
+
+def test_partial_failure_report_and_no_half_written_results(tmp_path):
+    names = ["a1", "bad1", "a2", "bug1", "a3"]
+    rep = run_batch(_cases(names), _writer, tmp_path / "out", task="demo")
+    out = tmp_path / "out"
+    assert rep.exit_code == EXIT_PARTIAL == 3
+    assert [r.case.name for r in rep.succeeded] == ["a1", "a2", "a3"]  # N - k results
+    assert {r.case.name: r.error_kind for r in rep.failed} == {"bad1": "InputError", "bug1": "InternalError"}
+    assert "broken on purpose" in rep.failed[0].message and "ZeroDivisionError" in rep.failed[1].message
+    for n in ("a1", "a2", "a3"):
+        assert (out / n / "result.txt").read_text() == f"result of {n}\n" and (out / n / "more.txt").is_file()
+    for n in ("bad1", "bug1"):
+        assert not (out / n).exists()  # the failed case's half-written folder is gone
+    assert not _leftovers(out)
+    doc = json.loads((out / REPORT_JSON).read_text())
+    assert doc["n_cases"] == 5 and doc["n_succeeded"] == 3 and doc["n_failed"] == 2 and doc["exit_code"] == 3
+    assert doc["cases"][0]["summary"] == {"value": 2}
+    rows = list(csv.DictReader(io.StringIO((out / REPORT_CSV).read_text())))
+    assert [(r["case"], r["status"]) for r in rows] == [("a1", "ok"), ("bad1", "failed"), ("a2", "ok"), ("bug1", "failed"), ("a3", "ok")]
+    assert rows[1]["message"].startswith("bad1 is broken on purpose")
+    # the report is not overwritten by a second batch without --overwrite / --resume
+    with pytest.raises(OutputError, match="already exists"):
+        run_batch(_cases(names), _writer, out)
+
+
+def test_exit_codes_all_ok_and_all_failed(tmp_path):
+    assert run_batch(_cases(["a", "b"]), _writer, tmp_path / "ok").exit_code == EXIT_OK
+    assert run_batch(_cases(["bad_a", "bad_b"]), _writer, tmp_path / "ko").exit_code == EXIT_FAILURE
+    assert run_batch([], _writer, tmp_path / "none").exit_code == EXIT_FAILURE
+    with pytest.raises(InputError, match="unique"):
+        run_batch(_cases(["a", "a"]), _writer, tmp_path / "dup")
+    with pytest.raises(InputError, match="cannot be used"):
+        run_batch(_cases([".hidden"]), _writer, tmp_path / "hid")
+
+
+def test_interrupted_batch_resumes_where_it_stopped(tmp_path):
+    names = ["c1", "c2", "c3", "c4"]
+    calls = []
+
+    def fn(case, out):
+        calls.append(case.name)
+        (out / "r.txt").write_text(case.name)
+        if case.name == "c3" and len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of case c3
+        return None
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(_cases(names), fn, out)
+    doc = json.loads((out / REPORT_JSON).read_text())
+    assert doc["interrupted"] and [c["status"] for c in doc["cases"]] == ["ok", "ok", "not run", "not run"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["c1", "c2"] and not _leftovers(out)
+    rep = run_batch(_cases(names), fn, out, resume=True)
+    assert calls == ["c1", "c2", "c3", "c3", "c4"]  # c1, c2 not redone
+    assert [r.status for r in rep.results] == ["skipped", "skipped", "ok", "ok"] and rep.exit_code == EXIT_OK
+    # --overwrite redoes everything and replaces the old result folders atomically
+    rep = run_batch(_cases(names), fn, out, overwrite=True)
+    assert [r.status for r in rep.results] == ["ok"] * 4 and (out / "c1" / "r.txt").read_text() == "c1"
+    assert not _leftovers(out)
+
+
+def test_discover_cases(tmp_path):
+    (tmp_path / "study_b").mkdir()
+    (tmp_path / "a.nrrd").write_bytes(b"x")
+    (tmp_path / "a.nii.gz").write_bytes(b"x")
+    (tmp_path / "c.mha").write_bytes(b"x")
+    (tmp_path / "README.txt").write_text("notes")
+    (tmp_path / ".DS_Store").write_bytes(b"")
+    cases, ignored = discover_cases(tmp_path)
+    assert [c.name for c in cases] == ["a.nii.gz", "a.nrrd", "c", "study_b"]
+    assert ignored == ["README.txt"]
+    with pytest.raises(InputError, match="does not exist"):
+        discover_cases(tmp_path / "nope")
+    with pytest.raises(InputError, match="not a folder"):
+        discover_cases(tmp_path / "c.mha")
+
+
+# ---------------------------------------------------------------------- the command line
+def _axial_image(path: Path, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    jj, ii = np.mgrid[0:48, 0:48]
+    sac = ((jj - 24) / 9.0) ** 2 + ((ii - 24) / 12.0) ** 2 < 1
+    a = (100 + 10 * rng.standard_normal((2, 48, 48)) + 300 * sac[None]).astype(np.int16)
+    img = sitk.GetImageFromArray(a)
+    img.SetSpacing((0.7, 0.7, 4.0))
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def dsca_weights(tmp_path_factory) -> Path:
+    torch = pytest.importorskip("torch")
+    from DuralSacSegLib.models import save_weights
+    from DuralSacSegLib.networks import build_network
+
+    torch.manual_seed(0)
+    return save_weights(tmp_path_factory.mktemp("w") / "attn.pt", build_network("attention_unet"), "attention_unet")
+
+
+def _main(argv) -> tuple[int, str]:
+    from spinemorph.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main([str(a) for a in argv])
+    return code, err.getvalue()
+
+
+def test_cli_batch_dsca_partial_failure(tmp_path, dsca_weights):
+    """4 cases, 2 broken (NaN voxels, a corrupt file) -> 2 results, 2 reported failures, exit code 3."""
+    pytest.importorskip("torch")
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    _axial_image(folder / "p01.nrrd", 1)
+    _axial_image(folder / "p02.mha", 2)
+    bad = sitk.GetImageFromArray(np.full((2, 48, 48), np.nan, np.float32))
+    sitk.WriteImage(bad, str(folder / "p03_nan.nrrd"))
+    (folder / "p04_corrupt.nii.gz").write_bytes(b"\x1f\x8b garbage")
+    out = tmp_path / "results"
+    args = f"--model {dsca_weights} --device cpu --overlays 0"
+    code, err = _main(["batch", "dsca", folder, "--out", out, "--args", args])
+    assert code == 3, err
+    assert "Traceback" not in err
+    rows = {r["case"]: r for r in csv.DictReader(io.StringIO((out / REPORT_CSV).read_text()))}
+    assert {k: v["status"] for k, v in rows.items()} == {"p01": "ok", "p02": "ok", "p03_nan": "failed", "p04_corrupt": "failed"}
+    assert "NaN" in rows["p03_nan"]["message"] and "cannot read" in rows["p04_corrupt"]["message"]
+    for case in ("p01", "p02"):
+        table = (out / case / "dsca.csv").read_text().splitlines()
+        assert len(table) == 3  # header + 2 slices
+        assert (out / case / "dural_sac.seg.nrrd").is_file() and (out / case / "command_output.txt").is_file()
+    assert not (out / "p03_nan").exists() and not (out / "p04_corrupt").exists() and not _leftovers(out)
+    # the same result as the single-case command (same function, same files)
+    single = tmp_path / "single"
+    code1, _ = _main(["dsca", "segment", folder / "p01.nrrd", "--out", single, *args.split()])
+    assert code1 == 0
+    assert (single / "dsca.csv").read_bytes() == (out / "p01" / "dsca.csv").read_bytes()
+    # rerun with --resume: the good cases are kept, the broken ones fail again with the same reasons
+    code2, _ = _main(["batch", "dsca", folder, "--out", out, "--args", args, "--resume"])
+    rows2 = {r["case"]: r["status"] for r in csv.DictReader(io.StringIO((out / REPORT_CSV).read_text()))}
+    assert code2 == 3 and rows2 == {"p01": "skipped", "p02": "skipped", "p03_nan": "failed", "p04_corrupt": "failed"}
+
+
+def test_cli_batch_foramen_label_maps(tmp_path):
+    """Foramen measurement over label maps: the phantom's L4/disc/L5 map succeeds, a map without L4/L5 fails."""
+    from spinemorph.phantom import make_phantom
+    from spinemorph.volume import Volume, write_volume
+
+    ph = make_phantom()
+    c = np.asarray(ph.canal_to_lps(np.zeros(3)))
+    size = np.array([100, 100, 70])
+    grid = Volume(np.zeros(size[::-1], np.uint8), (1.0,) * 3, c - size / 2, np.eye(3))
+    labels = ph.rasterize_labels(grid, kind="foramen")
+    folder = tmp_path / "maps"
+    write_volume(labels, folder / "phantom.nrrd")
+    write_volume(labels.with_array((labels.array == 2).astype(np.uint8) * 2), folder / "disc_only.nrrd")
+    out = tmp_path / "out"
+    code, err = _main(["batch", "foramen", folder, "--out", out, "--args", "--labels-only --no-meshes"])
+    assert code == 3, err
+    rows = {r["case"]: r for r in csv.DictReader(io.StringIO((out / REPORT_CSV).read_text()))}
+    assert rows["phantom"]["status"] == "ok" and rows["disc_only"]["status"] == "failed"
+    assert "L4" in rows["disc_only"]["message"]
+    measured = list(csv.DictReader(io.StringIO((out / "phantom" / "measurements.csv").read_text())))
+    height = {r["Side"]: float(r["Value"]) for r in measured if r["Metric"] == "foraminal_height"}
+    for side in ("left", "right"):
+        assert height[side] == pytest.approx(ph.truth.foramen[side].height_mm, abs=1.0)
+
+
+def test_cli_batch_usage_errors(tmp_path):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "x.nrrd").write_bytes(b"x")
+    code, err = _main(["batch", "dsca", folder, "--out", folder / "inside"])
+    assert code == 1 and "inside the batch folder" in err
+    with pytest.raises(SystemExit) as exc:
+        _main(["batch", "dsca", folder, "--out", tmp_path / "o", "--args", "--no-such-option"])
+    assert exc.value.code == 2
+    code, err = _main(["batch", "dsca", folder, "--out", tmp_path / "o", "--args", "'unbalanced"])
+    assert code == 1 and "cannot be split" in err
+
+
+def test_command_for_unknown_task():
+    from spinemorph.cmd_batch import command_for
+
+    with pytest.raises(SpineMorphError, match="unknown batch task"):
+        command_for("nope")

@@ -1,0 +1,260 @@
+"""The study's self-contained HTML report, assembled from the outputs of the study's steps.
+
+Sections (ids are stable; ``Testing/test_study.py`` checks them): ``notice``, ``series``, ``dsca``, ``foramen``,
+``plan``, ``truth`` (synthetic study only), ``qc``, ``provenance``. Every figure is a base64 PNG inside the page.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from spinemorph.htmlreport import Figure, HtmlReport, png_bytes_from_matplotlib
+
+NOT_A_DEVICE = (
+    "Research software, not a medical device: the measurements have not been cleared or approved for clinical use. "
+    "They must be checked by a qualified reader (edit the segmentation and the measurement points in 3D Slicer) before "
+    "any clinical interpretation."
+)
+
+#: report section ids in page order
+SECTIONS = ("notice", "series", "dsca", "foramen", "plan", "truth", "qc", "provenance")
+
+
+def _load_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _png(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _fmt(v, nd=1):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return "–" if not np.isfinite(v) else f"{v:.{nd}f}"
+    return str(v)
+
+
+def _dsca_plot(slices: list[dict]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    pos = np.array([s.get("position_mm") or np.nan for s in slices], dtype=float)
+    area = np.array([s.get("area_mm2") if s.get("area_mm2") is not None else np.nan for s in slices], dtype=float)
+    corr = np.array([s.get("corrected_area_mm2") if s.get("corrected_area_mm2") is not None else np.nan for s in slices], dtype=float)
+    fig, ax = plt.subplots(figsize=(7.2, 3.4))
+    ax.plot(pos, area, "o-", label="axial DSCA", color="#1f77b4")
+    ax.plot(pos, corr, "s--", label="angle-corrected DSCA", color="#d62728", ms=4)
+    for y, lab in ((100, "100 mm²"), (75, "75 mm²")):
+        ax.axhline(y, color="0.5", lw=0.8, ls=":")
+        ax.text(pos[np.isfinite(pos)].min() if np.isfinite(pos).any() else 0, y + 2, lab, fontsize=8, color="0.4")
+    ax.set_xlabel("slice position along the slice normal (mm)")
+    ax.set_ylabel("area (mm²)")
+    ax.set_title("Dural sac cross-sectional area per slice")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return png_bytes_from_matplotlib(fig)
+
+
+def _mesh_snapshot(foramen_dir: Path) -> tuple[bytes | None, str]:
+    from spinemorph.labels import COLORS
+    from spinemorph.render3d import snapshot
+
+    meshes = []
+    for name in ("L4", "L4-5 disc", "L5"):
+        p = foramen_dir / "meshes" / f"{name.replace(' ', '_')}.vtp"
+        if p.exists():
+            import vtk
+
+            r = vtk.vtkXMLPolyDataReader()
+            r.SetFileName(str(p))
+            r.Update()
+            meshes.append((r.GetOutput(), COLORS[name], 1.0 if name != "L4-5 disc" else 0.9))
+    if not meshes:
+        return None, ""
+    return snapshot(meshes)
+
+
+def build_report(out_dir: Path, selection, steps, *, truth_path: Path | None, models: dict, version: str) -> str:
+    """HTML text of the study report built from the files in ``out_dir``."""
+    out_dir = Path(out_dir)
+    status = {s.name: s for s in steps}
+    rep = HtmlReport("SpineMorph lumbar MRI study report", f"{out_dir.resolve()} · SpineMorph {version}")
+    qc: list[str] = []
+
+    # ---- notice
+    sec = rep.section("notice", "Not a medical device")
+    sec.append(rep.paragraph(NOT_A_DEVICE, "notice"))
+
+    # ---- series
+    sec = rep.section("series", "Series used")
+    rows = []
+    if selection is not None:
+        rows.append(["DSCA (DuralSacSeg)", selection.dsca.label() if selection.dsca else "–", selection.dsca_reason])
+        rows.append(["Foramen (FORAMEN3D) and planning", selection.foramen.label() if selection.foramen else "–", selection.foramen_reason])
+        rows += [["skipped", s, r] for s, r in selection.skipped]
+    sec.append(rep.table(["use", "series", "why"], rows, table_id="series-table"))
+    sec.append(rep.table(
+        ["step", "status", "time (s)", "message"],
+        [[s.name, s.status, f"{s.seconds:.1f}", s.message] for s in steps],
+        flags=[s.status == "failed" for s in steps], table_id="steps-table"))
+
+    # ---- DSCA
+    sec = rep.section("dsca", "Dural sac cross-sectional area (DSCA)")
+    dsca_dir = out_dir / "dsca"
+    dsca = _load_json(dsca_dir / "dsca.json") if status.get("dsca") and status["dsca"].status == "ok" else None
+    if dsca is None:
+        st = status.get("dsca")
+        sec.append(rep.paragraph(f"DSCA not available: {st.message if st else 'step not run'}", "flag"))
+    else:
+        slices = dsca.get("slices", [])
+        sec.append(rep.figure(Figure(_dsca_plot(slices), "DSCA per slice: axial area and area perpendicular to the canal "
+                                     "centreline; dotted lines at the 100 and 75 mm² thresholds.", fig_id="fig-dsca-plot")))
+        for i in range(1, 9):
+            png = _png(dsca_dir / f"overlay_{i}.png")
+            if png:
+                sec.append(rep.figure(Figure(png, f"smallest-area slice #{i}: dural sac outline and area", 360, f"fig-overlay-{i}")))
+        levels = dsca.get("levels", [])
+        if levels:
+            sec.append("<h3>Per level (mid-disc slice)</h3>")
+            sec.append(rep.table(
+                ["level", "slice", "area (mm²)", "corrected area (mm²)", "AP (mm)", "LR (mm)", "category"],
+                [[lv.get("level"), lv.get("slice_index"), _fmt(lv.get("area_mm2")), _fmt(lv.get("corrected_area_mm2")),
+                  _fmt(lv.get("ap_diameter_mm")), _fmt(lv.get("lr_diameter_mm")), lv.get("stenosis")] for lv in levels],
+                flags=[lv.get("stenosis") not in (None, "normal", "") for lv in levels], table_id="dsca-levels"))
+        sec.append("<h3>Per slice</h3>")
+        sec.append(rep.table(
+            ["slice", "position (mm)", "area (mm²)", "corrected (mm²)", "AP (mm)", "LR (mm)", "solidity", "components",
+             "category", "QC"],
+            [[s.get("slice_index"), _fmt(s.get("position_mm")), _fmt(s.get("area_mm2")), _fmt(s.get("corrected_area_mm2")),
+              _fmt(s.get("ap_diameter_mm")), _fmt(s.get("lr_diameter_mm")), _fmt(s.get("solidity"), 2), s.get("n_components"),
+              s.get("stenosis"), ", ".join(s.get("qc_flags") or [])] for s in slices],
+            flags=[s.get("stenosis") not in (None, "normal", "") for s in slices], table_id="dsca-table"))
+        scheme = dsca.get("stenosis_scheme", {})
+        sec.append("<h3>Stenosis thresholds and sources</h3>")
+        sec.append(rep.table(["category", "area below (mm²)", "source"],
+                             [[c.get("label"), _fmt(c.get("area_below_mm2")), c.get("citation")] for c in scheme.get("categories", [])],
+                             table_id="dsca-thresholds"))
+        if scheme.get("note"):
+            sec.append(rep.paragraph(scheme["note"], "muted"))
+        for s in slices:
+            for f in s.get("qc_flags") or []:
+                qc.append(f"DSCA slice {s.get('slice_index')}: {f}")
+
+    # ---- foramen
+    sec = rep.section("foramen", "L4-5 intervertebral foramen (FORAMEN3D)")
+    fdir = out_dir / "foramen"
+    meas = _load_json(fdir / "measurements.json") if status.get("foramen") and status["foramen"].status == "ok" else None
+    if meas is None:
+        st = status.get("foramen")
+        sec.append(rep.paragraph(f"Foramen measurements not available: {st.message if st else 'step not run'}", "flag"))
+    else:
+        ms = meas.get("measurements", [])
+        sec.append(rep.table(
+            ["metric", "side", "value", "unit", "flag"],
+            [[m.get("metric"), m.get("side"), _fmt(m.get("value")), m.get("unit"), m.get("flag") or ""] for m in ms],
+            flags=[bool(m.get("flag")) for m in ms], table_id="foramen-table"))
+        th, src = meas.get("thresholds", {}), meas.get("threshold_sources", {})
+        sec.append("<h3>Thresholds and sources</h3>")
+        sec.append(rep.table(["threshold", "value", "source"], [[k, _fmt(v), src.get(k, "")] for k, v in th.items()],
+                             table_id="foramen-thresholds"))
+        png = _png(fdir / "report.png")
+        if png:
+            sec.append(rep.figure(Figure(png, "Lateral views (left and right foramen): height and width lines, area outline.",
+                                         fig_id="fig-lateral")))
+        snap, renderer = _mesh_snapshot(fdir)
+        if snap:
+            sec.append(rep.figure(Figure(snap, f"3D surface meshes of L4, the L4-5 disc and L5 (rendered offscreen with {renderer}).",
+                                         560, "fig-3d")))
+        for m in ms:
+            if m.get("flag"):
+                qc.append(f"foramen {m.get('side')} {m.get('metric')}: {m.get('flag')}")
+            if m.get("note"):
+                qc.append(f"foramen {m.get('side')} {m.get('metric')}: {m.get('note')}")
+
+    # ---- plan
+    sec = rep.section("plan", "Transforaminal endoscopic trajectory (L4-5)")
+    pdir = out_dir / "plan"
+    plan = _load_json(pdir / "plan_report.json") if status.get("plan") and status["plan"].status == "ok" else None
+    if plan is None:
+        st = status.get("plan")
+        sec.append(rep.paragraph(f"Trajectory plan not available: {st.message if st else 'step not run'}", "flag"))
+    else:
+        rows = []
+        for side, sd in plan.get("sides", {}).items():
+            b = sd.get("best", {})
+            rows.append([side, _fmt(b.get("medial_angle_deg")), _fmt(b.get("craniocaudal_angle_deg")),
+                         _fmt(b.get("entry_midline_distance_mm")), _fmt(b.get("length_mm")), _fmt(b.get("min_clearance_mm")),
+                         _fmt(b.get("bone_mm3")), sd.get("verdict", "")])
+        sec.append(rep.table(["side", "medial angle (deg)", "craniocaudal angle (deg)", "entry from midline (mm)",
+                              "length (mm)", "min clearance to bone (mm)", "bone in channel (mm³)", "verdict"], rows,
+                             flags=[plan["sides"][s].get("foraminoplasty_needed", False) for s in plan.get("sides", {})],
+                             table_id="plan-table"))
+        png = _png(pdir / "plan_heatmap.png")
+        if png:
+            sec.append(rep.figure(Figure(png, "Angle sweep: bone intersected by the working channel and clearance to bone; "
+                                         "the chosen trajectory is marked.", fig_id="fig-heatmap")))
+        refs = plan.get("references") or plan.get("reference_values")
+        if refs:
+            sec.append("<h3>Reference values</h3>")
+            items = refs.items() if isinstance(refs, dict) else enumerate(refs)
+            sec.append(rep.table(["item", "value / source"], [[k, json.dumps(v) if not isinstance(v, str) else v] for k, v in items],
+                                 table_id="plan-references"))
+
+    # ---- truth (synthetic studies only)
+    sec = rep.section("truth", "Exact ground truth (synthetic study)")
+    truth = _load_json(truth_path) if truth_path else None
+    if truth is None:
+        sec.append(rep.paragraph("Not a synthetic study: no ground truth.", "muted"))
+    else:
+        rows = []
+        fm = {(m.get("metric"), m.get("side")): m.get("value") for m in (meas or {}).get("measurements", [])}
+        for side in ("left", "right"):
+            t = truth.get("foramen", {}).get(side, {})
+            for metric, key, unit in (("foraminal_height", "height_mm", "mm"), ("foraminal_width", "width_mm", "mm"),
+                                      ("foraminal_area", "area_mm2", "mm²")):
+                rows.append([f"{metric} ({side})", _fmt(t.get(key)), _fmt(fm.get((metric, side))), unit])
+        sec.append(rep.paragraph("The input was generated by the SpineMorph phantom; its measurements are known exactly "
+                                 "from the analytic geometry.", "muted"))
+        sec.append(rep.table(["quantity", "exact", "measured", "unit"], rows, table_id="truth-table"))
+
+    # ---- QC
+    sec = rep.section("qc", "Quality-control flags")
+    failed = [s for s in steps if s.status != "ok"]
+    for s in failed:
+        qc.insert(0, f"step {s.name} {s.status}: {s.message}")
+    sec.append(rep.raw("<ul>" + "".join(f"<li>{_esc(q)}</li>" for q in qc) + "</ul>") if qc else rep.paragraph("No QC flags.", "ok"))
+
+    # ---- provenance
+    sec = rep.section("provenance", "Models, software and timing")
+    rows = [["SpineMorph", version], ["DSCA model", models.get("dsca", "default")], ["foramen model", models.get("foramen", "default")]]
+    if dsca and dsca.get("segmentation"):
+        seg = dsca["segmentation"]
+        rows.append(["DSCA model (resolved)", f"{seg.get('model', '')} {seg.get('model_version', '') or ''}".strip()])
+        rows.append(["DSCA device", str(seg.get("device", ""))])
+    if meas and meas.get("segmentation"):
+        rows.append(["foramen segmentation", json.dumps(meas["segmentation"])[:300]])
+    rows.append(["total time (s)", f"{sum(s.seconds for s in steps):.1f}"])
+    sec.append(rep.table(["item", "value"], rows, table_id="provenance-table"))
+    sec.append(rep.paragraph("Real-data attribution where models were trained on SPIDER: van der Graaf JW et al., "
+                             "Lumbar spine segmentation in MR images: a dataset and a public benchmark, Sci Data 11, 264 (2024), "
+                             "CC BY 4.0.", "muted"))
+    return rep.render()
+
+
+def _esc(text: str) -> str:
+    import html
+
+    return html.escape(str(text))
