@@ -1,6 +1,6 @@
 import slicer
 import vtk
-from FORAMEN3DLib import slicer_logic, slicer_sampledata, slicer_widget
+from FORAMEN3DLib import slicer_logic, slicer_widget
 from FORAMEN3DLib.slicer_parameters import FORAMEN3DParameterNode
 from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import (
@@ -16,7 +16,8 @@ class FORAMEN3D(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("FORAMEN3D")
         self.parent.categories = ["SpineMorph"]
-        self.parent.dependencies = []
+        # DuralSacSeg provides the shared glue (dependency installation, the "SpineMorph" sample data)
+        self.parent.dependencies = ["DuralSacSeg"]
         self.parent.contributors = ["SpineMorph developers"]
         self.parent.helpText = _("""
 3D segmentation of L4, the L4-5 disc and L5 (3D U-Net), surface models, L4-5 intervertebral foramen height, width
@@ -28,7 +29,6 @@ See <a href="https://github.com/spinemorph/SlicerSpineMorph#foramen3d">the docum
 Models trained on images synthesised from the SPIDER lumbar spine MRI label maps (van der Graaf JW et al.,
 Sci Data 11, 264 (2024), CC BY 4.0) and on procedural phantoms.
 """)
-        slicer.app.connect("startupCompleted()", slicer_sampledata.registerSampleData)
 
 
 class FORAMEN3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):

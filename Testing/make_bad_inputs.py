@@ -322,7 +322,7 @@ def make_cases(root: str | os.PathLike) -> list[BadInputCase]:
         f.unlink()
     ds.save_as(mf_dir / "MF0001.dcm")
     dsca("multiframe_dicom", "enhanced multi-frame DICOM file", mf_dir, ["multi-frame"])
-    dsca("dim1", "1D image", _write_bytes(d("dim1") / "line.mha", _mha_header([16], "1") + bytes(32)), ["not a supported image"])
+    dsca("dim1", "1D image", _write_bytes(d("dim1") / "line.mha", _mha_header([16], "1") + bytes(32)), ["1D", "3D volume"])
 
     # ---- spacing
     dsca("zero_spacing_nrrd", "NRRD with zero spacing", _nrrd(d("zero_spacing_nrrd") / "z.nrrd", _image(), {"spacings": [0, 0, 0]}),
@@ -377,7 +377,7 @@ def make_cases(root: str | os.PathLike) -> list[BadInputCase]:
     # ---- corrupt files
     good_bytes = good.read_bytes()
     dsca("truncated_nrrd", "NRRD whose pixel data stop half-way", _write_bytes(d("truncated_nrrd") / "t.nrrd", good_bytes[: len(good_bytes) // 2]),
-         ["corrupt, truncated"])
+         ["truncated"])
     dsca("garbage_nifti", "random bytes named .nii.gz", _write_bytes(d("garbage_nifti") / "g.nii.gz", gzip.compress(_rng(1).bytes(4000))),
          ["cannot read"])
     dsca("garbage_mha", "random bytes named .mha", _write_bytes(d("garbage_mha") / "g.mha", _rng(2).bytes(3000)), ["cannot read"])
@@ -418,6 +418,18 @@ def make_cases(root: str | os.PathLike) -> list[BadInputCase]:
         ["L4", "L5"], "--labels-only")
     foramen("empty_segmentation", "label map of zeros", _write_sitk(np.zeros((40, 40, 40), np.uint8), d("empty_segmentation") / "zeros.nrrd",
             spacing=(0.8, 0.8, 0.8)), ["L4"], "--labels-only")
+    foramen("labels_without_l4_l5_autodetect", "label map 0/2 (disc only) without --labels-only: must be recognised as a "
+            "label map lacking L4 / L5, not segmented as an image", d("labels_without_l4_l5") / "disc_only.nrrd", ["L4", "L5"])
+    plan_img = good_3d
+    cli("plan_labels_without_l4_l5", "trajectory planning with a label map lacking L4 / L5",
+        ["plan", plan_img, "--labels", d("labels_without_l4_l5") / "disc_only.nrrd", "--out", out("plan_labels_without_l4_l5")],
+        ["L4", "L5"], out_dir=out("plan_labels_without_l4_l5"))
+    cli("plan_empty_labels", "trajectory planning with an empty label map",
+        ["plan", plan_img, "--labels", d("empty_segmentation") / "zeros.nrrd", "--out", out("plan_empty_labels")],
+        ["empty"], out_dir=out("plan_empty_labels"))
+    cli("plan_missing_labels_file", "--labels names a file that does not exist",
+        ["plan", plan_img, "--labels", root / "nowhere.nrrd", "--out", out("plan_missing_labels_file")],
+        ["does not exist"], out_dir=out("plan_missing_labels_file"))
     frac = _foramen_box_labels().astype(np.float32)
     frac[frac == 2] = 1.5
     foramen("non_integer_labels", "label map with fractional values", _write_sitk(frac, d("non_integer_labels") / "f.nrrd", spacing=(0.8,) * 3),

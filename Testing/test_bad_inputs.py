@@ -53,6 +53,8 @@ def _check(case: BadInputCase) -> str | None:
     errors = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
     if len(errors) != 1:
         return f"expected exactly one 'error:' line, got {len(errors)}: {stderr.strip()[-400:]}"
+    if "internal error" in errors[0]:
+        return f"an unexpected exception reached the command line: {errors[0]}"
     missing = [w for w in case.expect if w.lower() not in errors[0].lower()]
     if missing:
         return f"message lacks {missing}: {errors[0]}"
@@ -197,3 +199,24 @@ def test_cli_never_prints_a_traceback_for_an_unreadable_levels_file(tmp_path, ca
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert [ln for ln in err.splitlines() if ln.startswith("error:")]
+
+
+@pytest.mark.parametrize("exc,words", [
+    (ValueError("unexpected value"), ["internal error", "ValueError", "report"]),
+    (OSError(28, "No space left on device", "/data/out/x.nrrd"), ["no space left", "/data/out/x.nrrd"]),
+    (PermissionError(13, "Permission denied", "/data/in"), ["permission denied", "/data/in"]),
+])
+def test_unexpected_exceptions_end_in_one_line(monkeypatch, capsys, tmp_path, exc, words):
+    """Last resort of ``spinemorph.cli.main``: a bug or an unwrapped OS error is one ``error:`` line, exit code 1."""
+    from spinemorph import cmd_synth
+    from spinemorph.cli import main
+
+    def boom(args, parser):
+        raise exc
+
+    monkeypatch.setattr(cmd_synth, "run", boom)
+    assert main(["synth", "x.nrrd", "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err
+    assert all(w.lower() in lines[0].lower() for w in words)

@@ -229,3 +229,22 @@ def test_command_for_unknown_task():
 
     with pytest.raises(SpineMorphError, match="unknown batch task"):
         command_for("nope")
+
+
+def test_batch_help_and_study_task(capsys):
+    """``--help`` documents tasks, outputs and exit codes; the ``study`` task runs ``spinemorph study`` or, where that
+    command is not installed, refuses with one clear message."""
+    from spinemorph.cli import build_parser
+    from spinemorph.cmd_batch import command_for
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["batch", "--help"])
+    text = capsys.readouterr().out
+    for words in ("dsca", "foramen", "study", "batch_report.json", "exit codes", "--resume"):
+        assert words in text
+    try:
+        _, prefix = command_for("study")
+    except SpineMorphError as exc:
+        assert "not available" in str(exc)
+    else:
+        assert prefix == ("study",)

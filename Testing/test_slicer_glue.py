@@ -378,7 +378,8 @@ def test_trajectory_rows():
                    target_lps=np.zeros(3), diameter_mm=7.5, entry_on_skin=True, entry_midline_distance_mm=101.234,
                    medial_angle_deg=61.0, medial_angle_from_coronal_deg=29.0, craniocaudal_angle_deg=10.0,
                    lateral_view_angle_deg=11.0, length_mm=111.8, clearance_mm=-0.5, closest_bone_point_lps=np.zeros(3),
-                   l4_mm3=1.25, disc_mm3=20.0, l5_mm3=0.0)
+                   l4_mm3=1.25, disc_mm3=20.0, l5_mm3=0.0, docking_point_lps=np.array([20.0, 10, 0]),
+                   approach_length_mm=90.0, approach_clearance_mm=0.4, approach_l4_mm3=0.0, approach_l5_mm3=0.0)
     rows = {r["Metric"]: (r["Value"], r["Unit"]) for r in markup_model.trajectory_rows(t)}
     assert rows["entry distance from midline"] == (101.23, "mm")
     assert rows["largest bone-free diameter"] == (6.5, "mm")

@@ -172,16 +172,14 @@ def test_train_two_iterations_then_resume(tmp_path):
     # straight run: 2 epochs of 1 iteration
     straight = tmp_path / "straight"
     run_training(_tiny_config(2), straight, train_samples=data, external_samples=ext, progress=False)
-    # interrupted run: 1 epoch, then its config is extended and the run resumed
+    # a run stopped after 1 epoch (its checkpoint is what an interruption leaves), then resumed and extended to 2
     part = tmp_path / "part"
     s1 = run_training(_tiny_config(1), part, train_samples=data, external_samples=ext, progress=False)
     assert s1["folds"][0]["best_epoch"] == 1
-    cfg = json.loads((part / "config.json").read_text())
-    cfg["epochs"] = 2
-    (part / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(OutputError, match="--resume"):
         run_training(_tiny_config(2), part, train_samples=data, external_samples=ext, progress=False)
-    run_training({}, part, resume=True, train_samples=data, external_samples=ext, progress=False)
+    run_training({}, part, resume=True, epochs=2, train_samples=data, external_samples=ext, progress=False)
+    assert json.loads((part / "config.json").read_text())["epochs"] == 2
     for name in ("config.json", "best.pt", "folds.csv", "summary.json", "loss_curves.png"):
         assert (part / name).is_file(), name
     for name in ("state.pt", "best.pt", "history.csv", "loss_curve.png", "metrics.json", "external_slices.csv"):

@@ -17,7 +17,7 @@ Deterministic for a given ``--seed``.
 
 usage:
   python scripts/fuzz_loaders.py                 # long run: 10 000 inputs
-  python scripts/fuzz_loaders.py --quick         # CI: 400 inputs
+  python scripts/fuzz_loaders.py --quick         # CI: 250 inputs
   python scripts/fuzz_loaders.py --n 50000 --seed 7 --crash-dir crashes/ --save-seeds seeds/
 """
 
@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-QUICK_N = 400
+QUICK_N = 250
 LONG_N = 10_000
 
 INTERESTING_BYTES = (0x00, 0x01, 0x7F, 0x80, 0xFF, 0x20, 0x0A, 0x3D)

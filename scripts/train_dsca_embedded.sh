@@ -20,18 +20,23 @@ ARCHS=${ARCHS:-"multiresunet unet attention_unet"}
 STEP=${1:-all}
 # batches per epoch (5 epochs, configs/budget_cpu.json) sized to the measured throughput on the shared CPU:
 # MultiResUNet is ~3x slower per batch than U-Net / Attention U-Net
-declare -A ITERS=([multiresunet]=48 [unet]=80 [attention_unet]=80)
+declare -A ITERS=([multiresunet]=80 [unet]=150 [attention_unet]=150)
+# total epochs after extending a finished 5-epoch run with --resume --epochs (empty: not extended)
+declare -A EPOCHS=([multiresunet]=10)
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 if [[ $STEP == train || $STEP == all ]]; then
   for arch in $ARCHS; do
     run=runs/dsca_budget_$arch
-    if [[ -f $run/config.json ]]; then
-      /usr/bin/time -v -o "$run.time" "$PY" -m spinemorph.cli dsca train --out "$run" --resume --no-progress
-    else
-      mkdir -p runs
+    mkdir -p runs
+    if [[ ! -f $run/config.json ]]; then
       /usr/bin/time -v -o "$run.time" "$PY" -m spinemorph.cli dsca train --config "$CFG" --architecture "$arch" \
         --iterations-per-epoch "${ITERS[$arch]}" --seed 0 --out "$run" --no-progress
+    fi
+    # the runs went faster than planned, so they were extended (same schedule, resumed from the saved state)
+    if [[ -n ${EPOCHS[$arch]:-} ]]; then
+      /usr/bin/time -v -o "$run.resume.time" "$PY" -m spinemorph.cli dsca train --out "$run" --resume \
+        --epochs "${EPOCHS[$arch]}" --no-progress
     fi
   done
 fi

@@ -11,9 +11,11 @@ Exit codes: 0 success, 1 failure (one-line ``error: ...`` message), 2 bad usage,
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
+import traceback
 import warnings
 
 from spinemorph import __version__
@@ -28,6 +30,7 @@ COMMAND_MODULES: list[str] = [
     "DuralSacSegLib.cli",
     "FORAMEN3DLib.cli",
     "spinemorph.cmd_plan",
+    "spinemorph.cmd_bench",
     "spinemorph.cmd_study",
     "spinemorph.cmd_batch",
 ]
@@ -78,6 +81,25 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print("error: out of memory; use a smaller input or close other programs", file=sys.stderr)
         return EXIT_FAILURE
+    except OSError as exc:  # a file operation not wrapped by the command (disk full, permissions, vanished file)
+        print(f"error: {_describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as exc:  # noqa: BLE001 - last resort: a bug must still end in one line, not a traceback
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        if args.verbose:
+            traceback.print_exc()
+        print(f"error: internal error ({type(exc).__name__}: {first}); this is a bug - please report it with the output "
+              "of the same command run with 'spinemorph -v'", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _describe_os_error(exc: OSError) -> str:
+    where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device{where}; free disk space and run again"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"permission denied{where}; choose a readable input and a writable --out folder"
+    return f"{exc.strerror or type(exc).__name__}{where}"
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ main{max-width:1180px;margin:0 auto;padding:16px 32px 48px}
 section{background:#fff;border-radius:8px;padding:16px 22px;margin:18px 0;box-shadow:0 1px 3px rgba(0,0,0,.08)}
 h2{font-size:19px;margin:4px 0 12px;border-bottom:2px solid #e3e8ee;padding-bottom:6px}
 h3{font-size:15px;margin:14px 0 6px}
-table{border-collapse:collapse;font-size:13px;margin:6px 0 10px} th,td{border:1px solid #d8dee5;padding:4px 8px;text-align:right}
-th{background:#eef2f6} td:first-child,th:first-child{text-align:left}
+table{border-collapse:collapse;font-size:13px;margin:6px 0 10px} th,td{border:1px solid #d8dee5;padding:4px 8px;text-align:left}
+th{background:#eef2f6} td.num{text-align:right;font-variant-numeric:tabular-nums}
 figure{display:inline-block;margin:6px 10px 10px 0;vertical-align:top} figure img{max-width:100%;border:1px solid #d8dee5}
 figcaption{font-size:12px;color:#55606c;max-width:540px}
 .flag{color:#a3140f;font-weight:600} .ok{color:#22703a;font-weight:600} .muted{color:#6a7682;font-size:12px}
@@ -65,7 +65,8 @@ class HtmlReport:
             for v in row:
                 if isinstance(v, float):
                     v = f"{v:.1f}"
-                cells.append(f"<td>{html.escape(str(v))}</td>")
+                num = ' class="num"' if _is_number(v) else ""
+                cells.append(f"<td{num}>{html.escape(str(v))}</td>")
             out.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
         out.append("</tbody></table>")
         return "".join(out)
@@ -94,6 +95,16 @@ class HtmlReport:
             f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{html.escape(self.title)}</title>"
             f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>"
         )
+
+
+def _is_number(v) -> bool:
+    if isinstance(v, (int, float)):
+        return True
+    try:
+        float(str(v))
+        return True
+    except ValueError:
+        return str(v) in ("–", "-")
 
 
 def png_bytes_from_file(path: str | Path) -> bytes:

@@ -27,6 +27,8 @@ MAX_SPACING_MM = 20.0
 
 #: largest image read (voxels); a header declaring more is refused before any pixel memory is allocated
 MAX_VOXELS = 2**30
+#: largest plausible |origin| coordinate (mm); beyond it the header is corrupt
+MAX_ORIGIN_MM = 1e6
 #: smallest usable image: the two largest axes need at least this many voxels
 MIN_SIZE_VOXELS = 4
 #: coarsest spacing (mm) along a direction that a task resamples into its image plane (sagittal 2D -> axial, 3D model)
@@ -188,6 +190,8 @@ def check_3d_resolution(vol: Volume, max_spacing_mm: float = MAX_RESLICE_SPACING
 def check_size(size_ijk, name: str = "image") -> None:
     """Raise :class:`InputError` if an image of ``size_ijk`` voxels is too small to be an image or too large to read."""
     size = [int(n) for n in size_ijk]
+    if not size:
+        raise InputError(f"{name} has no image dimensions in its header; the file is corrupt, export it again")
     if any(n < 1 for n in size):
         raise InputError(f"{name} is empty (size {tuple(size)}); export the image again")
     n_vox = float(np.prod(np.asarray(size, dtype=float)))
@@ -296,14 +300,70 @@ def _read_sitk_file(path: Path) -> sitk.Image:
         if not all(np.isfinite(spacing)) or any(s <= 0 for s in spacing):
             shown = "(" + ", ".join(f"{s:.4g}" for s in spacing) + ")"
             raise InputError(f"{path} has missing or zero voxel spacing {shown}; fix the header (pixel spacing / slice thickness)")
-    check_size(reader.GetSize(), str(path))
+    _check_header(reader, str(path))
     _check_data_size(path, reader)
+    _check_gzip_size(path, reader)
     try:
         return reader.Execute()
     except RuntimeError as exc:
         raise InputError(_describe_read_error(path, exc)) from None
     except MemoryError:
         raise InputError(f"{path} is too large to load into memory; crop or downsample it first") from None
+
+
+def _check_header(reader, source: str) -> None:
+    """Dimension, pixel type, size and geometry from the header, checked before any pixel is read (ITK can hang or
+    allocate gigabytes on a corrupt header)."""
+    dim = reader.GetDimension()
+    size = reader.GetSize()
+    if dim == 4:
+        raise InputError(f"{source} is 4D (size {size}); pick one 3D volume (one time point / echo)")
+    if dim not in (2, 3):
+        raise InputError(f"{source} is {dim}D; expected a 3D volume")
+    if reader.GetNumberOfComponents() != 1:
+        raise InputError(
+            f"{source} has {reader.GetNumberOfComponents()} components per voxel (RGB or vector image); use a grey-scale MR image"
+        )
+    check_size(size, source)
+    origin = np.asarray(reader.GetOrigin(), dtype=float)
+    if not np.all(np.isfinite(origin)) or np.any(np.abs(origin) > MAX_ORIGIN_MM):
+        raise InputError(f"{source} has an invalid origin {tuple(float(o) for o in origin)} in its header; fix or re-export it")
+    d = np.asarray(reader.GetDirection(), dtype=float).reshape(dim, dim)
+    if not np.all(np.isfinite(d)) or np.any(np.abs(d) > 1.001) or not np.allclose(d.T @ d, np.eye(dim), atol=1e-3):
+        raise InputError(f"{source} has a non-orthogonal direction matrix (sheared or degenerate); resample it to an orthogonal grid")
+    sp = np.asarray(reader.GetSpacing(), dtype=float)
+    if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+        raise InputError(f"{source} has missing or zero voxel spacing; fix the header (pixel spacing / slice thickness)")
+
+
+def _check_gzip_size(path: Path, reader) -> None:
+    """A gzip-compressed file (.nii.gz, gzip NRRD) records its uncompressed size in its last 4 bytes: refuse one
+    that cannot hold the declared voxels (truncated or corrupt) before allocating memory for them."""
+    name = path.name.lower()
+    try:
+        if name.endswith(".nii.gz"):
+            overhead = 348
+        elif name.endswith(".nrrd"):
+            import nrrd
+
+            hdr = nrrd.read_header(str(path))
+            if str(hdr.get("encoding", "")).lower() not in ("gzip", "gz") or "data file" in hdr or "datafile" in hdr:
+                return
+            overhead = 0
+        else:
+            return
+        with open(path, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            isize = int.from_bytes(fh.read(4), "little")
+        itemsize = sitk.GetArrayViewFromImage(sitk.Image([1, 1], reader.GetPixelID())).itemsize
+    except Exception:  # noqa: BLE001 - cannot tell: ITK decides
+        return
+    n_bytes = int(np.prod(np.asarray(reader.GetSize(), dtype=np.int64))) * reader.GetNumberOfComponents() * itemsize
+    if n_bytes + overhead < 2**32 and isize < n_bytes + overhead:
+        raise InputError(
+            f"{path} is truncated or corrupt: it decompresses to {isize} bytes, fewer than the {n_bytes} bytes of voxels "
+            "its header declares; copy or export the image again"
+        )
 
 
 def _uncompressed_attached(path: Path) -> bool:

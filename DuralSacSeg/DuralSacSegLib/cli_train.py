@@ -67,7 +67,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed (overrides the configuration)")
     p.add_argument("--folds", type=_positive_int, help="number of cross-validation folds (overrides the configuration)")
     p.add_argument("--architecture", choices=sorted(NETWORKS), help="network (overrides the configuration)")
-    p.add_argument("--epochs", type=_positive_int, help="number of epochs (overrides the configuration)")
+    p.add_argument("--epochs", type=_positive_int,
+                   help="number of epochs (overrides the configuration; with --resume: extend the run to this many epochs)")
     p.add_argument("--iterations-per-epoch", type=_positive_int, metavar="N",
                    help="batches per epoch (overrides the configuration; default there: one pass over the training slices)")
     p.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), help="compute device (default: configuration, auto)")
@@ -81,12 +82,12 @@ def run_train_command(args) -> int:
     from DuralSacSegLib.train import load_config, run_training
 
     if args.resume:
-        if any(v is not None for v in (args.config, args.seed, args.folds, args.architecture, args.epochs, args.iterations_per_epoch)):
+        if any(v is not None for v in (args.config, args.seed, args.folds, args.architecture, args.iterations_per_epoch)):
             raise InputError(
-                "--resume continues with the run's saved config.json; drop --config/--seed/--folds/--architecture/--epochs/"
-                "--iterations-per-epoch"
+                "--resume continues with the run's saved config.json; drop --config/--seed/--folds/--architecture/"
+                "--iterations-per-epoch (only --epochs may extend the run)"
             )
-        summary = run_training({}, args.out, resume=True, progress=not args.no_progress)
+        summary = run_training({}, args.out, resume=True, progress=not args.no_progress, epochs=args.epochs)
     else:
         cfg = load_config(
             args.config,

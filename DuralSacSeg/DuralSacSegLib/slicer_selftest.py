@@ -24,7 +24,7 @@ def run_self_test(test, logic):
 
     test.delayDisplay("Generating / loading the SpineMorph phantom (axial T1)")
     slicer_sampledata.registerSampleData()
-    volumeNode, study = slicer_sampledata.loadSample()
+    volumeNode, study = slicer_sampledata.loadSample(slicer_sampledata.AXIAL_T1, requester="DuralSacSeg")
     test.assertIsNotNone(volumeNode)
 
     # 1. The node -> core Volume conversion gives back the file's LPS geometry and voxels.

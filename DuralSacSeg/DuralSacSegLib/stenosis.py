@@ -9,18 +9,18 @@ can be built with :func:`make_scheme` and passed to the DSCA table.
 Sources (only what the papers' abstracts state; anything else is marked):
 
 - **Bolender NF, Schönström NS, Spengler DM.** Role of computed tomography and myelography in the diagnosis of central
-  spinal stenosis. *J Bone Joint Surg Am* 1985;67(2):240–246; and **Schönström NS, Bolender NF, Spengler DM.** The
-  pathomorphology of spinal stenosis as seen on CT scans of the lumbar spine. *Spine* 1985;10(9):806–811.
+  spinal stenosis. *J Bone Joint Surg Am* 1985;67:240–246; and **Schönström NS, Bolender NF, Spengler DM.** The
+  pathomorphology of spinal stenosis as seen on CT scans of the lumbar spine. *Spine* 1985;10:806–811.
   CT measurements of the dural sac area: < 75 mm² "absolute" and 75–100 mm² "relative" central stenosis. This is the
   reading of these papers used throughout the later literature; the exact wording of the cut-offs (e.g. whether the
   relative band is written 75–100 or 76–100 mm²) is quoted from secondary sources, not checked against the originals.
   Default scheme (:data:`BOLENDER_SCHONSTROM_1985`).
 - **Hamanishi C, Matukura N, Fujita M, Tomihara M, Tanaka S.** Cross-sectional area of the stenotic lumbar dural tube
-  measured from the transverse views of magnetic resonance imaging. *J Spinal Disord* 1994;7(5):388–393 (often
-  mis-cited as *Spine*). The abstract reports that a dural tube cross-sectional area < 100 mm² at more than two of
+  measured from the transverse views of magnetic resonance imaging. *J Spinal Disord* 1994;7:388–393 (not *Spine*).
+  The abstract reports that a dural tube cross-sectional area < 100 mm² at more than two of
   three levels (L2/3, L3/4, L4/5) was highly associated with intermittent claudication — a multi-level criterion; the
   per-slice category :data:`HAMANISHI_1994` only applies the 100 mm² bound and does not check the level count.
-  (Volume/issue/pages from memory; the journal, year and the finding are from the published abstract.)
+  (Journal, volume and pages from memory and the publisher's index entry; the finding is quoted from the abstract.)
 - **Steurer J, Roner S, Gnannt R, Hodler J; LumbSten Research Collaboration.** Quantitative radiologic criteria for
   the diagnosis of lumbar spinal stenosis: a systematic literature review. *BMC Musculoskelet Disord* 2011;12:175,
   doi:10.1186/1471-2474-12-175. The review found the most often reported measures for central stenosis to be the

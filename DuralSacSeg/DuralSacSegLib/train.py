@@ -430,6 +430,7 @@ def run_training(
     progress: bool = True,
     train_samples: list[SliceSample] | None = None,
     external_samples: list[SliceSample] | None = None,
+    epochs: int | None = None,
 ) -> dict:
     """Train every requested fold of ``config`` into ``run_dir`` and write the run's reports.
 
@@ -442,6 +443,8 @@ def run_training(
         configuration saved there.
     train_samples, external_samples : list of SliceSample, optional
         Data given directly (tests); default: loaded from ``config["data"]``.
+    epochs : int, optional
+        With ``resume``: extend (or shorten) the run to this many epochs; the saved ``config.json`` is updated.
 
     Returns
     -------
@@ -459,6 +462,9 @@ def run_training(
         if not cfg_path.is_file():
             raise OutputError(f"--resume: {run_dir} holds no run ({CONFIG_NAME} missing); start a new run without --resume")
         config = load_config(cfg_path)
+        if epochs is not None and int(epochs) != int(config["epochs"]):
+            config["epochs"] = int(epochs)
+            atomic_write_text(cfg_path, json.dumps(config, indent=2) + "\n")
     else:
         prepare_output_dir(run_dir)
         if cfg_path.exists():

@@ -12,9 +12,10 @@ import tempfile
 import time
 
 import slicer
+from DuralSacSegLib import slicer_dependencies
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
-from FORAMEN3DLib import slicer_dependencies, slicer_nodes
+from FORAMEN3DLib import slicer_nodes
 
 #: colour of the working-channel model
 CHANNEL_COLOR = (0.2, 0.9, 0.4)

@@ -8,56 +8,11 @@ Geometry conversion (LPS core <-> RAS Slicer) is done by :mod:`spinemorph.gui_su
 import numpy as np
 import slicer
 import vtk
+from DuralSacSegLib.slicer_nodes import placeInStudy, setSegmentsFromLabelmap, volumeFromNode  # noqa: F401 - shared glue
 from vtk.util import numpy_support
 
 #: attribute holding a measurement markup's key (e.g. "left_height") on its markups node
 MARKUP_KEY_ATTRIBUTE = "FORAMEN3D.MeasurementKey"
-
-
-def volumeFromNode(volumeNode):
-    """:class:`spinemorph.volume.Volume` (LPS) with a copy of the voxels and the geometry of a scalar volume node."""
-    from spinemorph.errors import InputError
-    from spinemorph.gui_support import volume_from_ijk_to_ras
-
-    if volumeNode is None or volumeNode.GetImageData() is None:
-        raise InputError("the input volume has no voxels; load an image (DICOM, NRRD, NIfTI) and select it")
-    if volumeNode.GetParentTransformNode() is not None:
-        raise InputError(f"volume '{volumeNode.GetName()}' is transformed; harden the transform (Transforms module) first")
-    ijkToRAS = vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASMatrix(ijkToRAS)
-    matrix = slicer.util.arrayFromVTKMatrix(ijkToRAS)
-    return volume_from_ijk_to_ras(np.array(slicer.util.arrayFromVolume(volumeNode)), matrix)
-
-
-def placeInStudy(node, referenceNode):
-    """Put ``node`` under the same subject-hierarchy parent (study) as ``referenceNode``."""
-    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
-    referenceItem = shNode.GetItemByDataNode(referenceNode)
-    item = shNode.GetItemByDataNode(node)
-    if referenceItem and item:
-        shNode.SetItemParent(item, shNode.GetItemParent(referenceItem))
-
-
-def setSegmentsFromLabelmap(segmentationNode, labels, referenceVolumeNode, segments):
-    """Fill ``segmentationNode`` with one segment per label value of the core Volume ``labels``.
-
-    :param labels: core Volume on the grid of ``referenceVolumeNode`` (integer label values).
-    :param segments: sequence of ``(labelValue, segmentId, name, rgb, terminologyString)``.
-    """
-    segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
-    if segmentationNode.GetDisplayNode() is None:
-        segmentationNode.CreateDefaultDisplayNodes()
-    segmentation = segmentationNode.GetSegmentation()
-    array = np.asarray(labels.array)
-    for labelValue, segmentId, name, rgb, terminology in segments:
-        if segmentation.GetSegment(segmentId) is not None:
-            segmentation.RemoveSegment(segmentId)
-        segmentation.AddEmptySegment(segmentId, name, list(rgb))
-        if terminology:
-            segmentation.GetSegment(segmentId).SetTerminology(terminology)
-        mask = (array == labelValue).astype(np.uint8)
-        if mask.any():  # an empty structure stays an empty segment (nothing to import)
-            slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentationNode, segmentId, referenceVolumeNode)
 
 
 def labelsFromSegmentation(segmentationNode, referenceVolumeNode, segments):

@@ -4,6 +4,7 @@ import enum
 import pathlib
 from typing import Annotated
 
+from DuralSacSegLib.slicer_parameters import ComputeDevice  # noqa: F401 - shared with DuralSacSeg
 from slicer import (
     vtkMRMLMarkupsLineNode,
     vtkMRMLModelNode,
@@ -12,18 +13,6 @@ from slicer import (
     vtkMRMLTableNode,
 )
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
-
-
-class ComputeDevice(enum.Enum):
-    """Device choices of the panel (values are those of ``spinemorph.device.select_device``)."""
-
-    AUTO = "auto"
-    CUDA = "cuda"
-    MPS = "mps"
-    CPU = "cpu"
-
-    def label(self):
-        return {"auto": "auto", "cuda": "CUDA", "mps": "MPS", "cpu": "CPU"}[self.value]
 
 
 class PlanningSide(enum.Enum):

@@ -6,8 +6,9 @@ holds the exact foraminal height, width and area of both sides, and its ``.seg.n
 
 import numpy as np
 import slicer
+from DuralSacSegLib import slicer_sampledata
 
-from FORAMEN3DLib import slicer_nodes, slicer_sampledata
+from FORAMEN3DLib import slicer_nodes
 
 #: acceptance tolerances of the morphometry on rasterised phantoms (DEVELOPERS.md / issue 5)
 HEIGHT_WIDTH_TOLERANCE_MM = 0.5
@@ -23,7 +24,7 @@ def run_self_test(test, logic):
 
     test.delayDisplay("Generating / loading the SpineMorph phantom (3D T2 SPACE)")
     slicer_sampledata.registerSampleData()
-    volumeNode, study = slicer_sampledata.loadSample()
+    volumeNode, study = slicer_sampledata.loadSample(slicer_sampledata.SPACE_T2, requester="FORAMEN3D")
 
     # 1. Node -> core Volume keeps the file's LPS geometry (sagittal PIR grid: the RAS<->LPS flip matters here).
     reference = read_volume(study["space_t2"])

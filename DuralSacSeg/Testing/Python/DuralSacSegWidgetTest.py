@@ -13,7 +13,7 @@ class DuralSacSegWidgetTest(unittest.TestCase):
         from DuralSacSegLib import slicer_sampledata
         from DuralSacSegLib.slicer_parameters import ComputeDevice
 
-        volumeNode, _study = slicer_sampledata.loadSample()
+        volumeNode, _study = slicer_sampledata.loadSample(slicer_sampledata.AXIAL_T1, requester="DuralSacSeg")
         slicer.util.selectModule("DuralSacSeg")
         widget = slicer.modules.DuralSacSegWidget
         pn = widget._parameterNode

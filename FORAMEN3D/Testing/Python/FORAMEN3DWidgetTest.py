@@ -10,12 +10,13 @@ class FORAMEN3DWidgetTest(unittest.TestCase):
         slicer.mrmlScene.Clear()
 
     def test_panel_apply_live_markups_and_planning(self):
-        from FORAMEN3DLib import markup_model, slicer_nodes, slicer_sampledata
+        from DuralSacSegLib import slicer_sampledata
+        from FORAMEN3DLib import markup_model, slicer_nodes
         from FORAMEN3DLib.slicer_parameters import ComputeDevice
 
         from spinemorph.segio import read_seg_nrrd
 
-        volumeNode, study = slicer_sampledata.loadSample()
+        volumeNode, study = slicer_sampledata.loadSample(slicer_sampledata.SPACE_T2, requester="FORAMEN3D")
         slicer.util.selectModule("FORAMEN3D")
         widget = slicer.modules.FORAMEN3DWidget
         pn = widget._parameterNode
