@@ -380,7 +380,7 @@ def make_cases(root: str | os.PathLike) -> list[BadInputCase]:
          ["truncated"])
     dsca("garbage_nifti", "random bytes named .nii.gz", _write_bytes(d("garbage_nifti") / "g.nii.gz", gzip.compress(_rng(1).bytes(4000))),
          ["cannot read"])
-    dsca("garbage_mha", "random bytes named .mha", _write_bytes(d("garbage_mha") / "g.mha", _rng(2).bytes(3000)), ["cannot read"])
+    dsca("garbage_mha", "random bytes named .mha", _write_bytes(d("garbage_mha") / "g.mha", _rng(2).bytes(3000)), ["corrupt"])
     tr = d("truncated_dicom")
     f = _dicom_series(tr, _image((4, 48, 48)))[2]
     f.write_bytes(f.read_bytes()[:700])
@@ -394,6 +394,12 @@ def make_cases(root: str | os.PathLike) -> list[BadInputCase]:
     _dicom_series(mixed, _image(seed=5), series_description="axial T2", series_number=4, file_prefix="B")
     dsca("mixed_series", "two series in one folder", mixed, ["2 DICOM series", "--series"])
     dsca("unknown_series_uid", "--series names a series that is not there", mixed, ["not found"], "--series", "1.2.3.4")
+    spp = d("dicom_invalid_samples_per_pixel")
+    f = _dicom_series(spp, _image())[1]
+    ds = pydicom.dcmread(f)
+    ds.SamplesPerPixel = 2  # GDCM's scanner throws on it
+    ds.save_as(f)
+    dsca("dicom_invalid_samples_per_pixel", "DICOM file with SamplesPerPixel 2 (GDCM refuses to scan it)", spp, ["corrupt"])
     gap = d("dicom_missing_slice")
     files = _dicom_series(gap, _image((5, 48, 48)))
     files[2].unlink()
@@ -543,7 +549,7 @@ def table(cases: list[BadInputCase]) -> str:
     """Markdown table of the corpus (name, entry point, expected words, exit code)."""
     lines = ["| case | entry point | problem | expected message words | exit |", "| --- | --- | --- | --- | --- |"]
     for c in cases:
-        entry = " ".join(c.argv[:2]) if c.argv else "API"
+        entry = ("spinemorph " + " ".join(c.argv[:2] if c.argv[0] in ("dsca", "foramen", "batch") else c.argv[:1])) if c.argv else "API"
         lines.append(f"| {c.name} | {entry} | {c.description} | {', '.join(c.expect)} | {c.exit_code if c.argv else '-'} |")
     return "\n".join(lines)
 

@@ -106,7 +106,9 @@ def test_bench_2d_small_slices_reports_flops_rates_and_agreement():
     for v in res["variants"]:
         assert v["ms_per_slice"] > 0
         assert v["gflops_achieved"] == pytest.approx(res["gflop_per_slice"] / (v["ms_per_slice"] / 1e3))
-        assert v["ratio_to_fp32_peak"] == pytest.approx(v["gflops_achieved"] / 10.0)
+        assert v["ratio_to_fp32_peak"] == pytest.approx(v["gflops_achieved"] / res["fp32_peak_gflops_used"])
+    # the peak is the larger of the given one and a matmul timed in the same rounds
+    assert res["fp32_peak_gflops_used"] == pytest.approx(max(10.0, res["fp32_matmul_gflops_in_rounds"]))
     fused = [v for v in res["variants"] if v["variant"].startswith("torch fp32 fuse_bn")]
     assert fused and fused[0]["mask_agreement"] > 0.999
 
@@ -174,3 +176,30 @@ def test_cli_bench_usage_errors(capsys):
         main(["bench", "--help"])
     assert exc.value.code == 0
     assert "benchmark.json" in capsys.readouterr().out
+
+
+def test_3d_flops_counted_on_a_half_size_input_are_exact():
+    from FORAMEN3DLib.network3d import UNet3D
+
+    net = UNet3D(base_channels=2, depth=2, stem_stride=2).eval()
+    x = torch.zeros(1, 1, 32, 32, 64)
+    direct = benchutil.count_flops(net, x)
+    assert bench.count_flops_3d(net, x, max_voxels=1000) == direct
+    assert bench.count_flops_3d(net, x) == direct
+
+
+def test_cli_bench_runs_a_section_and_rejects_unknown_ones(tmp_path, capsys):
+    assert main(["bench", "--out", str(tmp_path), "--only", "peak", "--quick", "--repeats", "1", "--threads", "1"]) == 0
+    assert (tmp_path / bench.JSON_NAME).is_file() and (tmp_path / bench.MD_NAME).is_file()
+    assert main(["bench", "--out", str(tmp_path / "x"), "--only", "peak,warp"]) == 1
+    assert "unknown benchmark section" in capsys.readouterr().err
+
+
+def test_matmul_backends_compute_the_product():
+    assert benchutil.matmul_peak_gflops(64, repeats=2, backend="numpy") > 0
+    pytest.importorskip("onnxruntime")
+    from spinemorph.onnx_export import matmul_session
+
+    a = np.random.default_rng(0).random((32, 32), dtype=np.float32)
+    np.testing.assert_allclose(matmul_session(32, threads=1)(a), a @ a, rtol=1e-5)
+    assert benchutil.matmul_peak_gflops(64, repeats=2, backend="onnxruntime") > 0

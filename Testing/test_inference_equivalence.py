@@ -54,7 +54,7 @@ def test_fused_channels_last_matches_reference(arch):
     opt, applied = optimize_for_inference(net)
     assert "channels_last" in applied
     if arch == "multiresunet":
-        assert "fuse_bn" in applied
+        assert any(a.startswith("fuse_bn") for a in applied)
     with torch.inference_mode():
         out = opt(x.contiguous(memory_format=torch.channels_last)).numpy()
     scale = float(np.abs(ref).max())
@@ -149,3 +149,21 @@ def test_bf16_3d_unet_through_predict_logits():
     assert seen and seen[-1] == pytest.approx(1.0)  # progress hooks fire on the wrapped network's blocks
     assert float(np.abs(out - ref).max()) < 0.1 * float(np.abs(ref).max())
     assert np.mean(out.argmax(1) == ref.argmax(1)) > 0.95
+
+
+def test_onnxruntime_3d_unet_through_predict_logits():
+    pytest.importorskip("onnxruntime")
+    from FORAMEN3DLib import models3d, segment3d
+    from FORAMEN3DLib.network3d import UNet3D
+
+    from spinemorph.bench import _onnx_unet
+
+    torch.manual_seed(0)
+    net = UNet3D(base_channels=4, depth=2, stem_stride=2).eval()
+    arr = np.random.default_rng(0).standard_normal((32, 32, 32)).astype(np.float32)
+    ort_net, note = _onnx_unet(net, torch.zeros(1, 1, 16, 16, 16))
+    assert ort_net is not None and note.startswith("export")
+    base = models3d.LoadedModel("t", net, 2, {}, None, "", torch.device("cpu"))
+    ref = segment3d.predict_logits(base, arr).numpy()
+    out = segment3d.predict_logits(models3d.LoadedModel("t", ort_net, 2, {}, None, "", torch.device("cpu")), arr).numpy()
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4 * float(np.abs(ref).max()))

@@ -330,3 +330,23 @@ def test_real_slab_evaluation_split_is_held_out(spider_root):
         # the sac is kept whole on the 320 grid: its area is the mask's pixels × 0.36 mm²
         assert p.mask_area_mm2 == pytest.approx(p.mask.sum() * 0.36)
         assert p.mask.any()
+
+
+def test_within_valid_region_metrics():
+    """Padding outside the image data (real slab strips) is ignored by the within_valid_* metrics."""
+    from DuralSacSegLib.evaluate import SliceSample, evaluate_network
+
+    class AllPositive(torch.nn.Module):
+        def forward(self, x):
+            return torch.full_like(x, 10.0)
+
+    mask = np.zeros((32, 32), np.uint8)
+    mask[10:14, 12:16] = 1  # 16 px
+    valid = np.zeros((32, 32), np.uint8)
+    valid[:, 8:24] = 1  # 512 px strip
+    sample = SliceSample(np.random.default_rng(0).random((32, 32)).astype(np.float32), mask, (0.5, 0.5), valid=valid)
+    summary, rows, *_ = evaluate_network(AllPositive(), [sample], size=(32, 32))
+    assert summary["precision"] == pytest.approx(16 / 1024) and summary["recall"] == 1.0
+    assert summary["within_valid_precision"] == pytest.approx(16 / 512)
+    assert rows[0]["pred_area_within_valid_mm2"] == pytest.approx(512 * 0.25)
+    assert summary["within_valid_area_mae_mm2"] == pytest.approx((512 - 16) * 0.25)

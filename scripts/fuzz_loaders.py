@@ -11,13 +11,15 @@ dropped or duplicated) and handed to the loader of its kind:
 - segmentations: :func:`spinemorph.segio.read_seg_nrrd`;
 - weights: :func:`FORAMEN3DLib.models3d.load_model` and :func:`DuralSacSegLib.models.load_model`.
 
-Outcomes: ``ok`` (loaded), ``clean`` (:class:`~spinemorph.errors.SpineMorphError`), ``unhandled`` (anything else:
-a bug). The run prints the counts per loader and exits 1 if any input was unhandled (saved under ``--crash-dir``).
-Deterministic for a given ``--seed``.
+Outcomes: ``ok`` (loaded), ``clean`` (:class:`~spinemorph.errors.SpineMorphError`), ``unhandled`` (any other
+exception: a bug) and ``crash`` (the process died: segfault / abort / out of memory inside a C++ reader). Inputs run
+in a worker process that a supervisor restarts after a crash, so one crash does not end the run. The run prints the
+counts per loader and exits 1 if any input was unhandled or crashed (inputs saved under ``--crash-dir``). Input
+number i depends only on ``--seed`` and i (reproducible one by one).
 
 usage:
   python scripts/fuzz_loaders.py                 # long run: 10 000 inputs
-  python scripts/fuzz_loaders.py --quick         # CI: 250 inputs
+  python scripts/fuzz_loaders.py --quick         # CI: 200 inputs
   python scripts/fuzz_loaders.py --n 50000 --seed 7 --crash-dir crashes/ --save-seeds seeds/
 """
 
@@ -32,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-QUICK_N = 250
+QUICK_N = 200
 LONG_N = 10_000
 
 INTERESTING_BYTES = (0x00, 0x01, 0x7F, 0x80, 0xFF, 0x20, 0x0A, 0x3D)
@@ -252,62 +255,56 @@ def load(kind: str, path: Path) -> object:
 CROSS = {"weights3d": "weights2d", "weights2d": "weights3d", "image": "seg", "seg": "image"}
 
 
-@dataclasses.dataclass
-class Stats:
-    counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    per_loader: dict = dataclasses.field(default_factory=lambda: collections.defaultdict(collections.Counter))
-    unhandled: list = dataclasses.field(default_factory=list)
-
-    def add(self, loader: str, outcome: str, seconds: float) -> None:
-        self.counts[outcome] += 1
-        self.per_loader[loader][outcome] += 1
-        self.per_loader[loader]["seconds"] += seconds
+def make_input(seed: int, index: int, seeds: list[Seed]) -> tuple[Seed, dict[str, bytes], list[str], str]:
+    """Input number ``index`` of the run with ``seed`` (independent of the others: a crashed run resumes exactly)."""
+    rng = np.random.default_rng([seed, index])
+    s = seeds[int(rng.integers(len(seeds)))]
+    files, ops = mutate(rng, s, seeds)
+    kind = CROSS[s.kind] if s.kind in CROSS and rng.random() < 0.1 else s.kind
+    return s, files, ops, kind
 
 
-def run(n: int, seed: int, crash_dir: Path | None = None, save_seeds: Path | None = None, progress: bool = False,
-        max_report: int = 20) -> dict:
-    """Fuzz ``n`` inputs; return the summary dict (``inputs``, ``ok``, ``clean``, ``unhandled``, per loader, seconds)."""
+def _write_input(folder: Path, files: dict[str, bytes]) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for fname, data in files.items():
+        (folder / fname).write_bytes(data)
+
+
+def worker(n: int, seed: int, start: int, journal: Path, examples: Path, check_seeds: bool, crash_at: int = -1,
+           indices: list[int] | None = None) -> None:
+    """Run inputs ``start`` .. ``n - 1``, appending ``index, outcome, loader, seconds`` lines to ``journal`` (a
+    ``begin`` line before each input, so that a crash of the process names its input)."""
+    import SimpleITK as sitk
     import torch
 
     from spinemorph.errors import SpineMorphError
 
     torch.set_num_threads(1)
-    rng = np.random.default_rng(seed)
-    stats = Stats()
-    t_start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="spinemorph_fuzz_") as tmpname:
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    with tempfile.TemporaryDirectory(prefix="spinemorph_fuzz_") as tmpname, open(journal, "a") as jf, \
+            open(examples, "a") as xf:
         tmp = Path(tmpname)
         (tmp / "seeds").mkdir()
         seeds = make_seeds(tmp / "seeds")
-        if save_seeds is not None:
+        if check_seeds:  # the unmutated seeds load (or, for ``loads=False``, fail cleanly)
             for s in seeds:
-                for fname, data in s.files.items():
-                    (save_seeds / s.name).mkdir(parents=True, exist_ok=True)
-                    (save_seeds / s.name / fname).write_bytes(data)
-        # the unmutated seeds must load (or, for ``loads=False``, fail cleanly)
-        for s in seeds:
-            work = tmp / "work"
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir()
-            for fname, data in s.files.items():
-                (work / fname).write_bytes(data)
-            try:
-                load(s.kind, work / s.main if s.main != "." else work)
-            except SpineMorphError:
-                if s.loads:
-                    raise
-        for i in range(n):
-            s = seeds[int(rng.integers(len(seeds)))]
-            files, ops = mutate(rng, s, seeds)
-            kind = CROSS[s.kind] if s.kind in CROSS and rng.random() < 0.1 else s.kind
-            work = tmp / "work"
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir()
-            for fname, data in files.items():
-                (work / fname).write_bytes(data)
-            target = work if s.main == "." else work / s.main
+                _write_input(tmp / "work", s.files)
+                try:
+                    load(s.kind, tmp / "work" / s.main if s.main != "." else tmp / "work")
+                except SpineMorphError:
+                    if s.loads:
+                        raise
+        for i in (range(start, n) if indices is None else [k for k in indices if k >= start]):
+            s, files, ops, kind = make_input(seed, i, seeds)
             loader = f"{kind}:{s.name}"
+            jf.write(f"{i}\tbegin\t{loader}\t0\n")
+            jf.flush()
+            _write_input(tmp / "work", files)
+            target = tmp / "work" if s.main == "." else tmp / "work" / s.main
             t0 = time.perf_counter()
+            if i == crash_at:  # self-test of the supervisor: die like a segfaulting reader would
+                os.abort()
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -317,29 +314,105 @@ def run(n: int, seed: int, crash_dir: Path | None = None, save_seeds: Path | Non
                 outcome = "clean"
             except Exception as exc:  # noqa: BLE001 - this is what the fuzzer looks for
                 outcome = "unhandled"
-                if len(stats.unhandled) < max_report:
-                    stats.unhandled.append({"input": i, "seed": s.name, "loader": kind, "ops": ops,
-                                            "error": f"{type(exc).__name__}: {str(exc)[:300]}",
-                                            "traceback": traceback.format_exc(limit=6)})
-                if crash_dir is not None:
-                    dest = crash_dir / f"crash_{i:06d}_{s.name}"
-                    dest.mkdir(parents=True, exist_ok=True)
-                    for fname, data in files.items():
-                        (dest / fname).write_bytes(data)
-                    (dest / "error.txt").write_text(f"loader {kind}, ops {ops}\n{traceback.format_exc()}")
-            stats.add(loader, outcome, time.perf_counter() - t0)
-            if progress and (i + 1) % 500 == 0:
-                print(f"{i + 1}/{n}: {dict(stats.counts)} ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr, flush=True)
-    seconds = time.perf_counter() - t_start
+                xf.write(json.dumps({"input": i, "seed": s.name, "loader": kind, "ops": ops,
+                                     "error": f"{type(exc).__name__}: {str(exc)[:300]}",
+                                     "traceback": traceback.format_exc(limit=8)}) + "\n")
+                xf.flush()
+            jf.write(f"{i}\t{outcome}\t{loader}\t{time.perf_counter() - t0:.4f}\n")
+            jf.flush()
+
+
+def _read_journal(journal: Path) -> dict[int, tuple[str, str, float]]:
+    done: dict[int, tuple[str, str, float]] = {}
+    if journal.exists():
+        for line in journal.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) == 4:
+                done[int(parts[0])] = (parts[1], parts[2], float(parts[3]))
+    return done
+
+
+def run(n: int, seed: int, crash_dir: Path | None = None, save_seeds: Path | None = None, progress: bool = False,
+        max_report: int = 20, crash_at: int = -1, indices: list[int] | None = None) -> dict:
+    """Fuzz ``n`` inputs in a worker process (restarted after a crash of the process, which counts as ``crash``).
+
+    Returns the summary dict: ``inputs``, ``ok``, ``clean``, ``unhandled`` (Python exceptions other than
+    SpineMorphError), ``crashes`` (the process died: segfault, abort, out of memory), per loader, seconds.
+    """
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="spinemorph_fuzzrun_") as tmpname:
+        tmp = Path(tmpname)
+        journal, examples = tmp / "journal.tsv", tmp / "examples.jsonl"
+        seeds = None
+        if save_seeds is not None or crash_dir is not None:
+            (tmp / "seeds").mkdir()
+            seeds = make_seeds(tmp / "seeds")
+        if save_seeds is not None:
+            for s in seeds:
+                _write_input(save_seeds / s.name, s.files)
+        start, restarts = 0, 0
+        while start < n:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--n", str(n), "--seed", str(seed),
+                   "--start", str(start), "--journal", str(journal), "--examples", str(examples)]
+            if start == 0:
+                cmd.append("--check-seeds")
+            if crash_at >= start:
+                cmd += ["--crash-at", str(crash_at)]
+            if indices is not None:
+                cmd += ["--indices", ",".join(map(str, indices))]
+            with open(tmp / "worker_stderr.txt", "ab") as err:
+                proc = subprocess.Popen(cmd, stderr=err)
+            while proc.poll() is None:
+                time.sleep(2.0)
+                if progress:
+                    rec = _read_journal(journal)
+                    counts = collections.Counter(o for o, _, _ in rec.values() if o != "begin")
+                    print(f"{sum(counts.values())}/{n}: {dict(counts)} ({time.perf_counter() - t_start:.0f} s)",
+                          file=sys.stderr, flush=True)
+                    time.sleep(28.0)
+            rec = _read_journal(journal)
+            if proc.returncode == 0:
+                break
+            pending = sorted(i for i, (o, _, _) in rec.items() if o == "begin")
+            if not pending:
+                tail = (tmp / "worker_stderr.txt").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"fuzz worker failed outside the inputs (exit code {proc.returncode}):\n{tail}")
+            i = pending[0]
+            with open(journal, "a") as jf:
+                jf.write(f"{i}\tcrash\t{rec[i][1]}\t0\n")
+            with open(examples, "a") as xf:
+                xf.write(json.dumps({"input": i, "seed": rec[i][1].split(":", 1)[1], "loader": rec[i][1].split(":")[0],
+                                     "ops": [], "error": f"process died (exit code {proc.returncode})",
+                                     "traceback": ""}) + "\n")
+            if crash_dir is not None:
+                s, files, _, _ = make_input(seed, i, seeds)
+                _write_input(crash_dir / f"crash_{i:06d}_{s.name}", files)
+            start, restarts = i + 1, restarts + 1
+        rec = _read_journal(journal)
+        ex = [json.loads(line) for line in examples.read_text().splitlines()] if examples.exists() else []
+    if crash_dir is not None and seeds is not None:
+        for e in ex:
+            if e["error"].startswith("process died"):
+                continue
+            s, files, _, _ = make_input(seed, e["input"], seeds)
+            _write_input(crash_dir / f"unhandled_{e['input']:06d}_{s.name}", {**files, "error.txt": e["traceback"].encode()})
+    counts = collections.Counter(o for o, _, _ in rec.values())
+    per_loader: dict = collections.defaultdict(collections.Counter)
+    for o, loader, sec in rec.values():
+        per_loader[loader][o] += 1
+        per_loader[loader]["seconds"] += sec
     return {
-        "inputs": n,
+        "inputs": sum(counts[k] for k in ("ok", "clean", "unhandled", "crash")),
         "seed": seed,
-        "ok": stats.counts["ok"],
-        "clean": stats.counts["clean"],
-        "unhandled": stats.counts["unhandled"],
-        "seconds": round(seconds, 1),
-        "per_loader": {k: {**dict(v), "seconds": round(v["seconds"], 2)} for k, v in sorted(stats.per_loader.items())},
-        "unhandled_examples": stats.unhandled,
+        "ok": counts["ok"],
+        "clean": counts["clean"],
+        "unhandled": counts["unhandled"],
+        "crashes": counts["crash"],
+        "worker_restarts": restarts,
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "per_loader": {k: {**{o: c for o, c in v.items() if o != "seconds"}, "seconds": round(v["seconds"], 2)}
+                       for k, v in sorted(per_loader.items())},
+        "unhandled_examples": ex[:max_report],
     }
 
 
@@ -348,20 +421,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help=f"short CI run ({QUICK_N} inputs)")
     p.add_argument("--n", type=int, default=None, help=f"number of inputs (default {LONG_N}; --quick {QUICK_N})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--crash-dir", type=Path, default=None, help="save every unhandled input here")
+    p.add_argument("--crash-dir", type=Path, default=None, help="save every unhandled / crashing input here")
     p.add_argument("--save-seeds", type=Path, default=None, help="write the seed corpus here")
     p.add_argument("--json", type=Path, default=None, help="write the summary as JSON")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--journal", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--examples", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--check-seeds", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--crash-at", type=int, default=-1, help=argparse.SUPPRESS)  # supervisor self-test
+    p.add_argument("--indices", default=None, metavar="I,J,...",
+                   help="run only these input numbers (e.g. the unhandled ones of an earlier run, after a fix)")
     a = p.parse_args(argv)
     n = a.n if a.n is not None else (QUICK_N if a.quick else LONG_N)
     if n < 1:
         p.error("--n must be >= 1")
-    # ITK prints reader warnings on the C++ stderr; they are expected for broken inputs
-    import SimpleITK as sitk
-
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    summary = run(n, a.seed, a.crash_dir, a.save_seeds, progress=not a.quick)
-    text = json.dumps({k: v for k, v in summary.items() if k != "unhandled_examples"}, indent=2)
-    print(text)
+    try:
+        indices = sorted({int(v) for v in a.indices.split(",") if v.strip()}) if a.indices else None
+    except ValueError:
+        p.error("--indices must be comma-separated integers")
+    if indices is not None:
+        n = max(indices) + 1
+    if a.worker:
+        worker(n, a.seed, a.start, a.journal, a.examples, a.check_seeds, a.crash_at, indices)
+        return 0
+    summary = run(n, a.seed, a.crash_dir, a.save_seeds, progress=not a.quick, crash_at=a.crash_at, indices=indices)
+    print(json.dumps({k: v for k, v in summary.items() if k != "unhandled_examples"}, indent=2))
     for ex in summary["unhandled_examples"]:
         print(f"\nUNHANDLED input {ex['input']} ({ex['seed']} -> {ex['loader']}, {ex['ops']}): {ex['error']}\n{ex['traceback']}")
     if a.json is not None:
@@ -369,8 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             a.json.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\n{summary['inputs']} inputs: {summary['ok']} loaded, {summary['clean']} clean errors, "
-          f"{summary['unhandled']} unhandled; {summary['seconds']} s")
-    return 1 if summary["unhandled"] else 0
+          f"{summary['unhandled']} unhandled exceptions, {summary['crashes']} process crashes; {summary['seconds']} s")
+    return 1 if summary["unhandled"] or summary["crashes"] else 0
 
 
 if __name__ == "__main__":

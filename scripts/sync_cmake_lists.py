@@ -49,7 +49,7 @@ def rewrite(cmake: Path, lists: dict[str, list[str]]) -> bool:
         pattern = re.compile(rf"(# BEGIN {key}\n)(.*?)(  # END {key})", re.S)
         if not pattern.search(new):
             raise SystemExit(f"{cmake}: markers for {key} not found")
-        new = pattern.sub(lambda m: m.group(1) + (block + "\n" if block else "") + m.group(3), new)
+        new = pattern.sub(lambda m, b=block: m.group(1) + (b + "\n" if b else "") + m.group(3), new)
     if new != text:
         cmake.write_text(new)
         return True

@@ -48,6 +48,7 @@ from spinemorph.benchutil import (
     count_flops,
     cpu_bf16_supported,
     machine_info,
+    matmul_fn,
     matmul_peak_gflops,
     optimize_for_inference,
     peak_rss_mb,
@@ -66,6 +67,9 @@ SIZE_2D = 320
 N_AXIAL_SLICES = 20
 SHAPE_3D = (128, 192, 192)
 DEFAULT_REPEATS = 3
+#: size of the fp32 matrix product timed alongside the 2D networks (same rounds, same load)
+MATMUL_N = 2048
+_MATMUL = "__matmul__"
 #: the parts of a benchmark run, in order
 SECTIONS = ("peak", "models_2d", "batch_threads", "network_3d", "dsca_e2e", "foramen_3d_e2e", "foramen_measure",
             "commands")
@@ -80,12 +84,16 @@ TARGETS = {
     "dice_drop_max": 0.01,
 }
 
-#: 3D network layouts compared (label, UNet3D overrides, input down-sampling)
+#: 3D network layouts compared (label, UNet3D overrides, input down-sampling[, input shape if not SHAPE_3D])
 LAYOUTS_3D = (
     ("source method: full 0.8 mm input, no stem stride, base 16", {"base_channels": 16, "stem_stride": 1}, 1),
     ("0.8 mm input, stem stride 2, base 16", {"base_channels": 16, "stem_stride": 2}, 1),
     ("1.6 mm input, stem stride 2, base 16 (embedded budget layout)", {"base_channels": 16, "stem_stride": 2}, 2),
     ("1.6 mm input, stem stride 2, base 8", {"base_channels": 8, "stem_stride": 2}, 2),
+    ("coarse-to-fine, fine pass only: 64×96×96 crop at 0.8 mm, no stem stride, base 16",
+     {"base_channels": 16, "stem_stride": 1}, 1, (64, 96, 96)),
+    ("coarse-to-fine, fine pass only: 64×96×96 crop at 0.8 mm, no stem stride, base 8",
+     {"base_channels": 8, "stem_stride": 1}, 1, (64, 96, 96)),
 )
 
 Logger = Callable[[str], None]
@@ -203,10 +211,19 @@ def load_3d():
 def bench_peak(quick: bool) -> dict:
     import torch
 
-    n = 1024 if quick else 2048
-    out = {"n": n, "fp32_gflops": matmul_peak_gflops(n, repeats=5)}
+    from spinemorph.onnx_export import onnx_available
+
+    n = 1024 if quick else MATMUL_N
+    reps = 5 if quick else 15
+    out = {"n": n, "repeats": reps, "fp32_torch_gflops": matmul_peak_gflops(n, repeats=reps),
+           "fp32_numpy_gflops": matmul_peak_gflops(n, repeats=reps, backend="numpy")}
+    if onnx_available():
+        out["fp32_onnxruntime_gflops"] = matmul_peak_gflops(n, repeats=reps, backend="onnxruntime")
+    best = max((k for k in out if k.startswith("fp32_")), key=lambda k: out[k])
+    out["fp32_gflops"] = out[best]
+    out["fp32_backend"] = best[len("fp32_"):-len("_gflops")]
     if cpu_bf16_supported():
-        out["bf16_gflops"] = matmul_peak_gflops(n, repeats=5, dtype=torch.bfloat16)
+        out["bf16_gflops"] = matmul_peak_gflops(n, repeats=reps, dtype=torch.bfloat16)
     if torch.cuda.is_available():
         out["cuda_fp32_gflops"] = matmul_peak_gflops(4096, repeats=10, device="cuda")
         out["cuda_fp16_gflops"] = matmul_peak_gflops(4096, repeats=10, device="cuda", dtype=torch.float16)
@@ -223,7 +240,7 @@ def _agreement(ref: np.ndarray, other: np.ndarray) -> dict:
 
 
 def bench_2d(arch: str, slices: np.ndarray, peak_gflops: float, repeats: int, batch: int, onnx: bool,
-             log_fn: Logger) -> dict:
+             log_fn: Logger, cuda_peak_gflops: float | None = None, matmul_backend: str = "torch") -> dict:
     """Latency per slice, FLOPs, achieved rate and agreement of the torch reference and the optimised variants."""
     import torch
 
@@ -237,6 +254,8 @@ def bench_2d(arch: str, slices: np.ndarray, peak_gflops: float, repeats: int, ba
     variants["torch fp32 " + " + ".join(applied)] = _torch_forward(opt, channels_last=True)
     if cpu_bf16_supported():
         variants["torch bf16 autocast + " + " + ".join(applied)] = Bf16Autocast(opt, channels_last=True)
+    if torch.cuda.is_available():
+        variants.update(_cuda_variants(net))
     onnx_note = None
     if onnx and onnx_available():
         t0 = time.perf_counter()
@@ -248,17 +267,23 @@ def bench_2d(arch: str, slices: np.ndarray, peak_gflops: float, repeats: int, ba
     ref_out = variants["torch fp32 (reference)"](x).numpy()
     agree = {k: _agreement(ref_out, np.asarray(f(x))) for k, f in variants.items()}
     log_fn(f"  {arch}: timing {len(variants)} variants, batch {batch}, {repeats} rounds")
-    times = time_interleaved({k: (lambda f=f: f(x)) for k, f in variants.items()}, repeats=repeats, warmup=1)
+    n = MATMUL_N
+    fns = {k: (lambda f=f: f(x)) for k, f in variants.items()}
+    fns[_MATMUL] = matmul_fn(n, matmul_backend)  # the fp32 peak measured in the same rounds, under the same load
+    times = time_interleaved(fns, repeats=repeats, warmup=1)
+    local_peak = 2.0 * n**3 / times.pop(_MATMUL)["median_s"] / 1e9
+    peak_gflops = max(peak_gflops or 0.0, local_peak)
     rows = []
     for k in variants:
         per_slice = times[k]["median_s"] / batch
         rate = flops / per_slice / 1e9
+        peak = cuda_peak_gflops if k.startswith("cuda") else peak_gflops
         rows.append({
             "variant": k,
             "ms_per_slice": 1e3 * per_slice,
             "min_ms_per_slice": 1e3 * times[k]["min_s"] / batch,
             "gflops_achieved": rate,
-            "ratio_to_fp32_peak": rate / peak_gflops if peak_gflops else None,
+            "ratio_to_fp32_peak": rate / peak if peak else None,
             **agree[k],
         })
     return {
@@ -267,9 +292,31 @@ def bench_2d(arch: str, slices: np.ndarray, peak_gflops: float, repeats: int, ba
         "parameters": int(sum(p.numel() for p in net.parameters())),
         "gflop_per_slice": flops / 1e9,
         "batch": batch,
+        "fp32_peak_gflops_used": peak_gflops,
+        "fp32_matmul_gflops_in_rounds": local_peak,
         "variants": rows,
         "onnx": onnx_note,
     }
+
+
+def _cuda_variants(net) -> dict[str, Callable]:
+    """fp32 / fp16 / bf16 autocast on the first CUDA device (synchronised, outputs back on the CPU)."""
+    import copy
+
+    import torch
+
+    gnet = copy.deepcopy(net).cuda().eval()
+
+    def make(dtype):
+        def f(x):
+            with torch.inference_mode(), torch.autocast("cuda", dtype=dtype or torch.float16, enabled=dtype is not None):
+                y = gnet(x.cuda(non_blocking=True)).float().cpu()
+            torch.cuda.synchronize()
+            return y
+
+        return f
+
+    return {"cuda fp32": make(None), "cuda fp16 autocast": make(torch.float16), "cuda bf16 autocast": make(torch.bfloat16)}
 
 
 def bench_2d_batch_threads(arch: str, slices: np.ndarray, repeats: int, batches=(1, 4, 8), threads=(1, 2)) -> dict:
@@ -300,16 +347,15 @@ def bench_2d_batch_threads(arch: str, slices: np.ndarray, repeats: int, batches=
             "threads": thread_rows}
 
 
-def bench_3d_network(repeats: int, quick: bool, log_fn: Logger) -> dict:
+def bench_3d_network(repeats: int, quick: bool, log_fn: Logger, onnx: bool = False) -> dict:
     """FLOPs and latency of the default 3D network (fp32 vs bf16) and of the alternative layouts."""
     import torch
     import torch.nn.functional as F
-    from FORAMEN3DLib.network3d import UNet3D
 
     net, down, source = load_3d()
     x = torch.randn(1, 1, *SHAPE_3D, generator=torch.Generator().manual_seed(0))
     xin = F.avg_pool3d(x, down) if down > 1 else x
-    flops = count_flops(net, xin)
+    flops = count_flops_3d(net, xin)
 
     def fp32():
         with torch.inference_mode():
@@ -320,6 +366,24 @@ def bench_3d_network(repeats: int, quick: bool, log_fn: Logger) -> dict:
     if cpu_bf16_supported():
         bf = Bf16Autocast(net)
         fns["bf16 autocast"] = lambda: bf(F.avg_pool3d(x, down) if down > 1 else x)
+    onnx_note = None
+    if onnx:
+        ort_net, onnx_note = _onnx_unet(net, xin)
+        if ort_net is not None:
+            fns["onnxruntime fp32"] = lambda: ort_net(F.avg_pool3d(x, down) if down > 1 else x)
+    if torch.cuda.is_available():
+        import copy
+
+        gnet = copy.deepcopy(net).cuda().eval()
+        for label, dtype in (("cuda fp32", None), ("cuda fp16 autocast", torch.float16)):
+            def run_cuda(dtype=dtype):
+                with torch.inference_mode(), torch.autocast("cuda", dtype=dtype or torch.float16, enabled=dtype is not None):
+                    xc = x.cuda()
+                    y = gnet(F.avg_pool3d(xc, down) if down > 1 else xc)
+                torch.cuda.synchronize()
+                return y
+
+            fns[label] = run_cuda
     t = time_interleaved(fns, repeats=repeats, warmup=1)
     shipped = {
         "weights": source,
@@ -329,31 +393,95 @@ def bench_3d_network(repeats: int, quick: bool, log_fn: Logger) -> dict:
         "gflop": flops / 1e9,
         "parameters": int(sum(p.numel() for p in net.parameters())),
         "variants": [{"variant": k, "median_s": v["median_s"], "min_s": v["min_s"]} for k, v in t.items()],
+        "onnx": onnx_note,
     }
     layouts = []
-    for label, kw, d in LAYOUTS_3D:
-        full = kw.get("stem_stride", 1) == 1 and d == 1
-        torch.manual_seed(0)
-        m = UNet3D(**kw).eval()
-        xi = F.avg_pool3d(x, d) if d > 1 else x
-        fl = count_flops(m, xi)
-        row = {"layout": label, "config": kw, "input_downsample": d, "gflop": fl / 1e9,
-               "parameters": int(sum(p.numel() for p in m.parameters()))}
-        if full and quick:
+    for label, kw, d, *shape in LAYOUTS_3D:
+        shape = tuple(shape[0]) if shape else SHAPE_3D
+        full = kw.get("stem_stride", 1) == 1 and d == 1 and shape == SHAPE_3D
+        spec = {"config": kw, "input_downsample": d, "repeats": 1 if full else repeats, "shape": shape,
+                "threads": torch.get_num_threads(), "time": not (full and quick)}
+        log_fn(f"  3D layout (child process): {label}")
+        r = run_child([sys.executable, "-c", "from spinemorph.bench import layout_child_main; layout_child_main()",
+                       json.dumps(spec)], timeout_s=900)
+        row = {"layout": label, "config": kw, "input_downsample": d, "input_shape": list(shape),
+               "peak_rss_mb": r["peak_rss_mb"]}
+        try:
+            row.update(json.loads(r["stdout_tail"].strip().splitlines()[-1]))
+        except (ValueError, IndexError):
+            row["note"] = f"child failed (exit {r['returncode']}): {r['stderr_tail'].strip()[-160:]}"
+        if "median_s" in row:
+            row["meets_2p5_s_network"] = row["median_s"] <= TARGETS["foramen_segmentation_s"]
+        elif full and quick:
             row["note"] = "not timed with --quick"
-        else:
-            log_fn(f"  3D layout: {label}")
-
-            def run(m=m, d=d):
-                with torch.inference_mode():
-                    return m(F.avg_pool3d(x, d) if d > 1 else x)
-
-            r = time_median_s(run, repeats=1 if full else repeats, warmup=0 if full else 1)
-            row["median_s"] = r["median_s"]
-            row["meets_2p5_s_network"] = r["median_s"] <= TARGETS["foramen_segmentation_s"]
         layouts.append(row)
-        del m
     return {"shipped": shipped, "layouts": layouts}
+
+
+class _OnnxUNet:
+    """An ONNX Runtime session that looks like a UNet3D to ``FORAMEN3DLib.segment3d.predict_logits``
+    (same ``stem`` / ``encoders`` / ``decoders`` attributes for its hooks, which then simply do not fire)."""
+
+    def __init__(self, net, session):
+        self.session = session
+        self.stem, self.encoders, self.decoders = net.stem, net.encoders, net.decoders
+
+    def __call__(self, x):
+        import torch
+
+        return torch.from_numpy(self.session(x.detach().cpu().numpy()))
+
+
+def _onnx_unet(net, example):
+    """``(_OnnxUNet or None, note)``: the 3D network exported to ONNX and loaded in ONNX Runtime."""
+    import torch
+
+    from spinemorph.onnx_export import OnnxPredictor, export_onnx, onnx_available
+
+    if not onnx_available():
+        return None, "onnxruntime not installed"
+    t0 = time.perf_counter()
+    sess = OnnxPredictor(export_onnx(net, example), threads=torch.get_num_threads())
+    return _OnnxUNet(net, sess), f"export + session {time.perf_counter() - t0:.1f} s"
+
+
+def count_flops_3d(net, x, max_voxels: int = 1_000_000) -> int:
+    """FLOPs of a 3D U-Net forward on ``x``, counted on a half-size input and scaled by 8 when ``x`` is large.
+
+    Every layer of :class:`FORAMEN3DLib.network3d.UNet3D` is "same"-padded, so its FLOPs are exactly proportional
+    to the number of voxels (as long as every size stays divisible by the network's size divisor); counting on
+    1/8 of the voxels keeps ``torch.utils.flop_counter`` from holding gigabytes.
+    """
+    shape = tuple(x.shape[2:])
+    div = getattr(net, "size_divisor", 1)
+    if int(np.prod(shape)) > max_voxels and all(s % (2 * div) == 0 for s in shape):
+        return 8 * count_flops(net, x[..., : shape[0] // 2, : shape[1] // 2, : shape[2] // 2].contiguous())
+    return count_flops(net, x)
+
+
+def layout_child_main() -> None:
+    """Child-process entry of :func:`bench_3d_network`: FLOPs and forward latency of one 3D layout (JSON line)."""
+    import torch
+    import torch.nn.functional as F
+    from FORAMEN3DLib.network3d import UNet3D
+
+    spec = json.loads(sys.argv[1])
+    torch.set_num_threads(int(spec["threads"]))
+    torch.manual_seed(0)
+    net = UNet3D(**spec["config"]).eval()
+    d = int(spec["input_downsample"])
+    x = torch.randn(1, 1, *spec.get("shape", SHAPE_3D), generator=torch.Generator().manual_seed(0))
+    xi = F.avg_pool3d(x, d) if d > 1 else x
+    out = {"gflop": count_flops_3d(net, xi) / 1e9, "parameters": int(sum(p.numel() for p in net.parameters()))}
+    if spec.get("time", True):
+        def run():
+            with torch.inference_mode():
+                return net(F.avg_pool3d(x, d) if d > 1 else x)
+
+        reps = int(spec["repeats"])
+        r = time_median_s(run, repeats=reps, warmup=0 if reps == 1 else 1)
+        out.update({"median_s": r["median_s"], "min_s": r["min_s"]})
+    print(json.dumps(out))
 
 
 class _AutocastUNet:
@@ -370,7 +498,8 @@ class _AutocastUNet:
             return self.inner(x).float()
 
 
-def bench_3d_end_to_end(space_path: Path, truth_path: Path, repeats: int, log_fn: Logger) -> dict:
+def bench_3d_end_to_end(space_path: Path, truth_path: Path, repeats: int, log_fn: Logger, warmup: int = 1,
+                        onnx: bool = False) -> dict:
     """In-process 3D segmentation of one SPACE volume (warm model): timings and Dice vs the phantom's labels."""
     import dataclasses
 
@@ -387,6 +516,12 @@ def bench_3d_end_to_end(space_path: Path, truth_path: Path, repeats: int, log_fn
     variants = {"fp32 (reference)": base}
     if cpu_bf16_supported():
         variants["bf16 autocast"] = dataclasses.replace(base, network=_AutocastUNet(net))
+    onnx_note = None
+    if onnx:
+        xin = torch.zeros(1, 1, *(s // down for s in SHAPE_3D))
+        ort_net, onnx_note = _onnx_unet(net, xin)
+        if ort_net is not None:
+            variants["onnxruntime fp32"] = dataclasses.replace(base, network=ort_net)
     results = {}
     fns = {}
     for k, lm in variants.items():
@@ -395,7 +530,7 @@ def bench_3d_end_to_end(space_path: Path, truth_path: Path, repeats: int, log_fn
 
         fns[k] = run
     log_fn(f"  3D segmentation end to end: {len(fns)} variants, {repeats} rounds")
-    t = time_interleaved(fns, repeats=repeats, warmup=1)
+    t = time_interleaved(fns, repeats=repeats, warmup=warmup)
     ref = np.asarray(results["fp32 (reference)"].labels.array)
     rows = []
     for k, res in results.items():
@@ -412,10 +547,10 @@ def bench_3d_end_to_end(space_path: Path, truth_path: Path, repeats: int, log_fn
         ref_d = rows[0]["dice_vs_truth_mean"]
         for r in rows:
             r["dice_drop_vs_reference"] = ref_d - r["dice_vs_truth_mean"]
-    return {"weights": source, "input_size_ijk": list(image.size_ijk), "variants": rows}
+    return {"weights": source, "input_size_ijk": list(image.size_ijk), "variants": rows, "onnx": onnx_note}
 
 
-def bench_dsca_end_to_end(axial_path: Path, repeats: int, log_fn: Logger) -> dict:
+def bench_dsca_end_to_end(axial_path: Path, repeats: int, log_fn: Logger, warmup: int = 1, onnx: bool = False) -> dict:
     """In-process DSCA of the axial series, file → table, with a warm model: reference vs optimised predictors."""
     import torch
     from DuralSacSegLib.segment import segment_file
@@ -430,10 +565,21 @@ def bench_dsca_end_to_end(axial_path: Path, repeats: int, log_fn: Logger) -> dic
 
         return p
 
+    opt_label = "torch fp32 " + " + ".join(applied)
     preds = {"torch fp32 (reference), batch 8": (predictor(_torch_forward(net)), 8),
-             "torch fp32 " + " + ".join(applied) + ", batch 4": (predictor(_torch_forward(opt, True)), 4)}
+             opt_label + ", batch 8": (predictor(_torch_forward(opt, True)), 8),
+             opt_label + ", batch 1": (predictor(_torch_forward(opt, True)), 1)}
     if cpu_bf16_supported():
-        preds["torch bf16 autocast + " + " + ".join(applied) + ", batch 4"] = (predictor(Bf16Autocast(opt, True)), 4)
+        preds["torch bf16 autocast + " + " + ".join(applied) + ", batch 1"] = (predictor(Bf16Autocast(opt, True)), 1)
+    onnx_note = None
+    if onnx:
+        from spinemorph.onnx_export import OnnxPredictor, export_onnx, onnx_available
+
+        if onnx_available():
+            t0 = time.perf_counter()
+            sess = OnnxPredictor(export_onnx(net, torch.zeros(1, 1, SIZE_2D, SIZE_2D)), threads=torch.get_num_threads())
+            onnx_note = f"export + session {time.perf_counter() - t0:.1f} s (not in the times)"
+            preds["onnxruntime fp32, batch 1"] = (predictor(lambda xx: torch.from_numpy(sess(xx.numpy()))), 1)
     results = {}
     fns = {}
     for k, (p, b) in preds.items():
@@ -442,7 +588,7 @@ def bench_dsca_end_to_end(axial_path: Path, repeats: int, log_fn: Logger) -> dic
 
         fns[k] = run
     log_fn(f"  DSCA end to end ({arch}): {len(fns)} variants, {repeats} rounds")
-    t = time_interleaved(fns, repeats=repeats, warmup=1)
+    t = time_interleaved(fns, repeats=repeats, warmup=warmup)
     ref = results[next(iter(results))].table.areas_mm2()
     rows = []
     for k, res in results.items():
@@ -451,7 +597,7 @@ def bench_dsca_end_to_end(axial_path: Path, repeats: int, log_fn: Logger) -> dic
                      "stage_s": {s: float(v) for s, v in res.timings_s.items()},
                      "max_abs_area_diff_mm2": float(np.abs(a - ref).max()) if len(a) else 0.0,
                      "n_slices": len(a)})
-    return {"architecture": arch, "weights": source, "variants": rows}
+    return {"architecture": arch, "weights": source, "variants": rows, "onnx": onnx_note}
 
 
 def bench_foramen_measure(label_path: Path, repeats: int) -> dict:
@@ -609,17 +755,21 @@ def run_bench(out_dir: str | os.PathLike, repeats: int = DEFAULT_REPEATS, quick:
             doc["matmul_peak"] = peak
         if "models_2d" in want:
             archs = (default_2d_arch(),) if quick else ARCHS_2D
-            doc["models_2d"] = [bench_2d(a, slices, peak["fp32_gflops"], repeats, 4, not quick, log_fn) for a in archs]
+            doc["models_2d"] = [bench_2d(a, slices, peak["fp32_gflops"], repeats, 4, not quick, log_fn,
+                                         peak.get("cuda_fp32_gflops"), peak.get("fp32_backend", "torch"))
+                                for a in archs]
         if "batch_threads" in want:
             log_fn("batch size and threads")
             doc["batch_threads_2d"] = bench_2d_batch_threads(default_2d_arch(), slices, repeats)
         if "network_3d" in want:
             log_fn("3D network")
-            doc["network_3d"] = bench_3d_network(repeats, quick, log_fn)
+            doc["network_3d"] = bench_3d_network(repeats, quick, log_fn, onnx=not quick)
         if "dsca_e2e" in want:
-            doc["dsca_end_to_end"] = bench_dsca_end_to_end(paths["axial"], repeats, log_fn)
+            doc["dsca_end_to_end"] = bench_dsca_end_to_end(paths["axial"], repeats, log_fn, warmup=0 if quick else 1,
+                                                           onnx=not quick)
         if "foramen_3d_e2e" in want:
-            doc["foramen_3d_end_to_end"] = bench_3d_end_to_end(paths["space"], paths["foramen_labels"], repeats, log_fn)
+            doc["foramen_3d_end_to_end"] = bench_3d_end_to_end(paths["space"], paths["foramen_labels"], repeats, log_fn,
+                                                               warmup=0 if quick else 1, onnx=not quick)
         if "foramen_measure" in want:
             log_fn("foramen measurement + meshes")
             doc["foramen_measure"] = bench_foramen_measure(paths["foramen_labels"], repeats)
@@ -713,8 +863,13 @@ def to_markdown(doc: dict) -> str:
     pk = doc.get("matmul_peak")
     if pk:
         parts.append("## Matrix-multiply peak\n")
-        parts.append(_table(["kind", "GFLOP/s"], [[k.replace("_gflops", ""), v] for k, v in pk.items() if k != "n"]))
-        parts.append(f"\n{pk['n']}×{pk['n']} products, fastest of 5.\n")
+        parts.append(_table(["kind", "GFLOP/s"], [[k.replace("_gflops", ""), v] for k, v in pk.items()
+                                                  if k.endswith("_gflops")]))
+        parts.append(f"\n{pk['n']}×{pk['n']} fp32 products with torch (MKL), numpy (its BLAS) and ONNX Runtime (MLAS), fastest "
+                     f"of {pk.get('repeats', 5)} each, at the start of the run; the fp32 peak is the best of them "
+                     f"({pk.get('fp32_backend', 'torch')}). The 2D table's ratio uses, per model, the larger of this and the "
+                     f"median rate of a {MATMUL_N}×{MATMUL_N} product with the same library timed in the same rounds as "
+                     "the networks (same load).\n")
     if doc.get("models_2d"):
         parts.append("## 2D networks at 320×320 (per slice)\n")
         rows = []
@@ -726,6 +881,10 @@ def to_markdown(doc: dict) -> str:
         parts.append(_table(["model", "weights", "params", "GFLOP/slice", "variant", "ms/slice", "GFLOP/s",
                              "ratio to fp32 peak", "max Δlogit", "mask agreement"], rows))
         notes = [f"{mm['architecture']}: {mm['onnx']}" for mm in doc["models_2d"] if mm.get("onnx")]
+        peaks = ", ".join(f"{mm['architecture']} {mm['fp32_peak_gflops_used']:.1f}" for mm in doc["models_2d"]
+                          if mm.get("fp32_peak_gflops_used"))
+        if peaks:
+            parts.append(f"\nfp32 peak (GFLOP/s) used for the ratio: {peaks}.\n")
         parts.append(f"\nBatch {doc['models_2d'][0]['batch']} slices per call. FLOPs counted by torch.utils.flop_counter "
                      "(convolutions and matrix products, multiply-add = 2). ONNX: " + ("; ".join(notes) or "not run") + ".\n")
     bt = doc.get("batch_threads_2d")
@@ -741,10 +900,16 @@ def to_markdown(doc: dict) -> str:
         parts.append(f"Default model: {s['weights']}, {s['config']}, input down-sampling {s['input_downsample']} "
                      f"(network input {s['network_input']}), {s['gflop']:.1f} GFLOP, {s['parameters'] / 1e6:.2f} M parameters.\n\n")
         parts.append(_table(["variant", "network s (median)", "min s"], [[v["variant"], v["median_s"], v["min_s"]] for v in s["variants"]]))
-        parts.append("\nLayouts for the 128×192×192 input (random weights; network forward only, fp32):\n\n")
-        parts.append(_table(["layout", "GFLOP", "params", "s", "<= 2.5 s"],
-                            [[r["layout"], r["gflop"], f"{r['parameters'] / 1e6:.2f} M", r.get("median_s", r.get("note")),
-                              _fmt(r.get("meets_2p5_s_network"))] for r in n3["layouts"]]))
+        if s.get("onnx"):
+            parts.append(f"\nONNX: {s['onnx']}.\n")
+        parts.append("\nLayouts (input 128×192×192 unless stated; random weights; network forward only, fp32, batch 1). A "
+                     "coarse-to-fine scheme costs the coarse pass (the embedded layout) plus the fine pass:\n\n")
+        parts.append(_table(["layout", "GFLOP", "params", "s", "<= 2.5 s", "peak RSS MB"],
+                            [[r["layout"], r.get("gflop"), f"{r.get('parameters', 0) / 1e6:.2f} M",
+                              r.get("median_s", r.get("note")), _fmt(r.get("meets_2p5_s_network")),
+                              f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "–"] for r in n3["layouts"]]))
+        parts.append("\nEach layout runs in its own process (FLOPs counted on 1/8 of the voxels and scaled, exact for "
+                     "these same-padded networks).\n")
     f3 = doc.get("foramen_3d_end_to_end")
     if f3:
         parts.append(f"## 3D segmentation end to end (in-process, warm model; SPACE {f3['input_size_ijk']})\n")
@@ -759,6 +924,8 @@ def to_markdown(doc: dict) -> str:
         parts.append(_table(["variant", "median s", "min s", "stages (s)", "max |Δarea| mm²"],
                             [[v["variant"], v["median_s"], v["min_s"], _stages(v["stage_s"]), v["max_abs_area_diff_mm2"]]
                              for v in d["variants"]]))
+        parts.append("\nmax |Δarea|: largest per-slice difference of the DSCA from the reference variant's table."
+                     + (f" ONNX: {d['onnx']}." if d.get("onnx") else "") + "\n")
     fm = doc.get("foramen_measure")
     if fm:
         parts.append("## Foramen measurement from a label map (in-process)\n")

@@ -74,24 +74,49 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], repeats: int = 5, 
     return {k: _summary(v) for k, v in times.items()}
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5, device=None, dtype=None) -> float:
-    """Measured matrix-multiply rate in GFLOP/s (fp32 by default): the machine's practical peak for dense math.
+def matmul_fn(n: int = 2048, backend: str = "torch", device=None, dtype=None) -> Callable[[], object]:
+    """A function computing one ``n × n`` matrix product (2·n³ operations) with ``backend``.
 
-    The fastest of ``repeats`` ``n × n`` products (2·n³ operations each) after two warm-up products.
+    ``backend``: ``"torch"`` (MKL / oneDNN / cuBLAS, any ``dtype``), ``"numpy"`` (its BLAS, fp32) or
+    ``"onnxruntime"`` (MLAS, fp32).
     """
     import torch
 
+    if backend == "numpy":
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        a = rng.random((n, n), dtype=np.float32)
+        b = rng.random((n, n), dtype=np.float32)
+        return lambda: a @ b
+    if backend == "onnxruntime":
+        import numpy as np
+
+        from spinemorph.onnx_export import matmul_session
+
+        sess = matmul_session(n, threads=torch.get_num_threads())
+        a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+        return lambda: sess(a)
     device = torch.device(device or "cpu")
     dtype = dtype or torch.float32
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
 
     def run():
         a @ b
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    t = time_median_s(run, repeats=repeats, warmup=2)
+    return run
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5, device=None, dtype=None, backend: str = "torch") -> float:
+    """Measured matrix-multiply rate in GFLOP/s (fp32 by default): the machine's practical peak for dense math.
+
+    The fastest of ``repeats`` ``n × n`` products (2·n³ operations each) after two warm-up products.
+    """
+    t = time_median_s(matmul_fn(n, backend, device, dtype), repeats=repeats, warmup=2)
     return 2.0 * n**3 / t["min_s"] / 1e9
 
 
@@ -110,46 +135,81 @@ def count_flops(model, example) -> int:
 
 
 # ----------------------------------------------------------------------------- child processes
+#: Tiny launcher run by :func:`run_child`: forks the command from its own small process image and reports the
+#: command's ``os.wait4`` resource usage as JSON into the file named by argv[1].
+_LAUNCHER = r"""
+import json, os, sys, time
+out = sys.argv[1]
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+wall = time.perf_counter() - t0
+with open(out, "w") as fh:
+    json.dump({"status": status, "maxrss": ru.ru_maxrss, "wall_s": wall}, fh)
+"""
+
+
 def run_child(argv: Sequence[str], env: Mapping[str, str] | None = None, timeout_s: float | None = None,
               cwd: str | os.PathLike | None = None) -> dict:
-    """Run ``argv`` as a child process and measure it.
+    """Run ``argv`` as a child process and measure its wall time and its own peak resident memory.
 
-    The child's peak resident memory is its own ``ru_maxrss`` (from ``os.wait4``), not that of earlier children.
+    Linux keeps a process's high-water RSS across ``execve``, and a child created by ``fork``/``vfork`` starts
+    with its parent's memory: measured directly, any child of a large process (this one, with the networks loaded)
+    would report at least the parent's size. The command is therefore forked from a tiny launcher interpreter
+    (``python -I -S``), whose ``os.wait4`` gives the command's own ``ru_maxrss``.
 
     Returns
     -------
     dict
-        ``wall_s``, ``peak_rss_mb``, ``returncode``, ``stderr_tail`` (last 400 characters), ``timed_out``.
+        ``wall_s``, ``peak_rss_mb``, ``returncode``, ``stderr_tail`` (last 400 characters), ``stdout_tail`` (last
+        4000 characters), ``timed_out``.
     """
+    import json
+    import signal
     import tempfile
 
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(list(argv), stdout=out, stderr=err, env=full_env, cwd=cwd)
-        timed_out = False
-        deadline = None if timeout_s is None else t0 + float(timeout_s)
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid == proc.pid:
-                break
-            if deadline is not None and time.perf_counter() > deadline:
-                proc.kill()
+    with tempfile.TemporaryDirectory(prefix="spinemorph_child_") as tmp:
+        report = os.path.join(tmp, "rusage.json")
+        err_path = os.path.join(tmp, "stderr.txt")
+        out_path = os.path.join(tmp, "stdout.txt")
+        with open(err_path, "wb") as err, open(out_path, "wb") as out:
+            t0 = time.perf_counter()
+            proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _LAUNCHER, report, *argv],
+                                    stdout=out, stderr=err, env=full_env, cwd=cwd, start_new_session=True)
+            timed_out = False
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
                 timed_out = True
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.01)
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        err.seek(0)
-        tail = err.read().decode("utf-8", "replace")[-400:]
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            wall = time.perf_counter() - t0
+        with open(err_path, "rb") as fh:
+            tail = fh.read().decode("utf-8", "replace")[-400:]
+        with open(out_path, "rb") as fh:
+            out_tail = fh.read().decode("utf-8", "replace")[-4000:]
+        try:
+            with open(report, encoding="utf-8") as fh:
+                rep = json.load(fh)
+        except (OSError, ValueError):
+            rep = None
+    if rep is None:
+        return {"wall_s": wall, "peak_rss_mb": float("nan"), "returncode": proc.returncode if not timed_out else -9,
+                "stderr_tail": tail, "stdout_tail": out_tail, "timed_out": timed_out}
     return {
-        "wall_s": wall,
-        "peak_rss_mb": _maxrss_to_mb(usage.ru_maxrss),
-        "returncode": int(proc.returncode),
+        "wall_s": float(rep["wall_s"]),
+        "peak_rss_mb": _maxrss_to_mb(rep["maxrss"]),
+        "returncode": int(os.waitstatus_to_exitcode(rep["status"])),
         "stderr_tail": tail,
+        "stdout_tail": out_tail,
         "timed_out": timed_out,
     }
 
@@ -221,14 +281,53 @@ def cpu_bf16_supported() -> bool:
 
 
 # ----------------------------------------------------------------------------- CPU inference preparation
+def _fold_sequential_conv_bn(module) -> int:
+    """Fold BatchNorms into the convolutions they directly follow inside ``nn.Sequential`` chains (in place).
+
+    A BatchNorm counts as following a convolution when it is the next child of the same plain ``nn.Sequential``
+    or the first child of the next child when that is itself a plain ``nn.Sequential`` (MONAI's
+    ``Convolution`` = Sequential(conv, ADN(norm, dropout, act))); the convolution may itself be the last child of a
+    plain ``nn.Sequential`` (MONAI's ``Convolution(conv_only=True)``). Returns the number of folded pairs.
+    """
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    bns = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+    def plain(m) -> bool:
+        return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
+
+    n = 0
+    if plain(module):
+        kids = list(module.named_children())
+        for (name, m), (next_name, nxt) in zip(kids, kids[1:]):
+            holder, bn_name, bn = None, None, None
+            if isinstance(nxt, bns):
+                holder, bn_name, bn = module, next_name, nxt
+            elif plain(nxt) and len(nxt) and isinstance(nxt[0], bns):
+                holder, bn_name, bn = nxt, next(iter(nxt._modules)), nxt[0]
+            conv_holder, conv_name, conv = module, name, m
+            if plain(m) and len(m) and isinstance(m[-1], convs):  # e.g. MONAI Convolution(conv_only=True)
+                conv_holder, conv_name, conv = m, list(m._modules)[-1], m[-1]
+            if (isinstance(conv, convs) and bn is not None and bn.track_running_stats and bn.running_mean is not None
+                    and bn.num_features == conv.out_channels):
+                setattr(conv_holder, conv_name, fuse_conv_bn_eval(conv, bn))
+                setattr(holder, bn_name, nn.Identity())
+                n += 1
+    for child in module.children():
+        n += _fold_sequential_conv_bn(child)
+    return n
+
+
 def optimize_for_inference(net, channels_last: bool = True, fuse_bn: bool = True):
     """Prepare an eval-mode 2D network for CPU inference; returns ``(network, applied)``.
 
-    ``fuse_bn`` folds every BatchNorm that follows a convolution into the convolution's weights and bias
-    (``torch.fx.experimental.optimization.fuse``; exact up to fp32 rounding); networks that cannot be traced are
-    kept unfused. ``channels_last`` stores the weights NHWC, which lets oneDNN pick its blocked direct
-    convolutions; feed ``x.contiguous(memory_format=torch.channels_last)``. The input network is not modified.
-    ``applied`` lists what was done (``"fuse_bn"``, ``"channels_last"``).
+    ``fuse_bn`` folds every BatchNorm that directly follows a convolution in an ``nn.Sequential`` chain into the
+    convolution's weights and bias (``torch.nn.utils.fusion.fuse_conv_bn_eval``; exact up to fp32 rounding).
+    ``channels_last`` stores the weights NHWC, which lets oneDNN use its blocked direct convolutions; feed
+    ``x.contiguous(memory_format=torch.channels_last)``. The input network is not modified (a copy is returned).
+    ``applied`` lists what was done (``"fuse_bn"`` with the number of folded pairs, ``"channels_last"``).
     """
     import copy
 
@@ -237,13 +336,9 @@ def optimize_for_inference(net, channels_last: bool = True, fuse_bn: bool = True
     applied: list[str] = []
     out = copy.deepcopy(net).eval()
     if fuse_bn:
-        from torch.fx.experimental.optimization import fuse
-
-        try:
-            out = fuse(out)
-            applied.append("fuse_bn")
-        except Exception:  # noqa: BLE001 - an untraceable network simply stays unfused
-            out = copy.deepcopy(net).eval()
+        n = _fold_sequential_conv_bn(out)
+        if n:
+            applied.append(f"fuse_bn({n})")
     if channels_last:
         out = out.to(memory_format=torch.channels_last)
         applied.append("channels_last")

@@ -49,6 +49,9 @@ def register(subparsers) -> None:
                    help="shorter run: default 2D model only, no ONNX, no full-resolution 3D layout, study once")
     p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                    help="torch threads here and OMP_NUM_THREADS of the timed commands (default: one per core)")
+    p.add_argument("--only", default=None, metavar="SECTIONS",
+                   help="comma-separated subset of: peak, models_2d, batch_threads, network_3d, dsca_e2e, "
+                   "foramen_3d_e2e, foramen_measure, commands (default: all)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
     p.set_defaults(func=run)
 
@@ -56,7 +59,9 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from spinemorph.bench import JSON_NAME, MD_NAME, run_bench
 
-    doc = run_bench(args.out, repeats=args.repeats, quick=args.quick, threads=args.threads, overwrite=args.overwrite)
+    sections = tuple(x.strip() for x in args.only.split(",") if x.strip()) if args.only else None
+    doc = run_bench(args.out, repeats=args.repeats, quick=args.quick, threads=args.threads, overwrite=args.overwrite,
+                    sections=sections)
     for t in doc.get("targets", []):
         print(f"{'met ' if t['met'] else 'MISS'}  {t['target']}: {t['measured']} (goal {t['goal']})")
     print(f"wrote {args.out}/{JSON_NAME} and {args.out}/{MD_NAME} in {doc.get('bench_seconds', 0):.0f} s")

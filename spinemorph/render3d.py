@@ -44,6 +44,8 @@ def snapshot_vtk(meshes, size_px=(720, 540), view: str = "left-posterior-oblique
     offscreen with VTK and return PNG bytes."""
     import vtk
 
+    # without a display VTK tries X11 first and logs a warning before it falls back to EGL / OSMesa
+    vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_ERROR)
     ren = vtk.vtkRenderer()
     ren.SetBackground(1.0, 1.0, 1.0)
     for mesh, rgb, opacity in meshes:

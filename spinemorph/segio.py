@@ -117,6 +117,14 @@ def read_seg_nrrd(path: str | os.PathLike) -> tuple[Volume, Segments]:
         seg = slicerio.read_segmentation(str(path))
     except Exception as exc:  # noqa: BLE001 - any parse failure is a bad input file
         raise InputError(f"cannot read segmentation {path}: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}") from None
+    try:
+        return _seg_to_labelmap(seg, path)
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        raise InputError(f"segmentation {path} has malformed segment information ({type(exc).__name__}: {str(exc)[:80]}); "
+                         "save it again from 3D Slicer") from None
+
+
+def _seg_to_labelmap(seg: dict, path: Path) -> tuple[Volume, Segments]:
     vox = np.asarray(seg["voxels"])
     m = np.asarray(seg["ijkToLPS"], float)
     spacing = np.linalg.norm(m[:3, :3], axis=0)

@@ -133,7 +133,7 @@ def build_report(out_dir: Path, selection, steps, *, truth_path: Path | None, mo
                 ["level", "slice", "area (mm²)", "corrected area (mm²)", "AP (mm)", "LR (mm)", "category"],
                 [[lv.get("level"), lv.get("slice_index"), _fmt(lv.get("area_mm2")), _fmt(lv.get("corrected_area_mm2")),
                   _fmt(lv.get("ap_diameter_mm")), _fmt(lv.get("lr_diameter_mm")), lv.get("stenosis")] for lv in levels],
-                flags=[lv.get("stenosis") not in (None, "normal", "") for lv in levels], table_id="dsca-levels"))
+                flags=[_is_stenosis(lv.get("stenosis")) for lv in levels], table_id="dsca-levels"))
         sec.append("<h3>Per slice</h3>")
         sec.append(rep.table(
             ["slice", "position (mm)", "area (mm²)", "corrected (mm²)", "AP (mm)", "LR (mm)", "solidity", "components",
@@ -141,7 +141,7 @@ def build_report(out_dir: Path, selection, steps, *, truth_path: Path | None, mo
             [[s.get("slice_index"), _fmt(s.get("position_mm")), _fmt(s.get("area_mm2")), _fmt(s.get("corrected_area_mm2")),
               _fmt(s.get("ap_diameter_mm")), _fmt(s.get("lr_diameter_mm")), _fmt(s.get("solidity"), 2), s.get("n_components"),
               s.get("stenosis"), ", ".join(s.get("qc_flags") or [])] for s in slices],
-            flags=[s.get("stenosis") not in (None, "normal", "") for s in slices], table_id="dsca-table"))
+            flags=[_is_stenosis(s.get("stenosis")) for s in slices], table_id="dsca-table"))
         scheme = dsca.get("stenosis_scheme", {})
         sec.append("<h3>Stenosis thresholds and sources</h3>")
         sec.append(rep.table(["category", "area below (mm²)", "source"],
@@ -275,6 +275,12 @@ def build_report(out_dir: Path, selection, steps, *, truth_path: Path | None, mo
                              "Lumbar spine segmentation in MR images: a dataset and a public benchmark, Sci Data 11, 264 (2024), "
                              "CC BY 4.0.", "muted"))
     return rep.render()
+
+
+def _is_stenosis(category) -> bool:
+    """True for a stenosis category (``"absolute stenosis"``, ``"relative stenosis"``), not for ``"no stenosis"``."""
+    c = str(category or "").lower()
+    return "stenosis" in c and not c.startswith("no ")
 
 
 def _esc(text: str) -> str:

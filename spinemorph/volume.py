@@ -250,16 +250,7 @@ def _header_spacing(path: Path) -> list[float] | None:
                 return [float(x) for x in np.asarray(hdr["spacings"], dtype=float).ravel()]
             return []
         if name.endswith((".mha", ".mhd")):
-            with open(path, "rb") as fh:
-                head = fh.read(65536).decode("latin-1")
-            fields = {}
-            for line in head.splitlines():
-                key, sep, value = line.partition("=")
-                if not sep:
-                    break
-                fields[key.strip().lower()] = value.strip()
-                if key.strip().lower() == "elementdatafile":
-                    break
+            fields = _metaimage_fields(path)
             text = fields.get("elementspacing") or fields.get("elementsize")
             return [float(x) for x in text.split()] if text else []
         if name.endswith((".nii", ".nii.gz")):
@@ -285,8 +276,65 @@ def _header_spacing(path: Path) -> list[float] | None:
     return None
 
 
+def _metaimage_fields(path: Path) -> dict[str, str]:
+    """``key = value`` fields of a MetaImage (.mha / .mhd) header, keys lower-case, up to ``ElementDataFile``."""
+    with open(path, "rb") as fh:
+        head = fh.read(65536).decode("latin-1")
+    fields = {}
+    for line in head.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            break
+        fields[key.strip().lower()] = value.strip()
+        if key.strip().lower() == "elementdatafile":
+            break
+    return fields
+
+
+#: MetaImage header fields holding numbers, and how many (in units of NDims; 2 = NDims²)
+_META_NUMERIC = {"dimsize": 1, "elementspacing": 1, "elementsize": 1, "offset": 1, "origin": 1, "position": 1,
+                 "centerofrotation": 1, "transformmatrix": 2, "rotation": 2, "orientation": 2}
+
+
+def _check_metaimage_header(path: Path) -> None:
+    """Validate a MetaImage header before ITK parses it (MetaIO crashes the process on e.g. ``NDims = 99999999``)."""
+    try:
+        fields = _metaimage_fields(path)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    bad = f"{path} has a corrupt MetaImage header"
+    try:
+        ndims = int(fields.get("ndims", ""))
+    except ValueError:
+        what = f"NDims {fields['ndims'][:20]!r}" if "ndims" in fields else "no NDims"
+        raise InputError(f"{bad} ({what}); export the image again") from None
+    if not 1 <= ndims <= 4:
+        raise InputError(f"{path} is {ndims}D; expected a 3D volume")
+    for key, power in _META_NUMERIC.items():
+        if key not in fields:
+            continue
+        try:
+            values = [float(v) for v in fields[key].split()]
+        except ValueError:
+            raise InputError(f"{bad} ({key} {fields[key][:40]!r} is not a list of numbers); export the image again") from None
+        if len(values) != ndims**power or not all(np.isfinite(values)):
+            raise InputError(f"{bad} ({key} needs {ndims**power} finite numbers, got {fields[key][:60]!r}); export the image again")
+        if key == "dimsize" and (any(v < 1 or v != int(v) for v in values)):
+            raise InputError(f"{bad} (DimSize {fields[key][:40]!r}); export the image again")
+    if "dimsize" not in fields:
+        raise InputError(f"{bad} (no DimSize); export the image again")
+    channels = fields.get("elementnumberofchannels", "1")
+    if not channels.isdigit() or not 1 <= int(channels) <= 16:
+        raise InputError(f"{bad} (ElementNumberOfChannels {channels[:20]!r}); export the image again")
+    header_size = fields.get("headersize")
+    if header_size is not None and not header_size.lstrip("-").isdigit():
+        raise InputError(f"{bad} (HeaderSize {header_size[:20]!r}); export the image again")
+
+
 def _read_sitk_file(path: Path) -> sitk.Image:
     """Read an image file with SimpleITK, checking its header (size, spacing, direction) before the pixels."""
+    if path.name.lower().endswith((".mha", ".mhd")):
+        _check_metaimage_header(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -436,43 +484,122 @@ def _from_image(img: sitk.Image, source: str) -> Volume:
     return vol
 
 
+#: SOP classes / modalities of image objects: such a file without Rows / Columns is corrupt, not a non-image object
+_IMAGE_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.7",
+                       "1.2.840.10008.5.1.4.1.1.128", "1.2.840.10008.5.1.4.1.1.20")
+_IMAGE_MODALITIES = ("MR", "CT", "PT", "NM", "OT")
+
+
+def _dicom_candidate(path: Path) -> bool | None:
+    """True: DICOM Part 10 file (``DICM`` at byte 128); False: maybe DICOM without preamble; None: not DICOM."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return None
+    if len(head) == 132 and head[128:132] == b"DICM":
+        return True
+    if path.suffix.lower() in (".dcm", ".ima") or head[:2] in (b"\x08\x00", b"\x02\x00"):
+        return False
+    return None
+
+
+_UNCOMPRESSED_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
+
+
+def _pixel_bytes(ds) -> int:
+    """Bytes of uncompressed pixel data a DICOM header declares (0 when compressed or unknown)."""
+    try:
+        syntax = str(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in getattr(ds, "file_meta", {}) else "1.2.840.10008.1.2"
+        if syntax not in _UNCOMPRESSED_SYNTAXES:
+            return 0
+        n = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.get("NumberOfFrames", 1) or 1)
+        return n * max(1, int(ds.get("BitsAllocated", 8) or 8) // 8)
+    except (TypeError, ValueError, AttributeError):
+        return 0
+
+
+def _scan_dicom(folder: Path) -> tuple[list[dict], list[Path]]:
+    """Series of ``folder`` (recursively) from the file headers read with pydicom, and the corrupt files.
+
+    pydicom reads at most the file, whatever its element lengths say; GDCM's directory scanner allocated gigabytes
+    (and got the process killed) on a 1.6 kB file with a corrupt length field, so it is not used for scanning.
+    """
+    import logging
+    import warnings
+
+    import pydicom
+
+    # corrupt files make pydicom log and warn per element: the caller reports them in one line instead
+    plog = logging.getLogger("pydicom")
+    level = plog.level
+    plog.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _scan_dicom_quiet(folder, pydicom)
+    finally:
+        plog.setLevel(level)
+
+
+def _scan_dicom_quiet(folder: Path, pydicom) -> tuple[list[dict], list[Path]]:
+    groups: dict[str, list] = {}
+    descriptions: dict[str, str] = {}
+    bad: list[Path] = []
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        kind = _dicom_candidate(p)
+        if kind is None:
+            continue
+        try:  # pydicom decodes values lazily: every access below may raise on a corrupt element
+            ds = pydicom.dcmread(str(p), stop_before_pixels=True, force=not kind)
+            rows, cols = ds.get("Rows"), ds.get("Columns")
+            uid = str(ds.get("SeriesInstanceUID", "") or "")
+            modality = str(ds.get("Modality", "") or "")
+            sop = str(ds.get("SOPClassUID", "") or "")
+            if rows is not None and cols is not None and uid:
+                ipp = [float(v) for v in (ds.get("ImagePositionPatient") or [])]
+                iop = [float(v) for v in (ds.get("ImageOrientationPatient") or [])]
+                inst = int(ds.get("InstanceNumber", 0) or 0)
+                n_bytes = _pixel_bytes(ds)
+                description = str(ds.get("SeriesDescription", "") or "").strip()
+        except Exception:  # noqa: BLE001 - any parse failure means a corrupt file
+            bad.append(p)
+            continue
+        if rows is None or cols is None or not uid:
+            if kind and (modality in _IMAGE_MODALITIES or sop.startswith(_IMAGE_SOP_PREFIXES)):
+                bad.append(p)  # an image object that lost its pixel description: corrupt
+            continue  # a non-image object (structured report, presentation state, DICOMDIR ...)
+        if n_bytes > p.stat().st_size:
+            bad.append(p)  # uncompressed pixels that do not fit in the file: truncated
+            continue
+        groups.setdefault(uid, []).append((p, ipp, iop, inst))
+        descriptions.setdefault(uid, description)
+    series = []
+    for uid, items in groups.items():
+        first_iop = items[0][2]
+        if all(len(it[1]) == 3 and len(it[2]) == 6 for it in items) and np.all(np.isfinite(first_iop)):
+            normal = np.cross(first_iop[:3], first_iop[3:])
+            items.sort(key=lambda it: (float(np.dot(it[1], normal)) if np.all(np.isfinite(it[1])) else 0.0, it[3], it[0].name))
+        else:
+            items.sort(key=lambda it: (it[3], it[0].name))
+        files = [str(it[0]) for it in items]
+        series.append({"uid": uid, "files": files, "description": descriptions[uid], "n_files": len(files)})
+    series.sort(key=lambda d: (d["description"], d["uid"]))
+    return series, bad
+
+
 def list_dicom_series(folder: str | os.PathLike) -> list[dict]:
-    """List the DICOM series in ``folder`` (recursively).
+    """List the DICOM image series in ``folder`` (recursively; headers read with pydicom).
 
     Returns
     -------
     list of dict
-        One dict per series: ``uid``, ``files`` (sorted by position), ``description``, ``n_files``.
+        One dict per series: ``uid``, ``files`` (sorted by position along the slice normal), ``description``,
+        ``n_files``.
     """
-    folder = Path(folder)
-    reader = sitk.ImageSeriesReader()
-    series = []
-    dirs = [folder] + sorted(p for p in folder.rglob("*") if p.is_dir())
-    seen = set()
-    for d in dirs:
-        # folders without DICOM files make ITK print "No Series were found" warnings: silence them here
-        shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-        sitk.ProcessObject.SetGlobalWarningDisplay(False)
-        try:
-            uids = reader.GetGDCMSeriesIDs(str(d)) or ()
-        finally:
-            sitk.ProcessObject.SetGlobalWarningDisplay(shown)
-        for uid in uids:
-            if uid in seen:
-                continue
-            seen.add(uid)
-            files = list(reader.GetGDCMSeriesFileNames(str(d), uid))
-            desc = ""
-            try:
-                r = sitk.ImageFileReader()
-                r.SetFileName(files[0])
-                r.ReadImageInformation()
-                if r.HasMetaDataKey("0008|103e"):
-                    desc = r.GetMetaData("0008|103e").strip()
-            except RuntimeError:
-                pass
-            series.append({"uid": uid, "files": files, "description": desc, "n_files": len(files)})
-    return series
+    return _scan_dicom(Path(folder))[0]
 
 
 def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> Volume:
@@ -481,7 +608,12 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
     If the folder holds several series, ``series_uid`` must name one (the error lists them).
     """
     folder = Path(folder)
-    series = list_dicom_series(folder)
+    series, bad = _scan_dicom(folder)
+    if bad and (series_uid is None or not series):
+        raise InputError(
+            f"{len(bad)} DICOM file(s) in {folder} cannot be read (e.g. {bad[0].name}: truncated or corrupt); "
+            "copy the series again or remove the broken files"
+        )
     if not series:
         raise InputError(f"no DICOM series found in {folder}; point to a folder of DICOM files or an image file")
     if series_uid is None:
@@ -495,8 +627,6 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
             raise InputError(f"series {series_uid} not found in {folder}")
         chosen = matches[0]
     _check_dicom_header(chosen["files"][0], folder)
-    if series_uid is None:
-        _check_unreadable_dicom_files(folder, series)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(chosen["files"])
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -560,18 +690,6 @@ def _check_dicom_header(first_file: str, folder: Path) -> None:
             f"DICOM series in {folder} has no PixelSpacing (0028,0030); the voxel spacing is missing, re-export the series"
         )
     check_size(r.GetSize(), f"DICOM series {folder}")
-
-
-def _check_unreadable_dicom_files(folder: Path, series: list[dict]) -> None:
-    """Refuse a folder where some ``.dcm`` files belong to no readable series (truncated or corrupt copies)."""
-    listed = {os.path.realpath(f) for s in series for f in s["files"]}
-    bad = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() in (".dcm", ".ima")
-           and os.path.realpath(p) not in listed]
-    if bad:
-        raise InputError(
-            f"{len(bad)} DICOM file(s) in {folder} cannot be read (e.g. {bad[0].name}: truncated or corrupt); "
-            "copy the series again or remove the broken files"
-        )
 
 
 def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volume:

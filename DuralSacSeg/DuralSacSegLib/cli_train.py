@@ -29,7 +29,8 @@ examples:
 
 EVALUATE_EPILOG = """\
 Data sets (never trained on): synthetic = images synthesised from held-out SPIDER label maps (held-out seed);
-real-slabs = axial planes of the held-out real T2 SPACE slabs; phantom = exact-geometry phantom slices.
+real-slabs = axial planes of the held-out real T2 SPACE slabs; phantom = procedural phantom slices
+(seed 2002; the phantom family is also used in training, the seed is not).
 Writes metrics.json, metrics.csv (accuracy, precision, recall, F1/Dice, area MAE/MSE in mm2, Pearson r,
 Bland-Altman mean difference and 95% limits), slices.csv (one row per slice), area_scatter.png,
 bland_altman.png and examples.png (input / truth / prediction).

@@ -10,8 +10,9 @@ scaled by the resize, :func:`DuralSacSegLib.models.prepare_slice`); the true are
 has one (phantoms), otherwise its mask's foreground pixels × pixel area on the mask's own grid.
 
 Data sets (``--data``): ``synthetic`` (images synthesised from SPIDER label maps, held-out seed and held-out patients),
-``real-slabs`` (axial planes of the held-out real T2 SPACE slabs, never trained on), ``phantom`` (exact-geometry
-phantom slices). They come from :mod:`spinemorph.samples`.
+``real-slabs`` (axial planes of the held-out real T2 SPACE slabs, never trained on), ``phantom`` (procedural phantom
+slices, a seed never used in training; the phantom family itself is part of the training data). They come from
+:mod:`spinemorph.samples`; the documented splits are :data:`DuralSacSegLib.train.EVAL_SPECS`.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class SliceSample:
         Where it comes from (for reports).
     true_area_mm2 : float or None
         Exact dural sac area when known (phantoms); else the mask's area.
+    valid : numpy.ndarray or None
+        Where the image holds data (0 = padding, e.g. outside a real slab strip); ``None`` = everywhere.
     """
 
     image: np.ndarray
@@ -59,6 +62,7 @@ class SliceSample:
     group: str = ""
     source: str = ""
     true_area_mm2: float | None = None
+    valid: np.ndarray | None = None
 
     @property
     def mask_area_mm2(self) -> float:
@@ -148,9 +152,11 @@ def _square_fov(sample: SliceSample, size: int) -> SliceSample:
     dst_c = slice(src_c.start - c0, src_c.stop - c0)
     out_i[dst_r, dst_c] = img[src_r, src_c]
     out_m[dst_r, dst_c] = msk[src_r, src_c]
+    valid = np.zeros((size, size), np.uint8)
+    valid[dst_r, dst_c] = 1
     lost = int(msk.sum()) - int(out_m.sum())
     area = sample.mask_area_mm2 if lost == 0 else float(out_m.sum()) * sample.pixel_mm[0] * sample.pixel_mm[1]
-    return dataclasses.replace(sample, image=out_i, mask=out_m, true_area_mm2=area)
+    return dataclasses.replace(sample, image=out_i, mask=out_m, true_area_mm2=area, valid=valid)
 
 
 def _held_out_synthetic(n: int, seed: int, size: int = 320, contrast: str = "mixed"):
@@ -241,7 +247,8 @@ def load_dataset(spec: dict | str, purpose: str = "evaluation") -> list[SliceSam
 def _cache_path(cache_dir: Path, spec: dict) -> Path:
     import hashlib
 
-    key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    keyed = {**spec, "_format": 2} if spec.get("source") == "real-slabs" else spec  # format 2: with the valid region
+    key = hashlib.sha1(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir / f"dsca_samples_{spec.get('source', 'synthetic')}_{key}.npz"
 
 
@@ -254,7 +261,10 @@ def _read_cache(cache_dir: Path, spec: dict) -> list[SliceSample] | None:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             return [
-                SliceSample(z[f"image_{i}"], z[f"mask_{i}"], tuple(m["pixel_mm"]), m["group"], m["source"], m["true_area_mm2"])
+                SliceSample(
+                    z[f"image_{i}"], z[f"mask_{i}"], tuple(m["pixel_mm"]), m["group"], m["source"], m["true_area_mm2"],
+                    z[f"valid_{i}"] if f"valid_{i}" in z.files else None,
+                )
                 for i, m in enumerate(meta)
             ]
     except (OSError, ValueError, KeyError):
@@ -268,6 +278,8 @@ def _write_cache(cache_dir: Path, spec: dict, samples: Sequence[SliceSample]) ->
     for i, s in enumerate(samples):
         arrays[f"image_{i}"] = s.image
         arrays[f"mask_{i}"] = s.mask
+        if s.valid is not None:
+            arrays[f"valid_{i}"] = s.valid
         meta.append({"pixel_mm": list(s.pixel_mm), "group": s.group, "source": s.source, "true_area_mm2": s.true_area_mm2})
     arrays["meta"] = np.array(json.dumps(meta))
     path = _cache_path(cache_dir, spec)
@@ -448,11 +460,28 @@ def evaluate_network(
     images, truth, pix = preprocess_samples(samples, size)
     probs = predict_probabilities(net, images, device=device, batch_size=batch_size, progress=progress)
     true_areas = [s.mask_area_mm2 for s in samples]
-    summary, rows = evaluate_masks(probs >= threshold, truth, pix, true_areas)
+    pred = probs >= threshold
+    summary, rows = evaluate_masks(pred, truth, pix, true_areas)
     for r, s in zip(rows, samples):
         r["group"] = s.group
         r["source"] = s.source
+    if any(s.valid is not None for s in samples):
+        # also within the image data only (the truth lies inside it; prediction in the padding is ignored)
+        from DuralSacSegLib.models import resize_mask
+
+        valid = np.stack([resize_mask(s.valid if s.valid is not None else np.ones_like(s.mask), s.pixel_mm, size) for s in samples])
+        v_summary, v_rows = evaluate_masks(pred & (valid > 0), truth, pix, true_areas)
+        for key in WITHIN_VALID_KEYS:
+            summary[f"within_valid_{key}"] = v_summary[key]
+        for r, vr in zip(rows, v_rows):
+            r["pred_area_within_valid_mm2"] = vr["pred_area_mm2"]
+            r["dice_within_valid"] = vr["dice"]
     return summary, rows, images, truth, probs
+
+
+#: metrics also reported within the valid image region (``within_valid_<key>``) when samples have one
+WITHIN_VALID_KEYS = ("precision", "recall", "f1", "mean_slice_dice", "area_mae_mm2", "area_mse_mm2", "pearson_r",
+                     "ba_mean_diff_mm2", "ba_loa_low_mm2", "ba_loa_high_mm2")
 
 
 # ----------------------------------------------------------------------------- reports

@@ -175,6 +175,10 @@ def run_measure(args) -> int:
                 f"{args.input} is not a label map with values 1 (L4), 2 (L4-5 disc), 3 (L5); drop --labels-only to segment an image"
             )
         labels = vol.with_array(np.asarray(vol.array).astype(np.uint8))
+    elif np.issubdtype(np.asarray(vol.array).dtype, np.integer) and 0 <= vol.array.min() and vol.array.max() <= 3:
+        present = set(np.unique(vol.array).tolist())
+        lacking = [f"{v} ({n})" for v, n in ((1, "L4"), (2, "L4-5 disc"), (3, "L5")) if v not in present]
+        raise InputError(f"{args.input} is a label map without {', '.join(lacking)}; it needs 1 L4, 2 L4-5 disc and 3 L5")
     else:
         from FORAMEN3DLib.segment3d import segment_volume
 

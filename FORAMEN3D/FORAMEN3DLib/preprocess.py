@@ -45,7 +45,7 @@ import numpy as np
 
 from spinemorph.errors import InputError
 from spinemorph.intensity import zscore
-from spinemorph.volume import Volume, check_geometry, check_intensities, resample_to_grid
+from spinemorph.volume import Volume, check_3d_resolution, check_geometry, check_intensities, resample_to_grid
 
 #: canonical isotropic spacing (mm)
 CANONICAL_SPACING_MM = 0.8
@@ -352,6 +352,7 @@ def preprocess_volume(vol: Volume) -> Preprocessed:
         raise InputError(f"expected a 3D image, got an array of shape {vol.array.shape}")
     check_geometry(vol)
     check_intensities(vol)
+    check_3d_resolution(vol, task="FORAMEN3D segmentation")
     reo = Reorientation.for_direction(vol.direction)
     re = reo.apply(Volume(np.empty(vol.shape, np.uint8), vol.spacing_mm, vol.origin_mm, vol.direction))
     crop = crop_geometry(re)
