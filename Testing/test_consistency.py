@@ -178,11 +178,10 @@ def test_ui_loads_in_qt(module):
     widget = load_ui_offscreen(ROOT / module / "Resources" / "UI" / f"{module}.ui")
     assert widget is not None
     names = {c.objectName() for c in widget.findChildren(object) if hasattr(c, "objectName")}
-    expected = {n for n in _ui_object_names(ROOT / module / "Resources" / "UI" / f"{module}.ui")}
     # every named widget of the .ui exists in the loaded tree (layouts and spacers excluded)
     tree = ET.parse(ROOT / module / "Resources" / "UI" / f"{module}.ui")
     widgets = {w.get("name") for w in tree.iter("widget") if w.get("name")} - {tree.getroot().find("widget").get("name")}
-    assert widgets <= names | expected
+    assert len(widgets) > 5, "the .ui file defines (almost) no widgets"
     assert widgets - names == set(), f"widgets missing after loading: {sorted(widgets - names)}"
 
 

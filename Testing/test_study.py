@@ -72,3 +72,11 @@ def test_series_selection_on_generated_study(study_dir):
     assert sel.dsca.orientation == "axial" and sel.dsca.weighting == "T1"
     assert sel.foramen.is_3d_isotropic and sel.foramen.weighting == "T2"
     assert sel.skipped == []
+
+
+def test_axial_tolerance_matches_dsca_segment():
+    from DuralSacSegLib.segment import AXIAL_TOLERANCE_DEG
+
+    from spinemorph.series import AXIAL_MAX_TILT_DEG
+
+    assert AXIAL_MAX_TILT_DEG == AXIAL_TOLERANCE_DEG

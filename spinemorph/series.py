@@ -17,8 +17,9 @@ import SimpleITK as sitk
 from spinemorph.errors import InputError
 from spinemorph.volume import IMAGE_SUFFIXES, Volume, list_dicom_series, read_volume
 
-#: slice normal within this angle of the S-I axis counts as "axial" (gantry tilt towards a disc is allowed)
-AXIAL_MAX_TILT_DEG = 35.0
+#: slice normal within this angle of the S-I axis counts as "axial" (gantry tilt towards a disc is allowed); the same
+#: tolerance as ``DuralSacSegLib.segment.AXIAL_TOLERANCE_DEG``, so a series chosen as the axial stack is used as acquired
+AXIAL_MAX_TILT_DEG = 30.0
 #: largest/smallest spacing ratio of a "near-isotropic" 3D volume
 ISOTROPY_MAX_RATIO = 1.6
 #: coarsest spacing (mm) of a 3D volume usable for the foramen model

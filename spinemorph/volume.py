@@ -21,6 +21,12 @@ from spinemorph.errors import InputError
 #: file suffixes read as single image files
 IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 
+#: a gap between consecutive DICOM slice positions may differ from the median gap by this much (mm, or this fraction of
+#: the slice spacing, whichever is larger) before the series counts as having missing slices / uneven spacing; both
+#: are rounding allowances for positions written with limited decimals, not clinical values
+SLICE_GAP_TOLERANCE_MM = 0.05
+SLICE_GAP_TOLERANCE_FRACTION = 0.1
+
 #: plausible voxel spacing range for clinical MRI, in mm
 MIN_SPACING_MM = 0.05
 MAX_SPACING_MM = 20.0
@@ -645,7 +651,7 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
     # ITK always records "ITK_non_uniform_sampling_deviation" (as a double SimpleITK cannot print), so the spacing
     # uniformity is checked here from the per-slice ImagePositionPatient values.
     dev = _slice_spacing_deviation_mm(reader, len(chosen["files"]))
-    if dev is not None and dev > max(0.05, 0.1 * img.GetSpacing()[2]):
+    if dev is not None and dev > max(SLICE_GAP_TOLERANCE_MM, SLICE_GAP_TOLERANCE_FRACTION * img.GetSpacing()[2]):
         raise InputError(
             f"DICOM series in {folder} has missing slices or uneven slice spacing (deviation {dev:.3g} mm); "
             "check that the series is complete (no truncated or deleted files)"

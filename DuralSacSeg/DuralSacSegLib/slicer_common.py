@@ -42,3 +42,46 @@ class RunGuard:
         self.ui.progressBar.visible = False
         self.ui.applyButton.enabled = True
         return False
+
+
+#: combo-box value of the "Imported weights file…" entry (same value as ``DuralSacSegLib.table_model.IMPORTED_WEIGHTS``)
+IMPORTED_WEIGHTS = "__weights_file__"
+
+
+class ModelComboMixin:
+    """Model combo box shared by both panels: fill it, follow the parameter node, show the weights-file row.
+
+    The controller provides ``self.ui`` (``modelComboBox``, ``statusLabel``, ``weightsPathLineEdit``, ``weightsLabel``),
+    ``self._parameterNode()`` and ``modelEntries() -> (list of (label, value), error text)``.
+    """
+
+    def populateModels(self):
+        entries, error = self.modelEntries()
+        combo = self.ui.modelComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for label, value in entries:
+            combo.addItem(label, value)
+        combo.blockSignals(wasBlocked)
+        if error:
+            self.ui.statusLabel.text = error
+        self.syncModelFromParameters()
+
+    def _showWeightsRow(self, value):
+        self.ui.weightsPathLineEdit.visible = self.ui.weightsLabel.visible = value == IMPORTED_WEIGHTS
+
+    def syncModelFromParameters(self):
+        pn = self._parameterNode()
+        combo = self.ui.modelComboBox
+        index = combo.findData(pn.model) if pn else -1
+        combo.currentIndex = index if index >= 0 else 0
+        if pn and index < 0 and combo.currentData:
+            pn.model = combo.currentData  # a stored name that is no longer in the catalogue: use the default
+        self._showWeightsRow(combo.currentData)
+
+    def onModelChanged(self, index):
+        pn = self._parameterNode()
+        value = self.ui.modelComboBox.itemData(index)
+        if pn and value:
+            pn.model = value
+        self._showWeightsRow(value)

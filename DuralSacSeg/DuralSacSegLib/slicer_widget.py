@@ -9,18 +9,18 @@ import logging
 import qt
 import slicer
 
-from DuralSacSegLib.slicer_common import RunGuard, reloadGlue  # noqa: F401 - reloadGlue is used by the module file
+from DuralSacSegLib.slicer_common import IMPORTED_WEIGHTS, ModelComboMixin, RunGuard, reloadGlue  # noqa: F401 - reloadGlue is used by the module file
 
 #: model entries shown before the dependencies (and so the catalogue reader) are installed: (label, value)
 FALLBACK_MODEL_CHOICES = (
-    ("MultiResUNet", "multiresunet"),
-    ("U-Net", "unet"),
-    ("Attention U-Net", "attention_unet"),
-    ("Imported weights file…", "__weights_file__"),
+    ("MultiResUNet (dsca-multiresunet)", "dsca-multiresunet"),
+    ("U-Net (dsca-unet)", "dsca-unet"),
+    ("Attention U-Net (dsca-attention-unet)", "dsca-attention-unet"),
+    ("Imported weights file…", IMPORTED_WEIGHTS),
 )
 
 
-class DuralSacSegController:
+class DuralSacSegController(ModelComboMixin):
     """Handlers of the DuralSacSeg panel."""
 
     def __init__(self, ui, logic, parameterNodeGetter):
@@ -32,40 +32,15 @@ class DuralSacSegController:
         self.ui.deviceWarningLabel.visible = False
 
     # ------------------------------------------------------------------ model / device
-    def populateModels(self):
-        """Fill the model combo box from the embedded catalogue (default first) + "Imported weights file…"."""
+    def modelEntries(self):
+        """Embedded catalogue (default first) + "Imported weights file…"; before the dependencies are installed (the
+        catalogue reader needs them) the fixed list of embedded models is shown."""
         try:
             from DuralSacSegLib import table_model
-
-            choices, error = table_model.model_choices()
-            entries = [(c.label, c.value) for c in choices]
         except ImportError:
-            entries, error = list(FALLBACK_MODEL_CHOICES), ""
-        combo = self.ui.modelComboBox
-        wasBlocked = combo.blockSignals(True)
-        combo.clear()
-        for label, value in entries:
-            combo.addItem(label, value)
-        combo.blockSignals(wasBlocked)
-        if error:
-            self.ui.statusLabel.text = error
-        self.syncModelFromParameters()
-
-    def syncModelFromParameters(self):
-        pn = self._parameterNode()
-        combo = self.ui.modelComboBox
-        index = combo.findData(pn.model) if pn else -1
-        combo.currentIndex = index if index >= 0 else 0
-        if pn and index < 0 and combo.currentData:
-            pn.model = combo.currentData  # a stored name that is no longer in the catalogue: use the default
-        self.ui.weightsPathLineEdit.visible = self.ui.weightsLabel.visible = combo.currentData == "__weights_file__"
-
-    def onModelChanged(self, index):
-        pn = self._parameterNode()
-        value = self.ui.modelComboBox.itemData(index)
-        if pn and value:
-            pn.model = value
-        self.ui.weightsPathLineEdit.visible = self.ui.weightsLabel.visible = value == "__weights_file__"
+            return list(FALLBACK_MODEL_CHOICES), ""
+        choices, error = table_model.model_choices()
+        return [(c.label, c.value) for c in choices], error
 
     def updateDeviceWarning(self, preference):
         """Show the CPU-fallback warning next to the device combo box (empty when a GPU is used)."""

@@ -8,12 +8,10 @@ import logging
 
 import qt
 import slicer
-from DuralSacSegLib.slicer_common import RunGuard, reloadGlue  # noqa: F401 - reloadGlue is used by the module file
-
-IMPORTED_WEIGHTS = "__weights_file__"
+from DuralSacSegLib.slicer_common import IMPORTED_WEIGHTS, ModelComboMixin, RunGuard, reloadGlue  # noqa: F401 - reloadGlue is used by the module file
 
 
-class FORAMEN3DController:
+class FORAMEN3DController(ModelComboMixin):
     """Handlers of the FORAMEN3D panel."""
 
     def __init__(self, ui, logic, parameterNodeGetter, observeMarkup):
@@ -26,47 +24,26 @@ class FORAMEN3DController:
         self.ui.deviceWarningLabel.visible = False
 
     # ------------------------------------------------------------------ model / device
-    def populateModels(self):
-        """Embedded 3D models (catalogue; default first) + "Imported weights file…"."""
+    def modelEntries(self):
+        """Embedded 3D models (catalogue; default first) + "Imported weights file…". Before the dependencies are
+        installed the catalogue cannot be read and only the default entry is shown; a catalogue error is returned
+        so the panel shows it."""
         entries, error = [], ""
         try:
             from FORAMEN3DLib import models3d
-
-            for entry in models3d.list_models():
-                entries.append((f"{entry['name']} ({entry.get('description', '3D U-Net')})"[:80], entry["name"]))
+            from spinemorph.errors import SpineMorphError
         except ImportError:
-            pass
-        except Exception as exc:
-            error = str(exc)
+            models3d = None
+        if models3d is not None:
+            try:
+                for entry in models3d.list_models():
+                    entries.append((f"{entry['name']} ({entry.get('description', '3D U-Net')})"[:80], entry["name"]))
+            except SpineMorphError as exc:
+                error = str(exc)
         if not entries:
             entries.append(("default (embedded 3D U-Net)", "default"))
         entries.append(("Imported weights file…", IMPORTED_WEIGHTS))
-        combo = self.ui.modelComboBox
-        wasBlocked = combo.blockSignals(True)
-        combo.clear()
-        for label, value in entries:
-            combo.addItem(label, value)
-        combo.blockSignals(wasBlocked)
-        if error:
-            self.ui.statusLabel.text = error
-        self.syncModelFromParameters()
-
-    def syncModelFromParameters(self):
-        pn = self._parameterNode()
-        combo = self.ui.modelComboBox
-        index = combo.findData(pn.model) if pn else -1
-        combo.currentIndex = index if index >= 0 else 0
-        if pn and index < 0 and combo.currentData:
-            pn.model = combo.currentData  # a stored name that is no longer in the catalogue: use the default
-        imported = combo.currentData == IMPORTED_WEIGHTS
-        self.ui.weightsPathLineEdit.visible = self.ui.weightsLabel.visible = imported
-
-    def onModelChanged(self, index):
-        pn = self._parameterNode()
-        value = self.ui.modelComboBox.itemData(index)
-        if pn and value:
-            pn.model = value
-        self.ui.weightsPathLineEdit.visible = self.ui.weightsLabel.visible = value == IMPORTED_WEIGHTS
+        return entries, error
 
     def resolvedModel(self):
         from spinemorph.errors import SpineMorphError
