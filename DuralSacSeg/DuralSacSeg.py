@@ -121,7 +121,7 @@ class DuralSacSegLogic(slicer_logic.DuralSacSegLogicBase):
         return DuralSacSegParameterNode(super().getParameterNode())
 
     def process(self, inputVolume, model=None, device="auto", outputSegmentation=None, outputTable=None,
-                outputChart=None, progress=None, shouldCancel=None, showResult=True):
+                outputChart=None, progress=None, shouldCancel=None, showResult=True, wholeSlices=False):
         """Segment the dural sac on every axial slice of ``inputVolume`` and fill the per-slice DSCA table.
 
         :param inputVolume: vtkMRMLScalarVolumeNode (axial stack, or any 3D volume: resliced to axial planes).
@@ -129,10 +129,11 @@ class DuralSacSegLogic(slicer_logic.DuralSacSegLogicBase):
         :param device: "auto", "cuda", "mps" or "cpu".
         :param outputSegmentation, outputTable, outputChart: nodes to fill (created when None).
         :param progress: ``progress(fraction, message)``; ``shouldCancel()`` returning True stops the run.
+        :param wholeSlices: run the network on whole slices (source method) instead of a window around the canal.
         :return: ``(segmentationNode, tableNode, chartNode)``; ``self.lastTable`` holds the core table.
         """
         return self._process(inputVolume, model, device, outputSegmentation, outputTable, outputChart, progress,
-                             shouldCancel, showResult)
+                             shouldCancel, showResult, wholeSlices)
 
 
 class DuralSacSegTest(ScriptedLoadableModuleTest):

@@ -203,3 +203,17 @@ def test_matmul_backends_compute_the_product():
     a = np.random.default_rng(0).random((32, 32), dtype=np.float32)
     np.testing.assert_allclose(matmul_session(32, threads=1)(a), a @ a, rtol=1e-5)
     assert benchutil.matmul_peak_gflops(64, repeats=2, backend="onnxruntime") > 0
+
+
+def test_dsca_target_is_judged_on_the_default_path():
+    """The 20-slice DSCA target uses the variant `dsca segment` runs (marked default), not the fastest one."""
+    doc = {"dsca_end_to_end": {"variants": [
+        {"variant": "torch fp32 (reference), whole slices, batch 8", "median_s": 9.0},
+        {"variant": "onnxruntime fp32, 128-px canal window, batch 1", "median_s": 0.9},
+        {"variant": "torch fp32 fuse_bn + channels_last, 128-px canal window, batch 1 (default)", "median_s": 1.5,
+         "default": True}]}}
+    (row,) = bench.evaluate_targets(doc)
+    assert row["met"] and row["measured"].startswith("1.50 s") and "(default)" in row["measured"]
+    doc["dsca_end_to_end"]["variants"][2]["median_s"] = 2.5
+    (row,) = bench.evaluate_targets(doc)
+    assert not row["met"]

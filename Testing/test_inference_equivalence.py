@@ -98,6 +98,23 @@ def test_onnxruntime_matches_torch(arch):
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4 * float(np.abs(ref).max()))
 
 
+@pytest.mark.parametrize("arch", ["multiresunet", "unet"])
+def test_onnx_dynamic_spatial_serves_whole_slices_and_windows(arch):
+    """One exported graph runs both the whole grid and the canal-centred windows (DuralSacSegLib.roi)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from spinemorph.onnx_export import OnnxPredictor, export_onnx
+
+    net = _net(arch)
+    pred = OnnxPredictor(export_onnx(net, _input(n=1, size=64), dynamic_spatial=True), threads=1)
+    for size in (32, 64, 96):
+        x = _input(n=1, size=size, seed=size)
+        ref = _ref(net, x)
+        out = pred(x.numpy())
+        assert out.shape == ref.shape
+        np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4 * float(np.abs(ref).max()))
+
+
 def test_onnx_export_writes_a_file_that_loads(tmp_path):
     pytest.importorskip("onnxruntime")
     from spinemorph.onnx_export import OnnxPredictor, export_onnx

@@ -356,3 +356,11 @@ def test_cli_measure_label_map_and_image(tmp_path, monkeypatch):
     assert main(["foramen", "measure", str(ipath), "--out", str(tmp_path / "o3"), "--device", "cpu", "--no-meshes"]) == 0
     assert calls == [("default", "cpu")]
     assert (tmp_path / "o3" / "labels.nrrd").is_file()
+    # a segmentation that cannot be measured (no L5): a one-line error and no file at all (not even labels.nrrd)
+    class _NoL5:
+        labels = vol.with_array(np.where(vol.array == 3, 0, vol.array).astype(np.uint8))
+
+    monkeypatch.setattr(seg3d, "segment_volume", lambda image, model="default", device="auto": _NoL5())
+    o4 = tmp_path / "o4"
+    assert main(["foramen", "measure", str(ipath), "--out", str(o4), "--device", "cpu"]) == 1
+    assert not o4.exists() or not any(o4.rglob("*"))

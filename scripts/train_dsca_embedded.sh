@@ -163,7 +163,14 @@ the DuralSacSeg Slicer module; check every mask visually. Not a medical device.
 
 ## Input
 Axial slice placed on a 320 × 320 grid (field of view padded to a square, aspect kept), intensities normalised per
-slice with `spinemorph.intensity.normalize_percentile` (0.5–99.5 percentiles → [0, 1]); output sigmoid ≥ 0.5.
+slice with `spinemorph.intensity.normalize_percentile` (0.5–99.5 percentiles → [0, 1]); output: sigmoid, mask at the
+decision threshold below.
+
+## Inference
+`dsca segment` (and the Slicer module) run the network on whole 320 × 320 slices only to locate the canal (3 slices,
+or one per 8 in longer stacks) and on a 128 × 128 window around it on the others (`DuralSacSegLib.roi`; the window
+size is the training crop size); `--crop-px 0` / "Whole slices" runs every slice whole. The metrics below were
+measured slice by slice on whole 320 × 320 slices; `docs/performance.md` reports what the window changes on held-out data.
 
 ## Training data
 Synthetic axial planes (`spinemorph.samples.dsca_samples`, n = {cfg['data']['train']['n']}, seed {cfg['data']['train']['seed']}):

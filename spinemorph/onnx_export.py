@@ -40,7 +40,8 @@ def _require() -> None:
         raise ModelError("ONNX export needs the optional packages onnx and onnxruntime; install them with pip")
 
 
-def export_onnx(net, example, path: str | os.PathLike | None = None, dynamic_batch: bool = True) -> bytes:
+def export_onnx(net, example, path: str | os.PathLike | None = None, dynamic_batch: bool = True,
+                dynamic_spatial: bool = False) -> bytes:
     """Export an eval-mode network to ONNX; return the model bytes (and write them atomically to ``path``).
 
     Parameters
@@ -48,18 +49,25 @@ def export_onnx(net, example, path: str | os.PathLike | None = None, dynamic_bat
     net : torch.nn.Module
         Network in eval mode (fp32, CPU).
     example : torch.Tensor
-        Example input ``(N, C, ...)``; its spatial size is fixed in the graph, the batch axis is dynamic.
+        Example input ``(N, C, ...)``; its spatial size is fixed in the graph unless ``dynamic_spatial``.
     path : path, optional
         Where to write the ``.onnx`` file.
     dynamic_batch : bool
         Mark axis 0 of the input and output as dynamic.
+    dynamic_spatial : bool
+        Also mark the spatial axes as dynamic (e.g. whole slices and canal-centred windows with one session).
     """
     import torch
 
     _require()
     net = net.eval()
     buf = io.BytesIO()
-    axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+    dims = {}
+    if dynamic_batch:
+        dims[0] = "batch"
+    if dynamic_spatial:
+        dims.update({ax: f"size{ax}" for ax in range(2, example.dim())})
+    axes = {"input": dict(dims), "logits": dict(dims)} if dims else None
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")
         try:

@@ -97,6 +97,9 @@ def add_segment_parser(sub) -> argparse.ArgumentParser:
                    help="stenosis thresholds (default: bolender1985: < 75 mm² absolute, 75-100 mm² relative)")
     s.add_argument("--stenosis-area", default="axial", choices=("axial", "corrected"),
                    help="area the stenosis categories use (default: axial)")
+    s.add_argument("--crop-px", type=int, default=128, metavar="N",
+                   help="run the network on an N x N window of the 320 x 320 grid around the canal, located on a few "
+                        "whole slices (default: 128, about 6x faster); 0 = every slice whole, as the source method")
     s.set_defaults(func=run_segment)
     return s
 
@@ -118,6 +121,10 @@ def run_segment(args: argparse.Namespace) -> int:
         val = getattr(args, opt)
         if val is not None and not (math.isfinite(val) and val > 0):
             raise InputError(f"--{opt.replace('_', '-')} must be a positive number, got {val}")
+    from DuralSacSegLib.roi import validate_crop_px
+    from DuralSacSegLib.segment import NETWORK_SIZE
+
+    crop = None if args.crop_px == 0 else validate_crop_px(args.crop_px, NETWORK_SIZE)
     levels = parse_levels(args.levels)
     # refuse to overwrite before spending minutes on inference
     prepare_output_dir(args.out, args.overwrite,
@@ -143,6 +150,7 @@ def run_segment(args: argparse.Namespace) -> int:
             levels=levels,
             scheme=args.stenosis_scheme,
             stenosis_area=args.stenosis_area,
+            crop_px=crop,
             progress=progress,
         )
     finally:

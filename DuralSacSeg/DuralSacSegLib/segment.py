@@ -17,8 +17,10 @@ Pipeline of :func:`segment_volume`:
    keeps non-square fields of view undistorted, e.g. the narrow left-right extent of a resliced sagittal slab.)
 3. **Prediction** in batches of slices (``torch.inference_mode``) by the network from
    :func:`DuralSacSegLib.models.load_model` (sigmoid of the logits), or by any injected ``predictor(batch) ->
-   probabilities`` (tests, the Slicer widget). ``progress(fraction, message)`` and ``should_cancel()`` are called per
-   batch; cancelling raises ``SpineMorphError("cancelled")``.
+   probabilities`` (tests, the Slicer widget). With the loaded model, slices run on a 128 × 128 window around the
+   canal (located on a few whole slices; :mod:`DuralSacSegLib.roi`; ``crop_px=None`` runs every slice whole, as the
+   source method does). ``progress(fraction, message)`` and ``should_cancel()`` are called per batch; cancelling
+   raises ``SpineMorphError("cancelled")``.
 4. **Back to the input grid.** The probability map (a volume on the network grid with its true geometry) is resampled
    (linear) onto the input's own grid and thresholded at ``threshold`` (0.5): the mask has the input's size, spacing,
    origin and direction. For a resliced input the axial mask (the same probabilities resampled onto the axial grid) is
@@ -45,6 +47,7 @@ import numpy as np
 from scipy import ndimage
 
 from DuralSacSegLib.dsca import DscaTable, compute_dsca_table, level_position_mm
+from DuralSacSegLib.roi import DEFAULT_CROP_PX, RoiReport, predict_stack, validate_crop_px
 from DuralSacSegLib.stenosis import StenosisScheme, get_scheme
 from spinemorph.atomic import atomic_path, atomic_write_text, prepare_output_dir
 from spinemorph.errors import InputError, SpineMorphError
@@ -114,6 +117,8 @@ class SegmentationResult:
         What made the prediction (``"injected predictor"`` for a callable).
     timings_s : dict
         Seconds per stage (``prepare_s``, ``model_load_s``, ``inference_s``, ``map_back_s``, ``table_s``, ``total_s``).
+    roi : RoiReport or None
+        Which slices ran whole and which on a canal-centred window (:mod:`DuralSacSegLib.roi`).
     """
 
     mask: Volume
@@ -129,6 +134,7 @@ class SegmentationResult:
     device: str
     threshold: float
     timings_s: dict[str, float]
+    roi: RoiReport | None = None
 
     def info(self) -> dict:
         """JSON-ready description of how the result was made."""
@@ -148,6 +154,7 @@ class SegmentationResult:
             "axial_direction": np.asarray(ax.direction).round(6).tolist(),
             "network_grid": [NETWORK_SIZE, NETWORK_SIZE],
             "network_pixel_mm": self.network_pixel_mm,
+            "inference": self.roi.to_dict() if self.roi is not None else {"crop_px": None},
             "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
         }
 
@@ -231,6 +238,58 @@ def _resample(vol: Volume, grid: dict, interpolator: str = "linear") -> Volume:
     return resample_to_grid(vol, grid["spacing_mm"], grid["size_ijk"], grid["origin_mm"], grid["direction"], interpolator)
 
 
+@dataclasses.dataclass
+class NetworkStack:
+    """The slices the 2D network sees (step 2 of the module docstring).
+
+    Attributes
+    ----------
+    axial : Volume
+        The axial stack (the input itself, or resliced).
+    resliced : bool
+        True if the input was resliced.
+    grid : dict
+        The 320 × 320 network grid (see :func:`network_grid`).
+    network_image : Volume
+        The axial stack resampled onto ``grid``.
+    coverage : ndarray of bool
+        Where ``grid`` has image data.
+    """
+
+    axial: Volume
+    resliced: bool
+    grid: dict
+    network_image: Volume
+    coverage: np.ndarray
+
+    @property
+    def todo(self) -> list[int]:
+        """Slices with image data."""
+        return [k for k in range(self.coverage.shape[0]) if self.coverage[k].any()]
+
+    def normalized(self) -> np.ndarray:
+        """``(K, 320, 320)`` float32 slices normalised per slice (zeros where a slice has no image data)."""
+        arr = self.network_image.array
+        out = np.zeros(arr.shape, dtype=np.float32)
+        for k in self.todo:
+            out[k] = normalize_percentile(arr[k])
+        return out
+
+
+def network_stack(image: Volume, *, axial_tolerance_deg: float = AXIAL_TOLERANCE_DEG,
+                  slice_spacing_mm: float | None = None, fov_mm: float | None = None) -> NetworkStack:
+    """Axial stack of ``image`` on the network grid (steps 1 and 2 of the module docstring)."""
+    src = Volume(np.asarray(image.array, dtype=np.float32), image.spacing_mm, image.origin_mm, image.direction)
+    resliced = not is_axial(image, axial_tolerance_deg)
+    axial = reslice_to_axial(src, slice_spacing_mm) if resliced else src
+    grid = network_grid(axial, fov_mm=fov_mm)
+    net_img = _resample(_anti_alias(axial, grid["spacing_mm"][0]), grid, "linear")
+    # where the network grid has image data (padding and, for a resliced input, planes beyond it are excluded)
+    ones = Volume(np.ones(src.shape, dtype=np.uint8), src.spacing_mm, src.origin_mm, src.direction)
+    coverage = _resample(ones, grid, "nearest").array > 0
+    return NetworkStack(axial, resliced, grid, net_img, coverage)
+
+
 # ---------------------------------------------------------------------- predictor
 def make_model_predictor(model: str | os.PathLike | None = DEFAULT_MODEL, device: str = "auto"):
     """Load a network and return ``(predict, info, device)``; ``predict(batch (N,1,H,W) float32) -> probabilities``.
@@ -269,17 +328,6 @@ def make_model_predictor(model: str | os.PathLike | None = DEFAULT_MODEL, device
     return predict, info, str(dev)
 
 
-def _check_prediction(prob, n: int, size: int) -> np.ndarray:
-    p = np.asarray(prob, dtype=np.float32)
-    if p.shape == (n, size, size):
-        p = p[:, None]
-    if p.shape != (n, 1, size, size):
-        raise SpineMorphError(f"the predictor returned shape {p.shape}, expected ({n}, 1, {size}, {size})")
-    if not np.all(np.isfinite(p)):
-        raise SpineMorphError("the predictor returned NaN or infinite probabilities; the model is unusable on this input")
-    return np.clip(p, 0.0, 1.0)
-
-
 # ---------------------------------------------------------------------- main entry
 def segment_volume(
     image: Volume,
@@ -296,6 +344,7 @@ def segment_volume(
     levels: Mapping[str, float | Sequence[float]] | None = None,
     scheme: str | StenosisScheme | None = None,
     stenosis_area: str = "axial",
+    crop_px: int | str | None = "auto",
     progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
 ) -> SegmentationResult:
@@ -328,6 +377,10 @@ def segment_volume(
         square). Outside it the mask is empty.
     levels, scheme, stenosis_area
         Passed to :func:`DuralSacSegLib.dsca.compute_dsca_table`.
+    crop_px : int, None or "auto"
+        Canal-centred window (pixels of the 320 × 320 grid, a multiple of 16) for :func:`DuralSacSegLib.roi.predict_stack`;
+        None runs every slice whole. ``"auto"`` (default): :data:`DuralSacSegLib.roi.DEFAULT_CROP_PX` for the loaded
+        model, None for an injected ``predictor`` (which is documented to receive whole 320 × 320 slices).
     progress : callable, optional
         ``progress(fraction 0..1, message)``, called before/after every batch.
     should_cancel : callable, optional
@@ -349,6 +402,10 @@ def segment_volume(
         check_plane_resolution(image, (0.0, 0.0, 1.0), name="image", plane="axial")
     if int(batch_size) < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
+    if crop_px == "auto":
+        crop = DEFAULT_CROP_PX if predictor is None else None
+    else:
+        crop = validate_crop_px(crop_px, NETWORK_SIZE)
 
     def report(frac: float, msg: str) -> None:
         if progress is not None:
@@ -380,34 +437,20 @@ def segment_volume(
     check_cancel()
     t0 = time.perf_counter()
     tilt = tilt_from_si_deg(image)
-    src = Volume(np.asarray(image.array, dtype=np.float32), image.spacing_mm, image.origin_mm, image.direction)
-    resliced = not is_axial(image, axial_tolerance_deg)
-    axial = reslice_to_axial(src, slice_spacing_mm) if resliced else src
+    ns = network_stack(image, axial_tolerance_deg=axial_tolerance_deg, slice_spacing_mm=slice_spacing_mm, fov_mm=fov_mm)
+    resliced, axial, grid, net_img, coverage = ns.resliced, ns.axial, ns.grid, ns.network_image, ns.coverage
     if levels:  # check the level positions before the long part
         n = axial.slice_normal()
         for name, pos in levels.items():
             level_position_mm(pos, n, str(name))
-    grid = network_grid(axial, fov_mm=fov_mm)
-    net_img = _resample(_anti_alias(axial, grid["spacing_mm"][0]), grid, "linear")
-    # where the network grid has image data (padding and, for a resliced input, planes beyond it are excluded)
-    ones = Volume(np.ones(src.shape, dtype=np.uint8), src.spacing_mm, src.origin_mm, src.direction)
-    coverage = _resample(ones, grid, "nearest").array > 0
     timings["prepare_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    nk = net_img.shape[0]
-    prob = np.zeros((nk, NETWORK_SIZE, NETWORK_SIZE), dtype=np.float32)
-    todo = [k for k in range(nk) if coverage[k].any()]
-    n_batches = max(1, math.ceil(len(todo) / int(batch_size)))
-    for b in range(n_batches):
-        check_cancel()
-        ks = todo[b * int(batch_size): (b + 1) * int(batch_size)]
-        if not ks:
-            break
-        batch = np.stack([normalize_percentile(net_img.array[k]) for k in ks])[:, None]
-        out = _check_prediction(predict(batch), len(ks), NETWORK_SIZE)
-        prob[ks] = out[:, 0] * coverage[ks]
-        report(0.05 + 0.85 * (b + 1) / n_batches, f"segmented {min(len(todo), (b + 1) * int(batch_size))}/{len(todo)} slices")
+    stack, todo = ns.normalized(), ns.todo
+    prob, roi_report = predict_stack(
+        predict, stack, thr, todo=todo, crop_px=crop, batch_size=int(batch_size),
+        progress=lambda f, msg: report(0.05 + 0.85 * f, msg), check_cancel=check_cancel)
+    prob *= coverage
     timings["inference_s"] = time.perf_counter() - t0
 
     check_cancel()
@@ -443,6 +486,7 @@ def segment_volume(
         device=dev_name,
         threshold=thr,
         timings_s=timings,
+        roi=roi_report,
     )
 
 

@@ -37,7 +37,7 @@ class DuralSacSegLogicBase(ScriptedLoadableModuleLogic):
         slicer_dependencies.ensureDependencies(requirementsPath(), requester="DuralSacSeg")
 
     def _process(self, inputVolume, model, device, outputSegmentation, outputTable, outputChart, progress, shouldCancel,
-                 showResult):
+                 showResult, wholeSlices=False):
         from DuralSacSegLib import table_model
         from DuralSacSegLib.segment import segment_volume
         from spinemorph.errors import InputError
@@ -48,7 +48,8 @@ class DuralSacSegLogicBase(ScriptedLoadableModuleLogic):
         self.ensureDependencies()
         startTime = time.time()
         image = slicer_nodes.volumeFromNode(inputVolume)
-        result = segment_volume(image, model=model, device=device, progress=progress, should_cancel=shouldCancel)
+        result = segment_volume(image, model=model, device=device, crop_px=None if wholeSlices else "auto",
+                                progress=progress, should_cancel=shouldCancel)
 
         if outputSegmentation is None:
             outputSegmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", inputVolume.GetName() + " dural sac")

@@ -67,7 +67,7 @@ class DuralSacSegController(ModelComboMixin):
             try:
                 with RunGuard(self.ui) as guard:
                     segNode, tableNode, chartNode = self.logic.process(
-                        pn.inputVolume, model=model, device=pn.device.value,
+                        pn.inputVolume, model=model, device=pn.device.value, wholeSlices=pn.wholeSlices,
                         outputSegmentation=pn.outputSegmentation, outputTable=pn.outputTable,
                         outputChart=pn.outputChart, progress=guard.relay.progress,
                         shouldCancel=guard.relay.should_cancel,

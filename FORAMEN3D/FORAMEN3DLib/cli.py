@@ -185,7 +185,6 @@ def run_measure(args) -> int:
         log.info("segmenting %s (model %s, device %s)", args.input, args.model, args.device)
         seg = segment_volume(vol, model=args.model, device=args.device)
         labels = seg.labels
-        write_volume(labels, out / LABELS_OUT)
         seg_info = {"model": str(args.model), "timings_s": {k: round(float(v), 3) for k, v in getattr(seg, "timings_s", {}).items()}}
     thresholds = Thresholds(height_mm=args.height_threshold_mm, width_mm=args.width_threshold_mm)
     t0 = time.perf_counter()
@@ -196,10 +195,13 @@ def run_measure(args) -> int:
     if not args.no_meshes:
         t0 = time.perf_counter()
         meshes = structure_meshes(labels)
-        for name, info in meshes.items():
-            for suffix in (".stl", ".vtp"):
-                write_mesh(info.polydata, out / "meshes" / f"{name.replace(' ', '_')}{suffix}", "RAS" if args.ras_meshes else "LPS")
         t_mesh = time.perf_counter() - t0
+    # everything is computed: only now write files (a failure above leaves no partial output)
+    if seg_info:
+        write_volume(labels, out / LABELS_OUT)
+    for name, info in meshes.items():
+        for suffix in (".stl", ".vtp"):
+            write_mesh(info.polydata, out / "meshes" / f"{name.replace(' ', '_')}{suffix}", "RAS" if args.ras_meshes else "LPS")
     doc = {
         "case": case,
         "input": str(args.input),
