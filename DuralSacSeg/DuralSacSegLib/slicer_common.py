@@ -1,4 +1,5 @@
-"""Slicer glue shared by the DuralSacSeg and FORAMEN3D panels: module reload and the progress/cancel guard."""
+"""Slicer glue shared by the DuralSacSeg and FORAMEN3D panels: module reload, the progress/cancel guard, the model
+combo box and the device warning / cancellable run of the controllers."""
 
 import importlib
 import sys
@@ -85,3 +86,38 @@ class ModelComboMixin:
         if pn and value:
             pn.model = value
         self._showWeightsRow(value)
+
+
+class ComputeControllerMixin:
+    """Device warning and cancellable runs shared by both panels' controllers.
+
+    The controller provides ``self.ui`` (``deviceWarningLabel``, ``statusLabel`` and what :class:`RunGuard` uses).
+    """
+
+    def updateDeviceWarning(self, preference):
+        """Show the CPU-fallback warning next to the device combo box (empty when a GPU is used)."""
+        try:
+            from spinemorph.gui_support import resolve_device
+
+            _, warning = resolve_device(preference)
+        except ImportError:  # dependencies not installed yet
+            warning = ""
+        self.ui.deviceWarningLabel.text = warning
+        self.ui.deviceWarningLabel.visible = bool(warning)
+
+    def runCancellable(self, call):
+        """Run ``call(progress, shouldCancel)`` with the progress bar and Cancel button.
+
+        Returns what ``call`` returns, or None when the user cancelled (the status line then says so). Any other error
+        is re-raised as ``RuntimeError`` with a one-line message for ``tryWithErrorDisplay``.
+        """
+        from spinemorph.gui_support import is_cancelled, user_message
+
+        try:
+            with RunGuard(self.ui) as guard:
+                return call(guard.relay.progress, guard.relay.should_cancel)
+        except Exception as exc:
+            if is_cancelled(exc):
+                self.ui.statusLabel.text = user_message(exc)
+                return None
+            raise RuntimeError(user_message(exc)) from exc

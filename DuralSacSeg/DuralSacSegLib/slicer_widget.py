@@ -9,7 +9,7 @@ import logging
 import qt
 import slicer
 
-from DuralSacSegLib.slicer_common import IMPORTED_WEIGHTS, ModelComboMixin, RunGuard, reloadGlue  # noqa: F401 - reloadGlue is used by the module file
+from DuralSacSegLib.slicer_common import IMPORTED_WEIGHTS, ComputeControllerMixin, ModelComboMixin, reloadGlue  # noqa: F401 - reloadGlue is used by the module file
 
 #: model entries shown before the dependencies (and so the catalogue reader) are installed: (label, value)
 FALLBACK_MODEL_CHOICES = (
@@ -20,7 +20,7 @@ FALLBACK_MODEL_CHOICES = (
 )
 
 
-class DuralSacSegController(ModelComboMixin):
+class DuralSacSegController(ModelComboMixin, ComputeControllerMixin):
     """Handlers of the DuralSacSeg panel."""
 
     def __init__(self, ui, logic, parameterNodeGetter):
@@ -42,41 +42,23 @@ class DuralSacSegController(ModelComboMixin):
         choices, error = table_model.model_choices()
         return [(c.label, c.value) for c in choices], error
 
-    def updateDeviceWarning(self, preference):
-        """Show the CPU-fallback warning next to the device combo box (empty when a GPU is used)."""
-        try:
-            from spinemorph.gui_support import resolve_device
-
-            _, warning = resolve_device(preference)
-        except ImportError:
-            warning = ""
-        self.ui.deviceWarningLabel.text = warning
-        self.ui.deviceWarningLabel.visible = bool(warning)
-
     # ------------------------------------------------------------------ apply
     def onApply(self):
         pn = self._parameterNode()
         with slicer.util.tryWithErrorDisplay("DuralSacSeg failed.", waitCursor=True):
             self.logic.ensureDependencies()
             from DuralSacSegLib import table_model
-            from spinemorph.gui_support import is_cancelled, user_message
 
             self.populateModels()
             model = table_model.resolve_model(pn.model, pn.weightsFile)
             self.updateDeviceWarning(pn.device.value)
-            try:
-                with RunGuard(self.ui) as guard:
-                    segNode, tableNode, chartNode = self.logic.process(
-                        pn.inputVolume, model=model, device=pn.device.value, wholeSlices=pn.wholeSlices,
-                        outputSegmentation=pn.outputSegmentation, outputTable=pn.outputTable,
-                        outputChart=pn.outputChart, progress=guard.relay.progress,
-                        shouldCancel=guard.relay.should_cancel,
-                    )
-            except Exception as exc:
-                if is_cancelled(exc):
-                    self.ui.statusLabel.text = user_message(exc)
-                    return
-                raise RuntimeError(user_message(exc)) from exc
+            nodes = self.runCancellable(lambda progress, shouldCancel: self.logic.process(
+                pn.inputVolume, model=model, device=pn.device.value, wholeSlices=pn.wholeSlices,
+                outputSegmentation=pn.outputSegmentation, outputTable=pn.outputTable, outputChart=pn.outputChart,
+                progress=progress, shouldCancel=shouldCancel))
+            if nodes is None:
+                return
+            segNode, tableNode, chartNode = nodes
             pn.outputSegmentation, pn.outputTable, pn.outputChart = segNode, tableNode, chartNode
             self.ui.tableView.setMRMLTableNode(tableNode)
             self.ui.statusLabel.text = table_model.summary_text(self.logic.lastTable)

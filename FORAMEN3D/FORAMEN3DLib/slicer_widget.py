@@ -8,10 +8,10 @@ import logging
 
 import qt
 import slicer
-from DuralSacSegLib.slicer_common import IMPORTED_WEIGHTS, ModelComboMixin, RunGuard, reloadGlue  # noqa: F401 - reloadGlue is used by the module file
+from DuralSacSegLib.slicer_common import IMPORTED_WEIGHTS, ComputeControllerMixin, ModelComboMixin, reloadGlue  # noqa: F401 - reloadGlue is used by the module file
 
 
-class FORAMEN3DController(ModelComboMixin):
+class FORAMEN3DController(ModelComboMixin, ComputeControllerMixin):
     """Handlers of the FORAMEN3D panel."""
 
     def __init__(self, ui, logic, parameterNodeGetter, observeMarkup):
@@ -56,36 +56,19 @@ class FORAMEN3DController(ModelComboMixin):
             raise SpineMorphError("no weights file chosen; pick a .pt file written by 'spinemorph foramen train' or an embedded model")
         return str(path)
 
-    def updateDeviceWarning(self, preference):
-        try:
-            from spinemorph.gui_support import resolve_device
-
-            _, warning = resolve_device(preference)
-        except ImportError:
-            warning = ""
-        self.ui.deviceWarningLabel.text = warning
-        self.ui.deviceWarningLabel.visible = bool(warning)
-
     # ------------------------------------------------------------------ apply / measure
     def onApply(self):
         pn = self._parameterNode()
         with slicer.util.tryWithErrorDisplay("FORAMEN3D failed.", waitCursor=True):
             self.logic.ensureDependencies()
-            from spinemorph.gui_support import is_cancelled, user_message
-
             self.updateDeviceWarning(pn.device.value)
             model = self.resolvedModel()
-            try:
-                with RunGuard(self.ui) as guard:
-                    segNode, tableNode = self.logic.process(
-                        pn.inputVolume, model=model, device=pn.device.value, outputSegmentation=pn.outputSegmentation,
-                        measurementTable=pn.measurementTable, progress=guard.relay.progress,
-                        shouldCancel=guard.relay.should_cancel)
-            except Exception as exc:
-                if is_cancelled(exc):
-                    self.ui.statusLabel.text = user_message(exc)
-                    return
-                raise RuntimeError(user_message(exc)) from exc
+            nodes = self.runCancellable(lambda progress, shouldCancel: self.logic.process(
+                pn.inputVolume, model=model, device=pn.device.value, outputSegmentation=pn.outputSegmentation,
+                measurementTable=pn.measurementTable, progress=progress, shouldCancel=shouldCancel))
+            if nodes is None:
+                return
+            segNode, tableNode = nodes
             pn.outputSegmentation, pn.measurementTable = segNode, tableNode
             self._afterMeasure()
 
