@@ -214,3 +214,17 @@ def test_segment_volume_uses_windows_only_when_asked_for_an_injected_predictor()
     np.testing.assert_allclose(cropped.table.areas_mm2(), whole.table.areas_mm2())
     with pytest.raises(InputError, match="crop size"):
         segment_volume(image, predictor=Pixelwise(), crop_px=100)
+
+
+@pytest.mark.parametrize("bad", ["100", "-16", "336"])
+def test_cli_rejects_a_bad_crop_size_before_any_work(tmp_path, capsys, bad):
+    from spinemorph import cli
+    from spinemorph.volume import Volume, write_volume
+
+    src = write_volume(Volume(np.zeros((4, 32, 32), np.float32), (0.7, 0.7, 4.0), (0, 0, 0), np.eye(3)),
+                       tmp_path / "axial.nrrd")
+    out = tmp_path / "out"
+    assert cli.main(["dsca", "segment", str(src), "--out", str(out), "--crop-px", bad]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "crop size" in err and len(err.splitlines()) == 1
+    assert not out.exists()
