@@ -80,3 +80,23 @@ def test_axial_tolerance_matches_dsca_segment():
     from spinemorph.series import AXIAL_MAX_TILT_DEG
 
     assert AXIAL_MAX_TILT_DEG == AXIAL_TOLERANCE_DEG
+
+
+def test_report_says_why_a_step_output_is_missing(tmp_path):
+    import types
+
+    from spinemorph.study_report import _step_json
+
+    rep = types.SimpleNamespace(paragraph=lambda text, cls="": f"<p class='{cls}'>{text}</p>")
+    ok = types.SimpleNamespace(status="ok", message="")
+    failed = types.SimpleNamespace(status="failed", message="no axial series")
+    (tmp_path / "good.json").write_text('{"a": 1}')
+    (tmp_path / "bad.json").write_text("{not json")
+    sec = []
+    assert _step_json(sec, rep, {"dsca": ok}, "dsca", tmp_path / "good.json", "DSCA") == {"a": 1} and sec == []
+    assert _step_json(sec, rep, {"dsca": ok}, "dsca", tmp_path / "bad.json", "DSCA") is None
+    assert _step_json(sec, rep, {"dsca": failed}, "dsca", tmp_path / "good.json", "DSCA") is None
+    assert _step_json(sec, rep, {}, "plan", tmp_path / "good.json", "Trajectory plan") is None
+    assert sec == ["<p class='flag'>DSCA not available: bad.json is missing or unreadable</p>",
+                   "<p class='flag'>DSCA not available: no axial series</p>",
+                   "<p class='flag'>Trajectory plan not available: step not run</p>"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from spinemorph.argtypes import positive_int
+
 _EPILOG = """\
 measures, in one run, on a generated phantom study (seed 0): the fp32 matmul peak (GFLOP/s); every 2D network's
 FLOPs per 320x320 slice, latency per slice (torch reference, BatchNorm folded + channels-last, bf16 autocast where
@@ -25,16 +27,6 @@ examples:
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return v
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "bench",
@@ -44,10 +36,10 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for benchmark.json and benchmark.md")
-    p.add_argument("--repeats", type=_positive_int, default=3, metavar="N", help="timed repetitions per figure (default 3; medians)")
+    p.add_argument("--repeats", type=positive_int, default=3, metavar="N", help="timed repetitions per figure (default 3; medians)")
     p.add_argument("--quick", action="store_true",
                    help="shorter run: default 2D model only, no ONNX, no full-resolution 3D layout, study once")
-    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="torch threads here and OMP_NUM_THREADS of the timed commands (default: one per core)")
     p.add_argument("--only", default=None, metavar="SECTIONS",
                    help="comma-separated subset of: peak, models_2d, batch_threads, network_3d, dsca_e2e, "

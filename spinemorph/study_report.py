@@ -30,6 +30,22 @@ def _load_json(path: Path) -> dict | None:
         return None
 
 
+def _step_json(sec: list, rep, status: dict, step: str, path: Path, what: str) -> dict | None:
+    """The JSON a study step wrote, or None after adding a flagged "not available" paragraph that says why."""
+    st = status.get(step)
+    if st is None:
+        reason = "step not run"
+    elif st.status != "ok":
+        reason = st.message or f"step {st.status}"
+    else:
+        doc = _load_json(path)
+        if doc is not None:
+            return doc
+        reason = f"{path.name} is missing or unreadable"
+    sec.append(rep.paragraph(f"{what} not available: {reason}", "flag"))
+    return None
+
+
 def _png(path: Path) -> bytes | None:
     try:
         return path.read_bytes()
@@ -114,11 +130,8 @@ def build_report(out_dir: Path, selection, steps, *, truth_path: Path | None, mo
     # ---- DSCA
     sec = rep.section("dsca", "Dural sac cross-sectional area (DSCA)")
     dsca_dir = out_dir / "dsca"
-    dsca = _load_json(dsca_dir / "dsca.json") if status.get("dsca") and status["dsca"].status == "ok" else None
-    if dsca is None:
-        st = status.get("dsca")
-        sec.append(rep.paragraph(f"DSCA not available: {st.message if st else 'step not run'}", "flag"))
-    else:
+    dsca = _step_json(sec, rep, status, "dsca", dsca_dir / "dsca.json", "DSCA")
+    if dsca is not None:
         slices = dsca.get("slices", [])
         sec.append(rep.figure(Figure(_dsca_plot(slices), "DSCA per slice: axial area and area perpendicular to the canal "
                                      "centreline; dotted lines at the 100 and 75 mm² thresholds.", fig_id="fig-dsca-plot")))
@@ -156,11 +169,8 @@ def build_report(out_dir: Path, selection, steps, *, truth_path: Path | None, mo
     # ---- foramen
     sec = rep.section("foramen", "L4-5 intervertebral foramen (FORAMEN3D)")
     fdir = out_dir / "foramen"
-    meas = _load_json(fdir / "measurements.json") if status.get("foramen") and status["foramen"].status == "ok" else None
-    if meas is None:
-        st = status.get("foramen")
-        sec.append(rep.paragraph(f"Foramen measurements not available: {st.message if st else 'step not run'}", "flag"))
-    else:
+    meas = _step_json(sec, rep, status, "foramen", fdir / "measurements.json", "Foramen measurements")
+    if meas is not None:
         ms = meas.get("measurements", [])
         sec.append(rep.table(
             ["metric", "side", "value", "unit", "flag"],
@@ -187,11 +197,8 @@ def build_report(out_dir: Path, selection, steps, *, truth_path: Path | None, mo
     # ---- plan
     sec = rep.section("plan", "Transforaminal endoscopic trajectory (L4-5)")
     pdir = out_dir / "plan"
-    plan = _load_json(pdir / "plan_report.json") if status.get("plan") and status["plan"].status == "ok" else None
-    if plan is None:
-        st = status.get("plan")
-        sec.append(rep.paragraph(f"Trajectory plan not available: {st.message if st else 'step not run'}", "flag"))
-    else:
+    plan = _step_json(sec, rep, status, "plan", pdir / "plan_report.json", "Trajectory plan")
+    if plan is not None:
         rows = []
         for side, sd in plan.get("sides", {}).items():
             b = sd.get("best", {})

@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 
+from spinemorph.argtypes import positive_int
 from spinemorph.errors import InputError
 
 TRAIN_EPILOG = """\
@@ -41,16 +42,6 @@ examples:
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
-
-
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``train`` parser to ``subparsers`` (of the ``dsca`` group)."""
     from DuralSacSegLib.networks import NETWORKS
@@ -66,14 +57,14 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (created; must not hold a run unless --resume)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR with its saved configuration")
     p.add_argument("--seed", type=int, help="random seed (overrides the configuration)")
-    p.add_argument("--folds", type=_positive_int, help="number of cross-validation folds (overrides the configuration)")
+    p.add_argument("--folds", type=positive_int, help="number of cross-validation folds (overrides the configuration)")
     p.add_argument("--architecture", choices=sorted(NETWORKS), help="network (overrides the configuration)")
-    p.add_argument("--epochs", type=_positive_int,
+    p.add_argument("--epochs", type=positive_int,
                    help="number of epochs (overrides the configuration; with --resume: extend the run to this many epochs)")
-    p.add_argument("--iterations-per-epoch", type=_positive_int, metavar="N",
+    p.add_argument("--iterations-per-epoch", type=positive_int, metavar="N",
                    help="batches per epoch (overrides the configuration; default there: one pass over the training slices)")
     p.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), help="compute device (default: configuration, auto)")
-    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch (overrides the configuration)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (overrides the configuration)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_train_command)
     return p
@@ -123,7 +114,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, choices=DATASETS, help="evaluation data set")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--device", default="cpu", choices=("auto", "cuda", "mps", "cpu"), help="compute device (default cpu: deterministic)")
-    p.add_argument("--batch-size", type=_positive_int, default=4, help="slices per forward pass (default 4)")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="slices per forward pass (default 4)")
     p.add_argument("--overwrite", action="store_true", help="replace existing report files in DIR")
     p.add_argument("--cache-dir", metavar="DIR", help="keep the generated evaluation slices here for reuse (same slices either way)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

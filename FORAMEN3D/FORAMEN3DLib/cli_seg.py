@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from spinemorph.argtypes import positive_int
 from spinemorph.errors import SpineMorphError
 
 TRAIN_HELP = """\
@@ -45,16 +46,6 @@ example:
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
 def add_train_parser(sub) -> argparse.ArgumentParser:
     """Add the ``train`` parser (with ``func``) to an argparse sub-parsers object."""
     p = sub.add_parser("train", help="train the 3D U-Net (paper recipe by default)", description=TRAIN_HELP,
@@ -78,7 +69,7 @@ def add_evaluate_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", metavar="NAME|FILE", help="catalogue name or .pt weights (default: default)")
     p.add_argument("--data", required=True, choices=DATASETS, help="evaluation data set")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--n", type=_positive_int, default=None, help="number of cases (default 10 / 8 / 4)")
+    p.add_argument("--n", type=positive_int, default=None, help="number of cases (default 10 / 8 / 4)")
     p.add_argument("--seed", type=int, default=0, help="offset of the evaluation seeds (default 0)")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"), help="compute device")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
