@@ -109,7 +109,7 @@ def test_crop_equals_whole_inside_the_windows_and_drops_the_far_band():
     assert np.array_equal(whole, stack) and rep_w.crop_px is None and net.sizes == [S] * 12
     net = Pixelwise()
     prob, rep = predict_stack(net, stack, 0.5, crop_px=128, batch_size=5)
-    assert rep.located == [2, 6, 10] and rep.rerun_whole == []
+    assert rep.located == [2, 6, 10] and rep.rerun_whole == [] and rep.unused_located == []
     assert sorted(rep.cropped) == [k for k in range(12) if k not in (2, 6, 10)]
     assert sorted(net.sizes) == [128] * 9 + [S] * 3  # 3 whole slices to locate, 9 windows
     assert rep.n_network_pixels == 3 * S * S + 9 * 128 * 128
@@ -148,6 +148,7 @@ def test_no_canal_on_located_slices_runs_everything_whole():
     net = Pixelwise()
     prob, rep = predict_stack(net, stack, 0.5, crop_px=128)
     assert rep.crop_px is None and net.sizes == [S] * 8
+    assert rep.unused_located == rep.located and rep.to_dict()["located_without_usable_centre"] == rep.located
     assert np.array_equal(prob, stack)
 
 

@@ -5,7 +5,7 @@ work on every pixel. :func:`predict_stack` therefore
 
 1. **locates** the canal: the network runs on the whole 320 × 320 slice for ``n_locate`` slices spread over the
    stack (at the fractions (i + ½) / n_locate of the slices with image data; by default 3, or one per
-   :data:`LOCATE_EVERY` slices in longer stacks); on each, the centre is the
+   :data:`LOCATE_EVERY_N_SLICES` slices in longer stacks); on each, the centre is the
    probability-weighted centroid of the thickest connected component of ``probability >= threshold``
    (:func:`canal_centre_px`). A located centre more than ``crop_px / 4`` away from the median of itself and its two
    neighbours along the stack is discarded as a stray (a false positive of a weak model);
@@ -40,12 +40,18 @@ from scipy import ndimage
 
 from spinemorph.errors import InputError, SpineMorphError
 
+# The settings below are design choices of this project, not values from the source method or the literature.
+# DEFAULT_CROP_PX is the crop size the embedded models were trained on (configs/budget_cpu.json). LOCATE_EVERY_N_SLICES
+# and the stray rule (STRAY_FRACTION_OF_CROP) were added after looking at why slices of one held-out SPIDER stack
+# (166_t2, synthesised) were re-run whole; docs/performance.md says so next to the figures they affect.
 #: side of the crop window (pixels of the 320 × 320 network grid); a multiple of 16 (four 2× poolings)
 DEFAULT_CROP_PX = 128
 #: slices run whole to locate the canal
 DEFAULT_N_LOCATE = 3
 #: in longer stacks, one located slice per this many slices
-LOCATE_EVERY = 8
+LOCATE_EVERY_N_SLICES = 8
+#: a located centre farther than this fraction of the crop side from its neighbours' median is dropped as a stray
+STRAY_FRACTION_OF_CROP = 0.25
 #: a cropped mask this close (pixels) to an inner window edge sends the slice back to whole-slice inference
 DEFAULT_MARGIN_PX = 8
 #: every network input size must be a multiple of this (2**4 for the four poolings of the 2D networks)
@@ -68,6 +74,8 @@ class RoiReport:
         Slices whose result comes from the window.
     rerun_whole : list of int
         Cropped slices whose mask reached an inner window edge and were run again whole.
+    unused_located : list of int
+        Located slices that gave no centre (no canal found, or a stray centre dropped).
     windows_px : dict
         Slice → (row, column) of the window's top-left pixel on the network grid.
     """
@@ -76,6 +84,7 @@ class RoiReport:
     located: list[int] = dataclasses.field(default_factory=list)
     cropped: list[int] = dataclasses.field(default_factory=list)
     rerun_whole: list[int] = dataclasses.field(default_factory=list)
+    unused_located: list[int] = dataclasses.field(default_factory=list)
     windows_px: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
     @property
@@ -90,6 +99,7 @@ class RoiReport:
             "located_slices": list(self.located),
             "cropped_slices": [k for k in self.cropped if k not in self.rerun_whole],
             "rerun_whole_slices": list(self.rerun_whole),
+            "located_without_usable_centre": list(self.unused_located),
         }
 
 
@@ -250,7 +260,7 @@ def predict_stack(
     bs = max(1, int(batch_size))
     prob = np.zeros(arr.shape, dtype=np.float32)
     if n_locate is None:
-        n_locate = max(DEFAULT_N_LOCATE, math.ceil(len(todo) / LOCATE_EVERY))
+        n_locate = max(DEFAULT_N_LOCATE, math.ceil(len(todo) / LOCATE_EVERY_N_SLICES))
     if crop is not None and (crop >= size or len(todo) <= int(n_locate) + 1):
         crop = None  # nothing to gain
     report = RoiReport(crop_px=crop)
@@ -284,8 +294,9 @@ def predict_stack(
     located = locate_slices(todo, n_locate)
     report.located = located
     whole: dict[int, np.ndarray] = run(located, None)
-    centres = drop_stray_centres({k: c for k, p in whole.items() if (c := canal_centre_px(p, threshold)) is not None},
-                                 crop / 4.0)
+    found = {k: c for k, p in whole.items() if (c := canal_centre_px(p, threshold)) is not None}
+    centres = drop_stray_centres(found, STRAY_FRACTION_OF_CROP * crop)
+    report.unused_located = sorted(set(located) - set(centres))
     rest = [k for k in todo if k not in set(located)]
     if not centres:  # no canal on any located slice: nothing to centre on, every slice whole
         report.crop_px = None
