@@ -138,3 +138,26 @@ def test_cli_compare_writes_report(tmp_path):
     assert main(["foramen", "compare", str(a), str(m), "--out", str(out)]) == 1  # exists, no --overwrite
     assert main(["foramen", "compare", str(a), str(m), "--out", str(out), "--overwrite"]) == 0
     assert main(["foramen", "compare", str(tmp_path / "missing.csv"), str(m), "--out", str(out), "--overwrite"]) == 1
+
+
+def test_metric_with_one_pair_is_recorded_as_skipped(tmp_path, caplog):
+    """A metric with fewer than 2 paired values gets no statistics but is listed (with the reason) in the outputs."""
+    from spinemorph.cli import main
+
+    a, m = _tables(tmp_path)
+    for path in (a, m):  # one posterior disc height, for case0 only
+        with open(path, "a", newline="") as fh:
+            csv.writer(fh).writerow(["case0", "posterior_disc_height", "", "7.5" if path == a else "7.0", "mm", ""])
+    with caplog.at_level("WARNING"):
+        res, pairs = compare_tables(a, m)
+    assert "posterior_disc_height" not in res and len(pairs["posterior_disc_height"][1]) == 1
+    assert "posterior_disc_height skipped" in caplog.text
+    out = tmp_path / "cmp"
+    assert main(["foramen", "compare", str(a), str(m), "--out", str(out)]) == 0
+    doc = json.loads((out / "agreement.json").read_text())
+    assert doc["skipped"] == {"posterior_disc_height": {"n": 1, "reason": "only 1 paired value(s); agreement statistics need at least 2"}}
+    assert set(doc["metrics"]) == {"foraminal_height", "foraminal_width", "foraminal_area"}
+    with open(out / "agreement.csv", newline="") as fh:
+        rows = {r["metric"]: r for r in csv.DictReader(fh)}
+    assert rows["posterior_disc_height"]["n"] == "1" and rows["posterior_disc_height"]["note"].startswith("skipped")
+    assert rows["posterior_disc_height"]["bias"] == ""

@@ -16,7 +16,7 @@ from make_bad_inputs import TEMP_MARKERS, BadInputCase, make_cases, run_case
 
 from spinemorph.errors import SpineMorphError
 
-MIN_CASES = 30
+N_CASES = 67  # the number README.md states
 
 
 def _snapshot(path: Path | None) -> object:
@@ -79,7 +79,7 @@ def corpus(tmp_path_factory) -> tuple[Path, list[BadInputCase]]:
 def test_corpus_is_large_and_named(corpus):
     _, cases = corpus
     names = [c.name for c in cases]
-    assert len(cases) >= MIN_CASES
+    assert len(cases) == N_CASES
     assert len(set(names)) == len(names)
     assert all(c.expect and all(c.expect) for c in cases)
     # the kinds the issue lists are all there

@@ -242,9 +242,40 @@ def test_batch_help_and_study_task(capsys):
     text = capsys.readouterr().out
     for words in ("dsca", "foramen", "study", "batch_report.json", "exit codes", "--resume"):
         assert words in text
-    try:
-        _, prefix = command_for("study")
-    except SpineMorphError as exc:
-        assert "not available" in str(exc)
-    else:
-        assert prefix == ("study",)
+    _, prefix = command_for("study")
+    assert prefix == ("study",)
+
+
+def test_cli_batch_study_partial_is_kept(tmp_path, monkeypatch):
+    """A study that ends partial (exit code 3, report written) is a result: kept, marked "partial" in the report;
+    one that ends 1 fails with the failed step's line in the message and leaves nothing behind."""
+    import types
+
+    import spinemorph.study
+
+    def fake_run_study(inputs, out_dir, **kwargs):
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        code = 3 if Path(inputs[0]).name == "partial" else 1
+        if code == 3:
+            (out_dir / "report.html").write_text("<html>partial study</html>")
+        else:
+            print("      FAILED in 0.1 s: no usable series")
+        return types.SimpleNamespace(exit_code=code, report_path=out_dir / "report.html" if code == 3 else None)
+
+    monkeypatch.setattr(spinemorph.study, "run_study", fake_run_study)
+    folder = tmp_path / "studies"
+    for name in ("partial", "broken"):
+        (folder / name).mkdir(parents=True)
+    out = tmp_path / "out"
+    code, err = _main(["batch", "study", folder, "--out", out])
+    assert code == 3, err
+    rows = {r["case"]: r for r in csv.DictReader(io.StringIO((out / REPORT_CSV).read_text()))}
+    assert rows["partial"]["status"] == "ok" and rows["partial"]["message"].startswith("partial")
+    assert (out / "partial" / "report.html").is_file() and (out / "partial" / "command_output.txt").is_file()
+    assert rows["broken"]["status"] == "failed" and "exit code 1" in rows["broken"]["message"]
+    assert "no usable series" in rows["broken"]["message"]
+    assert not (out / "broken").exists() and not _leftovers(out)
+    doc = json.loads((out / REPORT_JSON).read_text())
+    assert doc["n_partial"] == 1
+    assert {c["case"]: c["summary"].get("partial") for c in doc["cases"]} == {"partial": True, "broken": None}

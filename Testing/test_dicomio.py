@@ -173,3 +173,34 @@ def test_make_study_byte_identical_per_seed(tmp_path):
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     assert (tmp_path / "a" / "axial_t1.nrrd").read_bytes() != (tmp_path / "c" / "axial_t1.nrrd").read_bytes()
+
+
+def test_failure_at_a_slice_leaves_no_partial_series(tmp_path, monkeypatch):
+    """An error while writing slice 3 of 6 leaves nothing behind (new folder) or the old series intact (overwrite)."""
+    from pydicom.dataset import Dataset
+
+    vol = _oblique_volume(np.int16)
+    real_save = Dataset.save_as
+    calls = {"n": 0}
+
+    def failing_save(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(28, "No space left on device")
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Dataset, "save_as", failing_save)
+    with pytest.raises(OutputError, match="(?i)no space left"):
+        write_dicom_series(vol, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+    monkeypatch.setattr(Dataset, "save_as", real_save)
+    old = write_dicom_series(vol, tmp_path / "kept", study=DicomStudy(seed=1))
+    before = {p.name: p.read_bytes() for p in old}
+    (tmp_path / "kept" / "notes.txt").write_text("keep me")
+    calls["n"] = 0
+    monkeypatch.setattr(Dataset, "save_as", failing_save)
+    with pytest.raises(OutputError):
+        write_dicom_series(vol, tmp_path / "kept", study=DicomStudy(seed=2), overwrite=True)
+    after = {p.name: p.read_bytes() for p in (tmp_path / "kept").iterdir()}
+    assert after == {**before, "notes.txt": b"keep me"}  # old series intact, no staging folder left

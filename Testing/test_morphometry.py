@@ -266,7 +266,7 @@ PHANTOM_CASES = [
 @pytest.mark.parametrize("preset,tilt,direction,spacing", PHANTOM_CASES)
 def test_phantom_acceptance(preset, tilt, direction, spacing):
     """Height / width within 0.5 mm and area within 5 % of the phantom's exact values, both sides."""
-    phantom = pytest.importorskip("spinemorph.phantom")
+    from spinemorph import phantom
     params = phantom.preset_params(preset) if tilt is None else phantom.preset_params(preset, tilt_deg=tilt)
     ph = phantom.make_phantom(params=params)
     labels = ph.rasterize_labels(_phantom_grid(ph, spacing, direction), kind="foramen")
@@ -364,3 +364,30 @@ def test_cli_measure_label_map_and_image(tmp_path, monkeypatch):
     o4 = tmp_path / "o4"
     assert main(["foramen", "measure", str(ipath), "--out", str(o4), "--device", "cpu"]) == 1
     assert not o4.exists() or not any(o4.rglob("*"))
+
+
+def test_cli_measure_report_failure_leaves_no_output(tmp_path, monkeypatch):
+    """The report PNG is drawn before any file is written: if drawing fails, no labels / meshes / measurements stay."""
+    import FORAMEN3DLib.report3d as report3d
+    import FORAMEN3DLib.segment3d as seg3d
+
+    from spinemorph.cli import main
+    from spinemorph.errors import SpineMorphError
+    from spinemorph.volume import write_volume
+
+    vol, _, _ = box_phantom(spacing=0.7)
+    img = vol.with_array(vol.array.astype(np.float32) * 37.5 + 3.3)
+    ipath = tmp_path / "image.nrrd"
+    write_volume(img, ipath)
+
+    class _Seg:
+        labels = vol
+
+    def broken_draw(*args, **kwargs):
+        raise SpineMorphError("drawing failed")
+
+    monkeypatch.setattr(seg3d, "segment_volume", lambda image, model="default", device="auto": _Seg())
+    monkeypatch.setattr(report3d, "_draw_report", broken_draw)
+    out = tmp_path / "out"
+    assert main(["foramen", "measure", str(ipath), "--out", str(out), "--device", "cpu"]) == 1
+    assert not out.exists() or not any(out.rglob("*")), sorted(out.rglob("*"))

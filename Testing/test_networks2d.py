@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-torch = pytest.importorskip("torch")
-
+import torch  # noqa: E402 - a hard dependency: a missing torch must fail, not skip
 from DuralSacSegLib import networks  # noqa: E402
 from DuralSacSegLib.networks import (  # noqa: E402
     NETWORKS,

@@ -105,11 +105,15 @@ def test_foramen_presets_thresholds():
     sten = make_phantom(preset="foraminal-stenosis").truth
     for side in ("left", "right"):
         assert normal.foramen[side].height_mm > 15 and normal.foramen[side].width_mm > 8
-        assert 18 <= normal.foramen[side].height_mm <= 23 and 8 <= normal.foramen[side].width_mm <= 10
+        # the presets' analytic truth (README quotes these values)
+        assert (normal.foramen[side].height_mm, normal.foramen[side].width_mm) == pytest.approx((21.0, 9.0))
+        assert normal.foramen[side].area_mm2 == pytest.approx(201.0)
+        assert (sten.foramen[side].height_mm, sten.foramen[side].width_mm) == pytest.approx((14.0, 5.0))
+        assert sten.foramen[side].area_mm2 == pytest.approx(74.2876, abs=1e-3)
         assert sten.foramen[side].height_mm <= 15 and sten.foramen[side].width_mm <= 8
         assert sten.foramen[side].area_mm2 < normal.foramen[side].area_mm2
     assert normal.posterior_disc_height_mm == pytest.approx(10.0)
-    assert sten.posterior_disc_height_mm <= 4.0
+    assert sten.posterior_disc_height_mm == pytest.approx(4.0)
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
@@ -279,3 +283,22 @@ def test_cli_writes_study_and_refuses_overwrite(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert cli.main(["phantom", "--out", str(out), "--param", "nonsense=1"]) == 1
     assert cli.main(["phantom", "--out", str(out), "--format", "png"]) == 1
+
+
+def test_vary_params_warns_when_no_draw_is_valid(monkeypatch):
+    """Giving up after the last invalid draw is not silent: a UserWarning says that the anatomy was not varied."""
+    import warnings
+
+    from spinemorph import phantom as ph_mod
+
+    base = ph_mod.preset_params("normal")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ph_mod.vary_params(base, 3) != base  # a normal draw: varied, no warning
+
+    def always_invalid(self):
+        raise InputError("invalid on purpose")
+
+    monkeypatch.setattr(ph_mod.PhantomParams, "validate", always_invalid)
+    with pytest.warns(UserWarning, match="NOT varied"):
+        assert ph_mod.vary_params(base, 3) == base

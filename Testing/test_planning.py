@@ -157,6 +157,21 @@ def test_cylinder_slab_volume_matches_exact(direction):
             assert v == pytest.approx(exact, rel=0.015), (phi, d, v, exact)
 
 
+def test_cylinder_ignores_labels_other_than_l4_disc_l5():
+    """A slab of label 7 crossed by the cylinder gives no volume (it used to be clipped to 3 and counted as L5)."""
+    h = 0.5
+    lab = np.zeros((60, 40, 40), np.uint8)  # k (z), j, i
+    lab[27:33] = 7  # z slab, 3 mm thick, across the cylinder
+    lab[:4, :4, :4] = 1  # a little L4 far from the axis so the map is not empty
+    vol = _grid_volume(lab, h, (-10.0, -10.0, -15.0))
+    v = P.cylinder_intersection_mm3(vol, np.array([0.0, 0.0, -12.0]), np.array([0.0, 0.0, 12.0]), 6.0)
+    assert v == {1: 0.0, 2: 0.0, 3: 0.0}
+    # the same slab labelled L5 is counted (π r² t = 84.8 mm³)
+    lab[27:33] = 3
+    v = P.cylinder_intersection_mm3(vol.with_array(lab), np.array([0.0, 0.0, -12.0]), np.array([0.0, 0.0, 12.0]), 6.0)
+    assert v[3] == pytest.approx(math.pi * 9.0 * 3.0, rel=0.02)
+
+
 # ---------------------------------------------------------------------------------------------- planner
 def test_wide_gap_gives_bone_free_channel_with_known_clearance():
     lab = blocks_phantom(gap_mm=10.0)
@@ -256,7 +271,7 @@ def test_body_mask_and_skin_rays_match_analytic_ellipse():
 
 # ---------------------------------------------------------------------------------------------- geometry outputs
 def test_channel_mesh_is_closed_outward_prism(tmp_path):
-    vtk = pytest.importorskip("vtk")
+    import vtk
     a, b, d, n = np.array([10.0, 20, 5]), np.array([-3.0, 4, 1]), 7.5, 32
     pts, tris = P.channel_mesh(a, b, d, n)
     L = np.linalg.norm(b - a)
@@ -316,8 +331,36 @@ def test_bad_inputs_raise_user_errors():
     # image and labels that do not overlap: the target is outside the body
     far = body_image()
     far = Volume(far.array, far.spacing_mm, (far.origin_mm[0], far.origin_mm[1], far.origin_mm[2] + 500), far.direction)
-    with pytest.raises(InputError, match="outside the body"):
+    with pytest.raises(P.TargetOutsideBodyError, match="outside the body"):
         P.plan(lab, image=far, sides=("left",), config=P.PlanningConfig(**FAST))
+    assert issubclass(P.TargetOutsideBodyError, InputError)
+
+
+def test_skin_fallback_is_chosen_by_exception_type(monkeypatch):
+    """plan_with_skin_fallback re-plans without the image only for TargetOutsideBodyError, not by message text."""
+    from FORAMEN3DLib import markup_model
+
+    calls = []
+
+    class Result:
+        warnings = ["no image"]
+
+    def outside(labels, image=None, sides=(), config=None, frame=None):
+        calls.append(image)
+        if image is not None:
+            raise P.TargetOutsideBodyError("left: the target lies outside the body mask of the image")
+        return Result()
+
+    monkeypatch.setattr(P, "plan", outside)
+    result = markup_model.plan_with_skin_fallback("labels", "image", "left")
+    assert calls == ["image", None] and result.warnings[0].startswith("skin not found")
+
+    def other(labels, image=None, sides=(), config=None, frame=None):
+        raise InputError("body mask is empty; no skin surface to extract")  # mentions "body mask", other cause
+
+    monkeypatch.setattr(P, "plan", other)
+    with pytest.raises(InputError, match="body mask is empty"):
+        markup_model.plan_with_skin_fallback("labels", "image", "left")
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -358,7 +401,7 @@ def test_cli_plan_writes_all_outputs(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- procedural phantom
 def _phantom_labels_and_body(preset):
-    ph = pytest.importorskip("spinemorph.phantom")
+    from spinemorph import phantom as ph
     phm = ph.make_phantom(preset=preset)
 
     def grid(h, lo, hi):

@@ -62,7 +62,7 @@ def true_mask_predictor(batch: np.ndarray) -> np.ndarray:
     """Pixel-wise "network": whole 320 × 320 slices, or canal-centred windows (DuralSacSegLib.roi) of the loaded model."""
     assert batch.dtype == np.float32 and batch.shape[1] == 1 and batch.shape[2] == batch.shape[3]
     assert batch.shape[2] == NETWORK_SIZE or batch.shape[2] % 16 == 0
-    return np.clip((batch - 0.2) / 0.8, 0.0, 1.0)
+    return np.clip(batch, 0.0, 1.0)  # background 200 and sac 1000 normalise to 0 and 1: 0.5 = the partial-volume midpoint
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

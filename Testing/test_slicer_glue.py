@@ -397,7 +397,7 @@ def test_plan_with_skin_fallback(monkeypatch):
     def fake_plan(labels, image=None, sides=(), config=None, frame=None):
         calls.append(image)
         if image is not None:
-            raise InputError("left: the target lies outside the body mask of the image; check that image and labels overlap")
+            raise planning.TargetOutsideBodyError("left: the target lies outside the body mask of the image; check that image and labels overlap")
         return Result()
 
     monkeypatch.setattr(planning, "plan", fake_plan)

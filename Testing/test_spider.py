@@ -28,6 +28,26 @@ def test_split_constants_are_fixed_and_disjoint():
     assert "Sci Data 11, 264 (2024)" in spider.SPIDER_ATTRIBUTION and "CC BY 4.0" in spider.SPIDER_ATTRIBUTION
 
 
+def test_held_out_docstring_matches_constant():
+    """The module docstring states the held-out set and its one deviation from the selection rule (136, not 142)."""
+    doc = " ".join(spider.__doc__.split())
+    assert "11, 41, 57, 98, 136, 166, 220" in doc
+    assert "142 is a training patient" in doc and "136" in doc
+    assert "142" not in spider.HELD_OUT_PATIENTS and "136" in spider.HELD_OUT_PATIENTS
+    assert "142_t2" not in spider.HELD_OUT_MASK_CASES
+
+
+def test_held_out_rule_deviation(spider_root):
+    """Known answer: the stated rule (indices 2, 7, ..., 32 of the sorted slab patients) differs only at 142 -> 136."""
+    slabs = sorted(spider.list_slab_patients(), key=int)
+    rule = [slabs[i] for i in range(2, len(slabs), 5)]
+    assert rule == ["11", "41", "57", "98", "142", "166", "220"]
+    assert set(rule) ^ set(spider.HELD_OUT_PATIENTS) == {"136", "142"}
+    assert "142" in spider.train_slab_patients() and "136" in spider.held_out_slab_patients()
+    assert "142_t2" in spider.train_mask_cases()
+    assert not any(c.startswith("136_") for c in spider.train_mask_cases() + spider.held_out_mask_cases())
+
+
 def test_generic_level_names():
     assert [spider.generic_level_name(v) for v in (1, 2, 5, 6, 100, 201, 202, 206)] == [
         "L5", "L4", "L1", "T12", "dural sac", "L5-S1 disc", "L4-5 disc", "T12-L1 disc"]
@@ -140,3 +160,27 @@ def test_spider_samples(spider_root):
     assert z[L4] > z[L5]
     with pytest.raises(InputError, match="held out"):
         next(iter(samples.dsca_samples(1, 0, sources=("spider_masks",), cases=["98_t1"])))
+
+
+def test_read_png_accepts_only_8bit_grey(tmp_path):
+    """Grey (also stored as opaque RGBA with R = G = B) is read; 16-bit, colour or transparent PNGs are refused."""
+    from skimage.io import imsave
+
+    g = (np.arange(12 * 10).reshape(12, 10) % 251).astype(np.uint8)
+    imsave(tmp_path / "grey.png", g, check_contrast=False)
+    rgba = np.dstack([g, g, g, np.full_like(g, 255)])
+    imsave(tmp_path / "rgba.png", rgba, check_contrast=False)
+    np.testing.assert_array_equal(spider._read_png(tmp_path / "grey.png"), g)
+    np.testing.assert_array_equal(spider._read_png(tmp_path / "rgba.png"), g)
+    imsave(tmp_path / "wide.png", g.astype(np.uint16) * 300, check_contrast=False)
+    colour = np.dstack([g, g // 2, g])
+    imsave(tmp_path / "colour.png", colour, check_contrast=False)
+    see_through = rgba.copy()
+    see_through[0, 0, 3] = 0
+    imsave(tmp_path / "alpha.png", see_through, check_contrast=False)
+    with pytest.raises(InputError, match="uint16"):
+        spider._read_png(tmp_path / "wide.png")
+    with pytest.raises(InputError, match="colour"):
+        spider._read_png(tmp_path / "colour.png")
+    with pytest.raises(InputError, match="transparent"):
+        spider._read_png(tmp_path / "alpha.png")

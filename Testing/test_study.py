@@ -6,6 +6,7 @@ import json
 import re
 from html.parser import HTMLParser
 
+import numpy as np
 import pytest
 
 from spinemorph.cli import main
@@ -62,8 +63,7 @@ def test_report_has_every_section_and_figure(study_dir):
     assert c.imgs and all(src.startswith("data:image/png;base64,") for src in c.imgs)
     assert not re.search(r'(src|href)="(https?:|file:|/)', html_text)
     assert "not a medical device" in html_text.lower()
-    for unit in ("mm²", "mm"):
-        assert unit in html_text
+    assert "mm²" in html_text and re.search(r"\d mm\b", html_text)
 
 
 def test_series_selection_on_generated_study(study_dir):
@@ -100,3 +100,76 @@ def test_report_says_why_a_step_output_is_missing(tmp_path):
     assert sec == ["<p class='flag'>DSCA not available: bad.json is missing or unreadable</p>",
                    "<p class='flag'>DSCA not available: no axial series</p>",
                    "<p class='flag'>Trajectory plan not available: step not run</p>"]
+
+
+def test_exit_code_counts_analysis_steps_only(tmp_path):
+    """Known answer: generate/series always succeed, so they must not turn "nothing done" (1) into "partial" (3)."""
+    from spinemorph.study import StepResult, StudyResult
+
+    def result(statuses, report=True):
+        steps = [StepResult("generate", "ok"), StepResult("series", "ok")]
+        steps += [StepResult(name, st) for name, st in statuses.items()]
+        steps.append(StepResult("report", "ok" if report else "failed"))
+        return StudyResult(tmp_path, None, steps, tmp_path / "report.html" if report else None, None, 0.0)
+
+    assert result({"foramen": "ok", "dsca": "ok", "plan": "ok"}).exit_code == 0
+    assert result({"foramen": "failed", "dsca": "ok", "plan": "skipped"}).exit_code == 3
+    assert result({"foramen": "skipped", "dsca": "skipped", "plan": "skipped"}).exit_code == 1
+    assert result({"foramen": "failed", "dsca": "failed"}).exit_code == 1
+    assert result({"foramen": "ok", "dsca": "ok", "plan": "ok"}, report=False).exit_code == 1
+
+
+def _captured_dsca_plot(monkeypatch, slices, scheme):
+    import spinemorph.study_report as sr
+
+    figs = []
+    monkeypatch.setattr(sr, "png_bytes_from_matplotlib", lambda fig: figs.append(fig) or b"")
+    sr._dsca_plot(slices, scheme)
+    ax = figs[0].axes[0]
+    data = [ln for ln in ax.lines if ln.get_label() == "axial DSCA"][0]
+    hlines = sorted(float(ln.get_ydata()[0]) for ln in ax.lines if ln.get_linestyle() == ":")
+    return np.asarray(data.get_xdata(), float), hlines
+
+
+def test_dsca_plot_keeps_position_zero_and_draws_scheme_bounds(monkeypatch):
+    """Known answer: position 0.0 mm is a position (not NaN); the dotted lines are the scheme's category bounds."""
+    from spinemorph.study_report import _dsca_plot_caption
+
+    slices = [{"position_mm": -4.0, "area_mm2": 120.0}, {"position_mm": 0.0, "area_mm2": 90.0},
+              {"position_mm": None, "area_mm2": 60.0}]
+    scheme = {"name": "hamanishi1994", "categories": [{"label": "stenosis", "area_below_mm2": 100.0}]}
+    x, lines = _captured_dsca_plot(monkeypatch, slices, scheme)
+    assert x[0] == -4.0 and x[1] == 0.0 and np.isnan(x[2])
+    assert lines == [100.0]
+    assert "100 mm²" in _dsca_plot_caption(scheme) and "75" not in _dsca_plot_caption(scheme)
+    two = {"categories": [{"label": "absolute stenosis", "area_below_mm2": 75.0},
+                          {"label": "relative stenosis", "area_below_mm2": 100.0}]}
+    assert _captured_dsca_plot(monkeypatch, slices, two)[1] == [75.0, 100.0]
+    assert _captured_dsca_plot(monkeypatch, slices, {})[1] == []
+    assert "no threshold lines" in _dsca_plot_caption({})
+
+
+def test_report_attribution_is_the_spider_constant(study_dir):
+    import html
+
+    from spinemorph.spider import SPIDER_ATTRIBUTION
+
+    out, _ = study_dir
+    assert SPIDER_ATTRIBUTION in html.unescape((out / "report.html").read_text())
+
+
+def test_label_maps_in_a_folder_are_reported_as_skipped(tmp_path):
+    """Label maps among the inputs are not silently dropped: they appear in selection.skipped with the reason."""
+    from spinemorph.volume import Volume, write_volume
+
+    img = Volume(np.zeros((5, 16, 16), np.float32), (0.7, 0.7, 4.0), (0.0, 0.0, 0.0), np.eye(3))
+    write_volume(img, tmp_path / "axial_t1.nrrd")
+    write_volume(img.with_array(np.zeros((5, 16, 16), np.uint8)), tmp_path / "axial_t1_labels.nrrd")
+    (tmp_path / "dural_sac.seg.nrrd").write_bytes(b"not even read")
+    excluded = []
+    cands = discover([tmp_path], excluded)
+    assert [c.source for c in cands] == [str(tmp_path / "axial_t1.nrrd")]
+    sel = select_series(cands, excluded)
+    reasons = {name: why for name, why in sel.skipped}
+    for name in ("axial_t1_labels.nrrd", "dural_sac.seg.nrrd"):
+        assert "looks like a label map" in reasons[str(tmp_path / name)]

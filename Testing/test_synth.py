@@ -260,3 +260,34 @@ def test_cli_synth(tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["synth", "--out", str(out)])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("bad", [(1, 4), (3, 7), (5, 4), (2.0, 3)])
+def test_bg_classes_are_validated(bad):
+    """bg_classes above 6 would overlap the air / fat / nerve codes, below 2 crash: one clear InputError."""
+    with pytest.raises(InputError, match="bg_classes"):
+        synth.SynthOptions(bg_classes=bad)
+    assert synth.SynthOptions(bg_classes=(2, 6)).bg_classes == (2, 6)
+
+
+def test_large_label_values_keep_their_value():
+    """Known answer: a label above 32767 must not wrap (it did with int16)."""
+    a = np.zeros((12, 12, 12), np.int32)
+    a[3:9, 3:9, 3:9] = 40000
+    a[5:7, 5:7, 5:7] = 300
+    src = synth.prepare_labels(Volume(a, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3)), {40000: "bone", 300: "disc"},
+                               fine_spacing_mm=None, margin_mm=2.0, nucleus=False, cortex_mm=0.0)
+    assert set(np.unique(src.labels().array).tolist()) == {0, 300, 40000}
+
+
+def test_dsca_sample_below_min_area_flag():
+    from spinemorph.samples import MIN_SAC_AREA_MM2, DscaSample
+
+    def sample(n_px):
+        mask = np.zeros((16, 16), np.uint8)
+        mask.flat[:n_px] = 1
+        return DscaSample(np.zeros((16, 16), np.float32), mask, (1.0, 1.0), "phantom", "p", "t1", np.zeros(3),
+                          np.array([0.0, 0.0, 1.0]), 4.0)
+
+    assert MIN_SAC_AREA_MM2 == 20.0
+    assert sample(19).below_min_area and not sample(20).below_min_area

@@ -8,9 +8,7 @@ import math
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-
+import torch  # noqa: E402 - a hard dependency: a missing torch must fail, not skip
 from DuralSacSegLib import models  # noqa: E402
 from DuralSacSegLib.cli_train import add_evaluate_parser, add_train_parser  # noqa: E402
 from DuralSacSegLib.evaluate import (  # noqa: E402
@@ -193,7 +191,11 @@ def test_train_two_iterations_then_resume(tmp_path):
     sb = torch.load(part / "fold0" / "state.pt", weights_only=True)["model"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     metrics = json.loads((part / "fold0" / "metrics.json").read_text())
-    assert {"validation", "external"} <= set(metrics) and 0.0 <= metrics["external"]["precision"] <= 1.0
+    assert {"validation", "external"} <= set(metrics)
+    # evaluated at the model's decision threshold (20/21 for weighted BCE, positive weight 20), not at 0.5
+    assert metrics["threshold"] == pytest.approx(load_model(part / "fold0" / "best.pt")[1].threshold)
+    prec = metrics["external"]["precision"]  # undefined (None) when the 2-iteration model predicts no pixel
+    assert prec is None or 0.0 <= prec <= 1.0
     net, info = load_model(part / "best.pt")
     assert info.architecture == "unet" and info.config["fold"] == 0
     with pytest.raises(OutputError, match="no run"):
@@ -350,3 +352,80 @@ def test_within_valid_region_metrics():
     assert summary["within_valid_precision"] == pytest.approx(16 / 512)
     assert rows[0]["pred_area_within_valid_mm2"] == pytest.approx(512 * 0.25)
     assert summary["within_valid_area_mae_mm2"] == pytest.approx((512 - 16) * 0.25)
+
+
+def test_decision_threshold_rules(tmp_path):
+    """Derived from the loss unless chosen explicitly; legacy files storing 0.5 count as 'not chosen'."""
+    from DuralSacSegLib.models import decision_threshold, load_model
+
+    loss = {"config": {"loss": {"name": "weighted_bce", "pos_weight": 20.0}}}
+    assert decision_threshold({**loss, "threshold": None}) == pytest.approx(20 / 21)
+    assert decision_threshold({**loss, "threshold": 0.5}) == pytest.approx(20 / 21)  # legacy embedded files
+    assert decision_threshold({**loss, "threshold": 0.5, "threshold_explicit": True}) == 0.5
+    assert decision_threshold({**loss, "threshold": 0.7}) == 0.7
+    assert decision_threshold({"config": {"loss": {"name": "dice"}}}) == 0.5
+    net = build_network("unet")
+    cfg = {"loss": {"name": "weighted_bce", "pos_weight": 20.0}}
+    _, info = load_model(save_weights(tmp_path / "a.pt", net, "unet", config=cfg), "cpu")
+    assert info.threshold == pytest.approx(20 / 21)
+    _, info = load_model(save_weights(tmp_path / "b.pt", net, "unet", config=cfg, threshold=0.5), "cpu")
+    assert info.threshold == 0.5
+
+
+def _write_case(folder, name, n=5, size=48, sagittal=False):
+    from spinemorph.volume import Volume, write_volume
+
+    rr, cc = np.mgrid[0:size, 0:size]
+    mask = np.zeros((n, size, size), np.uint8)
+    for k in range(n):
+        mask[k][(rr - 24) ** 2 + (cc - 22) ** 2 <= 8**2] = 1
+    direction = np.eye(3)
+    if sagittal:  # the same voxels on a sagittal grid (i -> P, j -> S... here only the orientation matters)
+        direction = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    img = Volume(np.where(mask > 0, 900.0, 150.0).astype(np.float32), (0.7, 0.7, 3.0), (0, 0, 0), direction)
+    write_volume(img, folder / f"{name}_image.nrrd")
+    write_volume(img.with_array(mask), folder / f"{name}_mask.nii.gz")
+
+
+def test_folder_data_source_for_your_own_cases(tmp_path, capsys):
+    from DuralSacSegLib.evaluate import folder_samples, load_dataset
+
+    _write_case(tmp_path, "P01_axial")
+    _write_case(tmp_path, "P01_repeat")
+    _write_case(tmp_path, "P02_axial", n=3)
+    samples = folder_samples(tmp_path)
+    assert len(samples) == 13 and sorted({s.group for s in samples}) == ["P01", "P02"]
+    assert samples[0].pixel_mm == pytest.approx((0.7, 0.7)) and samples[0].image.shape == (48, 48)
+    assert samples[0].mask.sum() == int(((np.mgrid[0:48, 0:48][0] - 24) ** 2 + (np.mgrid[0:48, 0:48][1] - 22) ** 2 <= 64).sum())
+    assert len(load_dataset({"source": "folder", "path": str(tmp_path)})) == 13
+    # a sagittal case is resliced to axial planes
+    sag = tmp_path / "sag"
+    sag.mkdir()
+    _write_case(sag, "S01_sag", sagittal=True)
+    planes = folder_samples(sag)
+    assert planes and all(p.mask.shape == planes[0].mask.shape for p in planes) and sum(p.mask.sum() for p in planes) > 0
+    # problems are named
+    (tmp_path / "P03_image.nrrd").write_bytes((tmp_path / "P02_axial_image.nrrd").read_bytes())
+    with pytest.raises(InputError, match="no <case>_mask file for P03_image.nrrd"):
+        folder_samples(tmp_path)
+    with pytest.raises(InputError, match="holds no"):
+        folder_samples(_empty(tmp_path))
+    # the CLI takes a folder for --data (evaluate) and refuses --data-dir with --resume (train)
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    add_evaluate_parser(sub)
+    add_train_parser(sub)
+    args = parser.parse_args(["evaluate", "--data", str(sag), "--out", str(tmp_path / "e")])
+    assert args.data == {"source": "folder", "path": str(sag.resolve())}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["evaluate", "--data", str(tmp_path / "nowhere"), "--out", "x"])
+    capsys.readouterr()
+    args = parser.parse_args(["train", "--out", str(tmp_path / "run"), "--resume", "--data-dir", str(sag)])
+    with pytest.raises(InputError, match="--data-dir"):
+        args.func(args)
+
+
+def _empty(tmp_path):
+    d = tmp_path / "empty"
+    d.mkdir(exist_ok=True)
+    return d

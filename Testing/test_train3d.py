@@ -83,6 +83,28 @@ def test_held_out_cases_are_never_training_cases(spider_root):
     assert not {train3d.patient_of(c) for c in cases} & set(spider.HELD_OUT_PATIENTS)
 
 
+@pytest.mark.parametrize("config", ["foramen3d_budget_cpu.json", None])
+def test_training_seeds_are_not_evaluation_seeds(spider_root, config):
+    """No training sample seed equals an evaluation seed (EVAL_SEED_BASE .. + 999; the card uses + 0..9).
+
+    Training seeds are *not* all below EVAL_SEED_BASE (the budget config's reach 1 285 873)."""
+    from FORAMEN3DLib.evaluate3d import EVAL_SEED_BASE
+
+    cfg = train3d.load_config(train3d.CONFIG_DIR / config if config else None)
+    seeds = train3d.training_sample_seeds(cfg)
+    assert len(seeds) == len(train3d.source_cases(cfg)) * cfg["data"]["samples_per_case"]
+    assert not set(seeds.values()) & set(range(EVAL_SEED_BASE, EVAL_SEED_BASE + 1000))
+    if config:
+        assert min(seeds.values()) == 77_285 and max(seeds.values()) == 1_285_873  # the figures in the docs
+
+
+def test_sample_seed_formula_is_unchanged():
+    """The shipped model was trained with these seeds: the formula must not change."""
+    cfg = {"seed": 0, "data": {"samples_per_case": 3}}
+    assert train3d.sample_seed(cfg, "104_t1", 0) == (train3d.hash_case("104_t1") % 100_000) * 13
+    assert train3d.sample_seed({"seed": 2}, "phantom3", 1) == 2 * 100_003 + 7_919 + (train3d.hash_case("phantom3") % 100_000) * 13
+
+
 def test_pooled_targets_match_torch_pooling():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8, 12, 16)).astype(np.float32)
@@ -107,7 +129,10 @@ def test_two_iterations_train_and_exact_resume(tmp_path):
         assert (fold / name).is_file(), name
     assert (tmp_path / "a" / "config.json").is_file() and (tmp_path / "a" / "summary.json").is_file()
     tm = json.loads((fold / "test_metrics.json").read_text())
-    assert tm["iterations"] == 2 and tm["test"]["L4"]["dsc"]["n"] >= 0
+    assert tm["iterations"] == 2 and tm["split"]["test"]
+    # one test sample per test case, one row per case and structure
+    assert sorted({r["case"] for r in tm["test_rows"]}) == sorted(tm["split"]["test"])
+    assert len(tm["test_rows"]) == 3 * len(tm["split"]["test"])
     # interrupted after one iteration, then resumed: identical weights and optimizer state
     part = train3d.train(TINY, tmp_path / "b", progress=False, stop_at_iteration=1)
     assert part["status"].startswith("stopped")
@@ -129,6 +154,42 @@ def test_two_iterations_train_and_exact_resume(tmp_path):
     assert len(list(out.glob("overlay_*.png"))) == 1
     with pytest.raises(OutputError):
         evaluate_cases(train3d.generate_cases("blocks", 1, 50), fold / "best.pt", "cpu", out, progress=False)
+
+
+def test_overwrite_clears_old_checkpoints_and_cache(tmp_path):
+    """``--overwrite`` used to rewrite config.json and then stop at the old checkpoint (config no longer matching it)."""
+    run = tmp_path / "r"
+    train3d.train(TINY, run, progress=False, stop_at_iteration=1)
+    old_cache = sorted(p.name for p in (run / "cache").iterdir())
+    key0 = train3d.sample_cache_key(train3d.validate_config(train3d._merge(train3d.DEFAULT_CONFIG, TINY)))
+    assert old_cache and all(n.endswith(f"_{key0}.npz") for n in old_cache)
+    # without --overwrite: an error, and config.json is left as it was
+    cfg_before = (run / "config.json").read_text()
+    with pytest.raises(OutputError):
+        train3d.train(TINY, run, progress=False, seed=5)
+    assert (run / "config.json").read_text() == cfg_before
+    # a checkpoint without config.json is refused too (nothing written)
+    (run / "config.json").unlink()
+    with pytest.raises(OutputError, match="checkpoint.pt exists"):
+        train3d.train(TINY, run, progress=False, seed=5)
+    assert not (run / "config.json").exists()
+    # with --overwrite: old folds and cache are removed, the new run trains to the end with the new seed
+    summary = train3d.train(TINY, run, progress=False, seed=5, overwrite=True)
+    assert summary["status"] == "done"
+    assert json.loads((run / "config.json").read_text())["seed"] == 5
+    ck = torch.load(run / "fold0" / "checkpoint.pt", weights_only=False)
+    assert ck["config"]["seed"] == 5 and ck["state"]["iteration"] == 2
+    new_cache = sorted(p.name for p in (run / "cache").iterdir())
+    assert new_cache and not set(new_cache) & set(old_cache)
+
+
+def test_sample_cache_key_depends_on_seed_and_data_only():
+    cfg = train3d.validate_config(train3d._merge(train3d.DEFAULT_CONFIG, TINY))
+    key = train3d.sample_cache_key(cfg)
+    assert len(key) == 8 and key == train3d.sample_cache_key(json.loads(json.dumps(cfg)))
+    assert train3d.sample_cache_key({**cfg, "seed": 1}) != key
+    assert train3d.sample_cache_key({**cfg, "data": {**cfg["data"], "samples_per_case": 2}}) != key
+    assert train3d.sample_cache_key({**cfg, "epochs": 7, "batch_size": 3}) == key
 
 
 def test_resume_without_a_run_is_an_error(tmp_path):

@@ -22,6 +22,7 @@ Usage: ``python scripts/resolution_ceiling_3d.py --out runs/resolution_ceiling``
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -112,10 +113,12 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {}
-    for f in (2, 4):
-        for kind in ("onehot", "sdf"):
-            sel = [r for r in rows if r["factor"] == f and r["kind"] == kind]
-            summary[f"{0.8 * f:.1f} mm {kind}"] = {
+    groups = {"all": lambda r: True, "SPIDER": lambda r: r["case"].startswith("SPIDER"),
+              "phantom": lambda r: r["case"].startswith("phantom")}
+    for (f, kind), (group, keep) in itertools.product(itertools.product((2, 4), ("onehot", "sdf")), groups.items()):
+        sel = [r for r in rows if r["factor"] == f and r["kind"] == kind and keep(r)]
+        if sel:
+            summary[f"{0.8 * f:.1f} mm {kind} {group}"] = {
                 "n": len(sel),
                 "mean_dice": float(np.mean([r["mean"] for r in sel])),
                 "min_case_mean": float(np.min([r["mean"] for r in sel])),

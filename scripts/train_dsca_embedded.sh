@@ -135,7 +135,9 @@ for arch in os.environ["ARCHS"].split():
         "parameters": count_parameters(build_network(arch)),
         "input_size": [320, 320],
         "normalization": models.NORMALIZATION,
-        "threshold": 0.5,
+        "threshold": round(20 / 21, 6),
+        "threshold_rule": "20/21, prior correction for weighted BCE positive weight 20 (DuralSacSegLib.models.decision_threshold); the weights file stores 0.5 = not chosen",
+        "metrics_validation_fold0_threshold": 0.5,
         "training_config": "configs/budget_cpu.json",
         "seed": cfg["seed"],
         "iterations": iters,
@@ -154,7 +156,8 @@ Dural sac segmentation of axial lumbar MR slices (1 channel in, 1 logit out), th
 
 **Status: budget weights.** Trained for {iters} iterations on one CPU thread — far less than the source paper's
 recipe (20 epochs × 5 folds on real axial T1 images). The numbers below are what this model measures; they are not
-comparable to the paper's (r 0.9917, MAE 17.9–23.7 mm², F1 0.945), which were measured on clinical axial T1 images
+comparable to the source method's reported MultiResUNet figures (r 0.9917, MAE 17.9–23.7 mm², F1 0.945, quoted from the
+project's method description; not re-derived here), which were measured on clinical axial T1 images
 that are not available here.
 
 ## Intended use
@@ -204,7 +207,7 @@ Bland–Altman (predicted − true) over slices.
   exists) ignored — the true sac lies inside the strip.
 
 {table(evals)}
-Validation fold 0 (synthetic planes of patients outside the training fold, {fold['validation']['n_slices']} slices):
+Validation fold 0 at threshold 0.5 (written by the training run, which then evaluated at 0.5 — fixed since; not re-run) (synthetic planes of patients outside the training fold, {fold['validation']['n_slices']} slices):
 F1 {fmt(fold['validation'].get('f1'), '{:.3f}')}, area MAE {fmt(fold['validation'].get('area_mae_mm2'), '{:.1f}')} mm²,
 Pearson r {fmt(fold['validation'].get('pearson_r'), '{:.3f}')}.
 
@@ -216,13 +219,14 @@ spinemorph dsca evaluate --model {name} --data phantom --out eval/phantom
 spinemorph dsca evaluate --model {name} --data real-slabs --out eval/real-slabs
 ```
 
-Retrain: `scripts/train_dsca_embedded.sh` (runs `spinemorph dsca train --config DuralSacSeg/Resources/Models/configs/budget_cpu.json --architecture {arch} --iterations-per-epoch {cfg['iterations_per_epoch']} --seed {cfg['seed']}`).
+Retrain: `scripts/train_dsca_embedded.sh` (runs `spinemorph dsca train --config DuralSacSeg/Resources/Models/configs/budget_cpu.json --architecture {arch} --iterations-per-epoch {cfg['iterations_per_epoch']} --seed {cfg['seed']}`{'' if int(cfg['epochs']) == 8 else ', then `spinemorph dsca train --out RUN --resume --epochs ' + str(cfg['epochs']) + '`'}).
 
 ## Limitations
 - Trained only on synthetic images; real-image performance is measured here only on the narrow real T2 SPACE slab
   strips (a different appearance from a full axial slice) — validate on your own axial T1/T2 data before use.
 - Budget training (crops, {iters} iterations): expect false positives on CSF-bright or fluid-like structures away from
-  the canal and rough outlines; use `spinemorph dsca train` with `configs/paper.json` on a GPU for the full recipe.
+  the canal and rough outlines; use `spinemorph dsca train --config configs/paper.json --data-dir DIR` (your own labelled axial series) on a GPU
+  for the full recipe.
 """
     atomic_write_text(DEST / f"dsca_{arch}.md", card)
 

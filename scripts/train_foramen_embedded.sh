@@ -30,7 +30,8 @@ for step in $STEPS; do
       $PY -c "import sys; from FORAMEN3DLib.models3d import install_model; print(install_model(sys.argv[1], sys.argv[2], default=True))" \
         "$RUN_DIR/fold0/best.pt" "$NAME" ;;
     evaluate)
-      # seeds: EVAL_SEED_BASE (1000000) + 0.. ; never used in training (training seeds < 1000000)
+      # seeds: EVAL_SEED_BASE (1000000) + 0..; training sample seeds reach 1285873 but none is one of these
+      # (checked by Testing/test_train3d.py::test_training_seeds_are_not_evaluation_seeds)
       $PY -m FORAMEN3DLib.cli_seg evaluate --model "$NAME" --data synthetic --n 10 --out "$RUN_DIR/eval_synthetic" --overwrite
       $PY -m FORAMEN3DLib.cli_seg evaluate --model "$NAME" --data spider-heldout --n 8 --out "$RUN_DIR/eval_spider_heldout" --overwrite
       $PY -m FORAMEN3DLib.cli_seg evaluate --model "$NAME" --data phantom --n 4 --out "$RUN_DIR/eval_phantom" --overwrite ;;

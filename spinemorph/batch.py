@@ -64,7 +64,8 @@ class CaseResult:
     status : str
         ``"ok"``, ``"failed"``, ``"skipped"`` (result existed, ``resume``) or ``"not run"`` (batch interrupted).
     message : str
-        The one-line error message (failed), or a note.
+        The one-line error message (failed), or a note (ok: the ``"note"`` of the summary ``fn`` returned, e.g.
+        ``"partial: ..."`` for a study that ended partial).
     error_kind : str
         Error class name (``InputError``, ``ModelError`` ...) for failures; ``""`` otherwise.
     seconds : float
@@ -131,6 +132,7 @@ class BatchReport:
             "n_succeeded": len(self.succeeded),
             "n_failed": len(self.failed),
             "n_not_run": sum(r.status == NOT_RUN for r in self.results),
+            "n_partial": sum(bool(r.summary.get("partial")) for r in self.results),
             "interrupted": self.interrupted,
             "exit_code": self.exit_code,
             "ignored": list(self.ignored),
@@ -155,6 +157,9 @@ class BatchReport:
 
     def summary_line(self) -> str:
         text = f"{len(self.succeeded)} of {len(self.results)} cases succeeded"
+        n_partial = sum(bool(r.summary.get("partial")) for r in self.results)
+        if n_partial:
+            text += f" ({n_partial} partial)"
         if self.failed:
             text += f", {len(self.failed)} failed"
         n_not_run = sum(r.status == NOT_RUN for r in self.results)
@@ -266,7 +271,7 @@ def run_batch(
     fn : callable
         ``fn(case, case_out_dir) -> dict | None``; writes the case's outputs into ``case_out_dir`` (an empty
         staging folder, renamed to ``out_dir/<name>`` on success) and raises on failure. A returned dict is kept
-        in the report (``summary``).
+        in the report (``summary``); its ``"note"`` (if any) becomes the case's message.
     out_dir : path
         Batch output folder (created).
     overwrite : bool
@@ -353,4 +358,5 @@ def _run_one(case: BatchCase, fn, out: Path, final: Path, overwrite: bool) -> Ca
     finally:
         if staging.exists():
             _remove(staging)
-    return CaseResult(case, OK, "", output=final, summary=summary if isinstance(summary, dict) else {})
+    summary = summary if isinstance(summary, dict) else {}
+    return CaseResult(case, OK, str(summary.get("note", "")), output=final, summary=summary)

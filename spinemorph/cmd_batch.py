@@ -33,6 +33,13 @@ TASKS: dict[str, tuple[str, ...]] = {
 #: captured console output of every case, kept in its result folder
 CASE_LOG = "command_output.txt"
 
+#: exit code of ``spinemorph study`` for a partial study (some step failed or was skipped; report.html written)
+EXIT_PARTIAL_STUDY = 3
+
+#: exit codes of the single-case command that count as a result to keep (default: only 0). A partial study (3) has
+#: a report.html and the results of the steps that worked: it is kept and marked "partial" in the batch report.
+ACCEPTED_EXIT_CODES: dict[str, tuple[int, ...]] = {"study": (0, EXIT_PARTIAL_STUDY)}
+
 _EPILOG = """\
 tasks (each case runs the same code as the single-case command):
   dsca      spinemorph dsca segment CASE --out DIR/CASE [ARGS]    axial DSCA table per case
@@ -47,7 +54,8 @@ outputs in DIR:
                             first and renamed into place, so a failed or interrupted case leaves nothing behind)
   <case>/command_output.txt what the command printed for that case
   batch_report.json/.csv    one row per case: status (ok / failed / skipped / not run), error kind, the one-line
-                            reason of a failure, seconds, input and output paths
+                            reason of a failure, seconds, input and output paths; a study that ended partial
+                            (exit code 3: report written, some step failed) is kept, status ok, message "partial: ..."
 
 exit codes: 0 every case succeeded, 3 partial (some cases failed; see batch_report.csv), 1 no case succeeded
 (or the batch itself could not run), 2 bad usage.
@@ -123,6 +131,8 @@ def make_case_function(task: str, extra_args: list[str], parser: argparse.Argume
             raise InputError(f"--args must not contain {forbidden}; the batch sets it for every case")
     parser.parse_args([*prefix, "CASE", "--out", "OUT", *extra_args])  # usage errors now, not once per case
 
+    accepted = ACCEPTED_EXIT_CODES.get(task, (0,))
+
     def run_case(case: BatchCase, out_dir: Path) -> dict:
         args = parser.parse_args([*prefix, str(case.path), "--out", str(out_dir), *extra_args])
         buf = io.StringIO()
@@ -131,9 +141,16 @@ def make_case_function(task: str, extra_args: list[str], parser: argparse.Argume
                 code = int(args.func(args) or 0)
         finally:
             text = buf.getvalue()
-        if code != 0:
-            raise SpineMorphError(f"'spinemorph {' '.join(prefix)}' ended with exit code {code}")
+        # the output first, so that it is part of the case folder whatever the exit code
         atomic_write_text(out_dir / CASE_LOG, text)
+        if code not in accepted:
+            lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+            why = ([ln for ln in lines if "FAILED" in ln] or lines or [""])[-1]
+            raise SpineMorphError(f"'spinemorph {' '.join(prefix)}' ended with exit code {code}"
+                                  + (f" ({why})" if why else ""))
+        if code == EXIT_PARTIAL_STUDY:
+            return {"exit_code": code, "partial": True,
+                    "note": "partial: some study step failed or was skipped; see report.html"}
         return {"exit_code": code}
 
     return run_case

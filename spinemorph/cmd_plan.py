@@ -114,18 +114,35 @@ def _resolve_inputs(input_path: Path, labels_arg: str | None) -> tuple[Path, Pat
 
 
 def read_labels(path: Path):
-    """Read a label map (.seg.nrrd by segment names L4 / L4-5 disc / L5, or any image file) as a Volume."""
+    """Read a label map (.seg.nrrd by segment names L4 / L4-5 disc / L5, or any image file) as a Volume.
+
+    A ``.seg.nrrd`` is mapped by segment *name* only (its stored values may be renumbered, see
+    :func:`spinemorph.segio.read_seg_nrrd`), so every segment must have a known name; otherwise L4, disc and L5
+    could be silently swapped.
+
+    Raises
+    ------
+    InputError
+        A ``.seg.nrrd`` without segments or with segments whose names are not L4 / L4-5 disc / L5; an image
+        with non-integer values.
+    """
     if path.name.lower().endswith(".seg.nrrd"):
         from spinemorph.segio import read_seg_nrrd
 
         vol, segments = read_seg_nrrd(path)
+        accepted = ", ".join(repr(n) for n in _SEGMENT_NAMES)
+        if not segments:
+            raise InputError(f"segmentation {path} has no named segments; name them L4, L4-5 disc and L5 "
+                             f"(accepted names: {accepted})")
         mapping = {v: _SEGMENT_NAMES.get(name.strip().lower()) for v, (name, _c) in segments.items()}
-        if segments and all(m is not None for m in mapping.values()):
-            a = np.zeros(vol.array.shape, np.uint8)
-            for v, m in mapping.items():
-                a[vol.array == v] = m
-            return vol.with_array(a)
-        return vol
+        unmapped = [segments[v][0] for v, m in mapping.items() if m is None]
+        if unmapped:
+            raise InputError(f"segmentation {path} has segment(s) {', '.join(repr(n) for n in unmapped)} that are not "
+                             f"L4 / L4-5 disc / L5; rename or remove them (accepted names, any case: {accepted})")
+        a = np.zeros(vol.array.shape, np.uint8)
+        for v, m in mapping.items():
+            a[vol.array == v] = m
+        return vol.with_array(a)
     vol = read_volume(path)
     a = np.asarray(vol.array)
     if np.issubdtype(a.dtype, np.floating):

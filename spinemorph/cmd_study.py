@@ -17,7 +17,8 @@ outputs in DIR:
   foramen/             output of `spinemorph foramen measure` (labels.nrrd, meshes/, measurements.csv/json, report.png)
   plan/                output of `spinemorph plan` (plan_report.json/md, plan_sweep.csv, plan_heatmap.png, channel meshes)
 
-exit codes: 0 every step done; 3 partial (a step failed or had no usable series; see the report); 1 nothing done.
+exit codes: 0 every analysis step (foramen, DSCA, plan) done; 3 partial (one failed or had no usable series; see the
+report); 1 nothing done (no analysis step succeeded, or no report).
 
 examples:
   spinemorph study --out results/demo

@@ -10,8 +10,11 @@ source (the seed and the series / instance identity), so the same seed gives byt
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +157,48 @@ def write_dicom_series(
     slice_gap = float(abs(np.dot(d[:, 2] * sp[2], normal))) if nk > 1 else float(sp[2])
     thickness = float(mr.get("SliceThickness", sp[2])) if mr else float(sp[2])
     lo, hi = float(arr.min()), float(arr.max())
-    written = []
+    # all files are written into a hidden staging folder inside ``out`` and moved into place only when every slice
+    # has been written, so an error at slice k leaves no partial series (and, with overwrite, the old files intact)
+    created_out = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{file_prefix}.partial-", dir=out))
+    except OSError as exc:
+        raise OutputError(f"cannot create the DICOM folder {out}: {exc.strerror or exc}") from None
+    moved: list[Path] = []
+    try:
+        _write_slices(volume, stored, staging, names, study, series_uid, series_description, series_number, mr,
+                      slope, intercept, lo, hi, thickness, slice_gap)
+        for n in names:
+            os.replace(staging / n, out / n)
+            moved.append(out / n)
+    except BaseException as exc:
+        if not overwrite:  # files moved so far are new (existing names were refused above): take them back out
+            for path in moved:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        shutil.rmtree(staging, ignore_errors=True)
+        if created_out:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if empty
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write the DICOM series into {out}: {exc.strerror or exc}") from None
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out / n for n in names]
+
+
+def _write_slices(volume: Volume, stored, folder: Path, names: list[str], study: DicomStudy, series_uid: str,
+                  series_description: str, series_number: int, mr: dict | None, slope: float, intercept: float,
+                  lo: float, hi: float, thickness: float, slice_gap: float) -> None:
+    """Write one MR Image Storage file per k-slice of ``volume`` into ``folder`` (see :func:`write_dicom_series`)."""
+    nk, nj, ni = np.asarray(volume.array).shape
+    d = volume.direction
+    sp = np.asarray(volume.spacing_mm, float)
+    row_dir, col_dir = d[:, 0], d[:, 1]
+    normal = np.cross(row_dir, col_dir)
+    normal /= np.linalg.norm(normal)
     for k in range(nk):
         sop_uid = deterministic_uid("instance", study.seed, series_uid, k)
         meta = FileMetaDataset()
@@ -226,11 +270,8 @@ def write_dicom_series(
                 continue
             setattr(ds, name, _ds(value) if isinstance(value, float) else value)
         ds.PixelData = np.ascontiguousarray(stored[k]).astype("<u2").tobytes()
-        path = out / names[k]
-        with atomic_path(path) as tmp:
+        with atomic_path(folder / names[k]) as tmp:
             ds.save_as(tmp, enforce_file_format=True)
-        written.append(path)
-    return written
 
 
 def read_dicom_headers(folder: str | os.PathLike) -> list[Dataset]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
-from pathlib import Path
 
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1d2733;background:#f4f6f8}
@@ -105,10 +104,6 @@ def _is_number(v) -> bool:
         return True
     except ValueError:
         return str(v) in ("–", "-")
-
-
-def png_bytes_from_file(path: str | Path) -> bytes:
-    return Path(path).read_bytes()
 
 
 def png_bytes_from_matplotlib(fig, dpi: int = 110) -> bytes:

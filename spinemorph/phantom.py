@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import numpy as np
 
@@ -328,10 +329,18 @@ _VARIATION = {
 }
 
 
+#: draws tried by :func:`vary_params` before it gives up (project design choice)
+VARY_MAX_DRAWS = 50
+
+
 def vary_params(params: PhantomParams, seed: int) -> PhantomParams:
-    """Randomly perturb ``params`` (deterministic per ``seed``) within realistic ranges; retries until valid."""
+    """Randomly perturb ``params`` (deterministic per ``seed``) within realistic ranges; retries until valid.
+
+    If none of :data:`VARY_MAX_DRAWS` draws is valid, ``params`` is returned unchanged and a ``UserWarning`` says so
+    (the anatomy is then not varied for this seed).
+    """
     rng = np.random.default_rng(seed)
-    for _ in range(50):
+    for _ in range(VARY_MAX_DRAWS):
         changes = {}
         for name, (kind, amount) in _VARIATION.items():
             v = getattr(params, name)
@@ -345,6 +354,8 @@ def vary_params(params: PhantomParams, seed: int) -> PhantomParams:
         except InputError:
             continue
         return cand
+    warnings.warn(f"vary_params: none of {VARY_MAX_DRAWS} random variations of the phantom parameters was valid for "
+                  f"seed {seed}; the anatomy is NOT varied (the unvaried parameters are used)", UserWarning, stacklevel=2)
     return params
 
 

@@ -6,7 +6,8 @@ Synthetic samples (SynthSeg-style, :mod:`spinemorph.synth`) are made from two so
   (:func:`spinemorph.spider.train_mask_cases`; held-out patients are never used). Each volume is mapped to the
   "generic" scheme (every vertebra and disc its own structure) and prepared once per process
   (:func:`spinemorph.synth.prepare_labels`: the 3.3-4.8 mm sagittal slices are upsampled to 0.8 mm with
-  label-Gaussian interpolation, so axial cuts through the canal are smooth, not blocky). Preparing takes a few
+  shape-based interpolation of per-label signed distance maps, so axial cuts through the canal are smooth, not
+  blocky). Preparing takes a few
   seconds per volume; it happens lazily on first use and is cached (:func:`clear_cache`).
 - ``"phantom"``: the procedural phantom (:mod:`spinemorph.phantom`) with randomly varied anatomy
   (``make_phantom(seed, vary=True)``), rasterised exactly on the (randomly rotated) sample grid; its tissue map
@@ -46,7 +47,10 @@ FOV_MM = (150.0, 220.0)
 AXIAL_THICKNESS_MM = (3.0, 5.0)
 #: number of distinct phantom anatomies drawn from (seeds 0 .. N-1 with ``vary=True``)
 N_PHANTOMS = 1000
-#: minimum dural-sac area (mm²) of a 2D sample; planes with less are redrawn
+#: minimum dural-sac area (mm²) of a 2D sample; planes with less are redrawn (up to 8 times, see
+#: :func:`dsca_samples`). Project design choice (heuristic, not from the literature): well below the smallest
+#: lumbar dural sac areas of interest (absolute stenosis < 75 mm²); meant to reject planes that only graze the
+#: end or the edge of the canal, where the "sac" is a sliver.
 MIN_SAC_AREA_MM2 = 20.0
 
 _GENERIC_TO_FORAMEN = {2: 1, 202: 2, 1: 3}  # generic: L4 = 2, L4-5 disc = 202, L5 = 1
@@ -93,6 +97,12 @@ class DscaSample:
     def area_mm2(self) -> float:
         """Area of the mask (pixels × pixel area), mm²."""
         return float(self.mask.sum()) * self.pixel_mm[0] * self.pixel_mm[1]
+
+    @property
+    def below_min_area(self) -> bool:
+        """True when the dural sac area is below :data:`MIN_SAC_AREA_MM2`: all 8 redraws of :func:`dsca_samples`
+        gave too small a sac and the last draw was kept (rare; lets callers count or skip such samples)."""
+        return self.area_mm2 < MIN_SAC_AREA_MM2
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -310,6 +320,8 @@ def dsca_samples(
     Yields
     ------
     DscaSample
+        Its :attr:`DscaSample.below_min_area` is True in the rare case that 8 draws all gave a sac below
+        :data:`MIN_SAC_AREA_MM2` (the last draw is kept, for a reproducible stream).
     """
     sources = _check_sources(sources)
     case_list = _training_cases(cases) if "spider_masks" in sources else []
@@ -329,6 +341,9 @@ def dsca_samples(
                 sample = _dsca_spider(rng, case, con, pixel, out_px, crop is not None, size, thick, options)
             if sample.area_mm2 >= MIN_SAC_AREA_MM2:
                 break
+        # After 8 draws below MIN_SAC_AREA_MM2 the last one is yielded as it is (not dropped, not redrawn further):
+        # this keeps the sample stream, and so the training data of the shipped models, reproducible. Such a
+        # sample is marked: ``sample.below_min_area`` is True.
         yield sample
 
 

@@ -20,11 +20,17 @@ from spinemorph.volume import IMAGE_SUFFIXES, Volume, list_dicom_series, read_vo
 #: slice normal within this angle of the S-I axis counts as "axial" (gantry tilt towards a disc is allowed); the same
 #: tolerance as ``DuralSacSegLib.segment.AXIAL_TOLERANCE_DEG``, so a series chosen as the axial stack is used as acquired
 AXIAL_MAX_TILT_DEG = 30.0
-#: largest/smallest spacing ratio of a "near-isotropic" 3D volume
+# The thresholds below are project design choices (heuristics, not from the literature) for telling a 3D volume
+# usable by the foramen model (which runs on a 0.8 mm isotropic grid, FORAMEN3DLib.preprocess.CANONICAL_SPACING_MM)
+# from 2D multi-slice series:
+#: largest/smallest spacing ratio of a "near-isotropic" 3D volume (e.g. 0.8 x 0.8 x 1.2 mm passes, 0.5 x 0.5 x 1 mm
+#: does not)
 ISOTROPY_MAX_RATIO = 1.6
-#: coarsest spacing (mm) of a 3D volume usable for the foramen model
+#: coarsest spacing (mm) of a 3D volume usable for the foramen model: about 1.6 times its 0.8 mm grid, so no axis is
+#: upsampled more than ~1.6-fold
 ISO_MAX_SPACING_MM = 1.3
-#: fewest slices of a usable series
+#: fewest slices of a usable series: an axial stack needs a few slices for a DSCA curve; a 3D volume with fewer than
+#: 40 slices (32 mm at 0.8 mm) is taken for a thin slab rather than a lumbar 3D acquisition
 MIN_SLICES_AXIAL = 3
 MIN_SLICES_3D = 40
 
@@ -133,8 +139,23 @@ def _candidates_from_dicom(folder: Path) -> list[SeriesCandidate]:
     return out
 
 
-def discover(inputs: list[str | os.PathLike]) -> list[SeriesCandidate]:
-    """All image series in ``inputs`` (DICOM folders, searched recursively, and image files)."""
+#: reason recorded for image files in a searched folder that are taken for label maps (not image series)
+LABEL_MAP_REASON = "looks like a label map (file name contains 'label' or '.seg.'), not an image series"
+
+
+def looks_like_label_map(path: str | os.PathLike) -> bool:
+    """True for file names containing ``label`` or ``.seg.`` (label maps / segmentations, not images)."""
+    name = Path(path).name.lower()
+    return "label" in name or ".seg." in name
+
+
+def discover(inputs: list[str | os.PathLike], skipped: list[tuple[str, str]] | None = None) -> list[SeriesCandidate]:
+    """All image series in ``inputs`` (DICOM folders, searched recursively, and image files).
+
+    Image files inside a searched folder whose names look like label maps (:func:`looks_like_label_map`) are not
+    candidates; each is appended to ``skipped`` as ``(path, reason)`` when a list is given, for
+    :func:`select_series` to report. Image files named explicitly in ``inputs`` are always candidates.
+    """
     cands: list[SeriesCandidate] = []
     for item in inputs:
         p = Path(item)
@@ -143,7 +164,9 @@ def discover(inputs: list[str | os.PathLike]) -> list[SeriesCandidate]:
         if p.is_dir():
             files = [f for f in sorted(p.rglob("*")) if f.is_file() and any(f.name.lower().endswith(s) for s in IMAGE_SUFFIXES)]
             found = _candidates_from_dicom(p)
-            found += [_candidate_from_file(f) for f in files if "label" not in f.name.lower() and ".seg." not in f.name.lower()]
+            found += [_candidate_from_file(f) for f in files if not looks_like_label_map(f)]
+            if skipped is not None:
+                skipped += [(str(f), LABEL_MAP_REASON) for f in files if looks_like_label_map(f)]
             if not found:
                 raise InputError(f"no image series found in {p}; give a DICOM folder or image files")
             cands += found
@@ -152,10 +175,14 @@ def discover(inputs: list[str | os.PathLike]) -> list[SeriesCandidate]:
     return cands
 
 
-def select_series(cands: list[SeriesCandidate]) -> SeriesSelection:
+def select_series(cands: list[SeriesCandidate], skipped: list[tuple[str, str]] | None = None) -> SeriesSelection:
     """Choose the DSCA series (axial stack, T1 preferred as in the source method, else T2) and the foramen series
-    (near-isotropic 3D, T2 preferred)."""
-    skipped: list[tuple[str, str]] = []
+    (near-isotropic 3D, T2 preferred).
+
+    ``skipped``: entries already excluded by :func:`discover` (label maps), listed first in
+    :attr:`SeriesSelection.skipped`.
+    """
+    skipped = list(skipped or [])
     axial = [c for c in cands if c.orientation == "axial" and c.size_ijk[2] >= MIN_SLICES_AXIAL and not c.is_3d_isotropic]
     iso = [c for c in cands if c.is_3d_isotropic]
     rank_w = {"T1": 0, "T2": 1, "unknown": 2}

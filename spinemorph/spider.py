@@ -24,11 +24,16 @@ The data live outside the repository (never commit them): ``$SPINEMORPH_SPIDER``
   (201 = L5-S1, 202 = L4-5), 100 dural sac. This is the input of the synthesis (every structure its own tissue).
 
 Held-out split (never train on these): the split is by *patient*, so that no series or slab of a held-out patient is
-seen in training. :data:`HELD_OUT_PATIENTS` was chosen once, deterministically: sort the 35 slab patient ids
-numerically and take every 5th starting with the 3rd (indices 2, 7, 12, ..., 32), giving 7 of 35 slab patients
-(20 %). It contains patient 98, whose slab covers the canal at every lumbar level and whose 3D T2 SPACE label volume
-is in ``masks/``, and patients 166 and 220 whose sagittal T2 masks are in ``masks/``. Hence the held-out mask series
-are ``98_t1``, ``98_t2_SPACE``, ``166_t2`` and ``220_t2`` (4 of 39).
+seen in training. :data:`HELD_OUT_PATIENTS` is the fixed set ``11, 41, 57, 98, 136, 166, 220`` (7 of 35 slab
+patients, 20 %). It was meant to follow the rule "sort the 35 slab patient ids numerically and take every 5th starting
+with the 3rd (indices 2, 7, 12, ..., 32)", but deviates from that rule at one position: the rule gives patient 142 at
+index 22, the constant has 136 (index 21) instead. So 136 is held out and **142 is a training patient** (its slab and
+its sagittal T2 label volume ``142_t2`` are used in training). The constant is kept as it is because the shipped
+models were trained with it; ``Testing/test_spider.py`` checks these facts so that this text and the constant cannot
+drift apart. The set contains patient 98, whose slab covers the canal at every lumbar level and whose 3D T2 SPACE
+label volume is in ``masks/``, and patients 166 and 220 whose sagittal T2 masks are in ``masks/`` (136 has no label
+volume in ``masks/``). Hence the held-out mask series are ``98_t1``, ``98_t2_SPACE``, ``166_t2`` and ``220_t2``
+(4 of 39).
 
 Attribution (required for anything derived from these data): :data:`SPIDER_ATTRIBUTION`.
 """
@@ -72,7 +77,8 @@ SLAB_SLICE_MM = 0.9
 #: inferior), k = slice<N> index (left -> right), i.e. orientation "PIR" like the SPACE label volumes
 SLAB_DIRECTION = np.array([[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
 
-#: patients never used for training (see the module docstring for how they were chosen)
+#: patients never used for training; NOTE: deviates at one position from the selection rule stated in the module
+#: docstring (136 instead of 142; 142 is a training patient). Kept unchanged: the shipped models were trained with it.
 HELD_OUT_PATIENTS: tuple[str, ...] = ("11", "41", "57", "98", "136", "166", "220")
 #: held-out T2 SPACE slab patients (all slab patients of HELD_OUT_PATIENTS)
 HELD_OUT_SLAB_PATIENTS: tuple[str, ...] = ("11", "41", "57", "98", "136", "166", "220")
@@ -334,14 +340,29 @@ def held_out_slab_patients() -> list[str]:
 
 
 def _read_png(path: Path) -> np.ndarray:
+    """A slab PNG as a 2D uint8 array; grey stored as RGB(A) (R = G = B, alpha 255) is reduced to one channel.
+
+    Raises :class:`InputError` for anything else (16-bit, colour, transparent), instead of keeping one channel.
+    """
     from skimage.io import imread
 
     try:
         a = imread(path)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read {path}: {exc}") from None
-    if a.ndim == 3:  # grey stored as RGB(A)
-        a = a[..., 0]
+    if a.dtype != np.uint8:
+        raise InputError(f"{path} holds {a.dtype} pixels; the SPIDER slab PNGs are 8-bit (uint8) grey images")
+    if a.ndim == 3:  # grey stored as RGB(A): accepted only when it is grey (R = G = B, alpha opaque)
+        if a.shape[-1] not in (3, 4):
+            raise InputError(f"{path} has {a.shape[-1]} channels; expected a grey, RGB or RGBA PNG")
+        rgb = a[..., :3]
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+            raise InputError(f"{path} is a colour image (R, G, B differ); expected a grey image")
+        if a.shape[-1] == 4 and not np.all(a[..., 3] == 255):
+            raise InputError(f"{path} has transparent pixels; expected an opaque grey image")
+        a = rgb[..., 0]
+    elif a.ndim != 2:
+        raise InputError(f"{path} has shape {a.shape}; expected a 2D grey image")
     return a
 
 
@@ -399,8 +420,8 @@ def load_slab(patient: str | int) -> tuple[Volume, Volume]:
         m = _read_png(mpath)
         if img.shape != m.shape or (imgs and img.shape != imgs[0].shape):
             raise InputError(f"slab of patient {patient}: slice {n} has size {img.shape}, mask {m.shape}; sizes differ")
-        imgs.append(img.astype(np.uint8, copy=False))
-        masks.append(m.astype(np.uint8, copy=False))
+        imgs.append(img)  # uint8, checked by _read_png
+        masks.append(m)
     origin, direction = slab_geometry(patient, numbers[0])
     spacing = (SLAB_PIXEL_MM, SLAB_PIXEL_MM, SLAB_SLICE_MM)
     image = Volume(np.stack(imgs), spacing, origin, direction)

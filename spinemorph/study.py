@@ -5,8 +5,9 @@ Each step runs the very command a user would run alone (``dsca segment``, ``fora
 into its own sub-folder, so the study's numbers are by construction those of the single commands. A failed step is
 reported (one line, in the console and the HTML report) and the study goes on with what does not depend on it.
 
-Exit codes: 0 all steps done, 3 partial (some step failed or was skipped for lack of a usable series), 1 nothing could
-be done (no usable series, or the report could not be written).
+Exit codes (over the analysis steps foramen, DSCA and plan only): 0 all done, 3 partial (some analysis step failed or
+was skipped for lack of a usable series), 1 nothing could be done (no analysis step succeeded, e.g. no usable series,
+or the report could not be written).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 REPORT_HTML = "report.html"
 SUMMARY_JSON = "study_summary.json"
 GENERATED_DIR = "generated_study"
+#: the steps that produce results; the exit code is computed over these only
+ANALYSIS_STEPS = ("foramen", "dsca", "plan")
 
 
 @dataclasses.dataclass
@@ -55,7 +58,12 @@ class StudyResult:
 
     @property
     def exit_code(self) -> int:
-        statuses = [s.status for s in self.steps if s.name != "report"]
+        """0 all analysis steps ok, 3 partial, 1 no analysis step ok or no report.
+
+        Only the analysis steps (:data:`ANALYSIS_STEPS`) count: "generate" and "series" always succeed when they
+        return, so counting them would make "nothing could be done" (1) unreachable.
+        """
+        statuses = [s.status for s in self.steps if s.name in ANALYSIS_STEPS]
         if self.report_path is None or not any(s == "ok" for s in statuses):
             return 1
         return 0 if all(s == "ok" for s in statuses) else 3
@@ -163,7 +171,8 @@ def run_study(
 
     progress.step("finding the series")
     t0 = time.perf_counter()
-    selection = select_series(discover(inputs))
+    excluded: list[tuple[str, str]] = []  # label maps found among the inputs: reported as skipped
+    selection = select_series(discover(inputs, excluded), excluded)
     in_dir = out / "inputs"
     dsca_input = foramen_input = None
     if selection.dsca is not None:

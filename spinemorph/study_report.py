@@ -61,19 +61,41 @@ def _fmt(v, nd=1):
     return str(v)
 
 
-def _dsca_plot(slices: list[dict]) -> bytes:
+def _scheme_lines(scheme: dict | None) -> list[tuple[float, str]]:
+    """``(area_mm2, text)`` of every finite category bound of the DSCA table's ``stenosis_scheme`` (may be empty)."""
+    lines = []
+    for c in (scheme or {}).get("categories", []) or []:
+        v = c.get("area_below_mm2") if isinstance(c, dict) else None
+        if isinstance(v, (int, float)) and np.isfinite(v):
+            lines.append((float(v), f"{v:g} mm² ({c.get('label', '')})".replace(" ()", "")))
+    return sorted(lines, reverse=True)
+
+
+def _dsca_plot_caption(scheme: dict | None) -> str:
+    lines = _scheme_lines(scheme)
+    head = "DSCA per slice: axial area and area perpendicular to the canal centreline; "
+    if not lines:
+        return head + "no threshold lines: the DSCA table names no stenosis categories."
+    name = (scheme or {}).get("name", "")
+    values = " and ".join(f"{v:g}" for v, _ in lines)
+    return head + f"dotted lines at the {values} mm² category bounds of the stenosis scheme{' ' + name if name else ''}."
+
+
+def _dsca_plot(slices: list[dict], scheme: dict | None = None) -> bytes:
+    """Area per slice, with a dotted line at every category bound of ``scheme`` (the DSCA JSON's stenosis_scheme)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    pos = np.array([s.get("position_mm") or np.nan for s in slices], dtype=float)
+    # 0.0 is a valid position: only a missing value (None) becomes NaN
+    pos = np.array([np.nan if s.get("position_mm") is None else s["position_mm"] for s in slices], dtype=float)
     area = np.array([s.get("area_mm2") if s.get("area_mm2") is not None else np.nan for s in slices], dtype=float)
     corr = np.array([s.get("corrected_area_mm2") if s.get("corrected_area_mm2") is not None else np.nan for s in slices], dtype=float)
     fig, ax = plt.subplots(figsize=(7.2, 3.4))
     ax.plot(pos, area, "o-", label="axial DSCA", color="#1f77b4")
     ax.plot(pos, corr, "s--", label="angle-corrected DSCA", color="#d62728", ms=4)
-    for y, lab in ((100, "100 mm²"), (75, "75 mm²")):
+    for y, lab in _scheme_lines(scheme):
         ax.axhline(y, color="0.5", lw=0.8, ls=":")
         ax.text(pos[np.isfinite(pos)].min() if np.isfinite(pos).any() else 0, y + 2, lab, fontsize=8, color="0.4")
     ax.set_xlabel("slice position along the slice normal (mm)")
@@ -133,8 +155,8 @@ def build_report(out_dir: Path, selection, steps, *, truth_path: Path | None, mo
     dsca = _step_json(sec, rep, status, "dsca", dsca_dir / "dsca.json", "DSCA")
     if dsca is not None:
         slices = dsca.get("slices", [])
-        sec.append(rep.figure(Figure(_dsca_plot(slices), "DSCA per slice: axial area and area perpendicular to the canal "
-                                     "centreline; dotted lines at the 100 and 75 mm² thresholds.", fig_id="fig-dsca-plot")))
+        scheme = dsca.get("stenosis_scheme") or {}
+        sec.append(rep.figure(Figure(_dsca_plot(slices, scheme), _dsca_plot_caption(scheme), fig_id="fig-dsca-plot")))
         for i in range(1, 9):
             png = _png(dsca_dir / f"overlay_{i}.png")
             if png:
@@ -155,7 +177,6 @@ def build_report(out_dir: Path, selection, steps, *, truth_path: Path | None, mo
               _fmt(s.get("ap_diameter_mm")), _fmt(s.get("lr_diameter_mm")), _fmt(s.get("solidity"), 2), s.get("n_components"),
               s.get("stenosis"), ", ".join(s.get("qc_flags") or [])] for s in slices],
             flags=[_is_stenosis(s.get("stenosis")) for s in slices], table_id="dsca-table"))
-        scheme = dsca.get("stenosis_scheme", {})
         sec.append("<h3>Stenosis thresholds and sources</h3>")
         sec.append(rep.table(["category", "area below (mm²)", "source"],
                              [[c.get("label"), _fmt(c.get("area_below_mm2")), c.get("citation")] for c in scheme.get("categories", [])],
@@ -278,9 +299,9 @@ def build_report(out_dir: Path, selection, steps, *, truth_path: Path | None, mo
         rows.append(["foramen segmentation", json.dumps(meas["segmentation"])[:300]])
     rows.append(["total time (s)", f"{sum(s.seconds for s in steps):.1f}"])
     sec.append(rep.table(["item", "value"], rows, table_id="provenance-table"))
-    sec.append(rep.paragraph("Real-data attribution where models were trained on SPIDER: van der Graaf JW et al., "
-                             "Lumbar spine segmentation in MR images: a dataset and a public benchmark, Sci Data 11, 264 (2024), "
-                             "CC BY 4.0.", "muted"))
+    from spinemorph.spider import SPIDER_ATTRIBUTION
+
+    sec.append(rep.paragraph(f"Real-data attribution where models were trained on SPIDER: {SPIDER_ATTRIBUTION}", "muted"))
     return rep.render()
 
 

@@ -134,13 +134,6 @@ class Grid:
             raise ValueError(f"array shape {array.shape} != grid shape {self.shape}")
         return Volume(array, self.spacing_mm, self.origin_mm, self.direction)
 
-    def reference_image(self) -> sitk.Image:
-        ref = sitk.Image([int(s) for s in self.size_ijk], sitk.sitkUInt8)
-        ref.SetSpacing(self.spacing_mm)
-        ref.SetOrigin(self.origin_mm)
-        ref.SetDirection(tuple(self.direction.ravel()))
-        return ref
-
 
 def grid_like(vol: Volume) -> Grid:
     """The grid of ``vol``."""
@@ -277,7 +270,7 @@ class LabelSource:
     code_tissue : tuple of str
         Tissue class of each code (index 0 = background).
     label_dtype : numpy.dtype
-        dtype of the output label arrays.
+        dtype of the output label arrays: uint8 (labels < 256), int16 (< 32768) or int32.
     """
 
     codes: Volume
@@ -472,7 +465,9 @@ def prepare_labels(
     code_label = [int(v) for v in key_target]
     code_tissue = [tissues.get(int(v), "other") for v in key_label]
     code_tissue[0] = tissues[0] if key_label[0] == 0 else code_tissue[0]
-    label_dtype = np.dtype(np.uint8) if max(code_label) < 256 else np.dtype(np.int16)
+    # smallest dtype that holds every output label (int16 up to 32767, as before; int32 above, int16 would wrap)
+    top = max(code_label)
+    label_dtype = np.dtype(np.uint8) if top < 256 else np.dtype(np.int16) if top <= 32767 else np.dtype(np.int32)
 
     # crop to the labelled region + margin
     vol = labels.with_array(codes)
@@ -525,6 +520,8 @@ def prepare_labels(
             cen = pts.mean(0)
             r = np.sqrt(((np.indices(m.shape).reshape(3, -1).T * sp_kji - cen) ** 2).sum(1)).reshape(m.shape)
             radius = np.sqrt(((pts - cen) ** 2).sum(1)).max()
+            # heuristic shape of the nucleus (not from the literature): deeper than 40 % of the disc's largest
+            # inside distance and within 60 % of its radius from the centroid
             core = m & (d > 0.4 * d.max()) & (r < 0.6 * radius)
             if core.any():
                 view = codes[sl]
@@ -565,7 +562,8 @@ class SynthOptions:
     std_range : (float, float)
         Range of the within-label intensity standard deviation.
     bg_classes : (int, int)
-        Range of the number of background blob classes.
+        Range of the number of background blob classes; ``2 <= low <= high <= 6`` (:data:`_MAX_BG_CLASSES`),
+        checked on construction (:class:`~spinemorph.errors.InputError`).
     bg_scale_mm : (float, float)
         Range of the blob field's correlation length.
     p_body : float
@@ -613,6 +611,13 @@ class SynthOptions:
     p_roots: float = 0.5
     roots_mm: float = 2.5
     roots_fraction: tuple[float, float] = (0.05, 0.25)
+
+    def __post_init__(self):
+        lo, hi = self.bg_classes
+        if not (isinstance(lo, (int, np.integer)) and isinstance(hi, (int, np.integer)) and 2 <= lo <= hi <= _MAX_BG_CLASSES):
+            # at least 2: muscle and fat are always drawn; at most _MAX_BG_CLASSES: the codes above are air, fat, nerve
+            raise InputError(f"SynthOptions.bg_classes {self.bg_classes!r} must be two integers with "
+                             f"2 <= low <= high <= {_MAX_BG_CLASSES}")
 
     @classmethod
     def intensity_only(cls) -> SynthOptions:
@@ -877,6 +882,7 @@ def synthesize(
     tcode[bg] = bg_codes[cls[bg]]
     width_mm = float(min(np.asarray(work.size_ijk[:2]) * np.asarray(work.spacing_mm[:2])))
     use_body = bool(rng.random() < opts.p_body)
+    # body outline only on fields of view wider than 120 mm (heuristic: narrower crops lie inside the body)
     body = _body_outline(rng, work, codes, source, shape) if (use_body and width_mm > 120 and 0 in blob_codes) else None
     if body is not None:
         outside, subq = body
@@ -889,9 +895,10 @@ def synthesize(
     csf_codes = [c for c, t in enumerate(tissues) if t == "csf"]
     if csf_codes and rng.random() < opts.p_roots:
         is_csf = np.isin(codes, csf_codes)
-        if is_csf.sum() > 20:
+        if is_csf.sum() > 20:  # heuristic minimum of CSF voxels for a root pattern
             scales = np.full(3, opts.roots_mm)
-            scales[2 - int(np.argmax(np.abs(work.direction[2, :])))] = 20.0  # along the index axis closest to S-I
+            # 20 mm correlation along the index axis closest to S-I (heuristic: roots run cranio-caudally)
+            scales[2 - int(np.argmax(np.abs(work.direction[2, :])))] = 20.0
             f = _smooth_field(rng, shape, sp_kji, scales)
             frac = float(rng.uniform(*opts.roots_fraction))
             roots = is_csf & (f > np.quantile(f[is_csf], 1.0 - frac))
@@ -969,10 +976,11 @@ def _body_outline(rng, grid: Grid, codes: np.ndarray, source: LabelSource, shape
     x, y = coord(0), coord(1)
     x, y = np.broadcast_to(x, shape), np.broadcast_to(y, shape)
     cx, cy = float(x[is_csf].mean()), float(y[is_csf].mean())
+    # elliptical body outline; all ranges (mm) are heuristic plausible adult lumbar sizes, not from the literature
     a = rng.uniform(120.0, 190.0)  # LR half-width
     b = rng.uniform(100.0, 160.0)  # AP half-depth
     post = rng.uniform(35.0, 90.0)  # skin distance posterior to the canal
-    fat_mm = rng.uniform(4.0, 25.0)
+    fat_mm = rng.uniform(4.0, 25.0)  # subcutaneous fat thickness
     ey = cy + post - b
     r = np.sqrt(((x - cx) / a) ** 2 + ((y - ey) / b) ** 2)
     outside = np.broadcast_to(r > 1.0, shape)

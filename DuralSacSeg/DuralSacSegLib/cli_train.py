@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 
 from spinemorph.argtypes import positive_int
 from spinemorph.errors import InputError
@@ -65,6 +66,11 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="batches per epoch (overrides the configuration; default there: one pass over the training slices)")
     p.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), help="compute device (default: configuration, auto)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for torch (overrides the configuration)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="train on your own data: a folder of <case>_image.<ext> + <case>_mask.<ext> volumes "
+                        "(replaces the configuration's training data; cases named <patient>_<series> keep a patient "
+                        "in one fold)")
+    p.add_argument("--external-dir", metavar="DIR", help="external validation data, same folder layout as --data-dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_train_command)
     return p
@@ -74,10 +80,11 @@ def run_train_command(args) -> int:
     from DuralSacSegLib.train import load_config, run_training
 
     if args.resume:
-        if any(v is not None for v in (args.config, args.seed, args.folds, args.architecture, args.iterations_per_epoch)):
+        if any(v is not None for v in (args.config, args.seed, args.folds, args.architecture, args.iterations_per_epoch,
+                                       args.data_dir, args.external_dir)):
             raise InputError(
                 "--resume continues with the run's saved config.json; drop --config/--seed/--folds/--architecture/"
-                "--iterations-per-epoch (only --epochs may extend the run)"
+                "--iterations-per-epoch/--data-dir/--external-dir (only --epochs may extend the run)"
             )
         summary = run_training({}, args.out, resume=True, progress=not args.no_progress, epochs=args.epochs)
     else:
@@ -91,6 +98,11 @@ def run_train_command(args) -> int:
             epochs=args.epochs,
             iterations_per_epoch=args.iterations_per_epoch,
         )
+        for option, key in ((args.data_dir, "train"), (args.external_dir, "external")):
+            if option is not None:
+                if not Path(option).is_dir():
+                    raise InputError(f"{option} is not a folder (expected <case>_image / <case>_mask volumes)")
+                cfg["data"][key] = {"source": "folder", "path": str(Path(option).resolve())}
         summary = run_training(cfg, args.out, resume=False, progress=not args.no_progress)
     mean = summary.get("mean", {})
     parts = [f"{k}={mean[k]:.4g}" for k in ("validation_f1", "validation_area_mae_mm2", "external_f1", "external_area_mae_mm2")
@@ -111,7 +123,8 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", default=None, metavar="NAME_OR_FILE", help="catalogue model name or .pt weights file (default: the catalogue default)")
-    p.add_argument("--data", required=True, choices=DATASETS, help="evaluation data set")
+    p.add_argument("--data", required=True, type=_evaluation_data, metavar="{" + ",".join(DATASETS) + "} or DIR",
+                   help="evaluation data set, or a folder of <case>_image.<ext> + <case>_mask.<ext> volumes")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--device", default="cpu", choices=("auto", "cuda", "mps", "cpu"), help="compute device (default cpu: deterministic)")
     p.add_argument("--batch-size", type=positive_int, default=4, help="slices per forward pass (default 4)")
@@ -120,6 +133,17 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_evaluate_command)
     return p
+
+
+def _evaluation_data(text: str):
+    """``--data``: a documented data set name, or a folder of your own cases (a ``folder`` spec)."""
+    from DuralSacSegLib.evaluate import DATASETS
+
+    if text in DATASETS:
+        return text
+    if Path(text).is_dir():
+        return {"source": "folder", "path": str(Path(text).resolve())}
+    raise argparse.ArgumentTypeError(f"{text!r} is neither one of {', '.join(DATASETS)} nor an existing folder")
 
 
 def run_evaluate_command(args) -> int:

@@ -186,6 +186,64 @@ def _held_out_synthetic(n: int, seed: int, size: int = 320, contrast: str = "mix
     return out
 
 
+#: image file endings a data folder may hold
+FOLDER_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha", ".mhd")
+
+
+def _folder_pairs(folder: Path) -> list[tuple[str, Path, Path]]:
+    """``(case, image, mask)`` of a data folder: ``<case>_image.<ext>`` next to ``<case>_mask.<ext>``."""
+    if not folder.is_dir():
+        raise InputError(f"data folder {folder} does not exist or is not a folder")
+    pairs, orphans = [], []
+    for img in sorted(folder.iterdir()):
+        name = img.name
+        suffix = next((x for x in FOLDER_SUFFIXES if name.endswith(x)), None)
+        if suffix is None or not name[: -len(suffix)].endswith("_image"):
+            continue
+        case = name[: -len(suffix) - len("_image")]
+        mask = next((folder / f"{case}_mask{x}" for x in FOLDER_SUFFIXES if (folder / f"{case}_mask{x}").is_file()), None)
+        if mask is None:
+            orphans.append(name)
+        else:
+            pairs.append((case, img, mask))
+    if orphans:
+        raise InputError(f"data folder {folder}: no <case>_mask file for {', '.join(orphans[:5])}"
+                         + (" ..." if len(orphans) > 5 else ""))
+    if not pairs:
+        raise InputError(f"data folder {folder} holds no <case>_image.<ext> + <case>_mask.<ext> pairs "
+                         f"(ext one of {', '.join(FOLDER_SUFFIXES)})")
+    return pairs
+
+
+def folder_samples(path: str | os.PathLike, group_sep: str = "_") -> list[SliceSample]:
+    """Axial slices of your own data: every ``<case>_image.<ext>`` with its ``<case>_mask.<ext>`` (dural sac > 0).
+
+    Each volume pair must share its grid. Axial stacks are used as acquired; other volumes are resliced to axial
+    planes (image linear, mask nearest; :func:`DuralSacSegLib.segment.reslice_to_axial`). Every slice becomes a sample
+    (slices without dural sac included, as the source method trains on whole series); the cross-validation group is
+    the case name up to the first ``group_sep`` (name cases ``<patient>_<series>`` to keep a patient in one fold).
+    """
+    from DuralSacSegLib.segment import is_axial, reslice_to_axial
+    from spinemorph.volume import read_volume
+
+    out: list[SliceSample] = []
+    for case, img_path, mask_path in _folder_pairs(Path(path)):
+        image, mask = read_volume(img_path), read_volume(mask_path)
+        if image.shape != mask.shape or not np.allclose(image.affine_lps, mask.affine_lps, atol=1e-3):
+            raise InputError(f"{mask_path.name} is not on the grid of {img_path.name} (size or geometry differs)")
+        if image.array.ndim != 3:
+            raise InputError(f"{img_path.name} is not a 3D volume")
+        if not is_axial(image):
+            image, mask = reslice_to_axial(image), reslice_to_axial(mask, interpolator="nearest")
+        sx, sy, _ = image.spacing_mm
+        group = case.split(group_sep)[0] if group_sep else case
+        for k in range(image.shape[0]):
+            out.append(SliceSample(image=np.asarray(image.array[k], np.float32),
+                                   mask=(np.asarray(mask.array[k]) > 0).astype(np.uint8),
+                                   pixel_mm=(float(sx), float(sy)), group=group, source=f"folder:{case}"))
+    return out
+
+
 def load_dataset(spec: dict | str, purpose: str = "evaluation") -> list[SliceSample]:
     """Load slices described by ``spec``.
 
@@ -202,6 +260,8 @@ def load_dataset(spec: dict | str, purpose: str = "evaluation") -> list[SliceSam
           ``isotropic_mm``, ``patients``; ``row_step`` keeps every n-th PNG row), each plane placed on a ``square`` × ``square`` grid (key ``square``,
           default 320) at its own pixel size — the slab is a narrow left-right strip, resizing it to 320×320 would
           distort it;
+        - ``"folder"``: your own data, :func:`folder_samples` (key ``path``: a folder of ``<case>_image.<ext>`` +
+          ``<case>_mask.<ext>`` volumes);
         - ``"tiny"``: :func:`tiny_phantom_samples` (unit tests only).
 
         ``cache_dir``: keep the generated slices in an ``.npz`` there (keyed by the rest of the spec).
@@ -220,6 +280,10 @@ def load_dataset(spec: dict | str, purpose: str = "evaluation") -> list[SliceSam
     source = spec.pop("source", "synthetic")
     if source == "tiny":
         raw = tiny_phantom_samples(**spec)
+    elif source == "folder":
+        if "path" not in spec:
+            raise InputError(f"{purpose} data source 'folder' needs a 'path'")
+        raw = folder_samples(spec.pop("path"), **spec)
     elif source in ("synthetic", "phantom", "real-slabs"):
         from spinemorph import samples as sm
 

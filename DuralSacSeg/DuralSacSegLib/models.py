@@ -8,7 +8,12 @@ written by :func:`save_weights` (``spinemorph dsca train`` writes one per run).
 Weights file format (``format_version`` 1): a ``torch.save`` dict ::
 
     {"format_version": 1, "architecture": "multiresunet", "state_dict": {...}, "config": {...},
-     "input_size": [320, 320], "normalization": "percentile_0.5_99.5_per_slice", "threshold": 0.5}
+     "input_size": [320, 320], "normalization": "percentile_0.5_99.5_per_slice", "threshold": None,
+     "threshold_explicit": False}
+
+``threshold``: a decision threshold chosen by whoever saved the file (``threshold_explicit`` true), or None: derived
+from the training loss by :func:`decision_threshold`. Files written before ``threshold_explicit`` existed (the
+embedded weights) store 0.5, which means "not chosen".
 
 Floating-point tensors of ``state_dict`` are stored as float16 (half the size) and loaded as float32.
 Files are read with ``torch.load(weights_only=True)``: no code is executed from a weights file.
@@ -88,11 +93,12 @@ def decision_threshold(ckpt: dict) -> float:
     Bayes decision ``p ≥ 0.5`` is ``q ≥ w / (w + 1)`` (= 20/21 ≈ 0.952 for ``w = 20``): a prior correction derived from
     the loss, not fitted to any data. Thresholding ``q`` at 0.5 instead keeps pixels whose posterior is only
     ``1/(w+1)`` ≈ 5 %, which over-segments (the source method's precision 0.897 vs recall 0.9996 shows this bias).
-    A threshold stored in the checkpoint other than the plain default 0.5 is used as given; a checkpoint of a
-    weighted-BCE run that stores the plain 0.5 (or nothing) gets the corrected value.
+    A threshold saved explicitly (``save_weights(threshold=...)``, flag ``threshold_explicit``) is used as given, 0.5
+    included. Without the flag, a stored value other than 0.5 is used as given, and a stored 0.5 or None (what the
+    embedded weights and ``spinemorph dsca train`` write) gets the corrected value of a weighted-BCE run.
     """
     stored = ckpt.get("threshold")
-    if stored is not None and float(stored) != DEFAULT_THRESHOLD:
+    if stored is not None and (ckpt.get("threshold_explicit") or float(stored) != DEFAULT_THRESHOLD):
         return float(stored)
     loss = (ckpt.get("config") or {}).get("loss") or {}
     if loss.get("name", "weighted_bce") == "weighted_bce" and "pos_weight" in loss:
@@ -151,9 +157,12 @@ def save_weights(
     architecture: str,
     config: dict | None = None,
     half: bool = True,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = None,
 ) -> Path:
     """Write ``model``'s weights atomically in the SpineMorph weights format (float16 by default).
+
+    ``threshold``: a decision threshold to store as chosen (used as given by :func:`decision_threshold`); None lets
+    the loader derive it from the training loss.
 
     Returns the path written.
     """
@@ -172,7 +181,8 @@ def save_weights(
         "config": json.loads(json.dumps(config or {})),
         "input_size": list(INPUT_SIZE),
         "normalization": NORMALIZATION,
-        "threshold": float(threshold),
+        "threshold": None if threshold is None else float(threshold),
+        "threshold_explicit": threshold is not None,
     }
     buf = io.BytesIO()
     torch.save(payload, buf)

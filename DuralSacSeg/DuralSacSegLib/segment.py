@@ -22,7 +22,8 @@ Pipeline of :func:`segment_volume`:
    source method does). ``progress(fraction, message)`` and ``should_cancel()`` are called per batch; cancelling
    raises ``SpineMorphError("cancelled")``.
 4. **Back to the input grid.** The probability map (a volume on the network grid with its true geometry) is resampled
-   (linear) onto the input's own grid and thresholded at ``threshold`` (0.5): the mask has the input's size, spacing,
+   (linear) onto the input's own grid and thresholded at ``threshold`` (the model's decision threshold, 20/21 for
+   the embedded models; 0.5 for an injected predictor): the mask has the input's size, spacing,
    origin and direction. For a resliced input the axial mask (the same probabilities resampled onto the axial grid) is
    kept as well.
 5. **Table.** :func:`DuralSacSegLib.dsca.compute_dsca_table` on the axial mask (the input grid itself for an axial
@@ -283,11 +284,17 @@ def network_stack(image: Volume, *, axial_tolerance_deg: float = AXIAL_TOLERANCE
     resliced = not is_axial(image, axial_tolerance_deg)
     axial = reslice_to_axial(src, slice_spacing_mm) if resliced else src
     grid = network_grid(axial, fov_mm=fov_mm)
-    net_img = _resample(_anti_alias(axial, grid["spacing_mm"][0]), grid, "linear")
+    smoothed = _anti_alias(axial, grid["spacing_mm"][0])
+    net = resample_to_grid(smoothed, grid["spacing_mm"], grid["size_ijk"], grid["origin_mm"], grid["direction"],
+                           "linear", default_value=float("nan"))
+    arr = np.asarray(net.array, dtype=np.float32)
     # where the network grid has image data (padding and, for a resliced input, planes beyond it are excluded)
-    ones = Volume(np.ones(src.shape, dtype=np.uint8), src.spacing_mm, src.origin_mm, src.direction)
-    coverage = _resample(ones, grid, "nearest").array > 0
-    return NetworkStack(axial, resliced, grid, net_img, coverage)
+    coverage = np.isfinite(arr)
+    for k in range(arr.shape[0]):  # padding = the slice's minimum, as the training slices are padded (prepare_slice)
+        if coverage[k].any() and not coverage[k].all():
+            arr[k][~coverage[k]] = float(arr[k][coverage[k]].min())
+    arr[~np.isfinite(arr)] = 0.0
+    return NetworkStack(axial, resliced, grid, net.with_array(arr), coverage)
 
 
 # ---------------------------------------------------------------------- predictor
@@ -365,7 +372,8 @@ def segment_volume(
     batch_size : int
         Slices per forward pass.
     threshold : float, optional
-        Probability threshold (default: the model's, 0.5).
+        Probability threshold (default: the model's decision threshold, :func:`DuralSacSegLib.models.decision_threshold`;
+        0.5 for an injected predictor).
     keep_probability : bool
         Also return the probability map on the input grid.
     axial_tolerance_deg : float
@@ -588,6 +596,10 @@ def write_outputs(result: SegmentationResult, out_dir: str | os.PathLike, overwr
     smallest = result.table.smallest(n_overlays)
     names = expected_outputs(bool(result.table.levels), result.probability is not None, len(smallest))
     out = prepare_output_dir(out_dir, overwrite, names)
+    if overwrite:  # outputs of an earlier run that this run does not write would look like part of this result
+        stale = set(expected_outputs(True, True, 0)) | {f.name for f in out.glob("overlay_*.png")}
+        for name in sorted(stale - set(names)):
+            (out / name).unlink(missing_ok=True)
     paths: dict[str, Path] = {}
     paths["seg_nrrd"] = out / SEG_NRRD
     _write_seg_nrrd(result.mask, paths["seg_nrrd"])

@@ -74,7 +74,11 @@ def maskFromSegment(segmentationNode, segmentId, referenceVolumeNode):
     reference = volumeFromNode(referenceVolumeNode)
     try:
         array = np.asarray(slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceVolumeNode)) > 0
-    except RuntimeError:  # an empty segment has nothing to export: every slice is empty
+    except RuntimeError as exc:  # Slicer raises when there is nothing to export: fine only for an empty segment
+        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+        labelmap = segment.GetRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
+        if labelmap is not None and not labelmap.IsEmpty():
+            raise InputError(f"the dural sac segment could not be exported onto the input volume's grid ({exc})") from exc
         array = np.zeros(reference.array.shape, dtype=bool)
     return reference.with_array(array.astype(np.uint8))
 

@@ -28,12 +28,12 @@ class DuralSacSegParameterNode:
     weightsFile - user weights file (.pt) when the imported-file entry is chosen.
     device - compute device.
     wholeSlices - run the network on every whole 320 x 320 slice (the source method) instead of a window around the
-        canal (default, about 6x faster; see DuralSacSegLib.roi).
+        canal (default, about 3x faster on a CPU: docs/benchmark.md; see DuralSacSegLib.roi).
     outputSegmentation, outputTable, outputChart - results (created by Apply when empty).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
-    model: str = "multiresunet"
+    model: str = "dsca-multiresunet"
     weightsFile: pathlib.Path
     device: ComputeDevice = ComputeDevice.AUTO
     wholeSlices: bool = False

@@ -1,6 +1,6 @@
 """Slicer glue: the synthetic lumbar study in the Sample Data module (category "SpineMorph").
 
-Nothing is downloaded: the study is generated locally by the core (``spinemorph.phantom.make_study``) into Slicer's
+Nothing is downloaded: the study is generated locally by the core (``spinemorph.acquisition.make_study``) into Slicer's
 cache folder the first time it is asked for, then loaded. Two samples of the same study are registered (here, once,
 for both modules of the extension): its axial T1 stack (DuralSacSeg) and its sagittal 3D T2 SPACE volume (FORAMEN3D).
 """

@@ -138,7 +138,8 @@ def table_columns(table) -> list[TableColumn]:
 
 
 def row_centre_ras(table, row: int) -> np.ndarray:
-    """RAS point (mm) to centre the slice views on when table row ``row`` is clicked: the slice's central pixel.
+    """RAS point (mm) to centre the slice views on when table row ``row`` is clicked: the dural sac centroid, or the
+    slice's central pixel when the slice has no dural sac.
 
     Raises
     ------

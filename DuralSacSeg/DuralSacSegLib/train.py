@@ -11,7 +11,8 @@ The learning rate is not given by the source; we use Adam's common default for U
 
 The budget configuration (``configs/budget_cpu.json``) trains on random crops at the 320-grid scale (mostly around the
 canal, some anywhere) for a fixed number of iterations and runs only one fold; the networks are fully convolutional,
-so inference still runs on the full 320×320 slice.
+so they run on whole 320×320 slices as well as on the 128×128 canal windows ``dsca segment`` uses
+(:mod:`DuralSacSegLib.roi`).
 
 Run folder::
 
@@ -470,7 +471,6 @@ def run_training(
         if cfg_path.exists():
             raise OutputError(f"{run_dir} already holds a training run; pass --resume to continue it or choose another --out")
         validate_config(config)
-        atomic_write_text(cfg_path, json.dumps(config, indent=2) + "\n")
     cfg = config
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg["num_threads"]))
@@ -481,6 +481,8 @@ def run_training(
     if external_samples is None and cfg["data"].get("external"):
         external_samples = load_dataset(cfg["data"]["external"], purpose="external validation")
     external_samples = _select(external_samples or [], (cfg.get("external") or {}).get("max_slices"), int(cfg["seed"]) + 99)
+    if not cfg_path.exists():  # a new run: written only once its data loaded (a failed start leaves no "run" behind)
+        atomic_write_text(cfg_path, json.dumps(config, indent=2) + "\n")
     images, masks = _prepare(train_samples, cfg["input_size"])
     folds = make_folds([s.group for s in train_samples], int(cfg["folds"]), int(cfg["seed"]))
     run_folds = cfg["run_folds"] if cfg["run_folds"] is not None else list(range(int(cfg["folds"])))
@@ -498,9 +500,10 @@ def run_training(
         if metrics_path.is_file() and resume and not state["trained_now"]:
             row = json.loads(metrics_path.read_text())
         else:
-            net, _ = load_model(fold_dir / "best.pt", device)
+            net, info = load_model(fold_dir / "best.pt", device)
             v_idx = _subset(val_idx, (cfg.get("validation") or {}).get("max_slices"), int(cfg["seed"]) * 1000 + fold + 17)
-            val_summary, val_rows, *_ = evaluate_network(net, [train_samples[i] for i in v_idx], device=device, size=tuple(cfg["input_size"]))
+            val_summary, val_rows, *_ = evaluate_network(net, [train_samples[i] for i in v_idx], device=device,
+                                                         threshold=info.threshold, size=tuple(cfg["input_size"]))
             write_csv(fold_dir / "validation_slices.csv", val_rows)
             row = {
                 "fold": fold,
@@ -510,10 +513,12 @@ def run_training(
                 "best_epoch": state["best_epoch"],
                 "best_val_loss": state["best_val_loss"],
                 "train_seconds": state["seconds"],
+                "threshold": float(info.threshold),
                 "validation": val_summary,
             }
             if external_samples:
-                ext_summary, ext_rows, *_ = evaluate_network(net, external_samples, device=device, size=tuple(cfg["input_size"]))
+                ext_summary, ext_rows, *_ = evaluate_network(net, external_samples, device=device,
+                                                             threshold=info.threshold, size=tuple(cfg["input_size"]))
                 write_csv(fold_dir / "external_slices.csv", ext_rows)
                 row["external"] = ext_summary
             write_json(metrics_path, row)

@@ -28,6 +28,7 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -37,6 +38,11 @@ from scipy import stats
 
 from spinemorph.atomic import atomic_path, atomic_write_text
 from spinemorph.errors import InputError
+
+log = logging.getLogger(__name__)
+
+#: fewest paired values for which a metric's agreement statistics are computed (SD, Pearson r and ICC need 2)
+MIN_PAIRS = 2
 
 UNITS = {
     "foraminal_height": "mm",
@@ -271,11 +277,24 @@ def compare_tables(auto_path, manual_path) -> tuple[dict, dict]:
     pairs = pair_tables(read_measurement_table(auto_path), read_measurement_table(manual_path))
     res = {}
     for metric, (_, a, m) in pairs.items():
-        if len(a) >= 2:
+        if len(a) >= MIN_PAIRS:
             res[metric] = compare_values(a, m, metric)
     if not res:
-        raise InputError("fewer than 2 paired values for every metric; agreement statistics need at least 2 cases")
+        raise InputError(f"fewer than {MIN_PAIRS} paired values for every metric; agreement statistics need at least "
+                         f"{MIN_PAIRS} cases")
+    for metric, reason in skipped_metrics(res, pairs).items():
+        log.warning("agreement: %s skipped: %s", metric, reason)
     return res, pairs
+
+
+def skipped_metrics(results: dict, pairs: dict) -> dict:
+    """``{metric: reason}`` of the paired metrics that have no statistics in ``results`` (fewer than
+    :data:`MIN_PAIRS` paired values); :func:`write_agreement_report` records them in its outputs."""
+    return {
+        metric: f"only {len(a)} paired value(s); agreement statistics need at least {MIN_PAIRS}"
+        for metric, (_, a, _m) in pairs.items()
+        if metric not in results
+    }
 
 
 def plot_agreement(st: AgreementStats, auto, manual, path: str | os.PathLike) -> Path:
@@ -321,15 +340,21 @@ STATS_COLUMNS = [
 
 
 def write_agreement_report(results: dict, pairs: dict, out_dir: str | os.PathLike, sources: dict | None = None) -> dict:
-    """Write ``agreement.json``, ``agreement.csv``, ``pairs.csv`` and ``agreement_<metric>.png`` into ``out_dir``."""
+    """Write ``agreement.json``, ``agreement.csv``, ``pairs.csv`` and ``agreement_<metric>.png`` into ``out_dir``.
+
+    Paired metrics without statistics (fewer than :data:`MIN_PAIRS` pairs) are listed with the reason under
+    ``"skipped"`` in ``agreement.json`` and as rows with only metric, unit, n and note in ``agreement.csv``.
+    """
     out = Path(out_dir)
     files = {}
+    skipped = skipped_metrics(results, pairs)
     doc = {
         "icc_form": "ICC(A,1): two-way random effects, absolute agreement, single measures (McGraw & Wong 1996) = ICC(2,1) (Shrout & Fleiss 1979)",
         "bland_altman": "differences automatic - manual; limits of agreement = bias +/- 1.96 SD",
         "tests": "Wilcoxon signed-rank (two-sided, scipy.stats.wilcoxon); Pearson r (scipy.stats.pearsonr)",
         "sources": sources or {},
         "metrics": {k: v.to_dict() for k, v in results.items()},
+        "skipped": {k: {"n": len(pairs[k][1]), "reason": why} for k, why in skipped.items()},
     }
     files["json"] = atomic_write_text(out / "agreement.json", json.dumps(doc, indent=2))
     buf = io.StringIO()
@@ -339,6 +364,9 @@ def write_agreement_report(results: dict, pairs: dict, out_dir: str | os.PathLik
         d = st.to_dict()
         d["icc_a1_ci95_low"], d["icc_a1_ci95_high"] = d.pop("icc_a1_ci95")
         w.writerow(["" if d[c] is None else (f"{d[c]:.6g}" if isinstance(d[c], float) else d[c]) for c in STATS_COLUMNS])
+    for metric, why in skipped.items():
+        d = {"metric": metric, "unit": UNITS.get(metric, ""), "n": len(pairs[metric][1]), "note": f"skipped: {why}"}
+        w.writerow([d.get(c, "") for c in STATS_COLUMNS])
     files["csv"] = atomic_write_text(out / "agreement.csv", buf.getvalue())
     buf = io.StringIO()
     w = csv.writer(buf)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spinemorph.atomic import atomic_write_text, prepare_output_dir
+from spinemorph.atomic import atomic_write_bytes, atomic_write_text, prepare_output_dir
 from spinemorph.errors import InputError
 from spinemorph.labels import FORAMEN_LABELS
 from spinemorph.volume import Volume, read_volume, write_volume
@@ -161,7 +161,7 @@ def rows_to_csv(rows: list[dict]) -> str:
 def run_measure(args) -> int:
     from FORAMEN3DLib.meshes import structure_meshes, write_mesh
     from FORAMEN3DLib.morphometry import Thresholds, measure_foramen
-    from FORAMEN3DLib.report3d import render_report
+    from FORAMEN3DLib.report3d import report_png_bytes
 
     mesh_names = [] if args.no_meshes else [f"meshes/{n.replace(' ', '_')}{s}" for n in FORAMEN_LABELS.values() for s in (".stl", ".vtp")]
     expected = [MEASUREMENTS_JSON, MEASUREMENTS_CSV, REPORT_PNG, *mesh_names]
@@ -196,6 +196,8 @@ def run_measure(args) -> int:
         t0 = time.perf_counter()
         meshes = structure_meshes(labels)
         t_mesh = time.perf_counter() - t0
+    # the report is drawn in memory too: a drawing failure must not leave labels / meshes / measurements behind
+    report_png = report_png_bytes(result, title=f"{case}: L4-5 foraminal morphometry")
     # everything is computed: only now write files (a failure above leaves no partial output)
     if seg_info:
         write_volume(labels, out / LABELS_OUT)
@@ -213,7 +215,7 @@ def run_measure(args) -> int:
         doc["segmentation"] = seg_info
     atomic_write_text(out / MEASUREMENTS_JSON, json.dumps(doc, indent=2))
     atomic_write_text(out / MEASUREMENTS_CSV, rows_to_csv(result.to_rows(case)))
-    render_report(result, out / REPORT_PNG, title=f"{case}: L4-5 foraminal morphometry")
+    atomic_write_bytes(out / REPORT_PNG, report_png)
     for side in ("left", "right"):
         r = result.sides[side]
         print(
@@ -226,7 +228,7 @@ def run_measure(args) -> int:
 
 
 def run_compare(args) -> int:
-    from FORAMEN3DLib.agreement import compare_tables, write_agreement_report
+    from FORAMEN3DLib.agreement import compare_tables, skipped_metrics, write_agreement_report
 
     names = ["agreement.json", "agreement.csv", "pairs.csv"]
     prepare_output_dir(args.out, args.overwrite, names)
@@ -240,5 +242,7 @@ def run_compare(args) -> int:
             f"{m}: n={st.n} bias {st.bias:+.2f} {st.unit} (LoA {st.loa_low:+.2f}..{st.loa_high:+.2f}), r={st.pearson_r:.3f}, "
             f"ICC(A,1)={st.icc_a1:.3f}, Wilcoxon p={st.wilcoxon_p:.3g}"
         )
+    for m, why in skipped_metrics(results, pairs).items():
+        print(f"{m}: skipped ({why})")
     print(f"outputs in {args.out}")
     return 0

@@ -34,7 +34,7 @@ examples:
 EVALUATE_HELP = """\
 Evaluate a FORAMEN3D model: DSC, precision and recall per structure (L4, L4-5 disc, L5).
 
---data synthetic        images synthesised from the SPIDER training label maps with held-out seeds
+--data synthetic        images synthesised from the SPIDER training label maps with new seeds (anatomies seen in training)
 --data spider-heldout   images synthesised from the held-out SPIDER label volumes (never trained on)
 --data phantom          exact-geometry phantoms imaged by the sagittal T2 SPACE simulation (unseen anatomies)
 

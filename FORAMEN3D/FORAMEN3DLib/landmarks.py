@@ -38,6 +38,7 @@ import dataclasses
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
+from skimage.morphology import disk
 
 from spinemorph.errors import InputError
 from spinemorph.labels import DISC_L45, L4, L5
@@ -501,7 +502,7 @@ def find_landmarks(
         for side in SIDES:
             xsel = xs_c > mid_x + 3.0 if side == "left" else xs_c < mid_x - 3.0
             sub = vert[:, :, xsel]
-            area = sub.sum(axis=(0, 2)).astype(float)  # coronal cross-section (mm²) of this side, per y'
+            area = sub.sum(axis=(0, 2)).astype(float)  # coronal cross-section of this side per y', in coarse voxels (× cs² for mm²; only its argmin is used)
             area = np.convolve(area, np.ones(3) / 3.0, mode="same")
             ysel = np.flatnonzero((ys_c >= wall_v + band_mm[0]) & (ys_c <= wall_v + band_mm[1]) & (area > 0))
             if len(ysel) == 0:
@@ -530,7 +531,7 @@ def find_landmarks(
     ny, nx = grid.shape[1], grid.shape[2]
     col = np.repeat(np.repeat(body_col_c, f, axis=0), f, axis=1)[:ny, :nx]
     col = np.pad(col, ((0, ny - col.shape[0]), (0, nx - col.shape[1])), mode="edge")
-    body_col = ndi.binary_dilation(col, structure=_disk(max(1, int(round(2.0 / s)))))
+    body_col = ndi.binary_dilation(col, structure=disk(max(1, int(round(2.0 / s))), dtype=bool))
     views = {}
     for side in SIDES:
         xc = 0.5 * (pedicles[("L4", side)].center_x_mm + pedicles[("L5", side)].center_x_mm)
@@ -577,11 +578,6 @@ def slab_candidates(lm: Landmarks, side: str, default_half_width_mm: float = 1.5
         hi += 4.0
     out.append(((lo + hi) / 2, (hi - lo) / 2, "max"))
     return out
-
-
-def _disk(r: int) -> np.ndarray:
-    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-    return (xx * xx + yy * yy) <= r * r
 
 
 def _main_peak(x: np.ndarray, step: float, frac: float = 0.5) -> tuple[float, float]:

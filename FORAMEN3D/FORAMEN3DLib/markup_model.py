@@ -292,14 +292,11 @@ def plan_with_skin_fallback(labels, image, side: str, config=None, frame=None):
     around the target (e.g. a field of view that cuts the body), plan again without the image and say so in
     ``result.warnings`` (entries then lie ``config.max_length_mm`` from the target, not on the skin; bone volumes and
     clearances are unaffected)."""
-    from FORAMEN3DLib.planning import plan
-    from spinemorph.errors import InputError
+    from FORAMEN3DLib.planning import TargetOutsideBodyError, plan
 
     try:
         return plan(labels, image=image, sides=(side,), config=config, frame=frame)
-    except InputError as exc:
-        if "body mask" not in str(exc):
-            raise
+    except TargetOutsideBodyError as exc:
         result = plan(labels, image=None, sides=(side,), config=config, frame=frame)
         result.warnings.insert(0, f"skin not found in the image ({exc}); entries are not on the skin")
         return result

@@ -48,7 +48,7 @@ import time
 import numpy as np
 from scipy import ndimage as ndi
 from skimage import measure as skmeasure
-from skimage.morphology import convex_hull_image
+from skimage.morphology import convex_hull_image, disk
 
 from FORAMEN3DLib.landmarks import SIDES, Landmarks, LateralView, find_landmarks, lateral_view, slab_candidates
 from spinemorph.errors import InputError
@@ -66,8 +66,35 @@ THRESHOLD_SOURCES = {
     "posterior_disc_height_mm": HASEGAWA_1995,
 }
 
+# ---------------------------------------------------------------------------------------------------------------
+# Geometric thresholds of the foramen search and of the measurements. All are project design choices (heuristic,
+# NOT from the literature), chosen for 0.5-1 mm label maps and checked on the box / lumbar phantoms and the SPIDER
+# label maps of Testing/test_morphometry.py; only the flag thresholds (:class:`Thresholds`) are cited.
+#   MIN_FORAMEN_AREA_MM2 25 mm²          smallest hole taken for the foramen
+#   HOLE_SEARCH_RADIUS_MM 15 mm          hole centre within this distance of the seed
+#   CLOSING_RADII_MM 0-6 mm              facet-gap closing radii tried in turn (smallest that encloses the hole wins)
+#   THIN_GAP_MM 1.25 mm                  background within this of two different structures counts as closed
+#   SEED_BEHIND_WALL_MM 5 mm             seed: this far behind the posterior body wall, between the pedicles
+#   HULL_WINDOW_Y_MM (-3, 25) mm, HULL_WINDOW_HALF_Z_MM 22 mm
+#                                        window (y' from the posterior wall, z' about the seed) of the convex-hull
+#                                        last resort
+#   inline: running median ±1.5 mm (height chords, ``_vertical_chords``); ±1 mm tangent window (outline
+#   normals); body-corner fits from the wall 0.75-4 mm and the endplate 0.75-6 mm away (``_body_corner``); normal
+#   component > 0.5 (roof / floor) and > 0.3 (walls) to attribute an outline vertex.
+# ---------------------------------------------------------------------------------------------------------------
 #: holes smaller than this on the lateral view are not taken for the foramen (gaps inside a facet joint, label noise)
 MIN_FORAMEN_AREA_MM2 = 25.0
+#: a candidate hole's centre must lie within this distance of the seed (heuristic, not from the literature)
+HOLE_SEARCH_RADIUS_MM = 15.0
+#: closing radii tried in turn to bridge a facet-joint gap (heuristic, not from the literature)
+CLOSING_RADII_MM = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0)
+#: background pixels within this distance of two different structures count as closed (heuristic)
+THIN_GAP_MM = 1.25
+#: the hole-search seed lies this far behind the posterior body wall (heuristic, not from the literature)
+SEED_BEHIND_WALL_MM = 5.0
+#: convex-hull last resort: y' window relative to the posterior body wall, and half-height about the seed (heuristic)
+HULL_WINDOW_Y_MM = (-3.0, 25.0)
+HULL_WINDOW_HALF_Z_MM = 22.0
 
 #: label of the pixels added by the closing that bridges a facet-joint gap
 FACET_BRIDGE = 4
@@ -265,11 +292,6 @@ def posterior_disc_height_from_points(points_lps) -> float:
 
 
 # ------------------------------------------------------------------------------------------ lateral view analysis
-def _disk(r: int) -> np.ndarray:
-    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-    return (xx * xx + yy * yy) <= r * r
-
-
 def occupancy(view: LateralView) -> np.ndarray:
     """Fraction of the lateral-view pixel occupied by any structure: the sum of the label fractions (so that the
     L4 / disc / L5 interfaces stay closed), and at least the body fraction seen anywhere in the slab."""
@@ -306,11 +328,12 @@ def _thin_gaps(view: LateralView, solid: np.ndarray, gap_mm: float) -> np.ndarra
 
 
 def _find_hole(
-    view: LateralView, seed_yz, radii_mm=(0.0, 1.0, 2.0, 3.0, 4.0, 6.0), gap_mm: float = 1.25, hull_window=None
+    view: LateralView, seed_yz, radii_mm=CLOSING_RADII_MM, gap_mm: float = THIN_GAP_MM, hull_window=None
 ):
     """Foramen = background component enclosed by the projected structures (closing bridges the facet gap).
 
-    A candidate hole must border L4, L5 and the anterior wall (disc or a vertebral body) and lie within 15 mm of
+    A candidate hole must border L4, L5 and the anterior wall (disc or a vertebral body) and lie within
+    ``HOLE_SEARCH_RADIUS_MM`` (15 mm) of
     the seed (behind the posterior body wall, between the pedicles). Background pixels within ``gap_mm`` of two
     different structures (a thin unlabelled gap between them) are closed first. With ``hull_window``
     (``((y0, y1), (z0, z1))`` mm) the hole is instead closed by the convex hull of the structures inside that window
@@ -338,7 +361,7 @@ def _find_hole(
             r = int(round(rmm / s))
             pad = r + 2
             sp = np.pad(solid, pad)
-            closed = ndi.binary_closing(sp, structure=_disk(r))[pad:-pad, pad:-pad] if r > 0 else solid
+            closed = ndi.binary_closing(sp, structure=disk(r, dtype=bool))[pad:-pad, pad:-pad] if r > 0 else solid
             closed |= solid
         holes = ndi.binary_fill_holes(closed) & ~closed
         lab, n = ndi.label(holes)
@@ -362,7 +385,7 @@ def _find_hole(
         if cand:
             cand.sort()
             d, _, k = cand[0]
-            if d <= 15.0:
+            if d <= HOLE_SEARCH_RADIUS_MM:
                 comp = lab == k
                 bridge = closed & ~(u > 0.5)
                 best = (comp, bridge, rmm)
@@ -567,9 +590,10 @@ def _nearest_on_runs(p, yz, mask):
 
 def _measure_side(lm: Landmarks, side: str, thresholds: Thresholds) -> SideResult:
     p4, p5 = lm.pedicles[("L4", side)], lm.pedicles[("L5", side)]
-    seed = (lm.posterior_wall_y_mm + 5.0, 0.5 * (p4.z_range_mm[0] + p5.z_range_mm[1]))
+    seed = (lm.posterior_wall_y_mm + SEED_BEHIND_WALL_MM, 0.5 * (p4.z_range_mm[0] + p5.z_range_mm[1]))
     found = None
-    win = ((lm.posterior_wall_y_mm - 3.0, lm.posterior_wall_y_mm + 25.0), (seed[1] - 22.0, seed[1] + 22.0))
+    win = ((lm.posterior_wall_y_mm + HULL_WINDOW_Y_MM[0], lm.posterior_wall_y_mm + HULL_WINDOW_Y_MM[1]),
+           (seed[1] - HULL_WINDOW_HALF_Z_MM, seed[1] + HULL_WINDOW_HALF_Z_MM))
     cands = slab_candidates(lm, side, lm.lateral_views[side].half_width_mm)
     thin = [c for c in cands if c[2] == "mean"]
     wide = [c for c in cands if c[2] != "mean"]

@@ -82,6 +82,13 @@ from spinemorph.errors import InputError
 from spinemorph.labels import DISC_L45, L4, L5
 from spinemorph.volume import Volume
 
+
+class TargetOutsideBodyError(InputError):
+    """The target lies outside the image's body mask: no channel reaches the skin (e.g. a field of view that cuts
+    the body, or image and labels that do not overlap). Callers may plan again without the image
+    (:func:`FORAMEN3DLib.markup_model.plan_with_skin_fallback`)."""
+
+
 __all__ = [
     "REFERENCE_VALUES",
     "DIAMETER_RANGE_MM",
@@ -96,6 +103,7 @@ __all__ = [
     "disc_posterior_third_target",
     "foramen_centre_target",
     "PlanningScene",
+    "TargetOutsideBodyError",
     "cylinder_intersection_mm3",
     "Trajectory",
     "SideSweep",
@@ -117,6 +125,29 @@ __all__ = [
 
 #: side name -> sign of the frame x axis (LPS x = patient left)
 SIDES = {"left": 1.0, "right": -1.0}
+
+# ---------------------------------------------------------------------------------------------------------------
+# Geometric thresholds of the foramen-centre target (:func:`foramen_centre_target`). Project design choices
+# (heuristic, NOT from the literature), checked on the lumbar phantoms of Testing/test_planning.py
+# (``test_phantom_foramen_centre_lies_in_the_true_foramen``); the cited planning values are in REFERENCE_VALUES.
+#   search grid: laterally from 1/4 of the disc half-width to FORAMEN_SEARCH_LATERAL_MM beyond the disc;
+#   FORAMEN_SEARCH_POSTERIOR_MM behind the disc
+#   enclosure: L4 within ENCLOSE_L4_ABOVE_MM above, L5 within ENCLOSE_L5_BELOW_MM below, any structure within
+#   ENCLOSE_FRONT_MM in front, bone within ENCLOSE_BEHIND_MM behind; at least MIN_ENCLOSED_MM3 enclosed
+#   fallback: FALLBACK_BEHIND_DISC_MM behind the posterior disc margin at FALLBACK_LATERAL_FRACTION of the disc
+#   half-width
+# Other inline values: mid-sagittal symmetry search ±20° in 2° then ±2° in 0.25° steps (``anatomical_frame``);
+# default crop margin 20 mm (PlanningConfig.crop_margin_mm).
+# ---------------------------------------------------------------------------------------------------------------
+FORAMEN_SEARCH_LATERAL_MM = 15.0
+FORAMEN_SEARCH_POSTERIOR_MM = 45.0
+ENCLOSE_L4_ABOVE_MM = 25.0
+ENCLOSE_L5_BELOW_MM = 25.0
+ENCLOSE_FRONT_MM = 15.0
+ENCLOSE_BEHIND_MM = 20.0
+MIN_ENCLOSED_MM3 = 5.0
+FALLBACK_BEHIND_DISC_MM = 4.0
+FALLBACK_LATERAL_FRACTION = 0.6
 #: target kinds understood by :func:`plan`
 TARGETS = ("disc-posterior-third", "foramen-centre")
 #: which part of the channel decides "bone-free": the whole channel (entry → target) or the approach (entry → disc)
@@ -516,8 +547,8 @@ def foramen_centre_target(labels: Volume, frame: AnatomicalFrame, side: str, ste
     half_w = float(np.percentile(np.abs(dpts[:, 0]), 99))
     y_c = float(np.median(dpts[:, 1]))
     y_post = float(np.percentile(dpts[:, 1], 99))
-    xs = s * np.arange(0.25 * half_w, half_w + 15.0, step_mm)
-    ys = np.arange(y_c, y_post + 45.0, step_mm)
+    xs = s * np.arange(0.25 * half_w, half_w + FORAMEN_SEARCH_LATERAL_MM, step_mm)
+    ys = np.arange(y_c, y_post + FORAMEN_SEARCH_POSTERIOR_MM, step_mm)
     zs = np.arange(float(np.mean(f5[:, 2])), float(np.percentile(f4[:, 2], 99.5)), step_mm)
     if len(xs) < 2 or len(ys) < 2 or len(zs) < 2:
         raise InputError("L4, disc and L5 are too small or mis-ordered to locate the foramen; check the label map")
@@ -527,19 +558,19 @@ def foramen_centre_target(labels: Volume, frame: AnatomicalFrame, side: str, ste
     bone = (lab == L4) | (lab == L5)
     enclosed = (
         (lab == 0)
-        & _within(lab == L4, 2, n(25.0), True)
-        & _within(lab == L5, 2, n(25.0), False)
-        & _within(lab > 0, 1, n(15.0), False)
-        & _within(bone, 1, n(20.0), True)
+        & _within(lab == L4, 2, n(ENCLOSE_L4_ABOVE_MM), True)
+        & _within(lab == L5, 2, n(ENCLOSE_L5_BELOW_MM), False)
+        & _within(lab > 0, 1, n(ENCLOSE_FRONT_MM), False)
+        & _within(bone, 1, n(ENCLOSE_BEHIND_MM), True)
     )
     comp, k = ndimage.label(enclosed)
-    if k and enclosed.sum() * step_mm**3 >= 5.0:
+    if k and enclosed.sum() * step_mm**3 >= MIN_ENCLOSED_MM3:
         sizes = np.bincount(comp.ravel())
         sizes[0] = 0
         region = comp == int(np.argmax(sizes))
         return frame.to_lps(g[region].mean(axis=0)), "enclosed region"
     zc = float(np.median(dpts[:, 2]))
-    return frame.to_lps(np.array([s * 0.6 * half_w, y_post + 4.0, zc])), "fallback"
+    return frame.to_lps(np.array([s * FALLBACK_LATERAL_FRACTION * half_w, y_post + FALLBACK_BEHIND_DISC_MM, zc])), "fallback"
 
 
 # ====================================================================== geometry engine
@@ -783,7 +814,9 @@ def cylinder_intersection_mm3(
     dict
         ``{1: mm3, 2: mm3, 3: mm3}``.
     """
-    scene = PlanningScene(labels.with_array(np.clip(np.asarray(labels.array), 0, 3).astype(np.uint8)), crop_margin_mm=diameter_mm)
+    a = np.asarray(labels.array)
+    kept = np.where(np.isin(a, (L4, DISC_L45, L5)), a, 0).astype(np.uint8)  # other labels are ignored, not folded into L5
+    scene = PlanningScene(labels.with_array(kept), crop_margin_mm=diameter_mm)
     v = scene.channel_volumes_mm3(start_lps, end_lps, diameter_mm / 2.0, axial_step_mm, section_spacing_mm)
     return {1: float(v[1]), 2: float(v[2]), 3: float(v[3])}
 
@@ -1102,7 +1135,7 @@ def plan(
         if bodies:
             entries, lengths, on_skin = _cast_to_skin_any(bodies, target, u, cfg.max_length_mm, cast_to_skin)
             if np.all(lengths <= 0):
-                raise InputError(f"{side}: the target lies outside the body mask of the image; check that image and labels overlap")
+                raise TargetOutsideBodyError(f"{side}: the target lies outside the body mask of the image; check that image and labels overlap")
         else:
             lengths = np.full(len(u), cfg.max_length_mm)
             entries = target + lengths[:, None] * u

@@ -21,7 +21,8 @@ Generalisation to other inputs
 2. The canonical in-plane grid is 320×320 voxels of 0.8 mm (a 256×256 mm field of view) **centred on the centre
    of the input's field of view**; the slice axis keeps the input's extent (K = extent / 0.8 slices). The crop
    window is therefore a fixed physical window: 144 mm (S-I) centred on the field-of-view centre × 144 mm (A-P)
-   whose centre lies 7.6 mm anterior of it × 102.4 mm (128 slices, L-R) centred on the field-of-view centre.
+   whose centre lies 8.0 mm anterior of it (columns 60-239 centre on 149.5, the grid on 159.5: 10 voxels) ×
+   102.4 mm (128 slices, L-R) centred on the field-of-view centre.
    Inputs larger than the window are cropped, smaller ones padded with zeros.
 3. If the input already has 0.8 mm isotropic spacing, the window is an integer sub-block of the (re-oriented)
    input (for odd sizes the centre is rounded down to a voxel): pure indexing, forward and inverse exact.

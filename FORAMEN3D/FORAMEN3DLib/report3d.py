@@ -8,13 +8,14 @@ right, ``z'`` superior up).
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 
 from FORAMEN3DLib.morphometry import FLAG_TEXT, MorphometryResult
-from spinemorph.atomic import atomic_path
+from spinemorph.atomic import atomic_write_bytes
 from spinemorph.labels import COLORS, DISC_L45, L4, L5
 
 _COL = {L4: COLORS["L4"], DISC_L45: COLORS["L4-5 disc"], L5: COLORS["L5"]}
@@ -55,12 +56,25 @@ def render_report(result: MorphometryResult, path: str | os.PathLike, title: str
     title : str
         Figure title (e.g. the case name).
     """
+    return atomic_write_bytes(Path(path), report_png_bytes(result, title))
+
+
+def report_png_bytes(result: MorphometryResult, title: str = "") -> bytes:
+    """The report PNG of ``result`` drawn in memory (see :func:`render_report`), so that a caller can draw it
+    before writing any of its other output files."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(19, 5.6), gridspec_kw={"width_ratios": [1, 1, 1, 0.9]})
+    try:
+        return _draw_report(fig, axes, result, title)
+    finally:
+        plt.close(fig)
+
+
+def _draw_report(fig, axes, result: MorphometryResult, title: str) -> bytes:
     for ax, side in zip(axes[:2], ("right", "left")):  # patient's right on the left, as a radiologist looks
         r = result.sides[side]
         v = r.view
@@ -107,8 +121,6 @@ def render_report(result: MorphometryResult, path: str | os.PathLike, title: str
             transform=ax.transAxes, fontsize=8, va="top")
     fig.suptitle(title or "L4-5 foraminal morphometry", fontsize=12)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return path
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()

@@ -84,13 +84,20 @@ class FORAMEN3DLogicBase(ScriptedLoadableModuleLogic):
 
     # ------------------------------------------------------------------ measurements
     def measure(self, inputVolume, segmentationNode, measurementTable=None, labels=None, showResult=True):
-        """Measure both foramina from the segmentation (or ``labels``); creates the markups and fills the table."""
+        """Measure both foramina from the segmentation (or ``labels``); creates the markups and fills the table.
+
+        The segmentation may have been edited (Segment Editor) since Apply, so the cached planning inputs are
+        dropped (Suggest / Evaluate then read the current segments) and, when the labels are read from the
+        segmentation here, the surface models are rebuilt from them.
+        """
         from FORAMEN3DLib import markup_model
         from FORAMEN3DLib.morphometry import measure_foramen
 
         self.ensureDependencies()
+        self._planningInputs = None
         if labels is None:
             labels = slicer_nodes.labelsFromSegmentation(segmentationNode, inputVolume, markup_model.SEGMENTS)
+            self.updateSurfaceModels(inputVolume, labels)
         self.morphometry = measure_foramen(labels)
         self.measurementState = markup_model.MeasurementState(self.morphometry)
         self._createMarkups(inputVolume)

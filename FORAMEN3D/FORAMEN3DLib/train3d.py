@@ -26,7 +26,9 @@ Data (``data.sources``, a mixture):
 Cross-validation is split by *patient* (all SPIDER series of a patient, e.g. ``104_t1`` and ``104_t2``, fall on
 one side; every phantom / block case is its own group). Each source case contributes ``data.samples_per_case``
 samples (different synthesis seeds). Samples are generated once per run, pooled to the network's resolution
-(:func:`pool_sample`) and cached in ``RUN_DIR/cache`` (``.npz``).
+(:func:`pool_sample`) and cached in ``RUN_DIR/cache`` (``.npz``; the file names carry a short hash of the config's
+``seed`` and ``data`` settings, :func:`sample_cache_key`, so a cache is never reused for other data; caches written
+before this naming, ``{case}_{idx}_d{down}.npz``, are not read).
 
 Online augmentation (numpy ``default_rng``, checkpointed): left-right flip, narrower left-right coverage (a slab of
 ``fov_lr_mm``, zero outside, as for a 64-slice acquisition), intensity scale / shift, Gaussian noise.
@@ -38,17 +40,22 @@ Run folder: ``config.json``; ``fold<k>/`` with ``checkpoint.pt`` (model, optimiz
 order and position; written atomically every epoch and when a run is stopped early), ``history.csv``
 (per epoch: mean training loss, learning rate, validation DSC per structure, wall time), ``curves.png``,
 ``best.pt`` (best-validation weights, fp16, loadable with ``--model``), ``test_metrics.json``; ``summary.json``
-(per-fold and mean test metrics). ``--resume`` continues an interrupted run exactly where its checkpoint stopped.
+(per-fold and mean test metrics). ``--resume`` continues an interrupted run exactly where its checkpoint stopped;
+``--overwrite`` removes the run's ``fold<k>/`` folders, ``cache/`` and ``summary.json`` before writing the new
+``config.json`` (without it, an existing ``config.json`` or fold checkpoint is an error and nothing is written).
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import io
 import json
 import math
 import os
+import re
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -373,9 +380,26 @@ def split_cases(cases: list[str], folds: int, fold: int, fractions, seed: int) -
     return {"train": train, "val": val, "test": test}
 
 
+def sample_seed(cfg: dict, case: str, idx: int) -> int:
+    """Synthesis seed of training sample ``idx`` of source case ``case``.
+
+    Not bounded below :data:`FORAMEN3DLib.evaluate3d.EVAL_SEED_BASE` (1 000 000): the case term alone reaches
+    1 299 987, and the 150 sample seeds of the shipped budget config (50 source cases × 3) span 77 285 - 1 285 873.
+    None of them lies in 1 000 000 - 1 000 999 (the evaluation seeds), which ``Testing/test_train3d.py`` checks;
+    the formula is kept as it is because changing it would change the shipped model's training data.
+    """
+    return int(cfg["seed"]) * 100_003 + idx * 7_919 + (hash_case(case) % 100_000) * 13
+
+
+def training_sample_seeds(cfg: dict, cases: list[str] | None = None) -> dict[tuple[str, int], int]:
+    """``{(case, idx): seed}`` of every training sample of ``cfg`` (all source cases, or ``cases``)."""
+    cases = source_cases(cfg) if cases is None else cases
+    return {(c, s): sample_seed(cfg, c, s) for c in cases for s in range(int(cfg["data"]["samples_per_case"]))}
+
+
 def _sample_arrays(cfg: dict, case: str, idx: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     data = cfg["data"]
-    seed = int(cfg["seed"]) * 100_003 + idx * 7_919 + (hash_case(case) % 100_000) * 13
+    seed = sample_seed(cfg, case, idx)
     if case.startswith("blocks"):
         return blocks_sample(int(case[6:]) + 1000 * int(cfg["seed"]), seed)
     if case.startswith("phantom"):
@@ -425,6 +449,13 @@ def pool_sample(x: np.ndarray, y: np.ndarray, down: int, n_classes: int = 4) -> 
     return xb.astype(np.float16), counts
 
 
+def sample_cache_key(cfg: dict) -> str:
+    """Short hash (8 hex digits) of the config's ``seed`` and ``data`` settings: the part of a sample cache file's
+    name that ties it to the data it was generated from."""
+    blob = json.dumps({"seed": int(cfg["seed"]), "data": cfg["data"]}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
 class SampleCache:
     """Generates (once) and keeps the training pairs of ``case`` × sample index at the network's resolution.
 
@@ -436,6 +467,7 @@ class SampleCache:
     def __init__(self, cfg: dict, cache_dir: Path | None):
         self.cfg = cfg
         self.down = int(cfg["input_downsample"])
+        self.key = sample_cache_key(cfg)
         self.dir = cache_dir
         self.mem: dict = {}
 
@@ -444,7 +476,7 @@ class SampleCache:
         key = (case, idx, full)
         if key in self.mem:
             return self.mem[key]
-        path = self.dir / f"{case}_{idx}_d{self.down}.npz" if self.dir else None
+        path = self.dir / f"{case}_{idx}_d{self.down}_{self.key}.npz" if self.dir else None
         if path is not None and path.is_file():
             with np.load(path) as z:
                 x, counts, y = z["x"], z["counts"], (z["y"] if full else None)
@@ -712,6 +744,33 @@ def train_fold(cfg: dict, fold: int, run_dir: Path, split: dict, resume: bool = 
     return result
 
 
+_FOLD_DIR = re.compile(r"fold\d+")
+
+
+def _prepare_run_dir(run: Path, overwrite: bool) -> None:
+    """Check (and with ``overwrite`` clear) a run folder before a new run writes its ``config.json``.
+
+    Without ``overwrite`` an existing ``config.json`` or ``fold<k>/checkpoint.pt`` is an error (nothing written).
+    With it, the folder's ``fold<k>/`` folders, ``cache/`` and ``summary.json`` are removed (only these, only inside
+    ``run``), so that the new config never sits beside checkpoints or samples of another one.
+    """
+    prepare_output_dir(run, overwrite, ["config.json"])
+    folds = sorted(p for p in run.iterdir() if p.is_dir() and _FOLD_DIR.fullmatch(p.name))
+    if not overwrite:
+        ckpts = [p / "checkpoint.pt" for p in folds if (p / "checkpoint.pt").exists()]
+        if ckpts:
+            raise OutputError(f"{ckpts[0]} exists; pass --resume to continue that run, --overwrite to replace it, "
+                              "or choose another --out")
+        return
+    for p in [*folds, run / "cache"]:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+    if (run / "summary.json").exists():
+        (run / "summary.json").unlink()
+
+
 def train(config: dict | str | os.PathLike | None, run_dir: str | os.PathLike, resume: bool = False, seed: int | None = None,
           progress: bool = True, overwrite: bool = False, stop_at_iteration: int | None = None) -> dict:
     """Run the folds of ``config`` into ``run_dir`` (see the module docstring); returns ``summary.json``'s content."""
@@ -728,7 +787,7 @@ def train(config: dict | str | os.PathLike | None, run_dir: str | os.PathLike, r
         cfg = validate_config(_merge(DEFAULT_CONFIG, cfg))
         if seed is not None:
             cfg["seed"] = int(seed)
-        prepare_output_dir(run, overwrite, ["config.json"])
+        _prepare_run_dir(run, overwrite)
         atomic_write_text(cfg_file, json.dumps(cfg, indent=2))
     torch.set_num_threads(int(cfg["threads"]))
     cases = source_cases(cfg)
