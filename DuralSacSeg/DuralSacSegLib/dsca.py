@@ -71,8 +71,12 @@ FLAG_JUMP = "large_jump_vs_neighbours"
 FLAG_OUTSIDE = "outside_stack"
 QC_FLAGS = (FLAG_EMPTY, FLAG_MULTIPLE, FLAG_BORDER, FLAG_LOW_SOLIDITY, FLAG_JUMP)
 
+# QC settings: project design choices (not from the literature), meant to draw the reader's eye, not to decide anything.
+#: degree of the polynomial canal centreline (x(z), y(z)) used for the angle correction
 DEFAULT_CENTRELINE_DEGREE = 2
+#: a mask with area / convex-hull area below this is flagged (a dural sac cross-section is nearly convex)
 DEFAULT_LOW_SOLIDITY = 0.8
+#: a slice whose area differs from the mean of its non-empty neighbours by more than this fraction of that mean is flagged
 DEFAULT_JUMP_FRACTION = 0.5
 
 _EIGHT = np.ones((3, 3), dtype=bool)

@@ -67,8 +67,11 @@ from spinemorph.volume import (
 
 #: side of the square network input (pixels)
 NETWORK_SIZE = 320
-#: slice normals within this angle (deg) of S-I are used as acquired
+#: slice normals within this angle (deg) of S-I are used as acquired (project choice: covers gantry tilts along the
+#: lumbar lordosis; the table's angle correction handles the rest; steeper stacks are resliced)
 AXIAL_TOLERANCE_DEG = 30.0
+#: half-width (mm) of the field shown around the dural sac in the overlay PNGs
+OVERLAY_MARGIN_MM = 25.0
 #: smallest default plane spacing (mm) when a non-axial volume is resliced
 DEFAULT_MIN_RESLICE_SPACING_MM = 1.0
 DEFAULT_BATCH_SIZE = 8
@@ -557,7 +560,7 @@ def _write_overlay(result: SegmentationResult, row, path: Path) -> None:
     m = np.asarray(result.axial_mask.array[k]) > 0
     sx, sy, _ = result.axial_image.spacing_mm
     jj, ii = np.nonzero(m)
-    half_i, half_j = int(math.ceil(25.0 / sx)), int(math.ceil(25.0 / sy))
+    half_i, half_j = int(math.ceil(OVERLAY_MARGIN_MM / sx)), int(math.ceil(OVERLAY_MARGIN_MM / sy))
     i0, i1 = max(0, ii.min() - half_i), min(m.shape[1], ii.max() + half_i + 1)
     j0, j1 = max(0, jj.min() - half_j), min(m.shape[0], jj.max() + half_j + 1)
     crop, mcrop = img[j0:j1, i0:i1], m[j0:j1, i0:i1]
