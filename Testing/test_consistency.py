@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import re
 import shutil
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -250,18 +251,38 @@ def test_module_file_imports_only_glue(module):
     assert not bad, f"{module}.py imports non-glue modules: {bad}"
 
 
-def test_module_resources_do_not_collide():
-    """Slicer installs every scripted module's resources into one shared ``qt-scripted-modules/Resources`` folder:
-    two modules may only share a relative resource path if the files are identical."""
-    seen: dict[str, Path] = {}
-    clashes = []
+def install_destinations() -> dict[str, list[str]]:
+    """Install destination (relative to ``qt-scripted-modules``) -> source files, from the CMake lists.
+
+    ``slicerMacroBuildScriptedModule`` (no ``WITH_SUBDIR``) copies every listed script and resource of every module to
+    ``qt-scripted-modules/<listed path>``; ``spinemorph/CMakeLists.txt`` copies to ``qt-scripted-modules/spinemorph/``.
+    """
+    out: dict[str, list[str]] = {}
     for module in MODULES:
-        base = ROOT / module
-        for p in (base / "Resources").rglob("*"):
-            if not p.is_file() or "__pycache__" in p.parts:
-                continue
-            rel = p.relative_to(base).as_posix()
-            if rel in seen and seen[rel].read_bytes() != p.read_bytes():
-                clashes.append(rel)
-            seen.setdefault(rel, p)
-    assert not clashes, f"resources that would overwrite each other when installed: {clashes}"
+        for rel in cmake_listed_files((ROOT / module / "CMakeLists.txt").read_text()):
+            out.setdefault(rel, []).append(f"{module}/{rel}")
+    for rel in cmake_listed_files((ROOT / "spinemorph" / "CMakeLists.txt").read_text()):
+        out.setdefault(f"spinemorph/{rel}", []).append(f"spinemorph/{rel}")
+    return out
+
+
+def test_install_destinations_are_unique():
+    """Every scripted module installs into one ``qt-scripted-modules`` folder (resources into one shared
+    ``Resources``): two listed files with one destination make Ninja fail with "multiple rules generate ..." even when
+    the files are identical (issue 17, item 5)."""
+    clashes = {dest: srcs for dest, srcs in install_destinations().items() if len(srcs) > 1}
+    assert not clashes, f"files installed to the same place: {clashes}"
+    assert "Resources/SpineMorph-requirements.txt" in install_destinations()
+
+
+def test_install_destination_check_catches_a_shared_name(tmp_path, monkeypatch):
+    for module in MODULES:
+        (tmp_path / module).mkdir()
+        shutil.copy(ROOT / module / "CMakeLists.txt", tmp_path / module / "CMakeLists.txt")
+    (tmp_path / "spinemorph").mkdir()
+    shutil.copy(ROOT / "spinemorph" / "CMakeLists.txt", tmp_path / "spinemorph" / "CMakeLists.txt")
+    cm = tmp_path / "FORAMEN3D" / "CMakeLists.txt"
+    cm.write_text(cm.read_text().replace("  # END MODULE_PYTHON_RESOURCES", "  Resources/SpineMorph-requirements.txt\n  # END MODULE_PYTHON_RESOURCES"))
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert install_destinations()["Resources/SpineMorph-requirements.txt"] == [
+        "DuralSacSeg/Resources/SpineMorph-requirements.txt", "FORAMEN3D/Resources/SpineMorph-requirements.txt"]

@@ -469,13 +469,17 @@ def test_ui_fallback_translation():
     assert combo.find("property[@name='SlicerParameterName']") is not None  # dynamic property kept
 
 
-def test_requirements_files_identical_and_safe():
+def test_requirements_file_single_and_safe():
+    from DuralSacSegLib.slicer_dependencies import REQUIREMENTS_FILE_NAME, SAMPLE_DATA_PACKAGES
     from packaging.requirements import Requirement
 
-    texts = [(ROOT / m / "Resources" / "requirements.txt").read_text() for m in MODULES]
-    assert texts[0] == texts[1], "both modules install into one Resources folder: keep the files identical"
-    names = {Requirement(line).name.lower() for line in texts[0].splitlines() if line.strip() and not line.startswith("#")}
-    assert {"monai", "scikit-image", "pynrrd", "slicerio"} <= names
+    # one file, listed by DuralSacSeg only: both modules install into one qt-scripted-modules/Resources folder
+    assert not any((ROOT / m / "Resources" / "requirements.txt").exists() for m in MODULES)
+    assert not (ROOT / "FORAMEN3D" / "Resources" / REQUIREMENTS_FILE_NAME).exists()
+    text = (ROOT / "DuralSacSeg" / "Resources" / REQUIREMENTS_FILE_NAME).read_text()
+    names = {Requirement(line).name.lower() for line in text.splitlines() if line.strip() and not line.startswith("#")}
+    assert {"monai", "scikit-image", "pynrrd", "slicerio", "pydicom"} <= names
+    assert set(SAMPLE_DATA_PACKAGES) <= names
     # never pip-install what Slicer or the PyTorch extension provide
     assert not names & {"torch", "vtk", "numpy", "simpleitk", "scipy"}
 

@@ -45,6 +45,25 @@ class RunGuard:
         return False
 
 
+def mrmlTableRowFromViewIndex(view, index):
+    """Row of the MRML table shown by the qMRMLTableView ``view`` for a clicked (proxy) model ``index``; -1 for none.
+
+    ``qMRMLTableModel.mrmlTableRowIndex`` is a plain C++ method that PythonQt does not expose, so its rule is applied
+    here through the exposed API: ``sortFilterProxyModel().mapToSource(index).row()`` is the model row, and the model
+    has an extra first row (the column names) unless the table node uses column titles as the header.
+    """
+    sourceIndex = view.sortFilterProxyModel().mapToSource(index)
+    tableNode = view.mrmlTableNode()
+    if tableNode is None or not sourceIndex.isValid():
+        return -1
+    if hasattr(tableNode, "GetUseColumnTitleAsColumnHeader"):
+        titleHeader = tableNode.GetUseColumnTitleAsColumnHeader()
+    else:
+        titleHeader = tableNode.GetUseColumnNameAsColumnHeader()
+    row = sourceIndex.row() if titleHeader else sourceIndex.row() - 1
+    return row if 0 <= row < tableNode.GetNumberOfRows() else -1
+
+
 #: combo-box value of the "Imported weights file…" entry (same value as ``DuralSacSegLib.table_model.IMPORTED_WEIGHTS``)
 IMPORTED_WEIGHTS = "__weights_file__"
 

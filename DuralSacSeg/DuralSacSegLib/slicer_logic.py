@@ -6,7 +6,6 @@ shown). This file only converts nodes and fills MRML nodes.
 """
 
 import logging
-import os
 import time
 
 import slicer
@@ -20,10 +19,6 @@ SEGMENT_ID = "dural_sac"
 SERIES_COLORS = ((0.95, 0.75, 0.10), (0.20, 0.55, 0.90))
 
 
-def requirementsPath():
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources", "requirements.txt")
-
-
 class DuralSacSegLogicBase(ScriptedLoadableModuleLogic):
     """Implementation of ``DuralSacSegLogic`` (the module file's class derives from this one)."""
 
@@ -34,7 +29,7 @@ class DuralSacSegLogicBase(ScriptedLoadableModuleLogic):
         self.lastTable = None
 
     def ensureDependencies(self):
-        slicer_dependencies.ensureDependencies(requirementsPath(), requester="DuralSacSeg")
+        slicer_dependencies.ensureDependencies(slicer_dependencies.requirementsPath(), requester="DuralSacSeg")
 
     def _process(self, inputVolume, model, device, outputSegmentation, outputTable, outputChart, progress, shouldCancel,
                  showResult, wholeSlices=False):

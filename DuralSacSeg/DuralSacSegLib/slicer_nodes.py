@@ -100,8 +100,19 @@ def fillTableNode(tableNode, columns):
         tableNode.AddColumn(array)
         if column.unit:
             tableNode.SetColumnUnitLabel(column.name, column.unit)
-    tableNode.SetUseColumnNameAsColumnHeader(True)
+    useColumnTitlesAsHeader(tableNode)
     tableNode.EndModify(wasModifying)
+
+
+def useColumnTitlesAsHeader(tableNode):
+    """Column titles (else names) as the header row, not a first data row.
+
+    ``SetUseColumnTitleAsColumnHeader`` is the current name (Slicer 5.10 and 5.12); ``SetUseColumnNameAsColumnHeader``
+    logs a deprecation warning on every call there and is used only by a Slicer that lacks the new name."""
+    if hasattr(tableNode, "SetUseColumnTitleAsColumnHeader"):
+        tableNode.SetUseColumnTitleAsColumnHeader(True)
+    else:
+        tableNode.SetUseColumnNameAsColumnHeader(True)
 
 
 def areaChart(tableNode, chartNode, xColumn, yColumns, colors):

@@ -24,8 +24,9 @@ def registerSampleData():
     """Register the generated samples (called on ``startupCompleted()``)."""
     import SampleData
 
-    iconsPath = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources", "Icons")
-    SampleData.SampleDataLogic.registerCustomSampleDataCategory(CATEGORY, title="SpineMorph")
+    # Slicer >= 5.12 has category titles; on 5.10 the category name itself is the title shown
+    if hasattr(SampleData.SampleDataLogic, "registerCustomSampleDataCategory"):
+        SampleData.SampleDataLogic.registerCustomSampleDataCategory(CATEGORY, title="SpineMorph")
     for sampleName, (_key, _node, icon) in SAMPLES.items():
         SampleData.SampleDataLogic.registerCustomSampleDataSource(
             category=CATEGORY,
@@ -33,9 +34,20 @@ def registerSampleData():
             uris=[],
             fileNames=[],
             nodeNames=[],
-            thumbnailFileName=os.path.join(iconsPath, icon),
+            thumbnailFileName=_iconPath(icon),
             customDownloader=_downloader,
         )
+
+
+def _iconPath(icon):
+    """Installed extension: every module's icons are in the shared ``qt-scripted-modules/Resources/Icons``; source
+    tree: in ``<Module>/Resources/Icons`` (FORAMEN3D.png next to this module's folder)."""
+    moduleDir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for folder in (moduleDir, os.path.join(os.path.dirname(moduleDir), os.path.splitext(icon)[0])):
+        path = os.path.join(folder, "Resources", "Icons", icon)
+        if os.path.isfile(path):
+            return path
+    return os.path.join(moduleDir, "Resources", "Icons", icon)
 
 
 def _downloader(source):
@@ -52,11 +64,12 @@ def loadSample(sampleName=AXIAL_T1, seed=SEED, requester="SpineMorph"):
     """Generate the phantom study (once, cached) and load one of its series; returns ``(volumeNode, study)``.
 
     ``study`` is the dict of :func:`spinemorph.gui_support.sample_study` (paths and exact truth values).
+    Only what the phantom generator needs is installed (``SAMPLE_DATA_PACKAGES``): no torch, no MONAI.
     """
     from DuralSacSegLib import slicer_dependencies
 
-    requirements = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources", "requirements.txt")
-    slicer_dependencies.ensureDependencies(requirements, requester=requester)
+    slicer_dependencies.ensureDependencies(slicer_dependencies.requirementsPath(), requester=requester,
+                                           packages=slicer_dependencies.SAMPLE_DATA_PACKAGES, needTorch=False)
     from spinemorph.gui_support import sample_study
 
     key, nodeName, _icon = SAMPLES[sampleName]

@@ -9,7 +9,13 @@ import logging
 import qt
 import slicer
 
-from DuralSacSegLib.slicer_common import IMPORTED_WEIGHTS, ComputeControllerMixin, ModelComboMixin, reloadGlue  # noqa: F401 - reloadGlue is used by the module file
+from DuralSacSegLib.slicer_common import (  # noqa: F401 - reloadGlue is used by the module file
+    IMPORTED_WEIGHTS,
+    ComputeControllerMixin,
+    ModelComboMixin,
+    mrmlTableRowFromViewIndex,
+    reloadGlue,
+)
 
 #: model entries shown before the dependencies (and so the catalogue reader) are installed: (label, value)
 FALLBACK_MODEL_CHOICES = (
@@ -66,8 +72,7 @@ class DuralSacSegController(ModelComboMixin, ComputeControllerMixin):
     # ------------------------------------------------------------------ results
     def onTableClicked(self, index):
         """Jump the slice views to the slice of the clicked table row."""
-        view = self.ui.tableView
-        row = view.tableModel().mrmlTableRowIndex(view.sortFilterProxyModel().mapToSource(index))
+        row = mrmlTableRowFromViewIndex(self.ui.tableView, index)
         if row < 0 or self.logic.lastTable is None:
             return
         from DuralSacSegLib import slicer_nodes

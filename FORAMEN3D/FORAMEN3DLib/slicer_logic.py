@@ -21,10 +21,6 @@ from FORAMEN3DLib import slicer_nodes
 CHANNEL_COLOR = (0.2, 0.9, 0.4)
 
 
-def requirementsPath():
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources", "requirements.txt")
-
-
 class FORAMEN3DLogicBase(ScriptedLoadableModuleLogic):
     """Implementation of ``FORAMEN3DLogic`` (the module file's class derives from this one)."""
 
@@ -43,7 +39,7 @@ class FORAMEN3DLogicBase(ScriptedLoadableModuleLogic):
         self.measurementTable = None
 
     def ensureDependencies(self):
-        slicer_dependencies.ensureDependencies(requirementsPath(), requester="FORAMEN3D")
+        slicer_dependencies.ensureDependencies(slicer_dependencies.requirementsPath(), requester="FORAMEN3D")
 
     # ------------------------------------------------------------------ segmentation
     def _process(self, inputVolume, model, device, outputSegmentation, measurementTable, progress, shouldCancel,

@@ -8,7 +8,12 @@ Geometry conversion (LPS core <-> RAS Slicer) is done by :mod:`spinemorph.gui_su
 import numpy as np
 import slicer
 import vtk
-from DuralSacSegLib.slicer_nodes import placeInStudy, setSegmentsFromLabelmap, volumeFromNode  # noqa: F401 - shared glue
+from DuralSacSegLib.slicer_nodes import (  # noqa: F401 - shared glue
+    placeInStudy,
+    setSegmentsFromLabelmap,
+    useColumnTitlesAsHeader,
+    volumeFromNode,
+)
 from vtk.util import numpy_support
 
 #: attribute holding a measurement markup's key (e.g. "left_height") on its markups node
@@ -46,7 +51,7 @@ def fillTableFromRows(tableNode, rows):
         for value in values:
             array.InsertNextValue(float(value) if numeric else str(value))
         tableNode.AddColumn(array)
-    tableNode.SetUseColumnNameAsColumnHeader(True)
+    useColumnTitlesAsHeader(tableNode)
     tableNode.EndModify(wasModifying)
 
 

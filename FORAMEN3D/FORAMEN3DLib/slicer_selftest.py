@@ -7,6 +7,7 @@ holds the exact foraminal height, width and area of both sides, and its ``.seg.n
 import numpy as np
 import slicer
 from DuralSacSegLib import slicer_sampledata
+from DuralSacSegLib.slicer_selftest import skipUnlessDependencies
 
 from FORAMEN3DLib import slicer_nodes
 
@@ -16,7 +17,11 @@ AREA_TOLERANCE = 0.05
 
 
 def run_self_test(test, logic):
-    """Load the phantom sample and check segmentation, measurements (vs exact truth), live edits and planning."""
+    """Load the phantom sample and check segmentation, measurements (vs exact truth), live edits and planning.
+
+    Skipped (``test.skipTest``, with what is missing) when the dependencies are absent under ``--testing``.
+    """
+    skipUnlessDependencies(test, "FORAMEN3D")
     from FORAMEN3DLib import markup_model
     from FORAMEN3DLib.morphometry import measure_foramen
     from spinemorph.segio import read_seg_nrrd
