@@ -18,8 +18,11 @@
 - **Bland–Altman**: differences ``auto − manual``; bias = their mean, 95 % limits of agreement = bias ± 1.96 SD
   (Bland JM, Altman DG. Lancet 1986;i:307–310).
 
-Tables: CSV files with columns ``Case, Metric, Side, Value`` (``Unit`` and ``Flag`` ignored) — the table written by
-``spinemorph foramen measure``; rows are paired on (Case, Metric, Side).
+Tables: CSV files with columns ``Case, Metric, Side, Value`` (``Unit``, ``Flag``, ``QC`` ignored) — the table written
+by ``spinemorph foramen measure`` — or a manual-reference JSON in the layout of the SPIDER ``foramen_manual.json``
+(``{case: {"left"|"right": {"height_mm", "width_mm", "area_mm2"}, "posterior_disc_height_mm"}}``). Rows are paired on
+(Case, Metric, Side); a case name of one table that matches no case of the other is paired with the case whose name
+is its first ``_``-separated token (``18_t2_SPACE`` ↔ ``18``) when that is unique.
 """
 
 from __future__ import annotations
@@ -148,6 +151,8 @@ class AgreementStats:
     icc_a1_ci95: tuple
     icc_c1: float
     note: str = ""
+    #: mean of |auto − manual| / manual × 100 (%)
+    mean_abs_pct: float = float("nan")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -215,18 +220,53 @@ def compare_values(auto, manual, metric: str = "", unit: str | None = None) -> A
         icc_a1_ci95=ci,
         icc_c1=float(icc_c),
         note="; ".join(notes),
+        mean_abs_pct=float(np.mean(np.abs(a - m) / np.abs(m)) * 100.0) if np.all(m != 0) else float("nan"),
     )
 
 
 # ---------------------------------------------------------------------------------------------------- tables
+_JSON_METRICS = {"height_mm": "foraminal_height", "width_mm": "foraminal_width", "area_mm2": "foraminal_area"}
+
+
+def read_manual_json(path: str | os.PathLike) -> dict:
+    """Read a manual-reference JSON (layout of SPIDER ``foramen_manual.json``) → ``{(case, metric, side): value}``."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read manual reference {path}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InputError(f"{path}: expected an object {{case: {{left, right}}}}")
+    out = {}
+    for case, entry in doc.items():
+        if not isinstance(entry, dict):
+            continue
+        for side in ("left", "right"):
+            m = entry.get(side)
+            if not isinstance(m, dict):
+                continue
+            for key, metric in _JSON_METRICS.items():
+                v = m.get(key)
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    out[(str(case), metric, side)] = float(v)
+        v = entry.get("posterior_disc_height_mm")
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            out[(str(case), "posterior_disc_height", "midline")] = float(v)
+    if not out:
+        raise InputError(f"{path} holds no manual measurements (height_mm / width_mm / area_mm2 per case and side)")
+    return out
+
+
 def read_measurement_table(path: str | os.PathLike) -> dict:
-    """Read a measurement CSV → ``{(case, metric, side): value}``.
+    """Read a measurement CSV (or a manual-reference JSON, :func:`read_manual_json`) → ``{(case, metric, side): value}``.
 
     Needs columns ``Metric``, ``Side``, ``Value`` (``Case`` optional, default ''). Empty values are skipped.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"table {path} does not exist")
+    if path.suffix.lower() == ".json":
+        return read_manual_json(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
@@ -258,8 +298,22 @@ def read_measurement_table(path: str | os.PathLike) -> dict:
     return out
 
 
+def _match_cases(auto: dict, manual: dict) -> dict:
+    """Rename cases of ``auto`` that match no manual case to the manual case equal to their first ``_`` token."""
+    mcases = {k[0] for k in manual}
+    acases = {k[0] for k in auto}
+    ren = {}
+    for c in acases - mcases:
+        tok = c.split("_")[0]
+        hits = [a for a in acases if a.split("_")[0] == tok]
+        if tok in mcases and len(hits) == 1:
+            ren[c] = tok
+    return {(ren.get(k[0], k[0]), k[1], k[2]): v for k, v in auto.items()} if ren else auto
+
+
 def pair_tables(auto: dict, manual: dict) -> dict:
     """Pair two tables by (case, metric, side) → ``{metric: (keys, auto_values, manual_values)}``."""
+    auto = _match_cases(auto, manual)
     common = sorted(set(auto) & set(manual))
     if not common:
         raise InputError("the two tables share no (Case, Metric, Side) rows; check the case names")
@@ -335,7 +389,7 @@ def plot_agreement(st: AgreementStats, auto, manual, path: str | os.PathLike) ->
 STATS_COLUMNS = [
     "metric", "unit", "n", "mean_auto", "mean_manual", "bias", "sd_diff", "loa_low", "loa_high", "mae",
     "pearson_r", "pearson_p", "wilcoxon_statistic", "wilcoxon_p", "icc_a1", "icc_a1_ci95_low", "icc_a1_ci95_high",
-    "icc_c1", "note",
+    "icc_c1", "note", "mean_abs_pct",
 ]  # fmt: skip
 
 

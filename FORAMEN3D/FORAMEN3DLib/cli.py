@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spinemorph import labelmaps
 from spinemorph.atomic import atomic_write_bytes, atomic_write_text, prepare_output_dir
 from spinemorph.errors import InputError
 from spinemorph.labels import FORAMEN_LABELS
@@ -26,22 +27,32 @@ MEASUREMENTS_JSON = "measurements.json"
 MEASUREMENTS_CSV = "measurements.csv"
 REPORT_PNG = "report.png"
 LABELS_OUT = "labels.nrrd"
-CSV_COLUMNS = ["Case", "Metric", "Side", "Value", "Unit", "Flag"]
+CSV_COLUMNS = ["Case", "Metric", "Side", "Value", "Unit", "Flag", "QC"]
 
 _MEASURE_EPILOG = """\
-definitions (lateral view = the parasagittal slab through the pedicles of a canal-aligned frame):
-  foraminal height   longest distance from the L4 pedicle's inferior border to the L5 pedicle's superior border
-  foraminal width    shortest distance from the L4 body's posteroinferior corner to the L5 superior articular process
-  foraminal area     region enclosed by L4 pedicle, L4 body / disc / L5 body, L5 pedicle and the facet (SAP)
+input routing: an integer volume with few distinct values is a label map and is never segmented. Numbering:
+  1 L4 / 2 L4-5 disc / 3 L5; SPIDER scheme A (L4 2, disc 202, L5 1) or B (L4 23, disc 223, L5 24), recognised from
+  the values; any other with --label-ids L4,DISC,L5. Anything else is an MR image and is segmented first.
+definitions (lateral view = the 2 mm parasagittal slab of a canal-aligned frame, searched over offsets from the
+midline for the foramen closed with the least invented boundary):
+  foraminal height   L4 notch (inferior aspect of the L4 pedicle, roof apex) to L5 notch (superior aspect of the L5
+                     pedicle, lowest point of the floor)
+  foraminal width    L4 body's posteroinferior corner to the nearest point of the anterior face of the L5 superior
+                     articular process (behind the corner, facing it)
+  foraminal area     region enclosed by L4 pedicle, L4 body / disc / L5 body, L5 pedicle and the facet (SAP tip to L4)
   posterior disc height  L4 posteroinferior to L5 posterosuperior body corner at the midline
+QC: every value has status ok or review (fallback view or landmark, facet closing > 4 mm, thick-slice input, value
+outside the plausible band height 8-30 mm, width 2-15 mm, area 30-300 mm2). A value under review never raises the flag.
 flag: height <= 15 mm or width <= 8 mm -> "foramen enlargement likely needed" (height: Hasegawa et al., J Bone Joint
 Surg Am 1995;77:32-38; width: threshold of the source method; both configurable).
-outputs: measurements.json (values + defining LPS points), measurements.csv (Case, Metric, Side, Value, Unit, Flag),
+outputs: measurements.json (values + defining LPS points + QC), measurements.csv (Case, Metric, Side, Value, Unit, Flag, QC),
 report.png (lateral views), meshes/<structure>.stl + .vtp (LPS mm; --ras-meshes for RAS), labels.nrrd (only when
 INPUT was an image and had to be segmented).
 
 examples:
   spinemorph foramen measure labels.nrrd --out result/
+  spinemorph foramen measure 98_t2_SPACE.mha --out result/                 (SPIDER numbering, recognised)
+  spinemorph foramen measure my_labels.nii.gz --label-ids 4,45,5 --out result/
   spinemorph foramen measure t2_space.nrrd --out result/ --device cpu        (segments the image first)
 """
 
@@ -102,13 +113,14 @@ def _add_measure(sub) -> None:
     )
     p.add_argument("input", metavar="INPUT", help="label map or MR image (.nrrd, .nii/.nii.gz, .mha, DICOM folder)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--labels-only", action="store_true", help="INPUT is a label map (never segment it)")
+    p.add_argument("--labels-only", action="store_true", help="INPUT must be a label map (refuse to segment it)")
+    p.add_argument("--label-ids", metavar="L4,DISC,L5", help="label values of L4, the L4-5 disc and L5 in INPUT (default: recognised)")
     p.add_argument("--model", default="default", metavar="NAME|FILE", help="segmentation model for an image INPUT (default: default)")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"), help="device for segmentation (default auto)")
     p.add_argument("--case", metavar="NAME", help="case name in the CSV (default: INPUT's file name)")
     p.add_argument("--height-threshold-mm", type=_positive_float, default=15.0, help="flag height <= this (default 15)")
     p.add_argument("--width-threshold-mm", type=_positive_float, default=8.0, help="flag width <= this (default 8)")
-    p.add_argument("--slab-mm", type=_positive_float, default=3.0, help="thickness of the lateral-view slab through each pedicle (default 3)")
+    p.add_argument("--slab-mm", type=_positive_float, default=2.0, help="thickness of the lateral-view slab (union across it; default 2)")
     p.add_argument("--ras-meshes", action="store_true", help="write the meshes in RAS instead of LPS")
     p.add_argument("--no-meshes", action="store_true", help="skip the STL/VTP meshes")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
@@ -124,7 +136,7 @@ def _add_compare(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("auto", metavar="AUTO.csv", help="automatic measurements")
-    p.add_argument("manual", metavar="MANUAL.csv", help="manual (reference) measurements")
+    p.add_argument("manual", metavar="MANUAL.csv|.json", help="manual (reference) measurements: CSV, or a JSON laid out like SPIDER foramen_manual.json")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
     p.set_defaults(func=run_compare)
@@ -139,15 +151,8 @@ def _case_name(path: str) -> str:
 
 
 def is_label_map(vol: Volume) -> bool:
-    """True when ``vol`` holds integer values within {0, 1, 2, 3} including 1, 2 and 3."""
-    a = np.asarray(vol.array)
-    if np.issubdtype(a.dtype, np.floating):
-        if not np.all(np.isfinite(a)) or not np.array_equal(a, np.round(a)):
-            return False
-    if a.min() < 0 or a.max() > 3:
-        return False
-    present = set(np.unique(a).astype(int).tolist())
-    return {1, 2, 3} <= present
+    """True when ``vol`` is a label map: integer values, few distinct ones (:func:`spinemorph.labelmaps.is_label_map`)."""
+    return labelmaps.is_label_map(vol)
 
 
 def rows_to_csv(rows: list[dict]) -> str:
@@ -169,16 +174,18 @@ def run_measure(args) -> int:
     vol = read_volume(args.input)
     case = args.case or _case_name(args.input)
     seg_info = None
-    if args.labels_only or is_label_map(vol):
-        if not is_label_map(vol):
-            raise InputError(
-                f"{args.input} is not a label map with values 1 (L4), 2 (L4-5 disc), 3 (L5); drop --labels-only to segment an image"
-            )
-        labels = vol.with_array(np.asarray(vol.array).astype(np.uint8))
-    elif np.issubdtype(np.asarray(vol.array).dtype, np.integer) and 0 <= vol.array.min() and vol.array.max() <= 3:
-        present = set(np.unique(vol.array).tolist())
-        lacking = [f"{v} ({n})" for v, n in ((1, "L4"), (2, "L4-5 disc"), (3, "L5")) if v not in present]
-        raise InputError(f"{args.input} is a label map without {', '.join(lacking)}; it needs 1 L4, 2 L4-5 disc and 3 L5")
+    label_ids = labelmaps.parse_label_ids(args.label_ids) if args.label_ids else None
+    values = labelmaps.distinct_values(vol)
+    scheme = None
+    if values is not None:  # a label map: never segmented
+        scheme = labelmaps.detect_scheme(values, label_ids)
+        labels = labelmaps.to_foramen_labels(vol, scheme)
+        log.debug("label map, numbering %s", scheme.describe())
+    elif args.labels_only or label_ids is not None:
+        raise InputError(
+            f"{args.input} is not a label map (non-integer values or more than {labelmaps.MAX_LABEL_VALUES} distinct "
+            "values); drop --labels-only / --label-ids to segment an MR image"
+        )
     else:
         from FORAMEN3DLib.segment3d import segment_volume
 
@@ -213,15 +220,22 @@ def run_measure(args) -> int:
     }
     if seg_info:
         doc["segmentation"] = seg_info
+    if scheme is not None:
+        doc["label_map"] = {"numbering": scheme.name, "L4": scheme.l4, "L4-5 disc": scheme.disc, "L5": scheme.l5}
     atomic_write_text(out / MEASUREMENTS_JSON, json.dumps(doc, indent=2))
     atomic_write_text(out / MEASUREMENTS_CSV, rows_to_csv(result.to_rows(case)))
     atomic_write_bytes(out / REPORT_PNG, report_png)
+    if scheme is not None:
+        print(f"label map ({scheme.describe()}): measured as labels, not segmented")
     for side in ("left", "right"):
         r = result.sides[side]
         print(
             f"{side:>5}: height {r.height.value:5.1f} mm  width {r.width.value:5.1f} mm  area {r.area.value:6.1f} mm²"
+            f"  QC {r.qc_status} ({r.view_kind}, offset {r.offset_mm:.1f} mm, closing {r.closing_radius_mm:g} mm)"
             + (f"  -> {r.height.flag or r.width.flag}" if r.flagged else "")
         )
+        for why in r.qc_reasons:
+            print(f"       review: {why}")
     print(f"posterior disc height {result.posterior_disc_height.value:.1f} mm")
     print(f"measurement {t_measure:.2f} s, meshes {t_mesh:.2f} s; outputs in {out}")
     return 0
@@ -239,7 +253,8 @@ def run_compare(args) -> int:
     write_agreement_report(results, pairs, args.out, sources={"auto": str(args.auto), "manual": str(args.manual)})
     for m, st in results.items():
         print(
-            f"{m}: n={st.n} bias {st.bias:+.2f} {st.unit} (LoA {st.loa_low:+.2f}..{st.loa_high:+.2f}), r={st.pearson_r:.3f}, "
+            f"{m}: n={st.n} mean |diff| {st.mae:.2f} {st.unit} ({st.mean_abs_pct:.1f} %), bias {st.bias:+.2f} {st.unit} "
+            f"(LoA {st.loa_low:+.2f}..{st.loa_high:+.2f}), r={st.pearson_r:.3f}, "
             f"ICC(A,1)={st.icc_a1:.3f}, Wilcoxon p={st.wilcoxon_p:.3g}"
         )
     for m, why in skipped_metrics(results, pairs).items():

@@ -48,6 +48,7 @@ import time
 import numpy as np
 from scipy import ndimage as ndi
 from skimage import measure as skmeasure
+from skimage.graph import MCP_Geometric
 from skimage.morphology import convex_hull_image, disk
 
 from FORAMEN3DLib.landmarks import SIDES, Landmarks, LateralView, find_landmarks, lateral_view, slab_candidates
@@ -86,8 +87,32 @@ THRESHOLD_SOURCES = {
 MIN_FORAMEN_AREA_MM2 = 25.0
 #: a candidate hole's centre must lie within this distance of the seed (heuristic, not from the literature)
 HOLE_SEARCH_RADIUS_MM = 15.0
-#: closing radii tried in turn to bridge a facet-joint gap (heuristic, not from the literature)
-CLOSING_RADII_MM = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0)
+#: closing radii tried in turn to bridge a facet-joint gap (heuristic, not from the literature). The closing only
+#: decides *where* the gap is cut: the notch corners it fills are given back to the foramen (:func:`_restore_hole`)
+CLOSING_RADII_MM = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0)
+#: a closing radius above this (a facet gap wider than 2 × 4 mm) puts the side under review (design choice: the
+#: manual reference closed facet clefts of up to 8.3 mm with straight segments)
+MAX_TRUSTED_CLOSING_MM = 4.0
+#: offsets of the searched parasagittal slabs from the midline (x' mm) and their step (design choice: from inside
+#: the pedicle column to beyond its lateral border at L4-5 in adults)
+SEARCH_OFFSETS_MM = (6.0, 28.0)
+SEARCH_STEP_MM = 0.5
+#: longest straight facet closure from the SAP tip to the L4 articular process (design choice; the manual reference
+#: drew closures of 4.4-8.3 mm)
+FACET_CUT_MAX_MM = 10.0
+#: searched slabs whose invented boundary is within this of the least count as ties (the most medial wins)
+OPEN_TIE_MM = 1.0
+#: plausibility bands (lo, hi) per measurement; a value outside is reported with QC status "review" and never raises
+#: the clinical flag. Design choice, wide around adult values reported in cadaver / CT / MRI studies (foraminal
+#: height roughly 16-23 mm, width 6-11 mm, area 100-200 mm2, as summarised in the manual reference's notes), so that
+#: stenotic and capacious foramina both stay inside; not a normal range.
+PLAUSIBLE = {"foraminal_height": (8.0, 30.0), "foraminal_width": (2.0, 15.0), "foraminal_area": (30.0, 300.0)}
+PLAUSIBLE_SOURCE = (
+    "design choice of SpineMorph (wide band around adult foraminal height ~16-23 mm, width ~6-11 mm, area ~100-200 mm2); "
+    "not a normal range"
+)
+#: label maps whose largest voxel spacing exceeds this (mm) are measured with QC status "review" (thick slices)
+THICK_SLICE_MM = 1.5
 #: background pixels within this distance of two different structures count as closed (heuristic)
 THIN_GAP_MM = 1.25
 #: the hole-search seed lies this far behind the posterior body wall (heuristic, not from the literature)
@@ -121,9 +146,13 @@ class Measurement:
     points_lps: np.ndarray
     flag: str = ""
     note: str = ""
+    qc: str = "ok"
+    qc_reasons: list = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
+            "qc": self.qc,
+            "qc_reasons": list(self.qc_reasons),
             "metric": self.metric,
             "side": self.side,
             "value": None if not np.isfinite(self.value) else round(float(self.value), 3),
@@ -150,6 +179,16 @@ class SideResult:
     width_yz: np.ndarray
     closing_radius_mm: float
     method: str = "thin slab"
+    #: QC: "searched offset" (parasagittal slab found by the offset search), "wide" (maximum projection of the slab
+    #: through both pedicles) or "hull" (straight posterior wall); the last two are fallbacks
+    view_kind: str = "searched offset"
+    offset_mm: float = float("nan")
+    fallbacks: list = dataclasses.field(default_factory=list)
+    qc_status: str = "ok"
+    qc_reasons: list = dataclasses.field(default_factory=list)
+    open_boundary_mm: float = 0.0
+    facet_closure_mm: float = 0.0
+    facet_segment_yz: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -162,6 +201,7 @@ class MorphometryResult:
     landmarks: Landmarks
     thresholds: Thresholds
     elapsed_s: float
+    input_reasons: list = dataclasses.field(default_factory=list)
 
     @property
     def measurements(self) -> list:
@@ -184,6 +224,7 @@ class MorphometryResult:
                     "Value": "" if not np.isfinite(m.value) else f"{m.value:.2f}",
                     "Unit": m.unit,
                     "Flag": m.flag,
+                    "QC": m.qc,
                 }
             )
         return rows
@@ -208,10 +249,20 @@ class MorphometryResult:
                     "slab_projection": self.sides[s].view.projection,
                     "facet_closing_radius_mm": None if not np.isfinite(self.sides[s].closing_radius_mm) else self.sides[s].closing_radius_mm,
                     "method": self.sides[s].method,
+                    "view_kind": self.sides[s].view_kind,
+                    "offset_from_midline_mm": round(self.sides[s].offset_mm, 2),
+                    "fallbacks": list(self.sides[s].fallbacks),
+                    "open_boundary_mm": round(self.sides[s].open_boundary_mm, 2),
+                    "facet_closure_mm": round(self.sides[s].facet_closure_mm, 2),
+                    "qc_status": self.sides[s].qc_status,
+                    "qc_reasons": list(self.sides[s].qc_reasons),
                 }
                 for s in SIDES
             },
             "thresholds": dataclasses.asdict(self.thresholds),
+            "plausible_ranges": {k: list(v) for k, v in PLAUSIBLE.items()},
+            "plausible_ranges_source": PLAUSIBLE_SOURCE,
+            "input_qc": list(self.input_reasons),
             "threshold_sources": THRESHOLD_SOURCES,
             "structure_volumes_mm3": {
                 STRUCTURE_NAMES[k]: round(v, 1) for k, v in self.landmarks.structure_volumes_mm3.items()
@@ -327,6 +378,40 @@ def _thin_gaps(view: LateralView, solid: np.ndarray, gap_mm: float) -> np.ndarra
     return gap
 
 
+def _geodesic(free: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Geodesic distance (pixels) within ``free`` from the ``seeds`` (inf where unreachable)."""
+    if not seeds.any():
+        return np.full(free.shape, np.inf)
+    edge = seeds & ~ndi.binary_erosion(seeds)
+    cost = np.where(free, 1.0, np.inf)
+    d, _ = MCP_Geometric(cost, fully_connected=True).find_costs(np.argwhere(edge))
+    d = np.asarray(d, dtype=float)
+    d[seeds] = 0.0
+    return d
+
+
+def _restore_hole(solid: np.ndarray, closed: np.ndarray, comp: np.ndarray) -> np.ndarray:
+    """Give back to the hole ``comp`` what the closing filled but is not the facet gap.
+
+    A closing of radius r also fills the narrow corners of the foramen (the notch apices under the L4 pedicle and
+    above the L5 pedicle), which would shorten the height and shrink the area. The pixels it added are split by
+    geodesic distance (through the unlabelled pixels): those nearer to the hole than to the outside stay foramen; so
+    the cut lies across the middle of the facet channel and the notch corners are kept.
+    """
+    added = closed & ~solid
+    if not added.any():
+        return comp
+    outside = ~ndi.binary_fill_holes(closed)
+    free = ~solid
+    d_h = _geodesic(free, comp)
+    d_o = _geodesic(free, outside & free)
+    keep = added & np.isfinite(d_h) & (d_h < d_o)
+    region = comp | keep
+    lab, _ = ndi.label(region)
+    ids = np.unique(lab[comp])
+    return np.isin(lab, ids[ids > 0])
+
+
 def _find_hole(
     view: LateralView, seed_yz, radii_mm=CLOSING_RADII_MM, gap_mm: float = THIN_GAP_MM, hull_window=None
 ):
@@ -335,9 +420,11 @@ def _find_hole(
     A candidate hole must border L4, L5 and the anterior wall (disc or a vertebral body) and lie within
     ``HOLE_SEARCH_RADIUS_MM`` (15 mm) of
     the seed (behind the posterior body wall, between the pedicles). Background pixels within ``gap_mm`` of two
-    different structures (a thin unlabelled gap between them) are closed first. With ``hull_window``
-    (``((y0, y1), (z0, z1))`` mm) the hole is instead closed by the convex hull of the structures inside that window
-    (a straight posterior wall where the slab holds no facet). Returns None when there is none.
+    different structures (a thin unlabelled gap between them) are closed first. The smallest closing radius that
+    encloses such a hole wins; the corners the closing filled are given back (:func:`_restore_hole`). With
+    ``hull_window`` (``((y0, y1), (z0, z1))`` mm) the hole is instead closed by the convex hull of the structures
+    inside that window (a straight posterior wall where the slab holds no facet). Returns None when there is none,
+    else ``((comp, bridge, radius), occupancy)``.
     """
     s = view.spacing_mm
     fr = view.fractions
@@ -354,6 +441,7 @@ def _find_hole(
         win = (yy >= y0) & (yy <= y1) & (zz >= z0) & (zz <= z1)
         hull = convex_hull_image(solid & win) if (solid & win).any() else np.zeros_like(solid)
         radii_mm = ("hull",)
+    front = (fr[DISC_L45] > 0.5) | (view.body[L4] > 0.5) | (view.body[L5] > 0.5)
     for rmm in radii_mm:
         if rmm == "hull":
             closed = solid | ~(hull & win)
@@ -374,22 +462,23 @@ def _find_hole(
         for i, (a, c) in enumerate(zip(sizes, com)):
             if a < MIN_FORAMEN_AREA_MM2:
                 continue
+            d = np.hypot(*(c - seed_rc)) * s
+            if d > HOLE_SEARCH_RADIUS_MM:
+                continue
             comp = lab == i + 1
             ring = ndi.binary_dilation(comp, iterations=2) & ~comp
             touches = [bool((ring & (fr[lab_] > 0.5)).any()) for lab_ in (L4, L5)]
-            front = (fr[DISC_L45] > 0.5) | (view.body[L4] > 0.5) | (view.body[L5] > 0.5)
             if not all(touches) or not (ring & front).any():
                 continue
-            d = np.hypot(*(c - seed_rc)) * s
             cand.append((d, -a, i + 1))
         if cand:
             cand.sort()
-            d, _, k = cand[0]
-            if d <= HOLE_SEARCH_RADIUS_MM:
-                comp = lab == k
-                bridge = closed & ~(u > 0.5)
-                best = (comp, bridge, rmm)
-                break
+            comp = lab == cand[0][2]
+            if rmm != "hull" and rmm > 0:
+                comp = _restore_hole(solid, closed, comp)
+            bridge = closed & ~(u > 0.5) & ~comp
+            best = (comp, bridge, rmm)
+            break
     if best is None:
         return None
     return best, u
@@ -588,58 +677,55 @@ def _nearest_on_runs(p, yz, mask):
     return best
 
 
-def _measure_side(lm: Landmarks, side: str, thresholds: Thresholds) -> SideResult:
-    p4, p5 = lm.pedicles[("L4", side)], lm.pedicles[("L5", side)]
-    seed = (lm.posterior_wall_y_mm + SEED_BEHIND_WALL_MM, 0.5 * (p4.z_range_mm[0] + p5.z_range_mm[1]))
-    found = None
-    win = ((lm.posterior_wall_y_mm + HULL_WINDOW_Y_MM[0], lm.posterior_wall_y_mm + HULL_WINDOW_Y_MM[1]),
-           (seed[1] - HULL_WINDOW_HALF_Z_MM, seed[1] + HULL_WINDOW_HALF_Z_MM))
-    cands = slab_candidates(lm, side, lm.lateral_views[side].half_width_mm)
-    thin = [c for c in cands if c[2] == "mean"]
-    wide = [c for c in cands if c[2] != "mean"]
-    # thin slabs with a facet bridge; then the wide maximum projections; last the default slab closed by a straight
-    # posterior wall (convex hull: no articular process in any slab)
-    attempts = [(c, None) for c in thin] + [(c, None) for c in wide] + [(thin[0], win)]
-    for (xc, hw, proj), hull_win in attempts:
-        same = abs(xc - lm.lateral_views[side].x_mm) < 1e-9 and proj == "mean"
-        view = lm.lateral_views[side] if same else lateral_view(lm, side, xc, hw, proj)
-        found = _find_hole(view, seed, hull_window=hull_win)
-        if found is not None:
-            method = "convex hull" if hull_win is not None else ("thin slab" if proj == "mean" else "wide slab")
-            break
-    if found is None:
-        raise InputError(
-            f"no enclosed {side} foramen found on the lateral view (the L4 and L5 posterior elements and the disc do not "
-            "surround it even with a 6 mm facet bridge); check the segmentation of pedicles and articular processes"
-        )
-    (comp, bridge, rmm), u = found
-    rc = _outline(view, comp, bridge, u)
-    yz = view.pixel_to_yz(rc)
-    normal, labs, _ = _vertex_labels(view, yz, bridge, comp)
-    ny, nz = normal[:, 0], normal[:, 1]
-    roof = (labs == L4) & (nz > 0.5)
-    floor = (labs == L5) & (nz < -0.5)
-    note_h = note_w = ""
-    if not roof.any() or not floor.any():
-        raise InputError(f"the {side} foramen has no L4 roof or no L5 floor on the lateral view; check the pedicle labels")
-    # roof = up-facing L4 outline above the disc centre (z' = 0: the frame origin); floor = down-facing L5 outline
-    # below it (the tip of the SAP, which also faces up into the foramen's L5 side, rises above the disc centre)
-    if (roof & (yz[:, 1] > 0)).any():
-        roof &= yz[:, 1] > 0
-    if (floor & (yz[:, 1] < 0)).any():
-        floor &= yz[:, 1] < 0
-    # height: for each roof point the distance across to the floor; the longest
-    best = _vertical_chords(yz, roof, floor)
-    if best is None:  # no floor straight below any roof point: nearest-point distance instead
-        note_h = "no floor straight below the roof; height = longest roof-to-nearest-floor distance"
-        best = (-1.0, None, None)
-        for p in yz[roof]:
-            d, q = _nearest_on_runs(p, yz, floor)
-            if d > best[0]:
-                best = (d, p, q)
-    height_yz = np.stack([best[1], best[2]])
-    # width: posteroinferior corner of the L4 body -> SAP (L5 facing posteriorly)
-    ant4 = (labs == L4) & (ny < -0.3)
+def _extreme_points(yz: np.ndarray, mask: np.ndarray, sign: float, tol_mm: float = 0.3) -> np.ndarray:
+    """Vertices of ``mask`` within ``tol_mm`` of the extreme ``z'`` (sign +1: highest, -1: lowest)."""
+    z = sign * yz[:, 1]
+    zmax = z[mask].max()
+    return np.flatnonzero(mask & (z >= zmax - tol_mm))
+
+
+def _notch_height(yz: np.ndarray, labs: np.ndarray):
+    """L4 notch (highest L4 point of the outline: the inferior aspect of the L4 pedicle) and L5 notch (lowest L5
+    point: the superior aspect of the L5 pedicle). Where roof or floor is a plateau (within 0.3 mm), the pair of
+    plateau points closest to each other is taken (a flat roof over a flat floor gives the vertical distance).
+
+    Returns ``(height, roof_point, floor_point)`` or None when the outline has no L4 or no L5 part.
+    """
+    on4, on5 = labs == L4, labs == L5
+    if not on4.any() or not on5.any():
+        return None
+    top = _extreme_points(yz, on4, 1.0)
+    bot = _extreme_points(yz, on5, -1.0)
+    d = np.linalg.norm(yz[top][:, None, :] - yz[bot][None, :, :], axis=2)
+    i, j = np.unravel_index(int(np.argmin(d)), d.shape)
+    p, q = yz[top[i]], yz[bot[j]]
+    if p[1] <= q[1]:
+        return None
+    return float(d[i, j]), p, q
+
+
+def _sap_face(yz, normal, labs, corner, floor_point):
+    """Outline vertices on the anterior face of the L5 superior articular process.
+
+    SAP face = L5 outline posterior to the L4 posteroinferior corner and to the L5 notch, above the notch, whose
+    outward normal points posteriorly (the surface faces anteriorly, into the foramen) and towards which the corner
+    lies in front (the surface faces the corner). The L5 floor (facing up, below/at the notch) and any other
+    structure are excluded.
+    """
+    to_corner = corner[None, :] - yz
+    facing = (to_corner * normal).sum(1) < 0  # normal points away from the corner: the surface faces it
+    return (
+        (labs == L5)
+        & (normal[:, 0] > 0.3)
+        & (yz[:, 0] > corner[0] + 0.5)
+        & (yz[:, 0] > floor_point[0])
+        & (yz[:, 1] > floor_point[1] + 0.5)
+        & facing
+    )
+
+
+def _l4_corner(view, yz, normal, labs):
+    ant4 = (labs == L4) & (normal[:, 0] < -0.3)
     if ant4.any():
         corner = _wall_end(view, yz, normal, labs, int(np.flatnonzero(ant4)[np.argmin(yz[ant4, 1])]))
         # the corner lies on the L4 posterior wall line: its y' = median of the wall 0.75-4 mm above (a disc bulge
@@ -647,40 +733,223 @@ def _measure_side(lm: Landmarks, side: str, thresholds: Thresholds) -> SideResul
         wall = ant4 & (yz[:, 1] > corner[1] + 0.75) & (yz[:, 1] < corner[1] + 4.0)
         if wall.sum() >= 3:
             corner = np.array([np.median(yz[wall, 0]), corner[1]])
-    else:
-        corner = _body_corner(view, L4, (1.0, -1.0))
-        if corner is None:
-            raise InputError(f"the L4 vertebral body is not seen on the {side} lateral view; check the L4 label")
-        note_w = "L4 body does not border the foramen on this view; corner taken from the body outline. "
-    sap = (labs == L5) & (ny > 0.3)
+        return corner, ""
+    corner = _body_corner(view, L4, (1.0, -1.0))
+    if corner is None:
+        return None, ""
+    return corner, "L4 body does not border the foramen on this view; corner taken from the body outline"
+
+
+def _sap_tip(view: LateralView, comp: np.ndarray, corner_y: float):
+    """Tip of the L5 superior articular process bordering the hole: the highest L5 pixel next to the hole that lies
+    more than 2 mm behind the L4 posteroinferior corner (frame ``(y', z')`` mm), or None."""
+    fr5 = view.fractions[L5] > 0.5
+    ring = ndi.binary_dilation(comp, iterations=2) & fr5
+    rr, cc = np.nonzero(ring)
+    if len(rr) == 0:
+        return None
+    yz = np.stack([view.y_mm[cc], view.z_mm[rr]], axis=1)
+    ok = yz[:, 0] > corner_y + 2.0
+    if not ok.any():
+        return None
+    yz = yz[ok]
+    return yz[int(np.argmax(yz[:, 1]))]
+
+
+def _facet_cut(view: LateralView, found, corner_y: float, seed_yz):
+    """Close the foramen at the facet joint as an anatomist does: a straight segment from the SAP tip to the nearest
+    L4 bone behind and above it (inferior articular process / pars). Where the hole reaches behind the SAP (around
+    its tip into the facet-joint cleft) that part is cut off. Returns ``(found, segment_yz, length_mm)``; ``found``
+    is unchanged when the cut does not change the hole."""
+    (comp, bridge, rmm), u = found
+    tip = _sap_tip(view, comp, corner_y)
+    if tip is None:
+        return found, None, 0.0
+    s = view.spacing_mm
+    fr4 = view.fractions[L4] > 0.5
+    rr, cc = np.nonzero(fr4)
+    y4, z4 = view.y_mm[cc], view.z_mm[rr]
+    ok = (y4 >= tip[0] - 0.5) & (z4 >= tip[1] - 1.0)
+    if not ok.any():
+        return found, None, 0.0
+    d = np.hypot(y4[ok] - tip[0], z4[ok] - tip[1])
+    k = int(np.argmin(d))
+    if d[k] > FACET_CUT_MAX_MM:
+        return found, None, 0.0
+    end = np.array([y4[ok][k], z4[ok][k]])
+    n = max(2, int(np.ceil(d[k] / (0.25 * s))) + 1)
+    t = np.linspace(0, 1, n)[:, None]
+    seg = tip[None, :] * (1 - t) + end[None, :] * t
+    r = np.clip(np.round((seg[:, 1] - view.z_mm[0]) / s).astype(int), 0, comp.shape[0] - 1)
+    c = np.clip(np.round((seg[:, 0] - view.y_mm[0]) / s).astype(int), 0, comp.shape[1] - 1)
+    wall = np.zeros_like(comp)
+    wall[r, c] = True
+    wall = ndi.binary_dilation(wall)  # 4-connected barrier
+    cut = comp & ~wall
+    lab, nlab = ndi.label(cut)
+    if nlab <= 1:
+        return found, np.stack([tip, end]), float(d[k])
+    # keep the part in front of the segment (the side of the L4 corner)
+    sizes = ndi.sum(cut, lab, np.arange(1, nlab + 1))
+    com = np.array(ndi.center_of_mass(cut, lab, np.arange(1, nlab + 1))).reshape(-1, 2)
+    # in front = centre of mass anterior to the segment's mid y'
+    front = [i for i in range(nlab) if view.y_mm[0] + s * com[i, 1] < 0.5 * (tip[0] + end[0]) and sizes[i] * s * s >= MIN_FORAMEN_AREA_MM2]
+    if not front:
+        return found, np.stack([tip, end]), float(d[k])
+    keep = lab == (1 + max(front, key=lambda i: sizes[i]))
+    keep = keep | (wall & ndi.binary_dilation(keep) & comp)
+    removed = comp & ~keep
+    return ((keep, bridge | removed, rmm), u), np.stack([tip, end]), float(d[k])
+
+
+def _open_length(yz: np.ndarray, labs: np.ndarray) -> float:
+    """Length (mm) of the outline not formed by a structure (closed facet gap / bridge)."""
+    seg = np.linalg.norm(np.roll(yz, -1, axis=0) - yz, axis=1)
+    both = (labs == FACET_BRIDGE) & (np.roll(labs, -1) == FACET_BRIDGE)
+    return float(seg[both].sum())
+
+
+def _measure_view(view: LateralView, found, side: str) -> dict:
+    """Height, width, area and their points on one lateral view whose foramen ``found`` (:func:`_find_hole`)."""
+    (comp, bridge, rmm), u = found
+    rc = _outline(view, comp, bridge, u)
+    yz = view.pixel_to_yz(rc)
+    normal, labs, _ = _vertex_labels(view, yz, bridge, comp)
+    corner0, _ = _l4_corner(view, yz, normal, labs)
+    facet_seg, facet_len = None, 0.0
+    if corner0 is not None:
+        found2, facet_seg, facet_len = _facet_cut(view, found, float(corner0[0]), None)
+        if found2 is not found:
+            found = found2
+            (comp, bridge, rmm), u = found
+            rc = _outline(view, comp, bridge, u)
+            yz = view.pixel_to_yz(rc)
+            normal, labs, _ = _vertex_labels(view, yz, bridge, comp)
+    fallbacks = []
+    hn = _notch_height(yz, labs)
+    if hn is None:
+        raise InputError(f"the {side} foramen has no L4 roof over an L5 floor on the lateral view; check the pedicle labels")
+    h_mm, p_top, p_bot = hn
+    corner, cnote = _l4_corner(view, yz, normal, labs)
+    if corner is None:
+        raise InputError(f"the L4 vertebral body is not seen on the {side} lateral view; check the L4 label")
+    if cnote:
+        fallbacks.append(cnote)
+    sap = _sap_face(yz, normal, labs, corner, p_bot)
     if not sap.any():
-        sap = ny > 0.3
-        note_w += "no L5 superior articular process on the posterior wall; width measured to the posterior wall"
+        # no SAP face: L5 posterosuperior margin behind the corner and above the notch (surrogate, as a reader would)
+        sap = (labs == L5) & (yz[:, 0] > corner[0] + 0.5) & (yz[:, 1] > p_bot[1])
+        fallbacks.append("no anterior face of the L5 superior articular process: width measured to the L5 margin behind the corner")
     if not sap.any():
-        raise InputError(f"the {side} foramen has no posterior wall on the lateral view; check the articular processes")
+        raise InputError(f"the {side} foramen has no L5 posterior wall behind the L4 corner on the lateral view; check the articular processes")
     dw, q = _nearest_on_runs(corner, yz, sap)
-    width_yz = np.stack([corner, q])
-    area = abs(_shoelace(yz))
-    h_mm, w_mm = float(best[0]), float(dw)
-    fl = flags_for(h_mm, w_mm, thresholds)
-    if rmm == "hull":
-        note_a = "no articular process closes the foramen on the lateral view: posterior wall = convex hull (straight line)"
-    elif rmm > 0:
-        note_a = f"facet gap bridged by a {rmm:g} mm closing"
+    return {
+        "yz": yz,
+        "labels": labs,
+        "height": h_mm,
+        "height_yz": np.stack([p_top, p_bot]),
+        "width": float(dw),
+        "width_yz": np.stack([corner, q]),
+        "area": abs(_shoelace(yz)),
+        "radius": rmm,
+        "fallbacks": fallbacks,
+        "facet_segment_yz": facet_seg,
+        "open_mm": _open_length(yz, labs),
+        "facet_closure_mm": facet_len,
+    }
+
+
+def _search_offsets(lm: Landmarks, side: str, seed, half_width_mm: float, projection: str = "max") -> list:
+    """Closed foramina on parasagittal slabs (mean projection) at offsets from the midline (see module docstring)."""
+    sgn = 1.0 if side == "left" else -1.0
+    out = []
+    for off in np.arange(SEARCH_OFFSETS_MM[0], SEARCH_OFFSETS_MM[1] + 1e-9, SEARCH_STEP_MM):
+        x = lm.midline_x_mm + sgn * off
+        view = lateral_view(lm, side, x, half_width_mm, projection)
+        found = _find_hole(view, seed)
+        if found is not None:
+            out.append((float(off), view, found))
+    return out
+
+
+def _pick_offset(cands: list) -> int:
+    """Index of the searched slab to measure: among the views measured without a fallback (else all), the least
+    invented boundary (outline length closed by bridges / the facet segment); within 1 mm of that, the most medial
+    (the entrance zone, where the root enters the foramen)."""
+    ok = [i for i, c in enumerate(cands) if not c[2]["fallbacks"]] or list(range(len(cands)))
+    least = min(cands[i][2]["open_mm"] for i in ok)
+    near = [i for i in ok if cands[i][2]["open_mm"] <= least + OPEN_TIE_MM]
+    return min(near, key=lambda i: cands[i][0])
+
+
+def _qc_value(metric: str, value: float, side_reasons: list) -> tuple[str, list]:
+    lo, hi = PLAUSIBLE[metric]
+    reasons = list(side_reasons)
+    if not (np.isfinite(value) and lo <= value <= hi):
+        reasons.append(f"{value:.1f} outside the plausible {lo:g}-{hi:g} {'mm2' if metric == 'foraminal_area' else 'mm'}")
+    return ("review" if reasons else "ok"), reasons
+
+
+def _measure_side(lm: Landmarks, side: str, thresholds: Thresholds, input_reasons=()) -> SideResult:
+    p4, p5 = lm.pedicles[("L4", side)], lm.pedicles[("L5", side)]
+    seed = (lm.posterior_wall_y_mm + SEED_BEHIND_WALL_MM, 0.5 * (p4.z_range_mm[0] + p5.z_range_mm[1]))
+    hw = lm.lateral_views[side].half_width_mm
+    cands = []
+    for off, view, found in _search_offsets(lm, side, seed, hw):
+        try:
+            cands.append((off, view, _measure_view(view, found, side)))
+        except InputError:
+            continue
+    fallbacks = []
+    if cands:
+        off, view, mv = cands[_pick_offset(cands)]
+        view_kind = "searched offset"
     else:
-        note_a = ""
-    if method != "thin slab":
-        fallback = {
-            "wide slab": "foramen not closed on the thin slab through the pedicles; measured on the maximum projection of "
-            f"the {2 * view.half_width_mm:.0f} mm slab through both pedicles",
-            "convex hull": "foramen closed by a straight posterior wall (less reliable)",
-        }[method]
-        note_h = f"{note_h}; {fallback}" if note_h else fallback
-        note_w = f"{note_w}; {fallback}" if note_w else fallback
-        note_a = f"{note_a}; {fallback}" if note_a else fallback
-    height = Measurement("foraminal_height", side, h_mm, "mm", view.yz_to_lps(height_yz), fl["height"], note_h)
-    width = Measurement("foraminal_width", side, w_mm, "mm", view.yz_to_lps(width_yz), fl["width"], note_w.strip())
-    area_m = Measurement("foraminal_area", side, float(area), "mm2", view.yz_to_lps(yz), "", note_a)
+        win = ((lm.posterior_wall_y_mm + HULL_WINDOW_Y_MM[0], lm.posterior_wall_y_mm + HULL_WINDOW_Y_MM[1]),
+               (seed[1] - HULL_WINDOW_HALF_Z_MM, seed[1] + HULL_WINDOW_HALF_Z_MM))
+        wide = [c for c in slab_candidates(lm, side, hw) if c[2] != "mean"]
+        attempts = [(c, None, "wide") for c in wide] + [((lm.lateral_views[side].x_mm, hw, "max"), win, "hull")]
+        mv = None
+        for (xc, h, proj), hull_win, kind in attempts:
+            view = lateral_view(lm, side, xc, h, proj)
+            found = _find_hole(view, seed, hull_window=hull_win)
+            if found is None:
+                continue
+            try:
+                mv = _measure_view(view, found, side)
+            except InputError:
+                continue
+            view_kind = kind
+            break
+        if mv is None:
+            raise InputError(
+                f"no enclosed {side} foramen found on any parasagittal slab (the L4 and L5 posterior elements and the disc "
+                "do not surround it even with a 5 mm facet bridge); check the segmentation of pedicles and articular processes"
+            )
+        fallbacks.append(
+            "foramen not closed on any searched parasagittal slab; measured on the maximum projection of the slab through "
+            "both pedicles" if view_kind == "wide" else "foramen closed by a straight posterior wall (convex hull)"
+        )
+    fallbacks += mv["fallbacks"]
+    rmm = mv["radius"]
+    side_reasons = list(input_reasons) + [f"fallback: {f}" for f in fallbacks]
+    if rmm != "hull" and rmm > MAX_TRUSTED_CLOSING_MM:
+        side_reasons.append(f"facet gap closed with a {rmm:g} mm closing (> {MAX_TRUSTED_CLOSING_MM:g} mm)")
+    h_mm, w_mm, area = mv["height"], mv["width"], mv["area"]
+    qh, rh = _qc_value("foraminal_height", h_mm, side_reasons)
+    qw, rw = _qc_value("foraminal_width", w_mm, side_reasons)
+    qa, ra = _qc_value("foraminal_area", area, side_reasons)
+    # a value under review never raises the clinical flag
+    fl = flags_for(h_mm if qh == "ok" else float("nan"), w_mm if qw == "ok" else float("nan"), thresholds)
+    note_a = f"facet gap bridged by a {rmm:g} mm closing" if rmm not in ("hull", 0.0) else ""
+    if mv["facet_closure_mm"] > 0:
+        note_a = (note_a + "; " if note_a else "") + f"facet closure SAP tip -> L4: {mv['facet_closure_mm']:.1f} mm"
+    fb = "; ".join(fallbacks)
+    height = Measurement("foraminal_height", side, h_mm, "mm", view.yz_to_lps(mv["height_yz"]), fl["height"], fb, qh, rh)
+    width = Measurement("foraminal_width", side, w_mm, "mm", view.yz_to_lps(mv["width_yz"]), fl["width"], fb, qw, rw)
+    area_m = Measurement("foraminal_area", side, float(area), "mm2", view.yz_to_lps(mv["yz"]), "",
+                         "; ".join(x for x in (note_a, fb) if x), qa, ra)
+    status = "review" if "review" in (qh, qw, qa) else "ok"
     return SideResult(
         side=side,
         height=height,
@@ -688,12 +957,20 @@ def _measure_side(lm: Landmarks, side: str, thresholds: Thresholds) -> SideResul
         area=area_m,
         flagged=bool(fl["side"]),
         view=view,
-        outline_yz=yz,
-        vertex_labels=labs,
-        height_yz=height_yz,
-        width_yz=width_yz,
+        outline_yz=mv["yz"],
+        vertex_labels=mv["labels"],
+        height_yz=mv["height_yz"],
+        width_yz=mv["width_yz"],
         closing_radius_mm=float("nan") if rmm == "hull" else float(rmm),
-        method=method,
+        method={"searched offset": "thin slab", "wide": "wide slab", "hull": "convex hull"}[view_kind],
+        view_kind=view_kind,
+        offset_mm=float(abs(view.x_mm - lm.midline_x_mm)),
+        fallbacks=fallbacks,
+        qc_status=status,
+        qc_reasons=sorted(set(rh + rw + ra), key=(rh + rw + ra).index),
+        open_boundary_mm=float(mv["open_mm"]),
+        facet_closure_mm=float(mv["facet_closure_mm"]),
+        facet_segment_yz=mv["facet_segment_yz"],
     )
 
 
@@ -714,7 +991,7 @@ def measure_foramen(
     labels: Volume,
     thresholds: Thresholds | None = None,
     spacing_mm: float = 0.5,
-    slab_half_width_mm: float = 1.5,
+    slab_half_width_mm: float = 1.0,
 ) -> MorphometryResult:
     """Measure both L4-5 foramina and the posterior disc height of a label map.
 
@@ -727,7 +1004,8 @@ def measure_foramen(
     spacing_mm : float
         Working grid spacing of the canal-aligned frame.
     slab_half_width_mm : float
-        Half width of the parasagittal slab through each pedicle.
+        Half width of the parasagittal slab of the lateral view (default 1 mm: a 2 mm slab, union of the structures
+        across it).
 
     Returns
     -------
@@ -741,7 +1019,14 @@ def measure_foramen(
     t0 = time.perf_counter()
     thresholds = thresholds or Thresholds()
     lm = find_landmarks(labels, spacing_mm=spacing_mm, slab_half_width_mm=slab_half_width_mm)
-    sides = {s: _measure_side(lm, s, thresholds) for s in SIDES}
+    input_reasons = []
+    thick = float(max(labels.spacing_mm))
+    if thick > THICK_SLICE_MM:
+        input_reasons.append(
+            f"thick-slice label map ({thick:.1f} mm > {THICK_SLICE_MM:g} mm voxel spacing): the parasagittal plane and "
+            "the foramen outline are sampled coarsely; low confidence"
+        )
+    sides = {s: _measure_side(lm, s, thresholds, input_reasons) for s in SIDES}
     pdh, pdh_yz = _posterior_disc_height(lm, thresholds)
     return MorphometryResult(
         sides=sides,
@@ -750,4 +1035,5 @@ def measure_foramen(
         landmarks=lm,
         thresholds=thresholds,
         elapsed_s=time.perf_counter() - t0,
+        input_reasons=input_reasons,
     )

@@ -78,7 +78,14 @@ def _draw_report(fig, axes, result: MorphometryResult, title: str) -> bytes:
     for ax, side in zip(axes[:2], ("right", "left")):  # patient's right on the left, as a radiologist looks
         r = result.sides[side]
         v = r.view
-        _draw_view(ax, v, f"{side} foramen (x' = {v.x_mm:+.1f} mm, slab ±{v.half_width_mm:.1f} mm, {v.projection})")
+        qc = getattr(r, "qc_status", "ok")
+        kind = getattr(r, "view_kind", r.method)
+        fb = " FALLBACK" if getattr(r, "fallbacks", None) else ""
+        _draw_view(ax, v, f"{side} foramen: QC {qc.upper()}{fb}\n{kind}, offset {getattr(r, 'offset_mm', float('nan')):.1f} mm "
+                   f"(x' = {v.x_mm:+.1f}), slab ±{v.half_width_mm:.1f} mm {v.projection}, closing {r.closing_radius_mm:g} mm")
+        seg = getattr(r, "facet_segment_yz", None)
+        if seg is not None:
+            ax.plot(seg[:, 0], seg[:, 1], "--", color="white", lw=1.5, label=f"facet closure {r.facet_closure_mm:.1f} mm")
         o = np.vstack([r.outline_yz, r.outline_yz[:1]])
         ax.fill(o[:, 0], o[:, 1], color="tab:cyan", alpha=0.25, lw=0)
         ax.plot(o[:, 0], o[:, 1], color="tab:cyan", lw=1.5, label=f"area {r.area.value:.0f} mm²")
@@ -91,6 +98,11 @@ def _draw_report(fig, axes, result: MorphometryResult, title: str) -> bytes:
         if r.flagged:
             ax.text(0.5, 0.03, FLAG_TEXT, transform=ax.transAxes, ha="center", color="white", fontsize=9,
                     bbox={"facecolor": "tab:red", "alpha": 0.85, "edgecolor": "none"})
+        elif qc != "ok":
+            why = "; ".join(getattr(r, "qc_reasons", []))
+            ax.text(0.5, 0.03, "REVIEW: " + (why[:70] + ("…" if len(why) > 70 else "")), transform=ax.transAxes,
+                    ha="center", color="black", fontsize=7, wrap=True,
+                    bbox={"facecolor": "gold", "alpha": 0.85, "edgecolor": "none"})
     mv = result.landmarks.midline_view
     _draw_view(axes[2], mv, "midline: posterior disc height")
     p = result.pdh_yz
@@ -105,8 +117,9 @@ def _draw_report(fig, axes, result: MorphometryResult, title: str) -> bytes:
     rows = [["metric", "right", "left"]]
     for metric, unit in (("height", "mm"), ("width", "mm"), ("area", "mm²")):
         vals = [getattr(result.sides[s], metric) for s in ("right", "left")]
-        rows.append([f"foraminal {metric} ({unit})"] + [f"{m.value:.1f}" + (" *" if m.flag else "") for m in vals])
+        rows.append([f"foraminal {metric} ({unit})"] + [f"{m.value:.1f}" + (" *" if m.flag else "") + (" (review)" if getattr(m, "qc", "ok") != "ok" else "") for m in vals])
     rows.append(["flag", *(("yes" if result.sides[s].flagged else "no") for s in ("right", "left"))])
+    rows.append(["QC", *(getattr(result.sides[s], "qc_status", "ok") for s in ("right", "left"))])
     rows.append(["posterior disc height (mm)", f"{pdh.value:.1f}" + (" *" if pdh.flag else ""), ""])
     tab = ax.table(cellText=rows, loc="upper center", cellLoc="center", colWidths=[0.55, 0.22, 0.22])
     tab.auto_set_font_size(False)
@@ -116,7 +129,9 @@ def _draw_report(fig, axes, result: MorphometryResult, title: str) -> bytes:
     ax.text(0.0, 0.35,
             f"* flag: height ≤ {t.height_mm:g} mm or width ≤ {t.width_mm:g} mm\n→ {FLAG_TEXT}\n"
             f"(height: Hasegawa et al., JBJS Am 1995;77:32-38;\n width: threshold of the source method)\n"
-            f"PDH ≤ {t.posterior_disc_height_mm:g} mm: Hasegawa et al. 1995\n\n"
+            f"PDH ≤ {t.posterior_disc_height_mm:g} mm: Hasegawa et al. 1995\n"
+            "review: fallback, facet closing > 4 mm, thick slices, or outside\n height 8-30 mm / width 2-15 mm / area 30-300 mm²;\n"
+            " a value under review never raises the flag\n\n"
             "Frame: z' = L4-5 disc normal / body axis,\n y' = towards the posterior elements, x' = left.",
             transform=ax.transAxes, fontsize=8, va="top")
     fig.suptitle(title or "L4-5 foraminal morphometry", fontsize=12)
