@@ -1,6 +1,6 @@
 import slicer
 import vtk
-from DuralSacSegLib import slicer_logic, slicer_sampledata, slicer_widget
+from DuralSacSegLib import slicer_logic, slicer_startup, slicer_widget
 from DuralSacSegLib.slicer_parameters import DuralSacSegParameterNode
 from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import (
@@ -28,7 +28,8 @@ See <a href="https://github.com/spinemorph/SlicerSpineMorph#duralsacseg">the doc
 Models trained on images synthesised from the SPIDER lumbar spine MRI label maps (van der Graaf JW et al.,
 Sci Data 11, 264 (2024), CC BY 4.0) and on procedural phantoms.
 """)
-        slicer.app.connect("startupCompleted()", slicer_sampledata.registerSampleData)
+        # Slicer version range check, "SpineMorph" sample data, segment terminology (DuralSacSegLib/slicer_startup.py)
+        slicer.app.connect("startupCompleted()", slicer_startup.onStartupCompleted)
 
 
 class DuralSacSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -52,7 +53,6 @@ class DuralSacSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", lambda checked: self.controller.onApply())
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.controller.onModelChanged)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", lambda index: self._updateDeviceWarning())
         self.ui.tableView.connect("clicked(QModelIndex)", self.controller.onTableClicked)
         self.ui.editButton.connect("clicked(bool)", lambda checked: self.controller.onEditInSegmentEditor())
         self.ui.recomputeButton.connect("clicked(bool)", lambda checked: self.controller.onRecomputeTable())
@@ -102,11 +102,10 @@ class DuralSacSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.tableView.setMRMLTableNode(self._parameterNode.outputTable)
             self._checkCanApply()
 
-    def _updateDeviceWarning(self):
-        if self._parameterNode:
-            self.controller.updateDeviceWarning(self._parameterNode.device.value)
-
     def _checkCanApply(self, caller=None, event=None):
+        # the device warning follows the parameter node (written by connectGui before this observer runs), never the
+        # combo box signal, which can fire before connectGui has stored the new choice
+        self.controller.onParameterNodeModified()
         ready = bool(self._parameterNode and self._parameterNode.inputVolume)
         self.ui.applyButton.enabled = ready
         self.ui.applyButton.toolTip = _("Segment the dural sac and measure every slice") if ready else _("Select an input volume")

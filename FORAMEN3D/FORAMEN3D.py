@@ -53,7 +53,6 @@ class FORAMEN3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         c = self.controller
         self.ui.applyButton.connect("clicked(bool)", lambda checked: c.onApply())
         self.ui.modelComboBox.connect("currentIndexChanged(int)", c.onModelChanged)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", lambda index: self._updateDeviceWarning())
         self.ui.remeasureButton.connect("clicked(bool)", lambda checked: c.onRemeasure())
         self.ui.editButton.connect("clicked(bool)", lambda checked: c.onEditInSegmentEditor())
         self.ui.lateralViewsButton.connect("clicked(bool)", lambda checked: c.onLateralViews())
@@ -109,11 +108,10 @@ class FORAMEN3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.trajectoryTableView.setMRMLTableNode(self._parameterNode.trajectoryTable)
             self._checkCanApply()
 
-    def _updateDeviceWarning(self):
-        if self._parameterNode:
-            self.controller.updateDeviceWarning(self._parameterNode.device.value)
-
     def _checkCanApply(self, caller=None, event=None):
+        # the device warning follows the parameter node (written by connectGui before this observer runs), never the
+        # combo box signal, which can fire before connectGui has stored the new choice
+        self.controller.onParameterNodeModified()
         pn = self._parameterNode
         ready = bool(pn and pn.inputVolume)
         self.ui.applyButton.enabled = ready

@@ -30,6 +30,54 @@ def purge_glue():
             delattr(sys.modules[package], attribute)  # else ``from package import glue`` finds the stale module
 
 
+class Scene:
+    """vtkMRMLScene stand-in: nodes, observers, Clear() (IDs restart after a clear, as in Slicer)."""
+
+    StartCloseEvent, EndCloseEvent = 66000, 66001
+
+    def __init__(self):
+        self.nodes, self.observers, self._next_tag, self._next_id = [], {}, 1, 1
+
+    def AddNode(self, node):
+        node._id = f"{type(node).__name__}{self._next_id}"
+        self._next_id += 1
+        self.nodes.append(node)
+        return node
+
+    def IsNodePresent(self, node):
+        return int(any(n is node for n in self.nodes))
+
+    def GetNodeByID(self, node_id):
+        return next((n for n in self.nodes if n._id == node_id), None)
+
+    def RemoveNode(self, node):
+        self.nodes = [n for n in self.nodes if n is not node]
+
+    def AddObserver(self, event, callback):
+        tag, self._next_tag = self._next_tag, self._next_tag + 1
+        self.observers[tag] = (event, callback)
+        return tag
+
+    def RemoveObserver(self, tag):
+        self.observers.pop(tag, None)
+
+    def Clear(self):
+        for event, callback in list(self.observers.values()):
+            if event == self.StartCloseEvent:
+                callback(self, event)
+        self.nodes, self._next_id = [], 1
+        for event, callback in list(self.observers.values()):
+            if event == self.EndCloseEvent:
+                callback(self, event)
+
+
+class Node:
+    """A node with an ID (``GetID``)."""
+
+    def GetID(self):
+        return self._id
+
+
 class StandIn:
     """The installed stand-in modules and the record of calls."""
 
@@ -110,7 +158,7 @@ class StandIn:
         slm.ScriptedLoadableModuleLogic = ScriptedLoadableModuleLogic
         slicer.ScriptedLoadableModule = slm
         self.modules["slicer.ScriptedLoadableModule"] = slm
-        slicer.mrmlScene = types.SimpleNamespace()
+        slicer.mrmlScene = Scene()
 
         class vtkMRMLSliceNode:
             CenteredJumpSlice = 1
@@ -159,6 +207,12 @@ class StandIn:
 
         torch_utils.PyTorchUtilsLogic = PyTorchUtilsLogic
         self.modules["PyTorchUtils"] = torch_utils
+
+    def install_plain(self):
+        """Put the stand-in modules into ``sys.modules`` for good (subprocesses)."""
+        purge_glue()
+        sys.modules.update(self.modules)
+        return self
 
     def install(self, monkeypatch):
         """Put the stand-in modules into ``sys.modules`` (undone by ``monkeypatch``) and drop cached glue."""

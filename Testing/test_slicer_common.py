@@ -90,7 +90,10 @@ def test_errors_become_one_line_messages(controller):
 
 
 def test_device_warning_label(controller, monkeypatch):
+    """With torch already imported in the process the panel shows the fallback warning (it never imports torch)."""
     from spinemorph import gui_support
+
+    monkeypatch.setitem(sys.modules, "torch", sys.modules.get("torch") or types.ModuleType("torch"))
 
     monkeypatch.setattr(gui_support, "resolve_device", lambda pref: ("cpu", "no GPU available: running on the CPU"))
     controller.updateDeviceWarning("auto")

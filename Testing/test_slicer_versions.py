@@ -321,3 +321,238 @@ def test_tables_use_the_current_header_api(monkeypatch, module):
     older = _RecordingTable(new_api=False)  # a Slicer without the new name: the old one still works
     nodes.useColumnTitlesAsHeader(older)
     assert older.calls == [("name", True)]
+
+
+# ====================================================================== item 11: DICOM writer on pydicom 2.4 and 3.x
+@pytest.mark.filterwarnings("ignore:'Dataset.is_:DeprecationWarning")  # the 2.4 path run under pydicom 3
+def test_dicom_writer_uses_the_installed_pydicom_api(monkeypatch, tmp_path):
+    """Slicer 5.10 ships pydicom 2.4.4, whose ``save_as`` has no ``enforce_file_format`` and needs the encoding set on
+    the dataset. A stand-in with 2.4's ``save_as`` signature and checks wraps the real writer; the series must still be
+    written and read back. (Real pydicom 2.4.4 run: ``pip install --target /tmp/pyd24 pydicom==2.4.4`` then
+    ``PYTHONPATH=/tmp/pyd24 python -m pytest Testing/test_dicomio.py``: 9 passed.)"""
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    from spinemorph import dicomio
+    from spinemorph.volume import Volume
+
+    real_save_as = Dataset.save_as
+
+    def save_as_24(self, filename, write_like_original=True):  # pydicom 2.4.4's signature
+        if getattr(self, "is_little_endian", None) is None or getattr(self, "is_implicit_VR", None) is None:
+            raise AttributeError("'Dataset.is_little_endian' and 'Dataset.is_implicit_VR' must be set")
+        assert write_like_original is False  # else 2.4 writes no preamble / file meta for a new dataset
+        return real_save_as(self, filename, enforce_file_format=True)
+
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        monkeypatch.setattr(Dataset, "save_as", save_as_24)
+        monkeypatch.setattr(dicomio, "PYDICOM_MAJOR", 2)
+    volume = Volume(np.arange(3 * 4 * 5, dtype=np.int16).reshape(3, 4, 5), spacing_mm=(0.5, 0.6, 3.0))
+    files = dicomio.write_dicom_series(volume, tmp_path / "series", series_description="t")
+    assert len(files) == 3
+    headers = dicomio.read_dicom_headers(tmp_path / "series")
+    assert [int(h.InstanceNumber) for h in headers] == [1, 2, 3]
+    assert headers[0].file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+
+
+# ====================================================================== item 7: device warning, no torch for the panel
+class _Label:
+    def __init__(self):
+        self.text, self.visible = "", False
+
+
+def _compute_controller(monkeypatch, pn):
+    _standin(monkeypatch, (5, 10))
+    common = importlib.import_module("DuralSacSegLib.slicer_common")
+    controller = common.ComputeControllerMixin()
+    controller.ui = types.SimpleNamespace(deviceWarningLabel=_Label())
+    controller._parameterNode = lambda: pn
+    return controller
+
+
+def test_device_warning_follows_the_parameter_node(monkeypatch):
+    """The warning is refreshed from the parameter node after connectGui stored the choice, so it names the choice
+    just made, not the previous one."""
+    from spinemorph import gui_support
+
+    monkeypatch.setitem(sys.modules, "torch", sys.modules.get("torch") or types.ModuleType("torch"))
+    monkeypatch.setattr(gui_support, "resolve_device",
+                        lambda pref: ("cpu", "" if pref == "cpu" else f"{pref} not available: running on the CPU"))
+    pn = types.SimpleNamespace(device=types.SimpleNamespace(value="auto"))
+    controller = _compute_controller(monkeypatch, pn)
+    controller.onParameterNodeModified()
+    assert controller.ui.deviceWarningLabel.text.startswith("auto")
+    pn.device.value = "cuda"  # the user picks CUDA: connectGui writes it, then the node's observer runs
+    controller.onParameterNodeModified()
+    assert controller.ui.deviceWarningLabel.text.startswith("cuda") and controller.ui.deviceWarningLabel.visible
+    pn.device.value = "cpu"
+    controller.onParameterNodeModified()
+    assert controller.ui.deviceWarningLabel.text == "" and not controller.ui.deviceWarningLabel.visible
+
+
+def test_device_warning_never_imports_torch(monkeypatch):
+    pn = types.SimpleNamespace(device=types.SimpleNamespace(value="cuda"))
+    controller = _compute_controller(monkeypatch, pn)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    controller.onParameterNodeModified()
+    assert "torch" not in sys.modules and not controller.ui.deviceWarningLabel.visible
+    controller.updateDeviceWarning("cuda", warning="CUDA not available: ran on the CPU")  # what a run reported
+    assert controller.ui.deviceWarningLabel.visible and "CPU" in controller.ui.deviceWarningLabel.text
+
+
+def test_building_both_panels_imports_neither_torch_nor_monai():
+    """Controllers, model lists and device warnings of both panels, in a process where importing torch is recorded."""
+    script = textwrap.dedent("""
+        import sys, types
+        attempts = []
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "monai"):
+                    attempts.append(name)
+                    raise ImportError("blocked: " + name)
+        sys.meta_path.insert(0, Block())
+        from slicer_standin import StandIn
+        StandIn((5, 10)).install_plain()
+        class W:
+            visible = True; text = ""; enabled = True
+        names = ("progressBar", "cancelButton", "deviceWarningLabel", "statusLabel", "applyButton")
+        pn = types.SimpleNamespace(device=types.SimpleNamespace(value="auto"))
+        from DuralSacSegLib import slicer_widget as dsw
+        from FORAMEN3DLib import slicer_widget as fw
+        for ctl in (dsw.DuralSacSegController(types.SimpleNamespace(**{n: W() for n in names}), None, lambda: pn),
+                    fw.FORAMEN3DController(types.SimpleNamespace(**{n: W() for n in names}), None, lambda: pn, None)):
+            entries, error = ctl.modelEntries()
+            assert len(entries) >= 2 and error == "", (entries, error)
+            ctl.onParameterNodeModified()
+        assert not attempts, attempts
+        print("ok", len(fw.FORAMEN3DController.modelEntries(ctl)[0]))
+    """)
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT / "Testing")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0 and done.stdout.startswith("ok"), done.stdout + done.stderr[-3000:]
+    # the catalogue's models are listed (default first) without models3d
+    assert int(done.stdout.split()[1]) >= 2
+
+
+# ====================================================================== item 9: SpineMorph terminology
+def _term_document():
+    import json
+
+    return json.loads((ROOT / "DuralSacSeg" / "Resources" / "SpineMorph.term.json").read_text())
+
+
+def test_terminology_file_holds_every_segment_type():
+    from DuralSacSegLib import table_model
+    from FORAMEN3DLib import markup_model
+
+    from spinemorph.gui_support import (
+        SPINEMORPH_TERMINOLOGY_CONTEXT,
+        parse_terminology_entry,
+        terminology_file_types,
+    )
+
+    doc = _term_document()
+    # the two schema URLs Slicer 5.10 / 5.12 accept (vtkSlicerTerminologiesModuleLogic.cxx, TERMINOLOGY_CONTEXT_SCHEMA*)
+    assert doc["@schema"] in ("https://raw.githubusercontent.com/qiicr/dcmqi/master/doc/segment-context-schema.json#",
+                              "https://raw.githubusercontent.com/qiicr/dcmqi/master/doc/schemas/segment-context-schema.json#")
+    assert doc["SegmentationCategoryTypeContextName"] == SPINEMORPH_TERMINOLOGY_CONTEXT
+    types_in_file = terminology_file_types(doc)
+    entries = [t for *_x, t in markup_model.SEGMENTS] + [table_model.DURAL_SAC_TERMINOLOGY]
+    for entry in entries:
+        parsed = parse_terminology_entry(entry)
+        category = (parsed["category"].scheme, parsed["category"].value)
+        assert (parsed["type"].scheme, parsed["type"].value) in types_in_file[category], entry
+    codes = {t["CodeMeaning"]: t["CodeValue"] for c in doc["SegmentationCodes"]["Category"] for t in c["Type"]}
+    assert codes == {"L4 vertebra": "11994002", "L5 vertebra": "49668003", "Intervertebral disc": "360499006",
+                     "Dura mater": "18545000"}
+    for category in doc["SegmentationCodes"]["Category"]:
+        for t in category["Type"]:
+            assert len(t["recommendedDisplayRGBValue"]) == 3 and t["3dSlicerLabel"]
+
+
+class _TerminologiesLogic:
+    def __init__(self):
+        self.loaded, self.calls = set(), []
+
+    def IsTerminologyContextLoaded(self, name):
+        return name in self.loaded
+
+    def LoadTerminologyFromFile(self, path):
+        import json
+
+        self.calls.append(path)
+        name = json.loads(Path(path).read_text())["SegmentationCategoryTypeContextName"]
+        self.loaded.add(name)
+        return name
+
+
+def test_segment_terminology_uses_the_loaded_spinemorph_context(monkeypatch):
+    from FORAMEN3DLib import markup_model
+
+    from spinemorph.gui_support import SPINEMORPH_TERMINOLOGY_CONTEXT, parse_terminology_entry
+
+    _standin(monkeypatch, (5, 10))
+    logic = _TerminologiesLogic()
+    sys.modules["slicer"].modules = types.SimpleNamespace(terminologies=types.SimpleNamespace(logic=lambda: logic))
+    terminology = importlib.import_module("DuralSacSegLib.slicer_terminology")
+    entry = markup_model.SEGMENTS[0][4]
+    out = terminology.segmentTerminology(entry)
+    assert parse_terminology_entry(out)["context"] == SPINEMORPH_TERMINOLOGY_CONTEXT
+    assert parse_terminology_entry(out)["type"] == parse_terminology_entry(entry)["type"]
+    terminology.segmentTerminology(entry)
+    assert logic.calls == [terminology.terminologyPath()]  # loaded once
+    sys.modules["slicer"].modules = types.SimpleNamespace()  # Terminologies module disabled: entry kept as is
+    assert terminology.segmentTerminology(entry) == entry
+
+
+# ====================================================================== item 10: cached nodes and scene close
+def test_cached_nodes_checked_by_presence_and_cleared_on_scene_close(monkeypatch):
+    from slicer_standin import Node
+
+    standin = _standin(monkeypatch, (5, 10))
+    scene = sys.modules["slicer"].mrmlScene
+    common = importlib.import_module("DuralSacSegLib.slicer_common")
+    logic_module = importlib.import_module("FORAMEN3DLib.slicer_logic")
+    logic = logic_module.FORAMEN3DLogicBase()
+    old = scene.AddNode(Node())
+    logic.surfaceModels["L4"] = old
+    logic.measurementTable = old
+    logic._planningInputs = ("labels", "scene", "frame")
+    assert common.nodeInScene(old)
+    scene.Clear()  # File > Close scene
+    new = scene.AddNode(Node())
+    assert new.GetID() == old.GetID()  # IDs are reused after a clear ...
+    assert not common.nodeInScene(old)  # ... so presence, not the ID, decides
+    assert logic.surfaceModels == {} and logic.measurementTable is None and logic._planningInputs is None
+    dsca_logic = importlib.import_module("DuralSacSegLib.slicer_logic").DuralSacSegLogicBase()
+    dsca_logic.lastTable = "table"
+    scene.Clear()
+    assert dsca_logic.lastTable is None
+    del standin
+
+
+def test_scene_observer_does_not_keep_the_logic_alive(monkeypatch):
+    import gc
+
+    _standin(monkeypatch, (5, 10))
+    scene = sys.modules["slicer"].mrmlScene
+    logic = importlib.import_module("DuralSacSegLib.slicer_logic").DuralSacSegLogicBase()
+    assert len(scene.observers) == 1
+    del logic
+    gc.collect()
+    scene.Clear()  # the observer of the collected logic removes itself
+    assert scene.observers == {}
+
+
+# ====================================================================== startup: supported Slicer versions
+@pytest.mark.parametrize(("version", "level"), [((5, 8), "error"), ((5, 10), ""), ((5, 12), ""), ((5, 13), "info")])
+def test_startup_states_the_supported_version_range(monkeypatch, version, level):
+    standin = _standin(monkeypatch, version)
+    warnings = []
+    sys.modules["slicer"].util.warningDisplay = lambda text, windowTitle=None, **k: warnings.append(text)
+    startup = importlib.import_module("DuralSacSegLib.slicer_startup")
+    assert startup.checkSlicerVersion() == level
+    assert len(warnings) == (1 if level == "error" else 0)
+    if warnings:
+        assert "5.10 to 5.12" in warnings[0] and f"{version[0]}.{version[1]}" in warnings[0]
+    del standin

@@ -271,7 +271,26 @@ def _write_slices(volume: Volume, stored, folder: Path, names: list[str], study:
             setattr(ds, name, _ds(value) if isinstance(value, float) else value)
         ds.PixelData = np.ascontiguousarray(stored[k]).astype("<u2").tobytes()
         with atomic_path(folder / names[k]) as tmp:
-            ds.save_as(tmp, enforce_file_format=True)
+            save_dataset(ds, tmp)
+
+
+#: major version of the installed pydicom (Slicer 5.10 ships pydicom 2.4.4, Slicer 5.12 pydicom 3.0.x)
+PYDICOM_MAJOR = int(pydicom.__version__.split(".")[0])
+
+
+def save_dataset(ds: Dataset, path) -> None:
+    """Write ``ds`` as a DICOM Part 10 file (preamble, file meta, explicit VR little endian) with pydicom 2.4 or 3.x.
+
+    pydicom 3 takes ``enforce_file_format=True`` and the encoding from the file meta's transfer syntax; pydicom 2.4
+    has neither that argument nor the inference: it needs ``write_like_original=False`` and the encoding set on the
+    dataset (``is_little_endian`` / ``is_implicit_VR``, deprecated in 3.x, so set only for 2.x).
+    """
+    if PYDICOM_MAJOR >= 3:
+        ds.save_as(path, enforce_file_format=True)
+    else:
+        ds.is_little_endian = True
+        ds.is_implicit_VR = False
+        ds.save_as(path, write_like_original=False)
 
 
 def read_dicom_headers(folder: str | os.PathLike) -> list[Dataset]:

@@ -163,6 +163,25 @@ def user_message(exc: BaseException) -> str:
     return f"Unexpected error ({type(exc).__name__}: {text}); see the Python console for details and report it."
 
 
+# ---------------------------------------------------------------------------------------------------- Slicer versions
+#: Slicer versions the modules are written and checked for (``--min-slicer 5.10`` API check against 5.10.0 and 5.12.3)
+MIN_SLICER_VERSION = (5, 10)
+NEWEST_CHECKED_SLICER_VERSION = (5, 12)
+
+
+def slicer_version_message(major: int, minor: int) -> tuple[str, str]:
+    """``(level, message)`` for the running Slicer ``major.minor``: level "error" below the supported range (the
+    modules use 5.10 APIs), "info" above the newest checked version, "" inside the range (message states the range)."""
+    supported = (f"SpineMorph supports Slicer {MIN_SLICER_VERSION[0]}.{MIN_SLICER_VERSION[1]} to "
+                 f"{NEWEST_CHECKED_SLICER_VERSION[0]}.{NEWEST_CHECKED_SLICER_VERSION[1]}")
+    version = (int(major), int(minor))
+    if version < MIN_SLICER_VERSION:
+        return "error", f"{supported}; this is Slicer {major}.{minor}: install Slicer 5.10 or later"
+    if version > NEWEST_CHECKED_SLICER_VERSION:
+        return "info", f"{supported}; this is Slicer {major}.{minor}, newer than the versions checked: report problems"
+    return "", f"{supported} (running {major}.{minor})"
+
+
 # ---------------------------------------------------------------------------------------------------- sample data
 def sample_study(out_dir, seed: int = 0) -> dict:
     """The synthetic lumbar study used as Slicer sample data, generated locally (no download) and cached.
@@ -235,6 +254,32 @@ def terminology_entry(
         [context, category.serialized(), type_code.serialized(), modifier.serialized(), region_context,
          region.serialized(), region_modifier.serialized()]
     )
+
+
+#: context name of the extension's own terminology file ``DuralSacSeg/Resources/SpineMorph.term.json`` (loaded by the
+#: Slicer glue, ``DuralSacSegLib/slicer_terminology.py``). Slicer's bundled lists lack L4, L5 and the disc; the file holds
+#: SNOMED CT types under "Anatomical Structure" (SCT 123037004): L4 vertebra 11994002 and L5 vertebra 49668003 (the codes
+#: of Slicer's TotalSegmentator mapping), Dura mater 18545000 (as in Slicer's DICOM master list, cid 7153; SNOMED has no
+#: "dural sac" concept in those lists) and Intervertebral disc 360499006 (UNCERTAIN: taken from third-party mappings,
+#: not from a DICOM / Slicer list; the L4-5 level is in the segment name, not the code).
+SPINEMORPH_TERMINOLOGY_CONTEXT = "Segmentation category and type - SpineMorph"
+
+
+def terminology_in_context(entry: str, context: str) -> str:
+    """The serialized entry ``entry`` with its category/type context replaced by ``context`` (same codes)."""
+    parts = entry.split("~")
+    if len(parts) != 7:
+        raise ValueError(f"terminology entry must have 7 '~'-separated fields, got {len(parts)}")
+    return "~".join([context, *parts[1:]])
+
+
+def terminology_file_types(document: dict) -> dict[tuple[str, str], set[tuple[str, str]]]:
+    """``{(category scheme, value): {(type scheme, value), ...}}`` of a parsed ``.term.json`` document."""
+    out: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    for category in document["SegmentationCodes"]["Category"]:
+        key = (category["CodingSchemeDesignator"], category["CodeValue"])
+        out.setdefault(key, set()).update((t["CodingSchemeDesignator"], t["CodeValue"]) for t in category.get("Type", []))
+    return out
 
 
 def parse_terminology_entry(entry: str) -> dict:

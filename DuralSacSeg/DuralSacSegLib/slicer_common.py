@@ -3,6 +3,7 @@ combo box and the device warning / cancellable run of the controllers."""
 
 import importlib
 import sys
+import weakref
 
 import slicer
 
@@ -13,6 +14,40 @@ def reloadGlue(packageName):
     The Slicer-free core is not reloaded: its classes are shared with other modules (``isinstance`` checks)."""
     for name in sorted(n for n in sys.modules if n.startswith(packageName + ".slicer_")):
         importlib.reload(sys.modules[name])
+
+
+def nodeInScene(node, scene=None):
+    """True when ``node`` is a node of the scene now. A lookup by ID is not enough: after a scene close IDs restart
+    and are reused, so ``GetNodeByID(cached.GetID())`` can return another node."""
+    if node is None:
+        return False
+    scene = scene if scene is not None else slicer.mrmlScene
+    return bool(scene.IsNodePresent(node))
+
+
+class SceneCacheMixin:
+    """For logics that cache nodes or results: ``clearCaches()`` runs when the scene is closed (EndCloseEvent).
+
+    The observer holds the logic weakly (console users create logics freely) and removes itself once the logic is
+    gone."""
+
+    def observeSceneClose(self, scene=None):
+        scene = scene if scene is not None else slicer.mrmlScene
+        ref = weakref.ref(self)
+        tag = []
+
+        def onEndClose(caller, event):
+            logic = ref()
+            if logic is None:
+                caller.RemoveObserver(tag[0])
+                return
+            logic.clearCaches()
+
+        tag.append(scene.AddObserver(scene.EndCloseEvent, onEndClose))
+        return tag[0]
+
+    def clearCaches(self):
+        raise NotImplementedError
 
 
 class RunGuard:
@@ -113,14 +148,28 @@ class ComputeControllerMixin:
     The controller provides ``self.ui`` (``deviceWarningLabel``, ``statusLabel`` and what :class:`RunGuard` uses).
     """
 
-    def updateDeviceWarning(self, preference):
-        """Show the CPU-fallback warning next to the device combo box (empty when a GPU is used)."""
-        try:
-            from spinemorph.gui_support import resolve_device
+    def onParameterNodeModified(self):
+        """Parameter node changed (called from the widget's parameter-node observer, i.e. after ``connectGui`` has
+        written the combo box's choice into the node): refresh the device warning when the device changed."""
+        pn = self._parameterNode()
+        device = pn.device.value if pn else None
+        if device != getattr(self, "_warnedDevice", None):
+            self._warnedDevice = device
+            if device:
+                self.updateDeviceWarning(device)
 
-            _, warning = resolve_device(preference)
-        except ImportError:  # dependencies not installed yet
+    def updateDeviceWarning(self, preference, warning=None):
+        """Show the CPU-fallback warning next to the device combo box (empty when a GPU is used).
+
+        ``warning`` is what a run reported (the inference process resolves the device). Without it the warning is
+        computed only if torch is already imported in Slicer's process: building or using the panel never imports
+        torch (inference runs in a separate process)."""
+        if warning is None:
             warning = ""
+            if "torch" in sys.modules:
+                from spinemorph.gui_support import resolve_device
+
+                _, warning = resolve_device(preference)
         self.ui.deviceWarningLabel.text = warning
         self.ui.deviceWarningLabel.visible = bool(warning)
 

@@ -12,6 +12,7 @@ import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
 from DuralSacSegLib import slicer_dependencies, slicer_nodes
+from DuralSacSegLib.slicer_common import SceneCacheMixin
 
 #: segment ID of the dural sac in the output segmentation
 SEGMENT_ID = "dural_sac"
@@ -19,11 +20,16 @@ SEGMENT_ID = "dural_sac"
 SERIES_COLORS = ((0.95, 0.75, 0.10), (0.20, 0.55, 0.90))
 
 
-class DuralSacSegLogicBase(ScriptedLoadableModuleLogic):
+class DuralSacSegLogicBase(ScriptedLoadableModuleLogic, SceneCacheMixin):
     """Implementation of ``DuralSacSegLogic`` (the module file's class derives from this one)."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
+        self.clearCaches()
+        self.observeSceneClose()
+
+    def clearCaches(self):
+        """Forget the last result (scene closed: its table node is gone)."""
         #: last ``SegmentationResult`` / ``DscaTable`` (for the widget's table clicks and CSV export)
         self.lastResult = None
         self.lastTable = None

@@ -9,6 +9,8 @@ import numpy as np
 import slicer
 import vtk
 
+from DuralSacSegLib import slicer_terminology
+
 
 def volumeFromNode(volumeNode):
     """:class:`spinemorph.volume.Volume` (LPS) with a copy of the voxels and the geometry of a scalar volume node."""
@@ -59,7 +61,7 @@ def setSegmentsFromLabelmap(segmentationNode, labels, referenceVolumeNode, segme
         segmentation.AddEmptySegment(segmentId, name, list(rgb))
         segment = segmentation.GetSegment(segmentId)
         if terminology:
-            segment.SetTerminology(terminology)
+            segment.SetTerminology(slicer_terminology.segmentTerminology(terminology))
         mask = (array == labelValue).astype(np.uint8)
         if mask.any():  # an empty structure stays an empty segment (nothing to import)
             slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentationNode, segmentId, referenceVolumeNode)

@@ -13,6 +13,7 @@ import time
 
 import slicer
 from DuralSacSegLib import slicer_dependencies
+from DuralSacSegLib.slicer_common import SceneCacheMixin, nodeInScene
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
 from FORAMEN3DLib import slicer_nodes
@@ -21,11 +22,16 @@ from FORAMEN3DLib import slicer_nodes
 CHANNEL_COLOR = (0.2, 0.9, 0.4)
 
 
-class FORAMEN3DLogicBase(ScriptedLoadableModuleLogic):
+class FORAMEN3DLogicBase(ScriptedLoadableModuleLogic, SceneCacheMixin):
     """Implementation of ``FORAMEN3DLogic`` (the module file's class derives from this one)."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
+        self.clearCaches()
+        self.observeSceneClose()
+
+    def clearCaches(self):
+        """Forget every cached node and result (scene closed: the nodes are gone and their IDs will be reused)."""
         #: ``markup_model.MeasurementState`` of the last measurement, its markups nodes by key, last morphometry result
         self.measurementState = None
         self.markupNodes = {}
@@ -72,7 +78,7 @@ class FORAMEN3DLogicBase(ScriptedLoadableModuleLogic):
 
         for segmentId, name, rgb, polyData, _info in markup_model.surface_models_ras(labels):
             node = self.surfaceModels.get(segmentId)
-            if node is not None and slicer.mrmlScene.GetNodeByID(node.GetID()) is None:
+            if not nodeInScene(node):
                 node = None
             node = slicer_nodes.setModel(node, f"{inputVolume.GetName()} {name} surface", polyData, rgb)
             slicer_nodes.placeInStudy(node, inputVolume)
@@ -108,7 +114,7 @@ class FORAMEN3DLogicBase(ScriptedLoadableModuleLogic):
 
     def _createMarkups(self, inputVolume):
         for node in self.markupNodes.values():
-            if slicer.mrmlScene.GetNodeByID(node.GetID()) is not None:
+            if nodeInScene(node):
                 slicer.mrmlScene.RemoveNode(node)
         self.markupNodes = {}
         for spec in self.measurementState.markup_specs():
@@ -126,7 +132,7 @@ class FORAMEN3DLogicBase(ScriptedLoadableModuleLogic):
         return values
 
     def refreshMeasurementTable(self):
-        if self.measurementState is not None and getattr(self, "measurementTable", None) is not None:
+        if self.measurementState is not None and nodeInScene(getattr(self, "measurementTable", None)):
             slicer_nodes.fillTableFromRows(self.measurementTable, self.measurementState.rows())
 
     def measurementRows(self, case=""):

@@ -5,10 +5,18 @@ Decisions (markups, live values, layout, reformats, messages) come from the Slic
 """
 
 import logging
+import os
 
 import qt
 import slicer
 from DuralSacSegLib.slicer_common import IMPORTED_WEIGHTS, ComputeControllerMixin, ModelComboMixin, reloadGlue  # noqa: F401 - reloadGlue is used by the module file
+
+
+def catalogPath():
+    """The embedded 3D models' catalogue (``FORAMEN3DLib.models3d.CATALOG_PATH``: ``Resources/Models`` next to the
+    package, in the source tree and in the installed extension)."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources", "Models",
+                        "foramen3d_catalog.json")
 
 
 class FORAMEN3DController(ModelComboMixin, ComputeControllerMixin):
@@ -25,21 +33,25 @@ class FORAMEN3DController(ModelComboMixin, ComputeControllerMixin):
 
     # ------------------------------------------------------------------ model / device
     def modelEntries(self):
-        """Embedded 3D models (catalogue; default first) + "Imported weights file…". Before the dependencies are
-        installed the catalogue cannot be read and only the default entry is shown; a catalogue error is returned
-        so the panel shows it."""
+        """Embedded 3D models (catalogue; default first) + "Imported weights file…"; a catalogue error is returned so
+        the panel shows it. The catalogue JSON is read here directly: ``FORAMEN3DLib.models3d`` imports torch, which
+        building the panel must not do (inference runs in a separate process)."""
+        import json
+
         entries, error = [], ""
-        try:
-            from FORAMEN3DLib import models3d
-            from spinemorph.errors import SpineMorphError
-        except ImportError:
-            models3d = None
-        if models3d is not None:
+        path = catalogPath()
+        if os.path.isfile(path):
             try:
-                for entry in models3d.list_models():
+                with open(path, encoding="utf-8") as fh:
+                    catalog = json.load(fh)
+                models = catalog["models"]
+                default = catalog.get("default")
+                models = sorted(models, key=lambda e: e.get("name") != default)  # default first
+                for entry in models:
                     entries.append((f"{entry['name']} ({entry.get('description', '3D U-Net')})"[:80], entry["name"]))
-            except SpineMorphError as exc:
-                error = str(exc)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                error = f"model catalogue {path} is unreadable ({exc}); reinstall the extension"
+                entries = []
         if not entries:
             entries.append(("default (embedded 3D U-Net)", "default"))
         entries.append(("Imported weights file…", IMPORTED_WEIGHTS))
