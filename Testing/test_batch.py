@@ -268,7 +268,7 @@ def test_cli_batch_study_partial_is_kept(tmp_path, monkeypatch):
     for name in ("partial", "broken"):
         (folder / name).mkdir(parents=True)
     out = tmp_path / "out"
-    code, err = _main(["batch", "study", folder, "--out", out])
+    code, err = _main(["batch", "study", folder, "--out", out, "--workers", "0"])  # in-process: the monkeypatch applies
     assert code == 3, err
     rows = {r["case"]: r for r in csv.DictReader(io.StringIO((out / REPORT_CSV).read_text()))}
     assert rows["partial"]["status"] == "ok" and rows["partial"]["message"].startswith("partial")

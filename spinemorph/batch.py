@@ -22,13 +22,18 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from spinemorph.atomic import atomic_write_text, prepare_output_dir
+from spinemorph.batch_summary import ROW_JSON, SUMMARY_CSV, SUMMARY_PARQUET, case_row, read_row, write_summary_table
 from spinemorph.errors import InputError, OutputError, SpineMorphError
 from spinemorph.volume import IMAGE_SUFFIXES
 
@@ -40,10 +45,20 @@ REPORT_CSV = "batch_report.csv"
 #: exit codes (same values as :mod:`spinemorph.cli`)
 EXIT_OK, EXIT_FAILURE, EXIT_PARTIAL = 0, 1, 3
 
+#: a case whose worker process dies is retried this many times on another worker, then reported as failed
+WORKER_DEATHS_RETRIED = 1
+#: memory one worker needs for the heaviest task (study: 3D U-Net inference + meshes + planning), for sizing the
+#: default local cluster; measured peak is in docs/benchmark.md ("Batch")
+WORKER_MEMORY_BYTES = 3 * 2**30
+#: the report and summary table are rewritten at most this often while a Dask batch runs
+REPORT_EVERY_S = 5.0
+#: seconds to wait for an external scheduler
+CONNECT_TIMEOUT_S = 30
+
 #: statuses of a case in the report
 OK, FAILED, SKIPPED, NOT_RUN = "ok", "failed", "skipped", "not run"
 
-CSV_COLUMNS = ("case", "status", "error_kind", "message", "seconds", "input", "output")
+CSV_COLUMNS = ("case", "status", "error_kind", "message", "seconds", "input", "output", "worker")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +98,8 @@ class CaseResult:
     seconds: float = 0.0
     output: Path | None = None
     summary: dict = dataclasses.field(default_factory=dict)
+    worker: str = ""
+    peak_rss_mb: float | None = None
 
     def row(self) -> dict:
         return {
@@ -93,6 +110,7 @@ class CaseResult:
             "seconds": f"{self.seconds:.3f}",
             "input": str(self.case.path),
             "output": str(self.output) if self.output else "",
+            "worker": self.worker,
         }
 
 
@@ -136,7 +154,8 @@ class BatchReport:
             "interrupted": self.interrupted,
             "exit_code": self.exit_code,
             "ignored": list(self.ignored),
-            "cases": [{**r.row(), "seconds": round(r.seconds, 3), "summary": r.summary} for r in self.results],
+            "cases": [{**r.row(), "seconds": round(r.seconds, 3),
+                       "summary": {k: v for k, v in r.summary.items() if k != "row"}} for r in self.results],
         }
 
     def to_csv(self) -> str:
@@ -148,10 +167,13 @@ class BatchReport:
         return buf.getvalue()
 
     def write(self) -> dict[str, Path]:
-        """Write ``batch_report.json`` and ``batch_report.csv`` atomically into :attr:`out_dir`."""
+        """Write ``batch_report.json``, ``batch_report.csv`` and the summary table (``batch_summary.csv`` and, with
+        pyarrow, ``.parquet``; see :mod:`spinemorph.batch_summary`) atomically into :attr:`out_dir`."""
+        table = write_summary_table([_table_row(r) for r in self.results], self.out_dir)
         self.paths = {
             "json": atomic_write_text(self.out_dir / REPORT_JSON, json.dumps(self.to_dict(), indent=2, default=str) + "\n"),
             "csv": atomic_write_text(self.out_dir / REPORT_CSV, self.to_csv()),
+            **{f"summary_{k}": v for k, v in table.items()},
         }
         return self.paths
 
@@ -213,11 +235,12 @@ def discover_cases(folder: str | os.PathLike) -> tuple[list[BatchCase], list[str
     return out, ignored
 
 
-# ---------------------------------------------------------------------- running
+# ---------------------------------------------------------------------- running one case (in any process)
 def _check_names(cases: list[BatchCase]) -> None:
     seen = set()
+    reserved = {REPORT_JSON, REPORT_CSV, SUMMARY_CSV, SUMMARY_PARQUET}
     for c in cases:
-        if not c.name or c.name.startswith(".") or "/" in c.name or os.sep in c.name or c.name in (REPORT_JSON, REPORT_CSV):
+        if not c.name or c.name.startswith(".") or "/" in c.name or os.sep in c.name or c.name in reserved:
             raise InputError(f"case name {c.name!r} cannot be used as a result folder name")
         if c.name in seen:
             raise InputError(f"two cases are named {c.name!r}; case names must be unique")
@@ -232,10 +255,31 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def _publish(staging: Path, final: Path, overwrite: bool) -> None:
+def remove_stale_staging(out: Path, name: str | None = None) -> list[str]:
+    """Remove staging (``.<case>.partial-*``) and replaced (``.<case>.old-*``) folders left by a killed batch.
+
+    Only call this while no case of this batch is running (they are the folders of running cases otherwise).
+    """
+    removed = []
+    pattern = f".{name}." if name else "."
+    with contextlib.suppress(OSError):
+        for p in out.iterdir():
+            if p.name.startswith(pattern) and (".partial-" in p.name or ".old-" in p.name):
+                _remove(p)
+                removed.append(p.name)
+    return removed
+
+
+class _AlreadyDone(Exception):
+    """The result folder appeared while the case ran (another run of the same batch finished it first)."""
+
+
+def _publish(staging: Path, final: Path, overwrite: bool, keep_existing: bool = False) -> None:
     """Move a finished staging folder to ``final`` (replacing an old result only with ``overwrite``)."""
     old = None
     if final.exists() or final.is_symlink():
+        if keep_existing and final.is_dir():
+            raise _AlreadyDone
         if not overwrite:
             raise OutputError(f"{final} already exists; pass --overwrite to replace it or --resume to keep it")
         old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.monotonic_ns()}")
@@ -250,6 +294,161 @@ def _publish(staging: Path, final: Path, overwrite: bool) -> None:
         _remove(old)
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:200]
+
+
+def _run_one(case: BatchCase, fn, out: Path, final: Path, overwrite: bool, keep_existing: bool = False,
+             worker: str = "local") -> CaseResult:
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{case.name}.partial-", dir=out))
+    except OSError as exc:
+        return CaseResult(case, FAILED, f"cannot create a folder in {out}: {exc.strerror or exc}", "OutputError")
+    t0 = time.perf_counter()
+    try:
+        summary = fn(case, staging)
+        summary = summary if isinstance(summary, dict) else {}
+        # the summary-table row lives inside the case folder, so that it is exactly as complete as the folder
+        row = {"partial": bool(summary.get("partial")), "case_s": round(time.perf_counter() - t0, 3), "worker": worker,
+               "worker_peak_rss_mb": round(peak_rss_mb(), 1), **case_row(staging), **dict(summary.get("row") or {})}
+        atomic_write_text(staging / ROW_JSON, json.dumps(row, indent=1, default=str) + "\n")
+        _publish(staging, final, overwrite, keep_existing)
+    except _AlreadyDone:
+        return CaseResult(case, SKIPPED, "result written meanwhile by another run of this batch (--resume)",
+                          output=final, summary={"row": read_row(final)})
+    except SpineMorphError as exc:
+        return CaseResult(case, FAILED, _first_line(exc) or type(exc).__name__, type(exc).__name__)
+    except OSError as exc:
+        return CaseResult(case, FAILED, f"cannot write the results of {case.name}: {exc.strerror or exc}", "OutputError")
+    except MemoryError:
+        return CaseResult(case, FAILED, "out of memory; the input is too large", "MemoryError")
+    except SystemExit as exc:  # an argparse usage error inside a case
+        return CaseResult(case, FAILED, f"the command refused its arguments (exit code {exc.code})", "UsageError")
+    except Exception as exc:  # noqa: BLE001 - a bug must not stop the other cases; it is reported with its type
+        log.debug("case %s: unexpected error\n%s", case.name, traceback.format_exc())
+        return CaseResult(case, FAILED, f"internal error {type(exc).__name__}: {_first_line(exc)} (please report this)",
+                          "InternalError")
+    finally:
+        if staging.exists():
+            _remove(staging)
+    return CaseResult(case, OK, str(summary.get("note", "")), output=final, summary={**summary, "row": row})
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MB."""
+    try:
+        import resource
+
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return kb / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
+    except ImportError:  # Windows
+        import psutil
+
+        info = psutil.Process().memory_info()
+        return getattr(info, "peak_wset", info.rss) / 2**20
+
+
+#: one case at a time per process: the case functions capture the process-wide stdout/stderr and share cached models
+_CASE_LOCK = threading.Lock()
+_TORCH_THREADS: list[int] = []
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (affinity / cgroup-aware where the OS tells)."""
+    with contextlib.suppress(AttributeError, OSError):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def _set_torch_threads(n: int) -> None:
+    if _TORCH_THREADS and _TORCH_THREADS[-1] == n:
+        return
+    with contextlib.suppress(ImportError):
+        import torch
+
+        torch.set_num_threads(n)
+    _TORCH_THREADS.append(n)
+
+
+def _host_of(address: str) -> str:
+    if "://" in address:
+        return urlsplit(address).hostname or address
+    return address.rsplit(":", 1)[0]
+
+
+def _this_worker() -> tuple[str, int]:
+    """(address, Dask threads) of the Dask worker running this code, or ("local", 1)."""
+    try:
+        from distributed import get_worker
+
+        w = get_worker()
+        return str(w.address), int(getattr(w.state, "nthreads", 1) or 1)
+    except (ImportError, ValueError, AttributeError):
+        return "local", 1
+
+
+def execute_case(case: BatchCase, fn, out_dir: str | os.PathLike, *, overwrite: bool = False, resume: bool = False,
+                 torch_threads: int | None = None, workers_per_host: dict[str, int] | None = None) -> CaseResult:
+    """Run one case where this is called (a Dask worker, or this process): staging folder, ``fn``, atomic rename.
+
+    Never raises for a failing case (the failure is the returned result); only the death of the process loses it,
+    which the caller (Dask) sees. ``torch_threads`` is set once per process (None: this host's cores divided by
+    the batch's workers on this host, ``workers_per_host``; 0: left as it is).
+    """
+    out = Path(out_dir)
+    final = out / case.name
+    with _CASE_LOCK:
+        worker, _ = _this_worker()
+        if torch_threads is None:
+            n_here = (workers_per_host or {}).get(_host_of(worker), 1)
+            torch_threads = max(1, available_cores() // max(1, n_here))
+        if torch_threads:
+            _set_torch_threads(int(torch_threads))
+        t0 = time.perf_counter()
+        if resume and final.is_dir():
+            res = CaseResult(case, SKIPPED, "result exists from an earlier run (--resume)", output=final,
+                             summary={"row": read_row(final)})
+        else:
+            res = _run_one(case, fn, out, final, overwrite, keep_existing=resume, worker=worker)
+        res.seconds = time.perf_counter() - t0
+        res.worker = worker
+        res.peak_rss_mb = round(peak_rss_mb(), 1)
+        return res
+
+
+def _table_row(res: CaseResult) -> dict:
+    """Summary-table row: the stored row of a case with a result (timings / worker of the run that made it)."""
+    row = dict(res.summary.get("row") or {}) if res.status in (OK, SKIPPED) else {}
+    if res.status == SKIPPED and not row and res.output is not None:
+        row = read_row(res.output)
+    return {**row, "case": res.case.name, "status": res.status, "message": res.message,
+            "partial": bool(row.get("partial", False))}
+
+
+# ---------------------------------------------------------------------- in-process engine
+def _prepare(cases, out_dir, overwrite: bool, resume: bool) -> tuple[list[BatchCase], Path]:
+    cases = list(cases)
+    _check_names(cases)
+    expected = [] if (overwrite or resume) else [REPORT_JSON, REPORT_CSV]
+    out = prepare_output_dir(out_dir, overwrite or resume, expected)
+    stale = remove_stale_staging(out)
+    if stale:
+        log.info("removed %d staging folder(s) of an interrupted batch: %s", len(stale), ", ".join(stale[:5]))
+    return cases, out
+
+
+def _precheck(case: BatchCase, out: Path, overwrite: bool, resume: bool) -> CaseResult | None:
+    """The result of a case decided without running it (kept with --resume, or refused), or None."""
+    final = out / case.name
+    if resume and final.is_dir():
+        return CaseResult(case, SKIPPED, "result exists from an earlier run (--resume)", output=final,
+                          summary={"row": read_row(final)})
+    if (final.exists() or final.is_symlink()) and not overwrite:
+        return CaseResult(case, FAILED, f"{final} already exists; pass --overwrite to replace it or --resume to keep it",
+                          "OutputError")
+    return None
+
+
 def run_batch(
     cases: Iterable[BatchCase],
     fn: Callable[[BatchCase, Path], dict | None],
@@ -262,7 +461,7 @@ def run_batch(
     progress: Callable[[int, int, CaseResult], None] | None = None,
     write_report: bool = True,
 ) -> BatchReport:
-    """Run ``fn(case, case_out_dir)`` for every case, continuing past failures.
+    """Run ``fn(case, case_out_dir)`` for every case in this process, one after the other, continuing past failures.
 
     Parameters
     ----------
@@ -271,7 +470,8 @@ def run_batch(
     fn : callable
         ``fn(case, case_out_dir) -> dict | None``; writes the case's outputs into ``case_out_dir`` (an empty
         staging folder, renamed to ``out_dir/<name>`` on success) and raises on failure. A returned dict is kept
-        in the report (``summary``); its ``"note"`` (if any) becomes the case's message.
+        in the report (``summary``); its ``"note"`` (if any) becomes the case's message, its ``"row"`` (if any)
+        adds columns to the summary table.
     out_dir : path
         Batch output folder (created).
     overwrite : bool
@@ -285,7 +485,7 @@ def run_batch(
     progress : callable, optional
         ``progress(i, n, result)`` after every case.
     write_report : bool
-        Write ``batch_report.json`` / ``.csv`` (default True).
+        Write ``batch_report.json`` / ``.csv`` and the summary table (default True).
 
     Returns
     -------
@@ -298,27 +498,19 @@ def run_batch(
     SpineMorphError
         Unusable ``out_dir``, duplicate case names, or an existing report without ``overwrite`` / ``resume``.
     """
-    cases = list(cases)
-    _check_names(cases)
-    expected = [] if (overwrite or resume) else [REPORT_JSON, REPORT_CSV]
-    out = prepare_output_dir(out_dir, overwrite or resume, expected)
+    cases, out = _prepare(cases, out_dir, overwrite, resume)
     report = BatchReport([], out, task=task, ignored=list(ignored or []))
     n = len(cases)
     try:
         for i, case in enumerate(cases):
-            final = out / case.name
             t0 = time.perf_counter()
-            if resume and final.is_dir():
-                res = CaseResult(case, SKIPPED, "result exists from an earlier run (--resume)", output=final)
-            elif final.exists() and not overwrite:
-                res = CaseResult(case, FAILED, f"{final} already exists; pass --overwrite to replace it or --resume to keep it",
-                                 "OutputError")
-            else:
-                res = _run_one(case, fn, out, final, overwrite)
+            res = _precheck(case, out, overwrite, resume)
+            if res is None:
+                res = execute_case(case, fn, out, overwrite=overwrite, resume=resume, torch_threads=0)
             res.seconds = time.perf_counter() - t0
             report.results.append(res)
-            if res.status == FAILED:
-                log.warning("case %s failed: %s", case.name, res.message)
+            if res.status == FAILED:  # the progress callback shows it, if there is one
+                log.log(logging.DEBUG if progress else logging.WARNING, "case %s failed: %s", case.name, res.message)
             if progress is not None:
                 progress(i + 1, n, res)
     except KeyboardInterrupt:
@@ -333,30 +525,286 @@ def run_batch(
     return report
 
 
-def _run_one(case: BatchCase, fn, out: Path, final: Path, overwrite: bool) -> CaseResult:
+# ---------------------------------------------------------------------- Dask engine
+@dataclasses.dataclass(frozen=True)
+class ClusterPlan:
+    """How a local cluster is sized: ``workers`` processes running one case each, ``torch_threads`` per worker."""
+
+    workers: int
+    torch_threads: int
+    cores: int
+    memory_limit_bytes: int | None
+    notes: tuple[str, ...] = ()
+
+
+def plan_local_cluster(workers: int | None = None, threads_per_worker: int | None = None, *, cores: int | None = None,
+                       memory_bytes: int | None = None) -> ClusterPlan:
+    """Size a :class:`distributed.LocalCluster` for this machine so that workers × torch threads ≤ cores.
+
+    Default: as many one-thread workers as cores, but no more than memory allows
+    (:data:`WORKER_MEMORY_BYTES` each); with ``workers`` given, the cores are shared among them. An explicit
+    ``threads_per_worker`` that would oversubscribe the cores is lowered (noted in ``notes``).
+    """
+    cores = int(cores or available_cores())
+    if memory_bytes is None:
+        with contextlib.suppress(ImportError):
+            import psutil
+
+            memory_bytes = int(psutil.virtual_memory().total)
+    notes = []
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be >= 1 for a Dask cluster, got {workers}")
+    if threads_per_worker is not None and threads_per_worker < 1:
+        raise InputError(f"--threads-per-worker must be >= 1, got {threads_per_worker}")
+    if workers is None:
+        workers = max(1, cores // (threads_per_worker or 1))
+        if memory_bytes:
+            by_memory = max(1, int(memory_bytes // WORKER_MEMORY_BYTES))
+            if by_memory < workers:
+                notes.append(f"{by_memory} workers instead of {workers}: each needs about "
+                             f"{WORKER_MEMORY_BYTES / 2**30:.0f} GiB and this machine has {memory_bytes / 2**30:.0f} GiB")
+                workers = by_memory
+    if workers > cores:
+        notes.append(f"{workers} workers on {cores} cores: cases will compete for the cores")
+    fair = max(1, cores // workers)
+    threads = threads_per_worker or fair
+    if threads > fair:
+        notes.append(f"--threads-per-worker {threads} lowered to {fair} so that {workers} workers x threads "
+                     f"<= {cores} cores")
+        threads = fair
+    limit = int(memory_bytes // workers) if memory_bytes else None
+    return ClusterPlan(workers, threads, cores, limit, tuple(notes))
+
+
+def start_local_cluster(plan: ClusterPlan, dashboard: bool = False):
+    """A :class:`distributed.LocalCluster` for ``plan``: one process per worker, one case at a time per worker.
+
+    A case whose worker process dies (killed, crashed, over its memory limit) is retried once on another worker
+    (``allowed_failures`` = :data:`WORKER_DEATHS_RETRIED`), then reported as failed.
+    """
+    from distributed import LocalCluster
+
+    dash = None
+    if dashboard:
+        with contextlib.suppress(ImportError):
+            import bokeh  # noqa: F401 - the dashboard needs it
+
+            dash = ":0"
+    return LocalCluster(
+        n_workers=plan.workers, threads_per_worker=1, processes=True,
+        memory_limit=plan.memory_limit_bytes or "auto", dashboard_address=dash,
+        silence_logs=logging.ERROR, scheduler_kwargs={"allowed_failures": WORKER_DEATHS_RETRIED},
+    )
+
+
+class _QuietDask:
+    """Dask's own INFO/WARNING logging (workers registering, nannies restarting) off the console while a batch runs;
+    the batch reports what matters per case. Kept with ``spinemorph -v`` (debug logging)."""
+
+    NAMES = ("distributed", "bokeh", "tornado")
+
+    def __init__(self):
+        self.levels = {}
+        if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+            for name in self.NAMES:
+                lg = logging.getLogger(name)
+                self.levels[name] = lg.level
+                lg.setLevel(logging.ERROR)
+
+    def restore(self) -> None:
+        for name, level in self.levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _total_threads(client) -> int:
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{case.name}.partial-", dir=out))
-    except OSError as exc:
-        return CaseResult(case, FAILED, f"cannot create a folder in {out}: {exc.strerror or exc}", "OutputError")
+        return int(sum(client.nthreads().values()))
+    except Exception:  # noqa: BLE001 - scheduler briefly unreachable: one case at a time until it answers
+        return 1
+
+
+def _workers_per_host(client) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    with contextlib.suppress(Exception):
+        for addr in client.scheduler_info().get("workers", {}):
+            h = _host_of(str(addr))
+            counts[h] = counts.get(h, 0) + 1
+    return counts
+
+
+def _lost_result(case: BatchCase, exc: BaseException, out: Path, memory_limit_bytes: int | None) -> CaseResult:
+    name = type(exc).__name__
+    if name == "KilledWorker":
+        limit = f" of {memory_limit_bytes / 2**30:.1f} GiB" if memory_limit_bytes else ""
+        msg = (f"the worker process running this case died {WORKER_DEATHS_RETRIED + 1} times (killed, crashed, or over "
+               f"its memory limit{limit}); rerun it alone or with more memory per worker")
+        res = CaseResult(case, FAILED, msg, "WorkerDied")
+    elif name == "CancelledError":
+        res = CaseResult(case, FAILED, "the Dask scheduler cancelled this case (scheduler or connection lost)",
+                         "Cancelled")
+    else:
+        res = CaseResult(case, FAILED, f"the case could not run on the cluster ({name}: {_first_line(exc)})",
+                         "ClusterError")
+    remove_stale_staging(out, case.name)  # what its dead worker left behind
+    return res
+
+
+def run_batch_dask(
+    cases: Iterable[BatchCase],
+    fn: Callable[[BatchCase, Path], dict | None],
+    out_dir: str | os.PathLike,
+    *,
+    client=None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    threads_per_worker: int | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    task: str = "",
+    ignored: list[str] | None = None,
+    progress: Callable[[int, int, CaseResult], None] | None = None,
+    on_start: Callable[[dict], None] | None = None,
+    write_report: bool = True,
+    report_every_s: float = REPORT_EVERY_S,
+) -> BatchReport:
+    """Run ``fn(case, case_out_dir)`` for every case as one Dask task per case, continuing past failures.
+
+    Same contract as :func:`run_batch` (``fn``, staging folders, report, ``resume``, ``overwrite``), plus:
+
+    Parameters
+    ----------
+    client : distributed.Client, optional
+        Submit to this client (e.g. one made in the Slicer Python console); it is left open.
+    scheduler : str, optional
+        Address of a running Dask scheduler (``tcp://host:8786``) to connect to. Neither ``client`` nor
+        ``scheduler``: a :class:`distributed.LocalCluster` sized by :func:`plan_local_cluster` is started and closed.
+    workers, threads_per_worker : int, optional
+        Local cluster size (see :func:`plan_local_cluster`); ``threads_per_worker`` is also the torch thread count of
+        every worker of an external cluster (default there: the host's cores / its workers).
+    on_start : callable, optional
+        ``on_start(info)`` once connected: ``info`` has ``dashboard``, ``workers``, ``torch_threads``, ``notes``,
+        ``n_to_run``.
+    report_every_s : float
+        The report and summary table are rewritten at most this often while the batch runs (and at its end), so a
+        batch killed outright still leaves a report of the cases done so far.
+
+    ``fn`` must be picklable (a module-level function or an object of an importable class) and importable where
+    the workers run; ``out_dir`` must be a folder the workers see under the same path (a shared file system).
+    """
     try:
-        summary = fn(case, staging)
-        _publish(staging, final, overwrite)
-    except SpineMorphError as exc:
-        return CaseResult(case, FAILED, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-                          type(exc).__name__)
-    except OSError as exc:
-        return CaseResult(case, FAILED, f"cannot write the results of {case.name}: {exc.strerror or exc}", "OutputError")
-    except MemoryError:
-        return CaseResult(case, FAILED, "out of memory; the input is too large", "MemoryError")
-    except SystemExit as exc:  # an argparse usage error inside a case
-        return CaseResult(case, FAILED, f"the command refused its arguments (exit code {exc.code})", "UsageError")
-    except Exception as exc:  # noqa: BLE001 - a bug must not stop the other cases; it is reported with its type
-        log.debug("case %s: unexpected error\n%s", case.name, traceback.format_exc())
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        return CaseResult(case, FAILED, f"internal error {type(exc).__name__}: {first} (please report this)",
-                          "InternalError")
+        from distributed import Client, as_completed
+    except ImportError:
+        raise SpineMorphError("Dask is not installed; install it with: pip install 'dask[distributed]' "
+                              "(or run the batch in this process with --workers 0)") from None
+    cases, out = _prepare(cases, out_dir, overwrite, resume)
+    report = BatchReport([], out, task=task, ignored=list(ignored or []))
+    results: dict[str, CaseResult] = {}
+    todo = []
+    for case in cases:
+        res = _precheck(case, out, overwrite, resume)
+        if res is None:
+            todo.append(case)
+        else:
+            results[case.name] = res
+
+    def collect(final: bool) -> None:
+        pending = "batch interrupted before this case" if final else "pending (batch still running)"
+        report.results = [results.get(c.name) or CaseResult(c, NOT_RUN, pending) for c in cases]
+
+    n, done = len(cases), 0
+    cluster = None
+    own_client = client is None
+    plan = None
+    quiet = _QuietDask()
+    try:
+        if client is None:
+            if scheduler:
+                try:
+                    client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
+                except (OSError, TimeoutError) as exc:
+                    raise SpineMorphError(f"cannot connect to the Dask scheduler at {scheduler} ({_first_line(exc)}); "
+                                          "check the address and that the scheduler is running") from None
+            else:
+                plan = plan_local_cluster(workers, threads_per_worker)
+                cluster = start_local_cluster(plan, dashboard=True)
+                client = Client(cluster)
+        torch_threads = plan.torch_threads if plan else threads_per_worker
+        per_host = _workers_per_host(client)
+        if on_start is not None:
+            dashboard = None
+            with contextlib.suppress(Exception):
+                if "dashboard" in client.scheduler_info().get("services", {}):
+                    dashboard = client.dashboard_link
+            on_start({"dashboard": dashboard, "workers": sum(per_host.values()), "torch_threads": torch_threads,
+                      "notes": list(plan.notes) if plan else [], "n_to_run": len(todo)})
+        for case in cases:  # decided without running: reported first
+            if case.name in results:
+                done += 1
+                if progress is not None:
+                    progress(done, n, results[case.name])
+        collect(False)
+        if write_report:  # from now on a report exists, however the batch ends
+            report.write()
+        token = uuid.uuid4().hex[:8]
+        waiting = list(enumerate(todo))
+        futures: dict = {}
+        running = as_completed()
+
+        def submit_more() -> None:
+            # no more cases in flight than the cluster has threads: each worker holds only the case it runs, so a
+            # worker that dies takes no innocent queued case with it, and the batch follows a cluster that grows
+            slots = max(1, _total_threads(client))
+            while waiting and len(futures) < slots:
+                i, case = waiting.pop(0)
+                fut = client.submit(execute_case, case, fn, out, overwrite=overwrite, resume=resume,
+                                    torch_threads=torch_threads, workers_per_host=per_host,
+                                    key=(f"spinemorph-case-{token}", i), pure=False)
+                futures[fut] = case
+                running.add(fut)
+
+        submit_more()
+        last_write = time.monotonic()
+        try:
+            for fut in running:
+                case = futures.pop(fut)
+                try:
+                    res = fut.result()
+                except Exception as exc:  # noqa: BLE001 - worker death / cancellation: this case is lost, not the batch
+                    res = _lost_result(case, exc, out, plan.memory_limit_bytes if plan else None)
+                fut.release()
+                submit_more()
+                results[case.name] = res
+                done += 1
+                if res.status == FAILED:  # the progress callback shows it, if there is one
+                    log.log(logging.DEBUG if progress else logging.WARNING, "case %s failed: %s", case.name, res.message)
+                if progress is not None:
+                    progress(done, n, res)
+                if write_report and time.monotonic() - last_write >= report_every_s:
+                    collect(False)
+                    report.write()
+                    last_write = time.monotonic()
+        except KeyboardInterrupt:
+            report.interrupted = True
+            with contextlib.suppress(Exception):
+                client.cancel(list(futures))
+            raise
+    except KeyboardInterrupt:
+        report.interrupted = True
+        collect(True)
+        if write_report:
+            report.write()
+        raise
     finally:
-        if staging.exists():
-            _remove(staging)
-    summary = summary if isinstance(summary, dict) else {}
-    return CaseResult(case, OK, str(summary.get("note", "")), output=final, summary=summary)
+        if own_client and client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.close()
+        quiet.restore()
+    if not report.interrupted:
+        remove_stale_staging(out)  # nothing runs any more: leftovers of dead workers only
+    collect(True)
+    if write_report:
+        report.write()
+    return report

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import io
 import logging
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from spinemorph.atomic import atomic_write_text
@@ -84,6 +86,14 @@ def register(subparsers) -> None:
                    help="extra options for the per-case command, as one quoted string (e.g. \"--model unet --device cpu\")")
     p.add_argument("--overwrite", action="store_true", help="replace existing case results and the report")
     p.add_argument("--resume", action="store_true", help="keep existing case results (skip those cases), run the rest")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes of the local Dask cluster (default: sized to this machine's cores and memory; "
+                        "0 = run the cases one after the other in this process, without Dask)")
+    p.add_argument("--threads-per-worker", type=int, default=None, metavar="T",
+                   help="torch threads per worker (default: cores / workers, so that workers x threads <= cores)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on an existing Dask cluster: address of its scheduler (e.g. tcp://10.0.0.5:8786); the "
+                        "workers must have SpineMorph installed and see FOLDER and DIR under the same paths")
     p.set_defaults(func=run)
 
 
@@ -120,24 +130,117 @@ def command_for(task: str, parser: argparse.ArgumentParser | None = None) -> tup
     return parser, prefix
 
 
-def make_case_function(task: str, extra_args: list[str], parser: argparse.ArgumentParser | None = None):
-    """Return ``fn(case, out_dir)`` running the single-case command of ``task`` (for :func:`spinemorph.batch.run_batch`).
+#: DSCA predictors loaded in this process, by (model, device, weights mtime): each worker loads each model once
+_PREDICTORS: dict[tuple, tuple] = {}
+#: models loaded by this process (``{"dsca": n}``), for tests and the benchmark
+MODEL_LOADS: dict[str, int] = {"dsca": 0}
+_MAX_CACHED_PREDICTORS = 4
 
-    The extra arguments are checked once here (a usage error exits 2 before any case runs).
+
+def _weights_mtime(model) -> float:
+    with contextlib.suppress(OSError, TypeError, ValueError):
+        p = Path(str(model)).expanduser()
+        if p.is_file():
+            return p.stat().st_mtime
+    return 0.0
+
+
+def install_model_cache() -> bool:
+    """Keep the DSCA networks this process loads (per-worker model cache); returns True if the cache is active.
+
+    ``DuralSacSegLib.segment.segment_volume`` loads its network through ``make_model_predictor`` on every call; in a
+    batch process that function is wrapped once so that every (model, device) is loaded the first time only and
+    then reused by the following cases (the predictor holds no per-case state). The 3D foramen models are already
+    kept per process by ``FORAMEN3DLib.segment3d.get_model``.
     """
-    parser, prefix = command_for(task, parser)
-    for forbidden in ("--out", "--overwrite"):
-        if any(a == forbidden or a.startswith(forbidden + "=") for a in extra_args):
-            raise InputError(f"--args must not contain {forbidden}; the batch sets it for every case")
-    parser.parse_args([*prefix, "CASE", "--out", "OUT", *extra_args])  # usage errors now, not once per case
+    try:
+        from DuralSacSegLib import segment as seg
+    except ImportError:
+        return False
+    original = getattr(seg, "make_model_predictor", None)
+    if original is None:
+        return False
+    if getattr(original, "_spinemorph_batch_cache", False):
+        return True
 
-    accepted = ACCEPTED_EXIT_CODES.get(task, (0,))
+    default_model = getattr(seg, "DEFAULT_MODEL", None)
 
-    def run_case(case: BatchCase, out_dir: Path) -> dict:
-        args = parser.parse_args([*prefix, str(case.path), "--out", str(out_dir), *extra_args])
+    def cached_predictor(model=default_model, device="auto"):
+        key = (None if model is None else str(model), str(device), _weights_mtime(model))
+        if key not in _PREDICTORS:
+            predictor = original(model, device)  # raises ModelError for bad weights: nothing cached
+            MODEL_LOADS["dsca"] += 1
+            with contextlib.suppress(Exception):
+                from spinemorph.batch_summary import LOADED_DSCA_SHA256
+
+                info = predictor[1]
+                LOADED_DSCA_SHA256[str(info.name)] = str(info.sha256)
+            while len(_PREDICTORS) >= _MAX_CACHED_PREDICTORS:
+                _PREDICTORS.pop(next(iter(_PREDICTORS)))
+            _PREDICTORS[key] = predictor
+        return _PREDICTORS[key]
+
+    cached_predictor._spinemorph_batch_cache = True
+    seg.make_model_predictor = cached_predictor
+    return True
+
+
+def model_loads() -> dict[str, int]:
+    """Models loaded so far by this process: ``{"dsca": n, "foramen": n}`` (run on every worker by the tests)."""
+    loads = dict(MODEL_LOADS)
+    with contextlib.suppress(ImportError, AttributeError):
+        from FORAMEN3DLib import segment3d
+
+        loads["foramen"] = int(segment3d._cached_model.cache_info().misses)
+    return loads
+
+
+_PARSERS: dict[str, argparse.ArgumentParser] = {}
+
+
+class CaseCommand:
+    """``fn(case, out_dir)`` for :func:`spinemorph.batch.run_batch` / ``run_batch_dask`` running the single-case
+    command of ``task`` with ``extra_args``.
+
+    A plain picklable object (task name + arguments): Dask ships it to the workers, where the ``spinemorph`` parser is
+    built once per process and the DSCA model cache installed (:func:`install_model_cache`). The command's console
+    output (stdout and stderr) goes to ``<case>/command_output.txt``.
+    """
+
+    def __init__(self, task: str, extra_args: list[str] | tuple[str, ...] = ()):
+        self.task = task
+        self.extra_args = tuple(extra_args)
+
+    def __repr__(self) -> str:
+        return f"CaseCommand({self.task!r}, {list(self.extra_args)!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, CaseCommand) and (self.task, self.extra_args) == (other.task, other.extra_args)
+
+    def __hash__(self) -> int:
+        return hash((self.task, self.extra_args))
+
+    def _parser(self) -> tuple[argparse.ArgumentParser, tuple[str, ...]]:
+        if "spinemorph" not in _PARSERS:
+            _PARSERS["spinemorph"] = command_for(self.task)[0]
+        return command_for(self.task, _PARSERS["spinemorph"])
+
+    def check(self) -> None:
+        """Refuse bad extra arguments before any case runs (a usage error exits 2)."""
+        parser, prefix = self._parser()
+        for forbidden in ("--out", "--overwrite"):
+            if any(a == forbidden or a.startswith(forbidden + "=") for a in self.extra_args):
+                raise InputError(f"--args must not contain {forbidden}; the batch sets it for every case")
+        parser.parse_args([*prefix, "CASE", "--out", "OUT", *self.extra_args])
+
+    def __call__(self, case: BatchCase, out_dir: Path) -> dict:
+        install_model_cache()
+        parser, prefix = self._parser()
+        accepted = ACCEPTED_EXIT_CODES.get(self.task, (0,))
+        args = parser.parse_args([*prefix, str(case.path), "--out", str(out_dir), *self.extra_args])
         buf = io.StringIO()
         try:
-            with contextlib.redirect_stdout(buf):
+            with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
                 code = int(args.func(args) or 0)
         finally:
             text = buf.getvalue()
@@ -153,28 +256,113 @@ def make_case_function(task: str, extra_args: list[str], parser: argparse.Argume
                     "note": "partial: some study step failed or was skipped; see report.html"}
         return {"exit_code": code}
 
-    return run_case
+
+def make_case_function(task: str, extra_args: list[str], parser: argparse.ArgumentParser | None = None) -> CaseCommand:
+    """Return ``fn(case, out_dir)`` running the single-case command of ``task`` (a :class:`CaseCommand`).
+
+    The extra arguments are checked once here (a usage error exits 2 before any case runs).
+    """
+    command_for(task, parser)
+    fn = CaseCommand(task, extra_args)
+    fn.check()
+    return fn
+
+
+class _ProgressPrinter:
+    """One line per finished case with live counts and ETA (and a tqdm bar over the cases on a terminal)."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.t0 = time.monotonic()
+        self.counts = {"ok": 0, "failed": 0, "skipped": 0}
+        self.n_run = 0
+        self.bar = None
+
+    def start(self, n: int, to_run: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=n, desc="cases", unit="case", file=self.stream, disable=None, dynamic_ncols=True)
+        self.t0 = time.monotonic()
+
+    def eta(self, i: int, n: int) -> str:
+        remaining = n - i
+        if not remaining:
+            return "0:00:00"
+        if not self.n_run:
+            return "?"
+        s = (time.monotonic() - self.t0) / self.n_run * remaining
+        return str(datetime.timedelta(seconds=int(round(s))))
+
+    def __call__(self, i: int, n: int, res) -> None:
+        key = res.status if res.status in self.counts else "failed"
+        self.counts[key] += 1
+        if res.status != "skipped":
+            self.n_run += 1
+        reason = f": {res.message}" if res.status == FAILED else ""
+        counts = f"ok {self.counts['ok']}, failed {self.counts['failed']}" + (
+            f", kept {self.counts['skipped']}" if self.counts["skipped"] else "")
+        line = f"[{i}/{n}] {res.case.name}: {res.status}{reason} ({counts}; ETA {self.eta(i, n)})"
+        if self.bar is not None and not self.bar.disable:
+            self.bar.set_postfix_str(counts, refresh=False)
+            self.bar.update(1)
+            self.bar.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``spinemorph batch``; returns 0, 3 (partial) or 1."""
+    from spinemorph.batch import run_batch_dask
+
     try:
         extra = shlex.split(args.args or "")
     except ValueError as exc:
         raise InputError(f"--args {args.args!r} cannot be split into options ({exc})") from None
+    if args.scheduler and args.workers is not None:
+        raise InputError("--workers sizes the local cluster; with --scheduler the cluster's own workers run the cases "
+                         "(drop --workers)")
+    if args.workers is not None and args.workers < 0:
+        raise InputError(f"--workers must be >= 0, got {args.workers}")
+    if args.threads_per_worker is not None and args.threads_per_worker < 1:
+        raise InputError(f"--threads-per-worker must be >= 1, got {args.threads_per_worker}")
     fn = make_case_function(args.task, extra)
     cases, ignored = discover_cases(args.folder)
     out_abs, folder_abs = Path(args.out).resolve(), Path(args.folder).resolve()
     if out_abs == folder_abs or folder_abs in out_abs.parents:
         raise InputError(f"--out {args.out} is inside the batch folder {args.folder}; choose an output folder outside it")
 
-    def progress(i: int, n: int, res) -> None:
-        reason = f": {res.message}" if res.status == FAILED else ""
-        print(f"[{i}/{n}] {res.case.name}: {res.status}{reason}", file=sys.stderr)
+    progress = _ProgressPrinter()
 
-    report = run_batch(cases, fn, args.out, overwrite=args.overwrite, resume=args.resume, task=args.task,
-                       ignored=ignored, progress=progress)
-    print(f"{report.summary_line()}; report: {report.paths['csv']}")
+    def on_start(info: dict) -> None:
+        for note in info.get("notes", []):
+            print(f"warning: {note}", file=sys.stderr)
+        where = f"Dask scheduler {args.scheduler}" if args.scheduler else "a local Dask cluster"
+        threads = info.get("torch_threads") or "auto"
+        print(f"{info['n_to_run']} case(s) to run on {where}: {info['workers']} worker(s), {threads} torch thread(s) "
+              f"each" + (f"; dashboard {info['dashboard']}" if info.get("dashboard") else ""), file=sys.stderr)
+        progress.start(len(cases), info["n_to_run"])
+
+    try:
+        if args.workers == 0:  # in this process, one case after the other (no Dask)
+            progress.start(len(cases), len(cases))
+            if args.threads_per_worker:
+                import torch
+
+                torch.set_num_threads(args.threads_per_worker)
+            report = run_batch(cases, fn, args.out, overwrite=args.overwrite, resume=args.resume, task=args.task,
+                               ignored=ignored, progress=progress)
+        else:
+            report = run_batch_dask(cases, fn, args.out, scheduler=args.scheduler, workers=args.workers,
+                                    threads_per_worker=args.threads_per_worker, overwrite=args.overwrite,
+                                    resume=args.resume, task=args.task, ignored=ignored, progress=progress,
+                                    on_start=on_start)
+    finally:
+        progress.close()
+    print(f"{report.summary_line()}; report: {report.paths['csv']}; table: {report.paths['summary_csv']}")
     if report.exit_code == 1:
         print(f"error: no case succeeded; the reasons are in {report.paths['csv']}", file=sys.stderr)
     elif report.failed:
