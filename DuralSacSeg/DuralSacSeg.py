@@ -65,6 +65,7 @@ class DuralSacSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.onReload(self)
 
     def cleanup(self):
+        self.controller.cancelRun()
         self.removeObservers()
 
     def enter(self):
@@ -77,6 +78,7 @@ class DuralSacSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event):
+        self.controller.cancelRun()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):

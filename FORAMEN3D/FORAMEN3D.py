@@ -70,6 +70,7 @@ class FORAMEN3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.onReload(self)
 
     def cleanup(self):
+        self.controller.cancelRun()
         self.removeObservers()
 
     def enter(self):
@@ -82,6 +83,7 @@ class FORAMEN3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event):
+        self.controller.cancelRun()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):

@@ -118,6 +118,8 @@ class StandIn:
             return standin.confirm
 
         util.confirmOkCancelDisplay = confirmOkCancelDisplay
+        util.errorDisplay = lambda text, windowTitle=None, **kwargs: standin.record("errorDisplay", text)
+        util.warningDisplay = lambda text, windowTitle=None, **kwargs: standin.record("warningDisplay", text)
 
         @contextlib.contextmanager
         def tryWithErrorDisplay(message=None, show=True, waitCursor=False):
@@ -172,6 +174,30 @@ class StandIn:
 
         qt = types.ModuleType("qt")
         qt.QFileDialog = types.SimpleNamespace(getSaveFileName=lambda *a, **k: "")
+
+        class QTimer:
+            """Timer stand-in: tests call the connected slot themselves (``fire``)."""
+
+            def __init__(self):
+                self.interval, self.active, self.slots = 0, False, []
+
+            def setInterval(self, ms):
+                self.interval = ms
+
+            def connect(self, signal, slot):
+                self.slots.append(slot)
+
+            def start(self):
+                self.active = True
+
+            def stop(self):
+                self.active = False
+
+            def fire(self):
+                for slot in list(self.slots):
+                    slot()
+
+        qt.QTimer = QTimer
         self.modules["qt"] = qt
 
         sample_data = types.ModuleType("SampleData")

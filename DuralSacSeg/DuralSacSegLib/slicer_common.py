@@ -173,6 +173,59 @@ class ComputeControllerMixin:
         self.ui.deviceWarningLabel.text = warning
         self.ui.deviceWarningLabel.visible = bool(warning)
 
+    def startAsyncRun(self, process, finish, failureTitle="The segmentation failed."):
+        """Start ``process`` (``slicer_process.InferenceProcess``) and return at once: a QTimer moves the progress bar,
+        Cancel kills the process, and when it has ended ``finish(result)`` fills the nodes (its errors are shown).
+
+        Returns the process (``self.currentProcess`` while it runs)."""
+        from spinemorph.gui_support import is_cancelled, user_message
+
+        ui = self.ui
+
+        def onProgress(fraction, message):
+            ui.progressBar.value = int(round(100 * max(0.0, min(1.0, fraction))))
+            ui.progressBar.setFormat(f"%p% {message}" if message else "%p%")
+
+        def restorePanel():
+            ui.cancelButton.disconnect("clicked()", process.cancel)
+            ui.cancelButton.visible = False
+            ui.progressBar.visible = False
+            ui.applyButton.enabled = True
+            self.currentProcess = None
+
+        def onFinished(result, error):
+            restorePanel()
+            if process.deviceWarning:
+                self.updateDeviceWarning(None, warning=process.deviceWarning)
+            if error is not None:
+                ui.statusLabel.text = user_message(error)
+                if not is_cancelled(error):
+                    slicer.util.errorDisplay(f"{failureTitle}\n\n{user_message(error)}")
+                return
+            with slicer.util.tryWithErrorDisplay(failureTitle):
+                finish(result)
+
+        ui.progressBar.value = 0
+        ui.progressBar.setFormat("%p% starting the segmentation process")
+        ui.progressBar.visible = True
+        ui.cancelButton.visible = True
+        ui.cancelButton.enabled = True
+        ui.applyButton.enabled = False
+        ui.cancelButton.connect("clicked()", process.cancel)
+        self.currentProcess = process
+        try:
+            process.start(onProgress, onFinished)
+        except Exception:
+            restorePanel()
+            raise
+        return process
+
+    def cancelRun(self):
+        """Stop a running segmentation process (module cleanup, scene close)."""
+        process = getattr(self, "currentProcess", None)
+        if process is not None:
+            process.cancel()
+
     def runCancellable(self, call):
         """Run ``call(progress, shouldCancel)`` with the progress bar and Cancel button.
 

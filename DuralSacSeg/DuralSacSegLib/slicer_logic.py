@@ -1,6 +1,7 @@
 """Slicer glue: the DuralSacSeg logic (usable from the Python console without the widget).
 
-Computation is the Slicer-free core: ``DuralSacSegLib.segment.segment_volume`` (segmentation + per-slice table),
+Computation is the Slicer-free core: ``DuralSacSegLib.segment.segment_volume`` (segmentation + per-slice table; run
+in a separate process by ``spinemorph.inference_worker``, see ``slicer_process``),
 ``DuralSacSegLib.segment.recompute_table`` (table from an edited mask) and ``DuralSacSegLib.table_model`` (what is
 shown). This file only converts nodes and fills MRML nodes.
 """
@@ -11,7 +12,7 @@ import time
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
-from DuralSacSegLib import slicer_dependencies, slicer_nodes
+from DuralSacSegLib import slicer_dependencies, slicer_nodes, slicer_process
 from DuralSacSegLib.slicer_common import SceneCacheMixin
 
 #: segment ID of the dural sac in the output segmentation
@@ -37,20 +38,30 @@ class DuralSacSegLogicBase(ScriptedLoadableModuleLogic, SceneCacheMixin):
     def ensureDependencies(self):
         slicer_dependencies.ensureDependencies(slicer_dependencies.requirementsPath(), requester="DuralSacSeg")
 
-    def _process(self, inputVolume, model, device, outputSegmentation, outputTable, outputChart, progress, shouldCancel,
-                 showResult, wholeSlices=False):
-        from DuralSacSegLib import table_model
-        from DuralSacSegLib.segment import segment_volume
+    def inferenceProcess(self, inputVolume, model=None, device="auto", wholeSlices=False):
+        """The segmentation of ``inputVolume`` as a separate process (``slicer_process.InferenceProcess``, not started):
+        torch runs in the worker, never in Slicer's process."""
         from spinemorph.errors import InputError
-        from spinemorph.labels import COLORS
 
         if inputVolume is None:
             raise InputError("no input volume selected; load a lumbar MR series and select it as Input volume")
         self.ensureDependencies()
-        startTime = time.time()
         image = slicer_nodes.volumeFromNode(inputVolume)
-        result = segment_volume(image, model=model, device=device, crop_px=None if wholeSlices else "auto",
-                                progress=progress, should_cancel=shouldCancel)
+        return slicer_process.InferenceProcess("dsca", image, model=model, device=device, wholeSlices=wholeSlices)
+
+    def _process(self, inputVolume, model, device, outputSegmentation, outputTable, outputChart, progress, shouldCancel,
+                 showResult, wholeSlices=False):
+        startTime = time.time()
+        result = self.inferenceProcess(inputVolume, model, device, wholeSlices).run(progress, shouldCancel)
+        nodes = self.showResult(inputVolume, result, outputSegmentation, outputTable, outputChart, showResult)
+        logging.info(f"DuralSacSeg: done in {time.time() - startTime:.1f} s")
+        return nodes
+
+    def showResult(self, inputVolume, result, outputSegmentation=None, outputTable=None, outputChart=None,
+                   showResult=True):
+        """Fill the segmentation, table and chart nodes from a finished run (``result.mask``, ``result.table``)."""
+        from DuralSacSegLib import table_model
+        from spinemorph.labels import COLORS
 
         if outputSegmentation is None:
             outputSegmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", inputVolume.GetName() + " dural sac")
@@ -65,7 +76,7 @@ class DuralSacSegLogicBase(ScriptedLoadableModuleLogic, SceneCacheMixin):
         if showResult:
             slicer.util.setSliceViewerLayers(background=inputVolume, fit=True)
             slicer.modules.plots.logic().ShowChartInLayout(outputChart)
-        logging.info(f"DuralSacSeg: {table_model.summary_text(result.table)} ({time.time() - startTime:.1f} s, {result.device})")
+        logging.info(f"DuralSacSeg: {table_model.summary_text(result.table)} ({result.device})")
         return outputSegmentation, outputTable, outputChart
 
     def _showTable(self, table, inputVolume, outputTable, outputChart):

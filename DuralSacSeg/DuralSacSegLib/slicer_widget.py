@@ -50,6 +50,7 @@ class DuralSacSegController(ModelComboMixin, ComputeControllerMixin):
 
     # ------------------------------------------------------------------ apply
     def onApply(self):
+        """Start the segmentation in a separate process; the panel stays responsive (progress bar, Cancel)."""
         pn = self._parameterNode()
         with slicer.util.tryWithErrorDisplay("DuralSacSeg failed.", waitCursor=True):
             self.logic.ensureDependencies()
@@ -57,17 +58,21 @@ class DuralSacSegController(ModelComboMixin, ComputeControllerMixin):
 
             self.populateModels()
             model = table_model.resolve_model(pn.model, pn.weightsFile)
-            self.updateDeviceWarning(pn.device.value)
-            nodes = self.runCancellable(lambda progress, shouldCancel: self.logic.process(
-                pn.inputVolume, model=model, device=pn.device.value, wholeSlices=pn.wholeSlices,
-                outputSegmentation=pn.outputSegmentation, outputTable=pn.outputTable, outputChart=pn.outputChart,
-                progress=progress, shouldCancel=shouldCancel))
-            if nodes is None:
-                return
-            segNode, tableNode, chartNode = nodes
-            pn.outputSegmentation, pn.outputTable, pn.outputChart = segNode, tableNode, chartNode
-            self.ui.tableView.setMRMLTableNode(tableNode)
-            self.ui.statusLabel.text = table_model.summary_text(self.logic.lastTable)
+            inputVolume = pn.inputVolume
+            process = self.logic.inferenceProcess(inputVolume, model=model, device=pn.device.value,
+                                                  wholeSlices=pn.wholeSlices)
+            self.ui.statusLabel.text = "Segmenting the dural sac in a separate process…"
+            self.startAsyncRun(process, lambda result: self._showResult(inputVolume, result), "DuralSacSeg failed.")
+
+    def _showResult(self, inputVolume, result):
+        from DuralSacSegLib import table_model
+
+        pn = self._parameterNode()
+        segNode, tableNode, chartNode = self.logic.showResult(
+            inputVolume, result, pn.outputSegmentation, pn.outputTable, pn.outputChart)
+        pn.outputSegmentation, pn.outputTable, pn.outputChart = segNode, tableNode, chartNode
+        self.ui.tableView.setMRMLTableNode(tableNode)
+        self.ui.statusLabel.text = table_model.summary_text(self.logic.lastTable)
 
     # ------------------------------------------------------------------ results
     def onTableClicked(self, index):

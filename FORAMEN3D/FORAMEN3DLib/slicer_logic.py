@@ -12,7 +12,7 @@ import tempfile
 import time
 
 import slicer
-from DuralSacSegLib import slicer_dependencies
+from DuralSacSegLib import slicer_dependencies, slicer_process
 from DuralSacSegLib.slicer_common import SceneCacheMixin, nodeInScene
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
@@ -48,18 +48,30 @@ class FORAMEN3DLogicBase(ScriptedLoadableModuleLogic, SceneCacheMixin):
         slicer_dependencies.ensureDependencies(slicer_dependencies.requirementsPath(), requester="FORAMEN3D")
 
     # ------------------------------------------------------------------ segmentation
-    def _process(self, inputVolume, model, device, outputSegmentation, measurementTable, progress, shouldCancel,
-                 showResult, measure):
-        from FORAMEN3DLib import markup_model
-        from FORAMEN3DLib.segment3d import segment_volume
+    def inferenceProcess(self, inputVolume, model="default", device="auto"):
+        """The segmentation of ``inputVolume`` as a separate process (``slicer_process.InferenceProcess``, not started):
+        torch runs in the worker, never in Slicer's process."""
         from spinemorph.errors import InputError
 
         if inputVolume is None:
             raise InputError("no input volume selected; load a sagittal or 3D lumbar MR series (T2 SPACE) and select it")
         self.ensureDependencies()
-        startTime = time.time()
         image = slicer_nodes.volumeFromNode(inputVolume)
-        result = segment_volume(image, model=model, device=device, progress=progress, should_cancel=shouldCancel)
+        return slicer_process.InferenceProcess("foramen", image, model=model, device=device)
+
+    def _process(self, inputVolume, model, device, outputSegmentation, measurementTable, progress, shouldCancel,
+                 showResult, measure):
+        startTime = time.time()
+        result = self.inferenceProcess(inputVolume, model, device).run(progress, shouldCancel)
+        nodes = self.showResult(inputVolume, result, outputSegmentation, measurementTable, showResult, measure)
+        logging.info(f"FORAMEN3D: segmentation done in {time.time() - startTime:.1f} s on {result.device}")
+        return nodes
+
+    def showResult(self, inputVolume, result, outputSegmentation=None, measurementTable=None, showResult=True,
+                   measure=True):
+        """Segments, surface models and (``measure``) the foramen measurements from a finished run (``result.labels``)."""
+        from FORAMEN3DLib import markup_model
+
         if outputSegmentation is None:
             outputSegmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", inputVolume.GetName() + " L4-L5")
         slicer_nodes.setSegmentsFromLabelmap(outputSegmentation, result.labels, inputVolume, markup_model.SEGMENTS)
@@ -69,7 +81,6 @@ class FORAMEN3DLogicBase(ScriptedLoadableModuleLogic, SceneCacheMixin):
         if measure:
             measurementTable = self.measure(inputVolume, outputSegmentation, measurementTable, labels=result.labels,
                                             showResult=showResult)
-        logging.info(f"FORAMEN3D: segmentation done in {time.time() - startTime:.1f} s on {result.device}")
         return outputSegmentation, measurementTable
 
     def updateSurfaceModels(self, inputVolume, labels):

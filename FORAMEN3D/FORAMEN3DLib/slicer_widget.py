@@ -70,19 +70,21 @@ class FORAMEN3DController(ModelComboMixin, ComputeControllerMixin):
 
     # ------------------------------------------------------------------ apply / measure
     def onApply(self):
+        """Start the 3D segmentation in a separate process; the panel stays responsive (progress bar, Cancel)."""
         pn = self._parameterNode()
         with slicer.util.tryWithErrorDisplay("FORAMEN3D failed.", waitCursor=True):
             self.logic.ensureDependencies()
-            self.updateDeviceWarning(pn.device.value)
             model = self.resolvedModel()
-            nodes = self.runCancellable(lambda progress, shouldCancel: self.logic.process(
-                pn.inputVolume, model=model, device=pn.device.value, outputSegmentation=pn.outputSegmentation,
-                measurementTable=pn.measurementTable, progress=progress, shouldCancel=shouldCancel))
-            if nodes is None:
-                return
-            segNode, tableNode = nodes
-            pn.outputSegmentation, pn.measurementTable = segNode, tableNode
-            self._afterMeasure()
+            inputVolume = pn.inputVolume
+            process = self.logic.inferenceProcess(inputVolume, model=model, device=pn.device.value)
+            self.ui.statusLabel.text = "Segmenting L4 / L4-5 disc / L5 in a separate process…"
+            self.startAsyncRun(process, lambda result: self._showResult(inputVolume, result), "FORAMEN3D failed.")
+
+    def _showResult(self, inputVolume, result):
+        pn = self._parameterNode()
+        segNode, tableNode = self.logic.showResult(inputVolume, result, pn.outputSegmentation, pn.measurementTable)
+        pn.outputSegmentation, pn.measurementTable = segNode, tableNode
+        self._afterMeasure()
 
     def onRemeasure(self):
         pn = self._parameterNode()

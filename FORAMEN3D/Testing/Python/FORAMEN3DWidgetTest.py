@@ -1,5 +1,10 @@
-"""GUI-level test of the FORAMEN3D panel inside Slicer: the widget's own handlers on the generated phantom."""
+"""GUI-level test of the FORAMEN3D panel inside Slicer: the widget's own handlers on the generated phantom.
 
+Apply runs the 3D segmentation in a separate process (QTimer polling); the test processes events until it has ended.
+Skipped with the list of what is missing when the dependencies are absent under ``--testing``.
+"""
+
+import time
 import unittest
 
 import slicer
@@ -11,9 +16,11 @@ class FORAMEN3DWidgetTest(unittest.TestCase):
 
     def test_panel_apply_live_markups_and_planning(self):
         from DuralSacSegLib import slicer_sampledata
+        from DuralSacSegLib.slicer_selftest import skipUnlessDependencies
         from FORAMEN3DLib import markup_model, slicer_nodes
         from FORAMEN3DLib.slicer_parameters import ComputeDevice
 
+        skipUnlessDependencies(self, "FORAMEN3D")
         from spinemorph.segio import read_seg_nrrd
 
         volumeNode, study = slicer_sampledata.loadSample(slicer_sampledata.SPACE_T2, requester="FORAMEN3D")
@@ -23,6 +30,11 @@ class FORAMEN3DWidgetTest(unittest.TestCase):
         pn.inputVolume = volumeNode
         pn.device = ComputeDevice.CPU
         widget.controller.onApply()
+        deadline = time.time() + 900
+        while widget.controller.currentProcess is not None and time.time() < deadline:
+            slicer.app.processEvents()  # the QTimer polls the worker
+            time.sleep(0.02)
+        self.assertIsNone(widget.controller.currentProcess)
         self.assertIsNotNone(pn.outputSegmentation)
         self.assertTrue(widget.ui.suggestButton.enabled)
 

@@ -1,0 +1,339 @@
+"""Segmentation in a separate process: the Slicer-free worker (``spinemorph.inference_worker``) run for real on the
+sample phantom with accuracy checked against its exact truth (``spinemorph.phantom_acceptance``), and the Slicer-side
+controller (``DuralSacSegLib.slicer_process``) with a stand-in ``slicer``/``qt``: QTimer polling, progress, Cancel
+(kills the process), blocking console runs, and no torch in the calling process."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from slicer_standin import StandIn, purge_glue
+
+from spinemorph import inference_worker as iw
+from spinemorph import phantom_acceptance as acc
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    from spinemorph.gui_support import sample_study
+
+    return sample_study(tmp_path_factory.mktemp("study"), seed=0)
+
+
+def _run_worker(task, image, out, *extra):
+    cmd = iw.worker_command(sys.executable, task, image, out, device="cpu") + ["--threads", "1", *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=ENV)
+    return done, [iw.parse_line(line) for line in done.stdout.splitlines()]
+
+
+# ====================================================================== protocol
+def test_protocol_lines_round_trip():
+    line = iw.format_message(iw.PROGRESS, {"fraction": 0.25, "message": "segmenting"})
+    msg = iw.parse_line(line + "\n")
+    assert msg.kind == "progress" and msg.data == {"fraction": 0.25, "message": "segmenting"}
+    assert iw.parse_line("SPINEMORPH_DONE {not json").kind == "log"
+    assert iw.parse_line("SPINEMORPH_ERROR [1, 2]").kind == "log"
+    assert iw.parse_line("Traceback (most recent call last):").kind == "log"
+    cmd = iw.worker_command("py", "dsca", "in.nrrd", "out", model="dsca-unet", device="cpu", whole_slices=True)
+    assert cmd == ["py", "-u", "-m", "spinemorph.inference_worker", "dsca", "--input", "in.nrrd", "--output-dir", "out",
+                   "--device", "cpu", "--model", "dsca-unet", "--whole-slices"]
+    with pytest.raises(ValueError):
+        iw.worker_command("py", "segment", "a", "b")
+    path = iw.python_path_for_worker(ROOT / "spinemorph", ROOT / "DuralSacSeg" / "DuralSacSegLib",
+                                     existing=os.pathsep.join(["/x", str(ROOT)]))
+    assert path.split(os.pathsep) == [str(ROOT), str(ROOT / "DuralSacSeg"), "/x"]
+
+
+def test_worker_reports_a_bad_input_as_one_error_line(tmp_path):
+    done, messages = _run_worker("dsca", tmp_path / "missing.nrrd", tmp_path / "out")
+    assert done.returncode == 1
+    errors = [m for m in messages if m.kind == "error"]
+    assert len(errors) == 1 and "missing.nrrd" in errors[0].data["message"] and not errors[0].data["cancelled"]
+    assert "\n" not in errors[0].data["message"]
+
+
+# ====================================================================== the worker on the phantom, with accuracy
+@pytest.mark.slow
+def test_dsca_worker_on_the_phantom_meets_the_acceptance(study, tmp_path):
+    from spinemorph.segio import read_seg_nrrd
+
+    done, messages = _run_worker("dsca", study["axial_t1"], tmp_path / "out")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    kinds = [m.kind for m in messages]
+    assert kinds[0] == "device" and kinds[-1] == "done" and "progress" in kinds
+    fractions = [m.data["fraction"] for m in messages if m.kind == "progress"]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    result = iw.read_result("dsca", tmp_path / "out")
+    exact = [row["dsca_axial_mm2"] for row in study["truth"]["axial_slices"]]
+    true_mask, _ = read_seg_nrrd(study["axial_dural_sac_seg"])
+    assert acc.dsca_failures(result.table.areas_mm2(), exact, result.mask.array, true_mask.array) == []
+    assert result.mask.shape == true_mask.shape and result.device == "cpu"
+    np.testing.assert_allclose(result.mask.origin_mm, true_mask.origin_mm, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_foramen_worker_on_the_phantom_meets_the_acceptance(study, tmp_path):
+    from FORAMEN3DLib import markup_model
+    from FORAMEN3DLib.morphometry import measure_foramen
+
+    from spinemorph.segio import read_seg_nrrd
+
+    done, messages = _run_worker("foramen", study["space_t2"], tmp_path / "out")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = iw.read_result("foramen", tmp_path / "out")
+    true_labels, _ = read_seg_nrrd(study["space_foramen_seg"])
+    state = markup_model.MeasurementState(measure_foramen(result.labels))
+    failures = acc.foramen_failures(result.labels.array, true_labels.array, state.values,
+                                    study["truth"]["truth"]["foramen"])
+    assert failures == []
+    assert json.loads((tmp_path / "out" / iw.RESULT_NAME).read_text())["model"]
+
+
+def test_acceptance_catches_a_broken_result():
+    exact = [156.0] * 4
+    assert acc.dsca_failures([150, 160, 170, 150], exact) == []
+    assert acc.dsca_failures([0, 0, 0, 0], exact)  # empty masks
+    assert acc.dsca_failures([156] * 3, exact) == ["3 table rows for 4 slices"]
+    labels = np.zeros((4, 4, 4), np.uint8)
+    labels[:2] = 1
+    labels[2] = 2
+    labels[3] = 3
+    truth = {"height_mm": 21.0, "width_mm": 9.0, "area_mm2": 200.0}
+    values = {"left": dict(truth), "right": dict(truth)}
+    assert acc.foramen_failures(labels, labels, values, {"left": truth, "right": truth}) == []
+    swapped = np.where(labels == 1, 3, np.where(labels == 3, 1, labels))  # L4 <-> L5 label swap
+    assert len(acc.foramen_failures(swapped, labels, values, {"left": truth, "right": truth})) == 2
+    values["right"]["width_mm"] = 12.0
+    assert acc.foramen_failures(labels, labels, values, {"left": truth, "right": truth}) == [
+        "right width_mm 12.00 vs exact 9.00 (> 2.0 mm)"]
+
+
+# ====================================================================== Slicer-side controller (stand-in slicer)
+def _popen(args, env):
+    return subprocess.Popen(args, env={**ENV, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture
+def slicer_process(monkeypatch):
+    StandIn((5, 10)).install(monkeypatch)
+    yield importlib.import_module("DuralSacSegLib.slicer_process")
+    purge_glue()
+
+
+def _axial_image(study):
+    from spinemorph.volume import read_volume
+
+    return read_volume(study["axial_t1"])
+
+
+@pytest.mark.slow
+def test_panel_run_polls_with_a_timer_and_loads_the_result(slicer_process, study):
+    process = slicer_process.InferenceProcess("foramen", _foramen_image(study), device="cpu", launcher=_popen,
+                                              python=sys.executable)
+    progress, finished = [], []
+    process.start(lambda f, m: progress.append(f), lambda result, error: finished.append((result, error)))
+    assert process.timer.active and process.timer.interval == slicer_process.POLL_INTERVAL_MS
+    deadline = time.time() + 600
+    while not finished and time.time() < deadline:
+        process.timer.fire()  # what Qt does every 100 ms: the GUI thread is never blocked
+        time.sleep(0.05)
+    (result, error), = finished
+    assert error is None and result.labels.shape == _foramen_image(study).shape
+    assert progress and progress[-1] == 1.0 and not process.timer.active
+    assert not os.path.exists(process.folder)  # the temporary folder is removed
+
+
+def _foramen_image(study):
+    from spinemorph.volume import read_volume
+
+    return read_volume(study["space_t2"])
+
+
+def test_cancel_kills_the_process(slicer_process, study):
+    from spinemorph.gui_support import is_cancelled, user_message
+
+    process = slicer_process.InferenceProcess("dsca", _axial_image(study), device="cpu", launcher=_popen,
+                                              python=sys.executable)
+    finished = []
+    process.start(lambda f, m: None, lambda result, error: finished.append((result, error)))
+    time.sleep(0.5)
+    process.cancel()  # the Cancel button
+    deadline = time.time() + 120
+    while not finished and time.time() < deadline:
+        process.timer.fire()
+        time.sleep(0.05)
+    (result, error), = finished
+    assert result is None and is_cancelled(error) and user_message(error).startswith("Cancelled")
+    assert process.proc.poll() is not None  # the worker is gone
+
+
+def test_blocking_console_run_with_should_cancel(slicer_process, study):
+    from spinemorph.errors import SpineMorphError
+
+    process = slicer_process.InferenceProcess("dsca", _axial_image(study), device="cpu", launcher=_popen,
+                                              python=sys.executable)
+    t0 = time.time()
+    with pytest.raises(SpineMorphError, match="cancelled"):
+        process.run(progress=lambda f, m: None, shouldCancel=lambda: time.time() - t0 > 1.0)
+    assert process.proc.poll() is not None
+
+
+def test_worker_failure_becomes_the_error_message(slicer_process, tmp_path):
+    from spinemorph.errors import SpineMorphError
+    from spinemorph.volume import Volume
+
+    tiny = Volume(np.zeros((1, 4, 4), np.float32), spacing_mm=(1.0, 1.0, 1.0))  # flat image: the core refuses it
+    process = slicer_process.InferenceProcess("dsca", tiny, device="cpu", launcher=_popen, python=sys.executable)
+    with pytest.raises(SpineMorphError) as info:
+        process.run()
+    assert "\n" not in str(info.value) and "status" not in str(info.value)  # the core's own one-line message
+
+
+@pytest.mark.slow
+def test_calling_process_never_imports_torch(study, tmp_path):
+    """The Slicer side (stand-in slicer) runs a whole segmentation with torch and MONAI unimportable in its process."""
+    script = textwrap.dedent(f"""
+        import os, subprocess, sys
+        attempts = []
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "monai"):
+                    attempts.append(name)
+                    raise ImportError("blocked: " + name)
+        sys.meta_path.insert(0, Block())
+        from slicer_standin import StandIn
+        StandIn((5, 12)).install_plain()
+        from DuralSacSegLib import slicer_process
+        from spinemorph.volume import read_volume
+        launcher = lambda args, env: subprocess.Popen(args, env={{**os.environ, **env}}, stdout=subprocess.PIPE,
+                                                      stderr=subprocess.STDOUT, text=True)
+        image = read_volume({study["space_t2"]!r})
+        result = slicer_process.InferenceProcess("foramen", image, device="cpu", launcher=launcher,
+                                                 python=sys.executable).run()
+        assert not attempts, attempts
+        assert "torch" not in sys.modules and "monai" not in sys.modules
+        print("ok", sorted(set(result.labels.array.ravel().tolist())))
+    """)
+    env = {**ENV, "PYTHONPATH": str(ROOT / "Testing")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0 and done.stdout.startswith("ok"), done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stdout.split("ok", 1)[1].strip() == "[0, 1, 2, 3]"
+
+
+# ====================================================================== the panel's asynchronous run (stand-in)
+class _Widget:
+    def __init__(self):
+        self.visible, self.enabled, self.value, self.text, self.format, self.slots = False, True, 0, "", "", {}
+
+    def setFormat(self, fmt):
+        self.format = fmt
+
+    def connect(self, signal, slot):
+        self.slots[signal] = slot
+
+    def disconnect(self, signal, slot):
+        assert self.slots.pop(signal) == slot
+
+
+class _FakeProcess:
+    def __init__(self):
+        self.deviceWarning, self.cancelled, self.callbacks = "", False, None
+
+    def start(self, onProgress, onFinished):
+        self.callbacks = (onProgress, onFinished)
+        return self
+
+    def cancel(self):
+        self.cancelled = True
+
+
+@pytest.fixture
+def panel(monkeypatch):
+    standin = StandIn((5, 10)).install(monkeypatch)
+    common = importlib.import_module("DuralSacSegLib.slicer_common")
+    controller = common.ComputeControllerMixin()
+    controller.ui = types.SimpleNamespace(**{n: _Widget() for n in ("progressBar", "cancelButton", "applyButton",
+                                                                    "statusLabel", "deviceWarningLabel")})
+    yield controller, standin
+    purge_glue()
+
+
+def test_panel_async_run_progress_cancel_and_finish(panel):
+    controller, standin = panel
+    ui, process, finished = controller.ui, _FakeProcess(), []
+    assert controller.startAsyncRun(process, finished.append) is process
+    assert ui.progressBar.visible and ui.cancelButton.visible and not ui.applyButton.enabled
+    onProgress, onFinished = process.callbacks
+    onProgress(0.5, "segmenting")
+    assert ui.progressBar.value == 50 and ui.progressBar.format == "%p% segmenting"
+    ui.cancelButton.slots["clicked()"]()  # the Cancel button is wired to the process
+    assert process.cancelled
+    process.deviceWarning = "CUDA not available: ran on the CPU"
+    onFinished("result", None)
+    assert finished == ["result"] and controller.currentProcess is None
+    assert not ui.progressBar.visible and not ui.cancelButton.visible and ui.applyButton.enabled
+    assert ui.cancelButton.slots == {} and ui.deviceWarningLabel.visible
+
+
+def test_panel_async_run_errors(panel):
+    from spinemorph.errors import InputError, SpineMorphError
+
+    controller, standin = panel
+    for error, shown in ((SpineMorphError("cancelled by the user"), False), (InputError("image must be 3D"), True)):
+        process, finished = _FakeProcess(), []
+        controller.startAsyncRun(process, finished.append, "DuralSacSeg failed.")
+        process.callbacks[1](None, error)
+        assert finished == [] and controller.ui.applyButton.enabled
+        assert bool(standin.called("errorDisplay")) == shown
+    assert controller.ui.statusLabel.text == "image must be 3D"
+
+    class Broken(_FakeProcess):
+        def start(self, onProgress, onFinished):
+            raise SpineMorphError("PythonSlicer was not found on the PATH")
+
+    with pytest.raises(SpineMorphError):
+        controller.startAsyncRun(Broken(), finished.append)
+    assert controller.ui.applyButton.enabled and not controller.ui.progressBar.visible and controller.currentProcess is None
+
+
+@pytest.mark.parametrize("module", ["DuralSacSeg", "FORAMEN3D"])
+def test_console_process_runs_the_worker_and_blocks(monkeypatch, module):
+    """``logic.process(...)`` (console API) runs the separate process to the end, then fills the nodes."""
+    StandIn((5, 12)).install(monkeypatch)
+    logic_module = importlib.import_module(f"{module}Lib.slicer_logic")
+    slicer_process = importlib.import_module("DuralSacSegLib.slicer_process")
+    nodes = importlib.import_module(f"{module}Lib.slicer_nodes")
+    monkeypatch.setattr(nodes, "volumeFromNode", lambda node: "image")
+    runs, shown = [], []
+    result = types.SimpleNamespace(device="cpu")
+
+    def run(self, progress=None, shouldCancel=None):
+        runs.append((self.task, self.image, self.model, self.device, self.wholeSlices, progress, shouldCancel))
+        return result
+
+    monkeypatch.setattr(slicer_process.InferenceProcess, "run", run)
+    logic = getattr(logic_module, f"{module}LogicBase")()
+    monkeypatch.setattr(logic, "ensureDependencies", lambda: None)
+    monkeypatch.setattr(logic, "showResult", lambda *args: shown.append(args) or ("nodes",))
+    progress, cancel = (lambda f, m: None), (lambda: False)
+    if module == "DuralSacSeg":
+        out = logic._process("volume", "dsca-unet", "cpu", None, None, None, progress, cancel, False, True)
+        assert runs == [("dsca", "image", "dsca-unet", "cpu", True, progress, cancel)]
+    else:
+        out = logic._process("volume", "default", "cpu", None, None, progress, cancel, False, True)
+        assert runs == [("foramen", "image", "default", "cpu", False, progress, cancel)]
+    assert out == ("nodes",) and shown[0][:2] == ("volume", result)
+    purge_glue()
