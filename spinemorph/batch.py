@@ -256,15 +256,19 @@ def _remove(path: Path) -> None:
 
 
 def remove_stale_staging(out: Path, name: str | None = None) -> list[str]:
-    """Remove staging (``.<case>.partial-*``) and replaced (``.<case>.old-*``) folders left by a killed batch.
+    """Remove staging (``.<case>.partial-*``) and replaced (``.<case>.old-*``) folders left by a killed batch (and,
+    for the whole batch, temporary files of report writes it cut short).
 
     Only call this while no case of this batch is running (they are the folders of running cases otherwise).
     """
     removed = []
     pattern = f".{name}." if name else "."
+    reports = tuple(f".{f}." for f in (REPORT_JSON, REPORT_CSV, SUMMARY_CSV, SUMMARY_PARQUET))
     with contextlib.suppress(OSError):
         for p in out.iterdir():
-            if p.name.startswith(pattern) and (".partial-" in p.name or ".old-" in p.name):
+            ours = p.name.startswith(pattern) and (".partial-" in p.name or ".old-" in p.name)
+            report_tmp = name is None and p.name.startswith(reports) and ".tmp" in p.name  # an atomic write cut short
+            if ours or report_tmp:
                 _remove(p)
                 removed.append(p.name)
     return removed
