@@ -15,9 +15,9 @@ class DuralSacSeg(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("DuralSacSeg")
-        self.parent.categories = ["SpineMorph"]
+        self.parent.categories = ["Segmentation.SpineMorph"]  # extension category "Segmentation", submenu SpineMorph
         self.parent.dependencies = []
-        self.parent.contributors = ["SpineMorph developers"]
+        self.parent.contributors = ["SpineMorph developers (SpineMorph project)"]
         self.parent.helpText = _("""
 Per-slice dural sac cross-sectional area (DSCA) of lumbar MRI: a 2D network (MultiResUNet, U-Net or Attention U-Net)
 segments the dural sac on every axial slice; the table lists axial and angle-corrected areas with stenosis categories.

@@ -15,10 +15,10 @@ class FORAMEN3D(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("FORAMEN3D")
-        self.parent.categories = ["SpineMorph"]
+        self.parent.categories = ["Segmentation.SpineMorph"]  # extension category "Segmentation", submenu SpineMorph
         # DuralSacSeg provides the shared glue (dependency installation, the "SpineMorph" sample data)
         self.parent.dependencies = ["DuralSacSeg"]
-        self.parent.contributors = ["SpineMorph developers"]
+        self.parent.contributors = ["SpineMorph developers (SpineMorph project)"]
         self.parent.helpText = _("""
 3D segmentation of L4, the L4-5 disc and L5 (3D U-Net), surface models, L4-5 intervertebral foramen height, width
 and area for both sides as editable markups with live values and flags, and transforaminal endoscopic trajectory

@@ -286,3 +286,52 @@ def test_install_destination_check_catches_a_shared_name(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     assert install_destinations()["Resources/SpineMorph-requirements.txt"] == [
         "DuralSacSeg/Resources/SpineMorph-requirements.txt", "FORAMEN3D/Resources/SpineMorph-requirements.txt"]
+
+
+# ----------------------------------------------------------------------------- Extensions Index metadata
+#: "Name (Organization)" as the Extensions Index and Slicer's module template expect contributors
+CONTRIBUTOR = re.compile(r"^[^(),]+ \([^()]+\)$")
+#: keys of Slicer's catalog entry schema v1.0.1 (Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json, present in
+#: Slicer 5.10 and 5.12; additionalProperties false; required $schema, category, scm_url)
+INDEX_SCHEMA_KEYS = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+                     "build_subdirectory", "enabled", "tier"}
+
+
+def test_extensions_index_description_agrees_with_the_extension():
+    import json
+
+    entry = json.loads((ROOT / "SpineMorph.json").read_text())
+    assert entry["$schema"].endswith("/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json#")
+    assert set(entry) <= INDEX_SCHEMA_KEYS and {"$schema", "category", "scm_url"} <= set(entry)
+    cmake = parse_cmake_extension_vars((ROOT / "CMakeLists.txt").read_text())
+    s4ext = parse_s4ext((ROOT / "extension.s4ext").read_text())
+    assert entry["category"] == cmake["CATEGORY"] == s4ext["category"]
+    assert entry["scm_url"] == s4ext["scmurl"] and entry["scm_revision"] == s4ext["scmrevision"]
+    depends = [] if cmake["DEPENDS"] == "NA" else cmake["DEPENDS"].split()
+    assert entry["build_dependencies"] == depends
+    assert entry["build_subdirectory"] == s4ext["build_subdirectory"]
+    assert isinstance(entry["tier"], int) and 1 <= entry["tier"] <= 5 and str(entry["tier"]) == s4ext["tier"]
+
+
+def test_contributors_and_categories_are_consistent():
+    cmake = parse_cmake_extension_vars((ROOT / "CMakeLists.txt").read_text())
+    contributors = [c.strip() for c in cmake["CONTRIBUTORS"].split(",")]
+    assert contributors and all(CONTRIBUTOR.match(c) for c in contributors), contributors
+    for module in MODULES:
+        tree = ast.parse((ROOT / module / f"{module}.py").read_text())
+        values = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Attribute) and \
+                    node.targets[0].attr in ("categories", "contributors"):
+                values[node.targets[0].attr] = ast.literal_eval(node.value)
+        assert all(CONTRIBUTOR.match(c) for c in values["contributors"]), values["contributors"]
+        # modules appear under the extension's category in the Modules menu ("Segmentation.SpineMorph")
+        assert all(c.split(".")[0] == cmake["CATEGORY"] for c in values["categories"]), values["categories"]
+
+
+def test_cmake_minimum_is_the_slicer_510_template_one():
+    """The extension supports Slicer 5.10: its template's ``cmake_minimum_required(VERSION 3.20.6...3.22.6)`` (5.12's
+    template asks 3.28.0), and the build refuses an older Slicer."""
+    text = (ROOT / "CMakeLists.txt").read_text()
+    assert re.search(r"^cmake_minimum_required\(VERSION 3\.20\.6\.\.\.3\.22\.6 FATAL_ERROR\)", text, re.M)
+    assert re.search(r'if\(Slicer_VERSION VERSION_LESS "5\.10"\)\s*\n\s*message\(FATAL_ERROR', text)
