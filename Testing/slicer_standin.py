@@ -118,6 +118,23 @@ class StandIn:
             return standin.confirm
 
         util.confirmOkCancelDisplay = confirmOkCancelDisplay
+        def launchConsoleProcess(args, useStartupEnvironment=True, updateEnvironment=None, cwd=None, **kwargs):
+            """5.10's behaviour (5.12 adds blocking/logCallback/completedCallback keywords, default blocking)."""
+            import os
+            import subprocess
+
+            if kwargs and standin.version < (5, 12):
+                raise TypeError(f"launchConsoleProcess() got unexpected keyword arguments {sorted(kwargs)}")
+            standin.record("launchConsoleProcess", args, useStartupEnvironment=useStartupEnvironment,
+                           updateEnvironment=updateEnvironment)
+            env = None
+            if updateEnvironment:
+                env = os.environ.copy()
+                env.update(updateEnvironment)
+            return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    universal_newlines=True, cwd=cwd)
+
+        util.launchConsoleProcess = launchConsoleProcess
         util.errorDisplay = lambda text, windowTitle=None, **kwargs: standin.record("errorDisplay", text)
         util.warningDisplay = lambda text, windowTitle=None, **kwargs: standin.record("warningDisplay", text)
 

@@ -128,9 +128,15 @@ def _popen(args, env):
 
 @pytest.fixture
 def slicer_process(monkeypatch):
-    StandIn((5, 10)).install(monkeypatch)
-    yield importlib.import_module("DuralSacSegLib.slicer_process")
+    standin = StandIn((5, 10)).install(monkeypatch)
+    module = importlib.import_module("DuralSacSegLib.slicer_process")
+    module._standin = standin
+    yield module
     purge_glue()
+
+
+def _standin_calls(module):
+    return module._standin.calls
 
 
 def _axial_image(study):
@@ -196,10 +202,14 @@ def test_worker_failure_becomes_the_error_message(slicer_process, tmp_path):
     from spinemorph.volume import Volume
 
     tiny = Volume(np.zeros((1, 4, 4), np.float32), spacing_mm=(1.0, 1.0, 1.0))  # flat image: the core refuses it
-    process = slicer_process.InferenceProcess("dsca", tiny, device="cpu", launcher=_popen, python=sys.executable)
+    # default launcher: slicer.util.launchConsoleProcess (stand-in with 5.10's signature and behaviour)
+    process = slicer_process.InferenceProcess("dsca", tiny, device="cpu", python=sys.executable)
     with pytest.raises(SpineMorphError) as info:
         process.run()
     assert "\n" not in str(info.value) and "status" not in str(info.value)  # the core's own one-line message
+    (args, kwargs), = [(a, k) for n, a, k in _standin_calls(slicer_process) if n == "launchConsoleProcess"]
+    assert args[0][1:5] == ["-u", "-m", "spinemorph.inference_worker", "dsca"]
+    assert kwargs["useStartupEnvironment"] is False and str(ROOT) in kwargs["updateEnvironment"]["PYTHONPATH"]
 
 
 @pytest.mark.slow
@@ -277,8 +287,10 @@ def test_panel_async_run_progress_cancel_and_finish(panel):
     assert controller.startAsyncRun(process, finished.append) is process
     assert ui.progressBar.visible and ui.cancelButton.visible and not ui.applyButton.enabled
     onProgress, onFinished = process.callbacks
+    process.deviceWarning = "CUDA not available: running on the CPU"  # the worker's SPINEMORPH_DEVICE line
     onProgress(0.5, "segmenting")
     assert ui.progressBar.value == 50 and ui.progressBar.format == "%p% segmenting"
+    assert ui.deviceWarningLabel.visible and "CPU" in ui.deviceWarningLabel.text
     ui.cancelButton.slots["clicked()"]()  # the Cancel button is wired to the process
     assert process.cancelled
     process.deviceWarning = "CUDA not available: ran on the CPU"

@@ -183,6 +183,8 @@ class ComputeControllerMixin:
         ui = self.ui
 
         def onProgress(fraction, message):
+            if process.deviceWarning and ui.deviceWarningLabel.text != process.deviceWarning:
+                self.updateDeviceWarning(None, warning=process.deviceWarning)  # the worker chose its device
             ui.progressBar.value = int(round(100 * max(0.0, min(1.0, fraction))))
             ui.progressBar.setFormat(f"%p% {message}" if message else "%p%")
 
