@@ -26,6 +26,8 @@ import slicer
 
 #: polling interval of the panel (ms)
 POLL_INTERVAL_MS = 100
+#: most output lines handled per poll
+MAX_LINES_PER_POLL = 500
 
 
 def pythonSlicerExecutable():
@@ -85,12 +87,17 @@ class InferenceProcess:
         from spinemorph.volume import write_volume
 
         self.folder = tempfile.mkdtemp(prefix=f"SpineMorph-{self.task}-")
-        inputPath = os.path.join(self.folder, INPUT_NAME)
-        write_volume(self.image, inputPath)
-        args = worker_command(self.python or pythonSlicerExecutable(), self.task, inputPath,
-                              os.path.join(self.folder, "out"), self.model, self.device, self.wholeSlices)
-        logging.info(f"SpineMorph: starting {' '.join(args)}")
-        self.proc = self.launcher(args, workerEnvironment())
+        try:
+            inputPath = os.path.join(self.folder, INPUT_NAME)
+            write_volume(self.image, inputPath)
+            args = worker_command(self.python or pythonSlicerExecutable(), self.task, inputPath,
+                                  os.path.join(self.folder, "out"), self.model, self.device, self.wholeSlices)
+            logging.info(f"SpineMorph: starting {' '.join(args)}")
+            self.proc = self.launcher(args, workerEnvironment())
+        except BaseException:
+            self.finished = True
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
         thread = threading.Thread(target=self._readOutput, name=f"SpineMorph-{self.task}-reader", daemon=True)
         thread.start()
 
@@ -105,13 +112,13 @@ class InferenceProcess:
         self.queue.put(self.proc.wait())
 
     # ------------------------------------------------------------------ reading
-    def _drain(self, onProgress, wait=0.0):
-        """Handle the queued lines (waiting up to ``wait`` seconds for the first one); returns the exit status once
-        the process has ended, else None."""
+    def _drain(self, onProgress, wait=0.0, maxLines=MAX_LINES_PER_POLL):
+        """Handle the queued lines (waiting up to ``wait`` seconds for the first one, at most ``maxLines`` so that
+        the GUI / the cancel check get their turn); returns the exit status once the process has ended, else None."""
         from spinemorph.inference_worker import parse_line
 
         first = True
-        while True:
+        for _ in range(maxLines):
             try:
                 item = self.queue.get(timeout=wait) if first and wait > 0 else self.queue.get_nowait()
             except queue.Empty:
@@ -130,6 +137,7 @@ class InferenceProcess:
             elif message.kind == "log" and message.text:
                 self.log.append(message.text)
                 logging.info(f"[{self.task}] {message.text}")
+        return None
 
     def _result(self, returnCode):
         """The worker's result, or raise its error (``SpineMorphError("cancelled ...")`` after Cancel)."""
@@ -154,15 +162,19 @@ class InferenceProcess:
     def run(self, progress=None, shouldCancel=None):
         """Run to the end (blocking; Slicer's events are processed); returns ``InferenceResult``."""
         self._launch()
-        while True:
-            returnCode = self._drain(progress, wait=POLL_INTERVAL_MS / 1000.0)
-            if returnCode is not None:
-                return self._result(returnCode)
-            if shouldCancel is not None and shouldCancel() and not self.cancelled:
-                self.cancel()
-            app = getattr(slicer, "app", None)
-            if app is not None:
-                app.processEvents()
+        try:
+            while True:
+                returnCode = self._drain(progress, wait=POLL_INTERVAL_MS / 1000.0)
+                if returnCode is not None:
+                    return self._result(returnCode)
+                if shouldCancel is not None and shouldCancel() and not self.cancelled:
+                    self.cancel()
+                app = getattr(slicer, "app", None)
+                if app is not None:
+                    app.processEvents()
+        except BaseException:
+            self.cancel()  # an error in a callback (or Ctrl+C) must not leave the worker running
+            raise
 
     # ------------------------------------------------------------------ non-blocking (panel)
     def start(self, onProgress, onFinished):
