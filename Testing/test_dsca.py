@@ -315,7 +315,7 @@ def test_other_schemes_and_custom():
 def test_table_uses_scheme_and_area_basis():
     # one slice of exactly 80 mm² (axial) tilted so that the corrected area is below 75 mm²
     a = np.zeros((1, 20, 20), np.uint8)
-    a[0, :8, :10] = 1  # 80 px of 1 mm²
+    a[0, 2:10, 2:12] = 1  # 80 px of 1 mm², away from the border (a mask touching it is not graded)
     vol = Volume(a, (1.0, 1.0, 2.0))
     assert compute_dsca_table(vol).rows[0].stenosis == "relative stenosis"
     assert compute_dsca_table(vol, scheme="steurer2011").rows[0].stenosis == "no stenosis"

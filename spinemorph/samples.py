@@ -153,6 +153,9 @@ class RealSlabPlane:
         LPS z (superior) of the plane centre.
     area_mm2 : float
         Canal area on the plane (pixels × pixel area).
+    cut_by_slab : bool
+        True when the canal mask reaches the slab's first or last slice: the sac continues beyond the imaged strip,
+        ``area_mm2`` is only its part inside the strip (kept only with ``whole_sac_only=False``).
     """
 
     image: np.ndarray
@@ -162,6 +165,7 @@ class RealSlabPlane:
     row: int
     z_mm: float
     area_mm2: float
+    cut_by_slab: bool = False
 
 
 # ----------------------------------------------------------------------------- prepared SPIDER cases
@@ -269,6 +273,17 @@ def _phantom_labels(ph, work: synth.Grid, target_kind: str) -> synth.LabelSource
     )
 
 
+#: synthesis options of the 2D samples with ``style="v2"`` (look of real axial T2 SPACE reslices, compared side by side
+#: in ``scripts/dsca_synth_vs_real.py``): cauda equina roots on most planes, finer (1.2 mm) and more of them (real
+#: planes show many 1-2 mm dark dots in the CSF); an epidural fat layer where the label map leaves the epidural space
+#: empty; more within-tissue variation and finer background blobs (real surroundings are textured, v1 blobs were flat).
+DSCA_V2_OPTIONS = synth.SynthOptions(
+    p_roots=0.9, roots_mm=1.2, roots_fraction=(0.08, 0.35), std_range=(0.01, 0.08), bg_scale_mm=(4.0, 25.0),
+    p_epidural_fat=0.7, epidural_fat_mm=(1.0, 4.0),
+)
+#: synthesis styles of :func:`dsca_samples`: "v1" = the shipped models' training images (default), "v2" = DSCA_V2_OPTIONS
+DSCA_STYLES = ("v1", "v2")
+
 #: no spatial augmentation (phantom samples get their variety from the anatomy and a rotated grid)
 _NO_SPATIAL = dataclasses.replace(synth.SynthOptions(), rotation_deg=0.0, scale=0.0, shear=0.0, elastic_mm=0.0)
 
@@ -285,6 +300,7 @@ def dsca_samples(
     cases: Sequence[str] | None = None,
     phantom_fraction: float = 0.3,
     options: synth.SynthOptions | None = None,
+    style: str = "v1",
 ) -> Iterator[DscaSample]:
     """Synthetic 2D axial training pairs through the dural sac (lazy iterator of :class:`DscaSample`).
 
@@ -316,6 +332,9 @@ def dsca_samples(
         Share of phantom samples when both sources are used.
     options : SynthOptions, optional
         Augmentation ranges for the SPIDER samples.
+    style : {"v1", "v2"}
+        "v1" (default): the synthesis the shipped models were trained on; "v2": :data:`DSCA_V2_OPTIONS` (when
+        ``options`` is None) — more realistic roots, epidural fat and texture.
 
     Yields
     ------
@@ -324,6 +343,10 @@ def dsca_samples(
         :data:`MIN_SAC_AREA_MM2` (the last draw is kept, for a reproducible stream).
     """
     sources = _check_sources(sources)
+    if style not in DSCA_STYLES:
+        raise InputError(f"unknown synthesis style {style!r}; use one of {', '.join(DSCA_STYLES)}")
+    if style == "v2" and options is None:
+        options = DSCA_V2_OPTIONS
     case_list = _training_cases(cases) if "spider_masks" in sources else []
     out_px = int(crop) if crop else int(size)
     for idx in range(start, start + int(n)):
@@ -446,6 +469,7 @@ def dsca_real_slab_samples(
     isotropic_mm: float | None = None,
     min_area_mm2: float = 10.0,
     row_step: int = 1,
+    whole_sac_only: bool = True,
 ) -> list[RealSlabPlane]:
     """Axial planes of the real T2 SPACE slabs, for evaluation on real images.
 
@@ -468,6 +492,10 @@ def dsca_real_slab_samples(
         Drop planes with a smaller canal area (slivers at the ends of the sac).
     row_step : int
         Keep every ``row_step``-th PNG row.
+    whole_sac_only : bool
+        True (default): only planes whose canal mask does not touch the slab's first or last slice. False: every
+        plane with canal, marked ``cut_by_slab`` where the sac continues beyond the strip — usable for training and
+        for evaluation *inside the imaged strip* (the image and the mask exist only there).
     """
     if patients is None:
         patients = spider.held_out_slab_patients()
@@ -479,7 +507,8 @@ def dsca_real_slab_samples(
         sk, si = image.spacing_mm[2], image.spacing_mm[0]
         for row in range(0, img.shape[1], max(1, int(row_step))):
             m = canal[:, row, :]
-            if not m.any() or m[0].any() or m[-1].any():
+            cut = bool(m[0].any() or m[-1].any())
+            if not m.any() or (cut and whole_sac_only):
                 continue
             plane = img[:, row, :].T[:, ::-1]  # rows A->P, cols R->L
             mplane = m.T[:, ::-1]
@@ -495,8 +524,45 @@ def dsca_real_slab_samples(
             centre_idx = np.array([img.shape[2] / 2, row, img.shape[0] / 2])
             z = float(image.index_to_lps(centre_idx)[2])
             out.append(RealSlabPlane(np.ascontiguousarray(plane, np.float32), np.ascontiguousarray(mplane, np.uint8),
-                                     (float(px[0]), float(px[1])), str(p), int(row), z, area))
+                                     (float(px[0]), float(px[1])), str(p), int(row), z, area, cut))
     return out
+
+
+#: share of the training slab patients kept apart as the DSCA validation split (threshold / post-processing choice,
+#: checkpoint selection); project design choice
+DSCA_VALIDATION_EVERY = 5
+
+
+def dsca_validation_slab_patients() -> list[str]:
+    """Training slab patients set apart for validation (every :data:`DSCA_VALIDATION_EVERY`-th of
+    :func:`spinemorph.spider.train_slab_patients`, sorted numerically, starting with the first). Never held-out
+    patients; the DSCA decision threshold and post-processing are chosen on these (``scripts/dsca_calibrate.py``)."""
+    return sorted(spider.train_slab_patients(), key=int)[::DSCA_VALIDATION_EVERY]
+
+
+def dsca_training_slab_patients() -> list[str]:
+    """Training slab patients minus the validation split (:func:`dsca_validation_slab_patients`)."""
+    val = set(dsca_validation_slab_patients())
+    return [p for p in sorted(spider.train_slab_patients(), key=int) if p not in val]
+
+
+def dsca_real_slab_training_samples(
+    patients: Sequence[str] | None = None, isotropic_mm: float = 0.6, row_step: int = 2, min_area_mm2: float = 10.0,
+) -> list[RealSlabPlane]:
+    """Axial planes of the *training* patients' real T2 SPACE slabs (for training: cut planes included).
+
+    Every plane with canal (``whole_sac_only=False``): the image exists only on the narrow left-right strip of the
+    slab, so train with the loss limited to that strip (``DuralSacSegLib.evaluate.SliceSample.valid``). Default
+    patients: :func:`dsca_training_slab_patients`. Held-out patients are refused.
+    """
+    if patients is None:
+        patients = dsca_training_slab_patients()
+    patients = [str(p) for p in patients]
+    held = [p for p in patients if p in spider.HELD_OUT_PATIENTS or p in spider.HELD_OUT_SLAB_PATIENTS]
+    if held:
+        raise InputError(f"slab patient(s) {held} are held out (never train on them); pick from train_slab_patients()")
+    return dsca_real_slab_samples(patients, isotropic_mm=isotropic_mm, min_area_mm2=min_area_mm2, row_step=row_step,
+                                  whole_sac_only=False)
 
 
 # ----------------------------------------------------------------------------- 3D foramen samples

@@ -165,18 +165,34 @@ def build_report(out_dir: Path, selection, steps, *, truth_path: Path | None, mo
         if levels:
             sec.append("<h3>Per level (mid-disc slice)</h3>")
             sec.append(rep.table(
-                ["level", "slice", "area (mm²)", "corrected area (mm²)", "AP (mm)", "LR (mm)", "category"],
+                ["level", "slice", "area (mm²)", "corrected area (mm²)", "AP (mm)", "LR (mm)", "category", "not graded because"],
                 [[lv.get("level"), lv.get("slice_index"), _fmt(lv.get("area_mm2")), _fmt(lv.get("corrected_area_mm2")),
-                  _fmt(lv.get("ap_diameter_mm")), _fmt(lv.get("lr_diameter_mm")), lv.get("stenosis")] for lv in levels],
-                flags=[_is_stenosis(lv.get("stenosis")) for lv in levels], table_id="dsca-levels"))
+                  _fmt(lv.get("ap_diameter_mm")), _fmt(lv.get("lr_diameter_mm")), lv.get("stenosis") or "not graded",
+                  _not_graded_reason(lv)] for lv in levels],
+                flags=[_is_stenosis(lv.get("stenosis")) or bool(lv.get("stenosis_note")) for lv in levels],
+                table_id="dsca-levels"))
+        qc_dsca = dsca.get("qc") or {}
+        if qc_dsca.get("summary"):
+            sec.append("<h3>Quality control: slices not graded</h3>")
+            for line in qc_dsca["summary"]:
+                sec.append(rep.paragraph("QC: " + line, "notice"))
+            sec.append(rep.paragraph(
+                f"A slice whose mask is implausible as one dural sac cross-section (area below "
+                f"{_fmt(qc_dsca.get('min_area_mm2'))} mm², centroid more than {_fmt(qc_dsca.get('off_track_mm'))} mm off the "
+                f"canal track, several pieces, solidity below {_fmt(qc_dsca.get('low_solidity'), 2)}, touching the image "
+                "border) gets no stenosis category; its area is still listed. These limits are project design choices, "
+                "not literature thresholds.", "muted"))
         sec.append("<h3>Per slice</h3>")
         sec.append(rep.table(
             ["slice", "position (mm)", "area (mm²)", "corrected (mm²)", "AP (mm)", "LR (mm)", "solidity", "components",
-             "category", "QC"],
+             "category", "QC", "not graded because"],
             [[s.get("slice_index"), _fmt(s.get("position_mm")), _fmt(s.get("area_mm2")), _fmt(s.get("corrected_area_mm2")),
               _fmt(s.get("ap_diameter_mm")), _fmt(s.get("lr_diameter_mm")), _fmt(s.get("solidity"), 2), s.get("n_components"),
-              s.get("stenosis"), ", ".join(s.get("qc_flags") or [])] for s in slices],
-            flags=[_is_stenosis(s.get("stenosis")) for s in slices], table_id="dsca-table"))
+              s.get("stenosis") or ("not graded" if (s.get("area_mm2") or 0) > 0 else ""),
+              ", ".join(s.get("qc_flags") or []), _not_graded_reason(s) if (s.get("area_mm2") or 0) > 0 else ""]
+             for s in slices],
+            flags=[_is_stenosis(s.get("stenosis")) or (bool(s.get("stenosis_note")) and (s.get("area_mm2") or 0) > 0)
+                   for s in slices], table_id="dsca-table"))
         sec.append("<h3>Stenosis thresholds and sources</h3>")
         sec.append(rep.table(["category", "area below (mm²)", "source"],
                              [[c.get("label"), _fmt(c.get("area_below_mm2")), c.get("citation")] for c in scheme.get("categories", [])],
@@ -303,6 +319,12 @@ def build_report(out_dir: Path, selection, steps, *, truth_path: Path | None, mo
 
     sec.append(rep.paragraph(f"Real-data attribution where models were trained on SPIDER: {SPIDER_ATTRIBUTION}", "muted"))
     return rep.render()
+
+
+def _not_graded_reason(row: dict) -> str:
+    """The ``stenosis_note`` of a DSCA slice / level row without its "not graded: " prefix ('' when graded)."""
+    note = str(row.get("stenosis_note") or "")
+    return note[len("not graded: "):] if note.startswith("not graded: ") else note
 
 
 def _is_stenosis(category) -> bool:

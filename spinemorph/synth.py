@@ -590,6 +590,13 @@ class SynthOptions:
         Cross-sectional correlation length of the root field.
     roots_fraction : (float, float)
         Range of the share of CSF voxels turned into roots.
+    p_epidural_fat : float
+        Probability of an epidural fat layer: background voxels (label 0) within a random distance from
+        ``epidural_fat_mm`` of the CSF become "fat" tissue (intensity only; labels unchanged). The SPIDER label maps
+        leave the epidural space unlabelled, so the layer fills it where the sac does not touch bone or disc
+        (posterolateral, the lateral recesses), as on real axial images. Default 0 (off; the shipped synthesis).
+    epidural_fat_mm : (float, float)
+        Range of the layer thickness (mm).
     """
 
     rotation_deg: float = 10.0
@@ -611,6 +618,8 @@ class SynthOptions:
     p_roots: float = 0.5
     roots_mm: float = 2.5
     roots_fraction: tuple[float, float] = (0.05, 0.25)
+    p_epidural_fat: float = 0.0
+    epidural_fat_mm: tuple[float, float] = (1.0, 4.0)
 
     def __post_init__(self):
         lo, hi = self.bg_classes
@@ -890,6 +899,17 @@ def synthesize(
         tcode[outside & free] = air_code
         tcode[subq & free] = subq_code
     params["background_classes"] = n_bg
+
+    # ---- epidural fat around the sac (intensity only; only drawn when enabled, so the default stream is unchanged)
+    csf_codes_all = [c for c, t in enumerate(tissues) if t == "csf"]
+    if opts.p_epidural_fat > 0 and csf_codes_all and rng.random() < opts.p_epidural_fat:
+        is_csf = np.isin(codes, csf_codes_all)
+        if is_csf.any():
+            thick = float(rng.uniform(*opts.epidural_fat_mm))
+            dist = ndimage.distance_transform_edt(~is_csf, sampling=sp_kji)
+            shell = (dist > 0) & (dist <= thick) & bg
+            tcode[shell] = subq_code
+            params["epidural_fat_mm"] = thick
 
     # ---- nerve roots inside the CSF (intensity only)
     csf_codes = [c for c, t in enumerate(tissues) if t == "csf"]

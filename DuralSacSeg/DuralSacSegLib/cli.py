@@ -22,7 +22,10 @@ outputs in DIR:
   dural_sac.nii.gz       the same mask as a 0/1 label map
   dsca.csv, dsca.json    per-slice table: area_mm2 (axial DSCA), corrected_area_mm2 (perpendicular to the
                          canal centreline), AP/LR diameters, solidity, components, QC flags, stenosis category;
-                         the JSON adds the geometry, timings, model and the stenosis thresholds with citations
+                         a slice whose mask is implausible as a dural sac (area < 20 mm², off the canal track,
+                         several pieces, low solidity, touching the border) gets NO category and a
+                         stenosis_note saying why; the JSON adds the geometry, timings, model, the QC settings
+                         and the stenosis thresholds with citations
   dsca_levels.csv        per-level summary (with --levels)
   overlay_N.png          slices with the outline and area, smallest area first
 
@@ -91,6 +94,9 @@ def add_segment_parser(sub) -> argparse.ArgumentParser:
                    help="stenosis thresholds (default: bolender1985: < 75 mm² absolute, 75-100 mm² relative)")
     s.add_argument("--stenosis-area", default="axial", choices=("axial", "corrected"),
                    help="area the stenosis categories use (default: axial)")
+    s.add_argument("--postprocess", default=None, choices=("none", "fill", "largest2d", "largest2d+fill", "track", "track+fill"),
+                   help="mask post-processing (default: the model's, chosen on a validation split; see the model card): "
+                        "track = keep the component connected to the canal across slices, +fill = fill holes")
     s.add_argument("--crop-px", type=int, default=128, metavar="N",
                    help="run the network on an N x N window of the 320 x 320 grid around the canal, located on a few "
                         "whole slices (default: 128; 1.1 s instead of 3.4 s for 20 slices in docs/benchmark.md); 0 = every slice whole, as the source method")
@@ -146,6 +152,7 @@ def run_segment(args: argparse.Namespace) -> int:
             stenosis_area=args.stenosis_area,
             crop_px=crop,
             progress=progress,
+            postprocess=getattr(args, "postprocess", None),
         )
     finally:
         bar.close()
@@ -155,17 +162,26 @@ def run_segment(args: argparse.Namespace) -> int:
     nonempty = table.nonempty_rows()
     print(f"model {result.model_name} on {result.device}: {len(table)} slices, dural sac found on {len(nonempty)}"
           f"{' (input resliced to axial planes)' if result.resliced else ''}; {result.timings_s['total_s']:.1f} s")
-    if nonempty:
-        r = table.smallest(1)[0]
+    graded = table.smallest_graded(1)
+    if graded:
+        r = graded[0]
         corr = f", perpendicular {r.corrected_area_mm2:.1f} mm²" if math.isfinite(r.corrected_area_mm2) else ""
-        print(f"smallest DSCA: {r.area_mm2:.1f} mm² at slice {r.slice_index} ({r.position_mm:.1f} mm){corr}"
-              f" - {r.stenosis}")
+        print(f"smallest DSCA (of {len(table.graded_rows())} graded slices): {r.area_mm2:.1f} mm² at slice "
+              f"{r.slice_index} ({r.position_mm:.1f} mm){corr} - {r.stenosis}")
+    elif nonempty:
+        print("warning: no slice could be graded for stenosis: every mask is implausible as a dural sac "
+              "(see qc_flags / stenosis_note in dsca.csv); check the input and the segmentation", file=sys.stderr)
     else:
         print("warning: no dural sac was segmented on any slice; check the input (lumbar MRI expected)", file=sys.stderr)
+    for line in table.qc_summary_lines():
+        print(f"QC: {line}")
     for lv in table.levels:
         if lv.slice_index < 0:
             print(f"level {lv.level}: outside the imaged slices")
+        elif not lv.stenosis:
+            print(f"level {lv.level}: slice {lv.slice_index}, DSCA {lv.area_mm2:.1f} mm² - "
+                  f"{lv.stenosis_note or 'no dural sac'}")
         else:
-            print(f"level {lv.level}: slice {lv.slice_index}, DSCA {lv.area_mm2:.1f} mm² - {lv.stenosis or 'no dural sac'}")
+            print(f"level {lv.level}: slice {lv.slice_index}, DSCA {lv.area_mm2:.1f} mm² - {lv.stenosis}")
     print(f"wrote {len(paths)} files to {args.out}")
     return 0

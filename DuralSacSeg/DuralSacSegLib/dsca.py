@@ -33,14 +33,23 @@ Definitions (see also ``DEVELOPERS.md``, "Measurement definitions"):
   the outermost rows/columns — the sac may be cut by the field of view), ``low_solidity`` (< ``low_solidity``,
   default 0.8: ragged or crescent outline), ``large_jump_vs_neighbours`` (area differs from the mean of the non-empty
   immediate neighbours by more than ``jump_fraction``, default 50 %).
+- more **qc_flags**: ``area_below_floor`` (area < ``min_area_mm2``, default :data:`DEFAULT_MIN_AREA_MM2` = 20 mm²:
+  a fragment, not a plausible sac), ``off_canal_track`` (the centroid of the largest component lies more than
+  ``off_track_mm``, default :data:`DEFAULT_OFF_TRACK_MM` = 10 mm, from the robust canal centreline fitted through the
+  other slices; needs at least centreline degree + 2 non-empty slices).
 - **stenosis**: category of the axial area (or the corrected one with ``stenosis_area="corrected"``) under a
   :class:`~DuralSacSegLib.stenosis.StenosisScheme` (default: Bolender et al. / Schönström et al. 1985, < 75 mm²
-  absolute, 75–100 mm² relative); empty slices get ``""``.
+  absolute, 75–100 mm² relative) — **only for slices without a blocking QC flag** (:data:`BLOCKING_FLAGS`: empty,
+  area below the floor, off the canal track, several components, low solidity, touching the border: the mask is
+  implausible as one dural sac cross-section, so its area says nothing about stenosis). A flagged slice gets ``""``
+  and ``stenosis_note`` says why ("not graded: ..."); the area is still reported. ``large_jump_vs_neighbours`` alone
+  does not block grading (a real stenosis makes the area drop between neighbouring slices).
 
 Per-level summaries: pass ``levels={"L4-5": position}`` where the position is a number (mm along the slice normal, as
 ``position_mm``) or an LPS point (e.g. a disc centroid from :func:`label_centroids_lps` of a FORAMEN3D label map or the
-phantom's truth); the nearest slice is summarised. Levels more than half a slice beyond the stack are reported with
-``slice_index = -1`` and the flag ``outside_stack``.
+phantom's truth); the nearest slice is summarised, and a level whose slice carries a blocking flag gets no stenosis
+category (its ``stenosis_note`` names the slice and the flags). Levels more than half a slice beyond the stack are
+reported with ``slice_index = -1`` and the flag ``outside_stack``.
 """
 
 from __future__ import annotations
@@ -69,7 +78,22 @@ FLAG_BORDER = "touches_border"
 FLAG_LOW_SOLIDITY = "low_solidity"
 FLAG_JUMP = "large_jump_vs_neighbours"
 FLAG_OUTSIDE = "outside_stack"
-QC_FLAGS = (FLAG_EMPTY, FLAG_MULTIPLE, FLAG_BORDER, FLAG_LOW_SOLIDITY, FLAG_JUMP)
+FLAG_SMALL = "area_below_floor"
+FLAG_OFF_TRACK = "off_canal_track"
+QC_FLAGS = (FLAG_EMPTY, FLAG_MULTIPLE, FLAG_BORDER, FLAG_LOW_SOLIDITY, FLAG_JUMP, FLAG_SMALL, FLAG_OFF_TRACK)
+#: flags that make a slice's mask implausible as one dural sac cross-section: no stenosis category is given
+BLOCKING_FLAGS = (FLAG_EMPTY, FLAG_SMALL, FLAG_OFF_TRACK, FLAG_MULTIPLE, FLAG_LOW_SOLIDITY, FLAG_BORDER)
+#: what each flag means, for tables, the console and reports
+FLAG_TEXT = {
+    FLAG_EMPTY: "no dural sac segmented",
+    FLAG_SMALL: "area below the plausibility floor",
+    FLAG_OFF_TRACK: "far from the canal track of the other slices",
+    FLAG_MULTIPLE: "several separate pieces",
+    FLAG_LOW_SOLIDITY: "ragged or crescent outline (low solidity)",
+    FLAG_BORDER: "touches the image border (may be cut off)",
+    FLAG_JUMP: "area jumps against the neighbouring slices",
+    FLAG_OUTSIDE: "level outside the imaged slices",
+}
 
 # QC settings: project design choices (not from the literature), meant to draw the reader's eye, not to decide anything.
 #: degree of the polynomial canal centreline (x(z), y(z)) used for the angle correction
@@ -78,6 +102,16 @@ DEFAULT_CENTRELINE_DEGREE = 2
 DEFAULT_LOW_SOLIDITY = 0.8
 #: a slice whose area differs from the mean of its non-empty neighbours by more than this fraction of that mean is flagged
 DEFAULT_JUMP_FRACTION = 0.5
+#: plausibility floor of one dural sac cross-section (mm²). Design choice, not from the literature: a quarter of the
+#: 75 mm² absolute-stenosis bound of Bolender/Schönström (the lowest category bound of the default scheme) and the
+#: same value as the smallest training sac (``spinemorph.samples.MIN_SAC_AREA_MM2``). A mask below it is far more
+#: often a fragment or a stray blob than a sac; the slice is flagged and not graded (the area is still listed), so a
+#: genuine extreme stenosis is shown for a reader to confirm instead of being called automatically.
+DEFAULT_MIN_AREA_MM2 = 20.0
+#: largest distance (mm) of a slice's sac centroid from the robust canal centreline of the stack. Design choice: about
+#: the half-width of a lumbar dural sac (AP ~10-18 mm, LR ~15-25 mm in adults), so a centroid farther away lies
+#: outside the sac of the neighbouring slices; the robust (Tukey) fit gives such a slice no weight.
+DEFAULT_OFF_TRACK_MM = 10.0
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 _NAN3 = (math.nan, math.nan, math.nan)
@@ -102,6 +136,18 @@ class SliceMeasurement:
     stenosis: str
     qc_flags: tuple[str, ...]
     level: str = ""
+    stenosis_note: str = ""
+    track_distance_mm: float = math.nan
+
+    @property
+    def blocking_flags(self) -> tuple[str, ...]:
+        """The flags of this slice that forbid a stenosis category (:data:`BLOCKING_FLAGS`)."""
+        return tuple(f for f in self.qc_flags if f in BLOCKING_FLAGS)
+
+    @property
+    def graded(self) -> bool:
+        """True when the slice has a stenosis category (a plausible sac, no blocking flag)."""
+        return bool(self.stenosis)
 
 
 @dataclasses.dataclass
@@ -118,6 +164,7 @@ class LevelSummary:
     lr_diameter_mm: float
     stenosis: str
     qc_flags: tuple[str, ...]
+    stenosis_note: str = ""
 
 
 #: CSV / Slicer column order of the slice table: (column name, unit or "")
@@ -139,7 +186,9 @@ SLICE_COLUMNS = (
     ("centroid_z_mm", "mm"),
     ("mean_intensity", ""),
     ("stenosis", ""),
+    ("stenosis_note", ""),
     ("qc_flags", ""),
+    ("track_distance_mm", "mm"),
     ("level", ""),
 )
 LEVEL_COLUMNS = (
@@ -152,6 +201,7 @@ LEVEL_COLUMNS = (
     "ap_diameter_mm",
     "lr_diameter_mm",
     "stenosis",
+    "stenosis_note",
     "qc_flags",
 )
 
@@ -175,7 +225,9 @@ def _row_values(r: SliceMeasurement) -> dict:
         "centroid_z_mm": r.centroid_lps[2],
         "mean_intensity": r.mean_intensity,
         "stenosis": r.stenosis,
+        "stenosis_note": r.stenosis_note,
         "qc_flags": ";".join(r.qc_flags),
+        "track_distance_mm": r.track_distance_mm,
         "level": r.level,
     }
 
@@ -234,6 +286,7 @@ class DscaTable:
     scheme: StenosisScheme
     stenosis_area: str = "axial"
     centreline: dict = dataclasses.field(default_factory=dict)
+    qc: dict = dataclasses.field(default_factory=dict)
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -251,8 +304,44 @@ class DscaTable:
         return [r for r in self.rows if r.area_mm2 > 0]
 
     def smallest(self, n: int = 1) -> list[SliceMeasurement]:
-        """The ``n`` non-empty slices with the smallest axial area (smallest first)."""
+        """The ``n`` non-empty slices with the smallest axial area (smallest first), flagged ones included."""
         return sorted(self.nonempty_rows(), key=lambda r: (r.area_mm2, r.slice_index))[: max(0, int(n))]
+
+    def graded_rows(self) -> list[SliceMeasurement]:
+        """Slices with a stenosis category (no blocking QC flag)."""
+        return [r for r in self.rows if r.graded]
+
+    def smallest_graded(self, n: int = 1) -> list[SliceMeasurement]:
+        """The ``n`` graded slices (no blocking QC flag) with the smallest area (smallest first)."""
+        return sorted(self.graded_rows(), key=lambda r: (r.area_mm2, r.slice_index))[: max(0, int(n))]
+
+    def not_graded_rows(self) -> list[SliceMeasurement]:
+        """Non-empty slices that carry a blocking QC flag (a mask, but no stenosis category)."""
+        return [r for r in self.rows if r.area_mm2 > 0 and not r.graded]
+
+    def qc_counts(self) -> dict[str, int]:
+        """Number of slices carrying each QC flag (flags that occur only)."""
+        out: dict[str, int] = {}
+        for r in self.rows:
+            for f in r.qc_flags:
+                out[f] = out.get(f, 0) + 1
+        return out
+
+    def qc_summary_lines(self) -> list[str]:
+        """Plain-language QC lines for the console and reports (empty when no mask was flagged)."""
+        lines = []
+        bad = self.not_graded_rows()
+        if bad:
+            lines.append(f"{len(bad)} of {len(self.nonempty_rows())} slices with a mask were NOT graded for stenosis "
+                         "(mask implausible as a dural sac; check them): "
+                         + ", ".join(f"slice {r.slice_index} ({r.area_mm2:.1f} mm²: "
+                                     f"{'; '.join(FLAG_TEXT.get(f, f) for f in r.blocking_flags)})" for r in bad[:6])
+                         + (" ..." if len(bad) > 6 else ""))
+        jumps = [r.slice_index for r in self.rows if FLAG_JUMP in r.qc_flags]
+        if jumps:
+            lines.append(f"area jumps against the neighbouring slices at slices {', '.join(map(str, jumps[:10]))}"
+                         f"{' ...' if len(jumps) > 10 else ''} (graded, but check the outline)")
+        return lines
 
     # ------------------------------------------------------------------ export
     def as_columns(self) -> dict[str, list]:
@@ -314,6 +403,8 @@ class DscaTable:
             "centreline": _json_value_dict(self.centreline),
             "stenosis_scheme": self.scheme.to_dict(),
             "stenosis_area": self.stenosis_area,
+            "qc": _json_value_dict(self.qc) | {"counts": self.qc_counts(), "n_not_graded": len(self.not_graded_rows()),
+                                                 "summary": self.qc_summary_lines()},
             "slices": [{k: _json_value(v) for k, v in _row_values(r).items()} | {"qc_flags": list(r.qc_flags)} for r in self.rows],
             "levels": [
                 {k: _json_value(v) for k, v in dataclasses.asdict(lv).items()} | {"qc_flags": list(lv.qc_flags)}
@@ -442,6 +533,8 @@ def compute_dsca_table(
     centreline_degree: int = DEFAULT_CENTRELINE_DEGREE,
     low_solidity: float = DEFAULT_LOW_SOLIDITY,
     jump_fraction: float = DEFAULT_JUMP_FRACTION,
+    min_area_mm2: float = DEFAULT_MIN_AREA_MM2,
+    off_track_mm: float = DEFAULT_OFF_TRACK_MM,
 ) -> DscaTable:
     """Measure every slice of a dural sac mask.
 
@@ -461,8 +554,8 @@ def compute_dsca_table(
         Which area the categories use.
     centreline_degree : int
         Degree of the centreline polynomial (lowered to the number of non-empty slices − 1).
-    low_solidity, jump_fraction : float
-        QC thresholds (see the module docstring).
+    low_solidity, jump_fraction, min_area_mm2, off_track_mm : float
+        QC thresholds (see the module docstring); slices with a blocking flag get no stenosis category.
 
     Returns
     -------
@@ -472,6 +565,9 @@ def compute_dsca_table(
         raise InputError(f"stenosis_area must be 'axial' or 'corrected', got {stenosis_area!r}")
     if int(centreline_degree) < 1:
         raise InputError(f"centreline degree must be >= 1, got {centreline_degree}")
+    for name, val in (("min_area_mm2", min_area_mm2), ("off_track_mm", off_track_mm)):
+        if not (math.isfinite(float(val)) and float(val) >= 0):
+            raise InputError(f"QC setting {name} must be a finite number >= 0, got {val}")
     sch = get_scheme(scheme)
     fg = _foreground(mask, label)
     if image is not None:
@@ -496,7 +592,8 @@ def compute_dsca_table(
         if count == 0:
             rows.append(
                 SliceMeasurement(k, float(positions[k]), tuple(map(float, centres[k])), 0.0, math.nan, math.nan, math.nan,
-                                 math.nan, math.nan, 0, _NAN3, math.nan, "", (FLAG_EMPTY,))
+                                 math.nan, math.nan, 0, _NAN3, math.nan, "", (FLAG_EMPTY,),
+                                 stenosis_note="not graded: " + FLAG_TEXT[FLAG_EMPTY])
             )
             continue
         lab, ncomp = ndimage.label(sl, structure=_EIGHT)
@@ -545,6 +642,12 @@ def compute_dsca_table(
         s = positions[valid]
         tilts = []
         polys, n_inliers = _robust_centreline(s, centroid_uv[valid], deg, floor_mm=0.5 * min(sx, sy))
+        if valid.size >= deg + 2:  # with fewer slices the fit passes through every centroid: no track to compare with
+            resid = np.hypot(centroid_uv[valid, 0] - polys[0](s), centroid_uv[valid, 1] - polys[1](s))
+            for idx, k in enumerate(valid):
+                rows[k].track_distance_mm = float(resid[idx])
+                if resid[idx] > float(off_track_mm):
+                    rows[k].qc_flags = rows[k].qc_flags + (FLAG_OFF_TRACK,)
         grad = np.stack([p.deriv()(s) for p in polys], axis=1)
         cos_t = 1.0 / np.sqrt(1.0 + np.sum(grad**2, axis=1))
         for idx, k in enumerate(valid):
@@ -564,6 +667,13 @@ def compute_dsca_table(
             ref = float(np.mean(neigh))
             if abs(r.area_mm2 - ref) > jump_fraction * ref:
                 r.qc_flags = r.qc_flags + (FLAG_JUMP,)
+        if r.area_mm2 < float(min_area_mm2):
+            r.qc_flags = r.qc_flags + (FLAG_SMALL,)
+        blocking = r.blocking_flags
+        if blocking:
+            r.stenosis = ""
+            r.stenosis_note = "not graded: " + "; ".join(FLAG_TEXT.get(f, f) for f in blocking)
+            continue
         basis = r.area_mm2 if stenosis_area == "axial" else r.corrected_area_mm2
         r.stenosis = sch.classify(basis)
 
@@ -575,13 +685,15 @@ def compute_dsca_table(
             k = int(np.argmin(np.abs(positions - s)))
             dist = float(abs(positions[k] - s))
             if s < lo - 0.5 * slice_spacing - 1e-6 or s > hi + 0.5 * slice_spacing + 1e-6:
-                level_rows.append(LevelSummary(str(name), s, -1, dist, math.nan, math.nan, math.nan, math.nan, "", (FLAG_OUTSIDE,)))
+                level_rows.append(LevelSummary(str(name), s, -1, dist, math.nan, math.nan, math.nan, math.nan, "", (FLAG_OUTSIDE,),
+                                               "not graded: level outside the imaged slices"))
                 continue
             r = rows[k]
             r.level = f"{r.level};{name}" if r.level else str(name)
+            note = f"not graded: slice {k} flagged ({r.stenosis_note[len('not graded: '):]})" if r.blocking_flags else ""
             level_rows.append(
                 LevelSummary(str(name), s, k, dist, r.area_mm2, r.corrected_area_mm2, r.ap_diameter_mm, r.lr_diameter_mm,
-                             r.stenosis, r.qc_flags)
+                             r.stenosis, r.qc_flags, note)
             )
 
     return DscaTable(
@@ -593,6 +705,11 @@ def compute_dsca_table(
         scheme=sch,
         stenosis_area=stenosis_area,
         centreline=centreline,
+        qc={"min_area_mm2": float(min_area_mm2), "off_track_mm": float(off_track_mm), "low_solidity": float(low_solidity),
+            "jump_fraction": float(jump_fraction), "blocking_flags": list(BLOCKING_FLAGS),
+            "rule": "a slice with a blocking flag gets no stenosis category (stenosis_note says why)",
+            "sources": "project design choices (DuralSacSegLib.dsca: DEFAULT_MIN_AREA_MM2, DEFAULT_OFF_TRACK_MM, "
+                       "DEFAULT_LOW_SOLIDITY, DEFAULT_JUMP_FRACTION), not literature thresholds"},
     )
 
 

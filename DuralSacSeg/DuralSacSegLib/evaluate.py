@@ -256,7 +256,10 @@ def load_dataset(spec: dict | str, purpose: str = "evaluation") -> list[SliceSam
           arguments; training label maps only); with ``"held_out": true`` planes of the held-out SPIDER label maps
           instead (evaluation);
         - ``"phantom"``: ``dsca_samples(sources=("phantom",))`` (keys ``n``, ``seed``);
-        - ``"real-slabs"``: :func:`spinemorph.samples.dsca_real_slab_samples` (held-out patients; keys
+        - ``"real-slabs"``: :func:`spinemorph.samples.dsca_real_slab_samples` (key ``split``: ``"held_out"``
+          (default, evaluation), ``"train"`` (training patients minus the validation split, every plane with canal,
+          :func:`spinemorph.samples.dsca_real_slab_training_samples`) or ``"validation"``
+          (:func:`spinemorph.samples.dsca_validation_slab_patients`); the held-out split takes the keys
           ``isotropic_mm``, ``patients``; ``row_step`` keeps every n-th PNG row), each plane placed on a ``square`` × ``square`` grid (key ``square``,
           default 320) at its own pixel size — the slab is a narrow left-right strip, resizing it to 320×320 would
           distort it;
@@ -290,7 +293,22 @@ def load_dataset(spec: dict | str, purpose: str = "evaluation") -> list[SliceSam
         if source == "real-slabs":
             square = int(spec.pop("square", 320))
             every = int(spec.pop("row_step", 1))
-            planes = [p for p in sm.dsca_real_slab_samples(**spec) if p.row % every == 0]
+            split = spec.pop("split", "held_out")
+            if split == "held_out":
+                planes = [p for p in sm.dsca_real_slab_samples(**spec) if p.row % every == 0]
+            elif split in ("train", "validation"):
+                # training patients only; every plane with canal (cut ones included): train / validate inside the strip
+                pats = spec.pop("patients", None)
+                if split == "validation":
+                    pats = sm.dsca_validation_slab_patients() if pats is None else pats
+                    held = [p for p in pats if p in sm.spider.HELD_OUT_PATIENTS]
+                    if held:
+                        raise InputError(f"validation slab patients {held} are held out; never tune on them")
+                    planes = sm.dsca_real_slab_samples(pats, row_step=every, whole_sac_only=False, **spec)
+                else:
+                    planes = sm.dsca_real_slab_training_samples(pats, row_step=every, **spec)
+            else:
+                raise InputError(f"real-slabs split must be held_out, train or validation, got {split!r}")
             raw = [_square_fov(as_slice_sample(p, source), square) for p in planes]
         elif source == "phantom":
             raw = list(sm.dsca_samples(sources=("phantom",), **spec))

@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 
 from spinemorph.atomic import atomic_write_bytes
-from spinemorph.errors import ModelError
+from spinemorph.errors import ModelError, SpineMorphError
 
 #: folder of the embedded weights, catalogue and model cards
 MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
@@ -70,6 +70,11 @@ class ModelInfo:
         Metrics from the catalogue (empty for user files).
     description : str
         One-line description.
+    postprocess : str
+        Mask post-processing spec (:mod:`DuralSacSegLib.postprocess`): the catalogue entry's ``decision`` (chosen on a
+        validation split by ``scripts/dsca_calibrate.py``) or a weights file's ``postprocess`` key; else ``"none"``.
+    threshold_source : str
+        Where :attr:`threshold` comes from (``"loss prior 20/21"``, ``"weights file"``, ``"catalogue decision ..."``).
     """
 
     name: str
@@ -83,6 +88,8 @@ class ModelInfo:
     card_path: Path | None = None
     metrics: dict = dataclasses.field(default_factory=dict)
     description: str = ""
+    postprocess: str = "none"
+    threshold_source: str = ""
 
 
 def decision_threshold(ckpt: dict) -> float:
@@ -300,6 +307,22 @@ def load_model(name_or_path: str | os.PathLike | None = None, device=None, archi
     if architecture is not None and architecture != arch:
         raise ModelError(f"weights file {path} is for architecture {arch!r}, not the requested {architecture!r}")
     net = _build_and_load(ckpt, path, device)
+    threshold = decision_threshold(ckpt)
+    threshold_source = "weights file / loss prior (DuralSacSegLib.models.decision_threshold)"
+    postprocess = str(ckpt.get("postprocess") or "none")
+    decision = (entry or {}).get("decision") or {}
+    if decision:  # chosen on a validation split of training patients (scripts/dsca_calibrate.py)
+        from DuralSacSegLib.postprocess import parse_spec
+
+        try:
+            threshold = float(decision["threshold"])
+            postprocess = str(decision.get("postprocess", "none"))
+            parse_spec(postprocess)
+        except (KeyError, TypeError, ValueError, SpineMorphError):
+            raise ModelError(f"catalogue entry {text!r} has an invalid 'decision' {decision!r}; reinstall the extension") from None
+        if not 0.0 < threshold < 1.0:
+            raise ModelError(f"catalogue entry {text!r}: decision threshold {threshold} is not between 0 and 1")
+        threshold_source = f"catalogue decision ({decision.get('chosen_on', 'validation split')})"
     info = ModelInfo(
         name=text if entry is not None else path.name,
         architecture=arch,
@@ -307,11 +330,13 @@ def load_model(name_or_path: str | os.PathLike | None = None, device=None, archi
         sha256=digest,
         input_size=tuple(int(s) for s in ckpt.get("input_size", INPUT_SIZE)),
         normalization=str(ckpt.get("normalization", NORMALIZATION)),
-        threshold=decision_threshold(ckpt),
+        threshold=threshold,
         config=dict(ckpt.get("config") or {}),
         card_path=(MODELS_DIR / entry["card"]) if entry is not None and entry.get("card") else None,
         metrics=dict(entry.get("metrics") or {}) if entry is not None else {},
         description=str(entry.get("description", "")) if entry is not None else f"user weights {path.name}",
+        postprocess=postprocess,
+        threshold_source=threshold_source,
     )
     if info.normalization != NORMALIZATION:
         raise ModelError(f"weights file {path} expects normalisation {info.normalization!r}, which SpineMorph does not provide")

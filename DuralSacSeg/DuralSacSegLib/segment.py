@@ -48,6 +48,8 @@ import numpy as np
 from scipy import ndimage
 
 from DuralSacSegLib.dsca import DscaTable, compute_dsca_table, level_position_mm
+from DuralSacSegLib.postprocess import parse_spec as parse_postprocess
+from DuralSacSegLib.postprocess import postprocess_probabilities
 from DuralSacSegLib.roi import DEFAULT_CROP_PX, RoiReport, predict_stack, validate_crop_px
 from DuralSacSegLib.stenosis import StenosisScheme, get_scheme
 from spinemorph.atomic import atomic_path, atomic_write_text, prepare_output_dir
@@ -139,6 +141,7 @@ class SegmentationResult:
     threshold: float
     timings_s: dict[str, float]
     roi: RoiReport | None = None
+    postprocess: str = "none"
 
     def info(self) -> dict:
         """JSON-ready description of how the result was made."""
@@ -147,6 +150,7 @@ class SegmentationResult:
             "model": self.model_name,
             "device": self.device,
             "threshold": self.threshold,
+            "postprocess": self.postprocess,
             "resliced_to_axial": self.resliced,
             "input_tilt_from_SI_deg": round(self.tilt_deg, 3),
             "input_size_ijk": list(self.image.size_ijk),
@@ -357,6 +361,7 @@ def segment_volume(
     crop_px: int | str | None = "auto",
     progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
+    postprocess: str | None = None,
 ) -> SegmentationResult:
     """Segment the dural sac in every axial slice of ``image`` and measure the DSCA table.
 
@@ -396,6 +401,10 @@ def segment_volume(
         ``progress(fraction 0..1, message)``, called before/after every batch.
     should_cancel : callable, optional
         Checked before every batch; if it returns True, ``SpineMorphError("cancelled")`` is raised.
+    postprocess : str, optional
+        Mask post-processing on the network-grid stack (:mod:`DuralSacSegLib.postprocess`: ``"none"``,
+        ``"largest2d"``, ``"track"``, optionally ``"+fill"``). Default: the model's choice (catalogue ``decision``,
+        chosen on a validation split), ``"none"`` for an injected predictor.
 
     Returns
     -------
@@ -440,6 +449,9 @@ def segment_volume(
     else:
         predict, model_name, dev_name = predictor, "injected predictor", "n/a"
         thr = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        info = None
+    post = postprocess if postprocess is not None else (getattr(info, "postprocess", "none") if info is not None else "none")
+    parse_postprocess(post)
     if not 0.0 < thr < 1.0:
         raise InputError(f"threshold must be between 0 and 1, got {thr}")
     timings["model_load_s"] = time.perf_counter() - t0
@@ -462,6 +474,7 @@ def segment_volume(
         predict, stack, thr, todo=todo, crop_px=crop, batch_size=int(batch_size),
         progress=lambda f, msg: report(0.05 + 0.85 * f, msg), check_cancel=check_cancel)
     prob *= coverage
+    prob = postprocess_probabilities(prob, thr, post)
     timings["inference_s"] = time.perf_counter() - t0
 
     check_cancel()
@@ -498,6 +511,7 @@ def segment_volume(
         threshold=thr,
         timings_s=timings,
         roi=roi_report,
+        postprocess=str(post),
     )
 
 

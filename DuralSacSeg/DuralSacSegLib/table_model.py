@@ -8,7 +8,9 @@ The Slicer glue (``slicer_*.py``) copies what these functions return into MRML n
   values) in the CSV column order, so the Slicer table and the exported CSV agree.
 - :func:`row_centre_ras`: where to jump the slice views when a table row is clicked.
 - :func:`plot_series`: the area-vs-position chart (axial and angle-corrected DSCA).
-- :func:`summary_text`: one line for the panel's status label.
+- :func:`summary_text`: one line for the panel's status label (smallest *graded* area, count of slices not graded).
+- :func:`qc_rows` / :func:`qc_lines`: rows to highlight and the QC lines to show (no stenosis category on a flagged
+  slice; the ``stenosis_note`` column says why).
 - :data:`DURAL_SAC_TERMINOLOGY`: the segment's standard terminology.
 """
 
@@ -164,19 +166,34 @@ def plot_series(table) -> dict[str, np.ndarray]:
 
 
 def summary_text(table) -> str:
-    """One line for the status label, e.g. ``"40 slices, 31 with dural sac; smallest 84.2 mm² at slice 12 (relative)"``."""
+    """One line for the status label, e.g. ``"40 slices, 31 with dural sac; smallest graded 84.2 mm² at slice 12
+    (relative stenosis); 2 slices NOT graded (QC)"``. The smallest area quoted is that of a *graded* slice (no blocking
+    QC flag): a flagged slice's area is never presented as a stenosis."""
     n = len(table.rows)
     nonempty = table.nonempty_rows()
     if not nonempty:
         return f"{n} slices, no dural sac found; check the input (axial T1/T2 lumbar MRI) or edit the segment and recompute"
-    smallest = table.smallest(1)[0]
+    not_graded = len(table.not_graded_rows())
+    qc = f"; {not_graded} slices NOT graded (QC: mask implausible as a dural sac, see stenosis_note)" if not_graded else ""
+    graded = table.smallest_graded(1)
+    if not graded:
+        return f"{n} slices, {len(nonempty)} with a mask, none graded for stenosis{qc}"
+    smallest = graded[0]
     category = f" ({smallest.stenosis})" if smallest.stenosis else ""
-    flagged = sum(1 for r in table.rows if r.qc_flags and r.area_mm2 > 0)
-    qc = f"; {flagged} slices flagged for QC" if flagged else ""
     return (
-        f"{n} slices, {len(nonempty)} with dural sac; smallest {smallest.area_mm2:.1f} mm² at slice "
+        f"{n} slices, {len(nonempty)} with dural sac; smallest graded {smallest.area_mm2:.1f} mm² at slice "
         f"{smallest.slice_index}{category}{qc}"
     )
+
+
+def qc_rows(table) -> list[int]:
+    """Row indices the Slicer table should highlight: slices with a mask but no stenosis category (blocking QC flag)."""
+    return [i for i, r in enumerate(table.rows) if r.area_mm2 > 0 and not r.graded]
+
+
+def qc_lines(table) -> list[str]:
+    """The QC lines (plain language) for the panel, the same as the console prints."""
+    return table.qc_summary_lines()
 
 
 def export_csv(table, path: str | os.PathLike) -> Path:

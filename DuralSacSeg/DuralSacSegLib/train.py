@@ -89,6 +89,8 @@ DEFAULT_CONFIG: dict = {
     },
     "num_threads": None,
     "device": "auto",
+    "precision": "fp32",
+    "checkpoint_minutes": 5,
 }
 
 
@@ -144,16 +146,36 @@ def validate_config(cfg: dict) -> None:
         raise InputError(f"unknown loss {cfg['loss'].get('name')!r}; only 'weighted_bce' is implemented")
     if cfg["optimizer"].get("name", "adam") != "adam":
         raise InputError(f"unknown optimizer {cfg['optimizer'].get('name')!r}; only 'adam' is implemented")
+    if str(cfg.get("precision") or "fp32").lower() not in ("fp32", "bf16"):
+        raise InputError(f"precision must be 'fp32' or 'bf16', got {cfg.get('precision')!r}")
+    ck = cfg.get("checkpoint_minutes")
+    if ck is not None and not (isinstance(ck, (int, float)) and ck >= 0):
+        raise InputError(f"checkpoint_minutes must be a number >= 0 (0 = only at the end of each epoch), got {ck!r}")
+    train = (cfg.get("data") or {}).get("train")
+    mix = (cfg.get("data") or {}).get("mix")
+    if mix is not None:
+        n_src = len(train) if isinstance(train, list) else 1
+        if len(mix) != n_src or any(float(m) < 0 for m in mix) or sum(float(m) for m in mix) <= 0:
+            raise InputError(f"data.mix {mix} must give one non-negative weight per training source ({n_src}), not all 0")
 
 
 # ----------------------------------------------------------------------------- loss
-def weighted_bce_loss(logits, target, pos_weight: float = 20.0):
-    """Weighted binary cross-entropy on logits: mean over pixels of ``-(w·y·log σ(x) + (1−y)·log(1−σ(x)))``."""
+def weighted_bce_loss(logits, target, pos_weight: float = 20.0, weight=None):
+    """Weighted binary cross-entropy on logits: mean over pixels of ``-(w·y·log σ(x) + (1−y)·log(1−σ(x)))``.
+
+    ``weight`` (same shape, 0/1): a loss-weight mask — the mean is taken over the pixels with weight 1 only (e.g. the
+    imaged strip of a real slab plane; the padding around it holds no image and no truth). ``None`` = every pixel.
+    """
     import torch
     import torch.nn.functional as F
 
+    logits = logits.float()
     w = torch.as_tensor([float(pos_weight)], dtype=logits.dtype, device=logits.device)
-    return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), pos_weight=w)
+    if weight is None:
+        return F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), pos_weight=w)
+    weight = weight.to(logits.dtype)
+    per_pixel = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), pos_weight=w, reduction="none")
+    return (per_pixel * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 # ----------------------------------------------------------------------------- folds
@@ -180,18 +202,33 @@ def make_folds(groups: Sequence[str], n_folds: int, seed: int) -> list[np.ndarra
 
 # ----------------------------------------------------------------------------- batches
 class BatchSampler:
-    """Draws training batches (full slices or crops) from preprocessed slices, with its own RNG."""
+    """Draws training batches (full slices or crops) from preprocessed slices, with its own RNG.
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, cfg: dict, rng: np.random.Generator):
+    ``valid`` (N, H, W) uint8: loss-weight masks (1 = pixel counts in the loss; e.g. the imaged strip of a real slab
+    plane), default all ones. ``source_ids`` (N,) and ``mix`` (one probability per source): each batch element first
+    draws its source with these probabilities, then a slice of that source (default: one source).
+    """
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, cfg: dict, rng: np.random.Generator,
+                 valid: np.ndarray | None = None, source_ids: np.ndarray | None = None, mix: Sequence[float] | None = None):
         self.images, self.masks, self.cfg, self.rng = images, masks, cfg, rng
+        self.valid = valid
         self.batch = int(cfg["batch_size"])
         self.crop = cfg.get("crop") or None
-        self.positive = np.flatnonzero(masks.reshape(len(masks), -1).any(axis=1))
+        self.source_ids = np.zeros(len(images), int) if source_ids is None else np.asarray(source_ids, int)
+        n_src = int(self.source_ids.max()) + 1 if len(self.source_ids) else 1
+        mix = np.ones(n_src) if mix is None else np.asarray(mix, float)
+        self.members = [np.flatnonzero(self.source_ids == k) for k in range(n_src)]
+        mix = np.array([m if len(self.members[k]) else 0.0 for k, m in enumerate(mix[:n_src])], float)
+        self.mix = mix / mix.sum()
+        has_fg = masks.reshape(len(masks), -1).any(axis=1)
+        self.positive_by_source = [ix[has_fg[ix]] for ix in self.members]
+        self.positive = np.flatnonzero(has_fg)
         self._order: list[int] = []
 
     def _next_index(self) -> int:
         if not self._order:
-            self._order = list(self.rng.permutation(len(self.images)))
+            self._order = [int(i) for i in self.rng.permutation(len(self.images))]
         return int(self._order.pop())
 
     def _crop(self, idx: int, around_canal: bool):
@@ -208,34 +245,50 @@ class BatchSampler:
             ox = int(self.rng.integers(0, cols - size + 1))
         oy = min(max(oy, 0), rows - size)
         ox = min(max(ox, 0), cols - size)
-        return self.images[idx, oy : oy + size, ox : ox + size], self.masks[idx, oy : oy + size, ox : ox + size]
+        win = (idx, slice(oy, oy + size), slice(ox, ox + size))
+        return self.images[win], self.masks[win], (self.valid[win] if self.valid is not None else None)
 
-    def _augment(self, img: np.ndarray, msk: np.ndarray):
+    def _augment(self, img: np.ndarray, msk: np.ndarray, wgt: np.ndarray):
         aug = self.cfg.get("augment") or {}
         img = img.astype(np.float32)
         if aug.get("flip_lr") and self.rng.random() < 0.5:
-            img, msk = img[:, ::-1], msk[:, ::-1]
+            img, msk, wgt = img[:, ::-1], msk[:, ::-1], wgt[:, ::-1]
         if aug.get("gamma"):
             lo, hi = aug["gamma"]
             img = np.clip(img, 0, 1) ** float(np.exp(self.rng.uniform(np.log(lo), np.log(hi))))
-        return np.ascontiguousarray(img), np.ascontiguousarray(msk)
+        return np.ascontiguousarray(img), np.ascontiguousarray(msk), np.ascontiguousarray(wgt)
 
-    def next_batch(self):
-        xs, ys = [], []
-        for _ in range(self.batch):
-            if self.crop:
-                neg_frac = float(self.crop.get("negative_fraction", 0.25))
-                if len(self.positive) and self.rng.random() >= neg_frac:
-                    img, msk = self._crop(int(self.rng.choice(self.positive)), True)
-                else:
-                    img, msk = self._crop(int(self.rng.integers(len(self.images))), False)
+    def _draw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        multi = len(self.members) > 1
+        src = int(self.rng.choice(len(self.mix), p=self.mix)) if multi else 0
+        pool, pos = (self.members[src], self.positive_by_source[src]) if multi else (None, self.positive)
+        if self.crop:
+            neg_frac = float(self.crop.get("negative_fraction", 0.25))
+            if len(pos) and self.rng.random() >= neg_frac:
+                img, msk, wgt = self._crop(int(self.rng.choice(pos)), True)
             else:
-                idx = self._next_index()
-                img, msk = self.images[idx], self.masks[idx]
-            img, msk = self._augment(img, msk)
+                idx = int(self.rng.choice(pool)) if multi else int(self.rng.integers(len(self.images)))
+                img, msk, wgt = self._crop(idx, False)
+        else:
+            idx = int(self.rng.choice(pool)) if multi else self._next_index()
+            img, msk = self.images[idx], self.masks[idx]
+            wgt = self.valid[idx] if self.valid is not None else None
+        if wgt is None:
+            wgt = np.ones(msk.shape, np.uint8)
+        return img, msk, wgt
+
+    def next_batch(self, with_weight: bool = False):
+        """``(x, y)`` float32 arrays ``(B, 1, H, W)``; with ``with_weight`` also the loss-weight mask ``w``."""
+        xs, ys, ws = [], [], []
+        for _ in range(self.batch):
+            img, msk, wgt = self._augment(*self._draw())
             xs.append(img)
             ys.append(msk)
-        return np.stack(xs)[:, None].astype(np.float32), np.stack(ys)[:, None].astype(np.float32)
+            ws.append(wgt)
+        x, y = np.stack(xs)[:, None].astype(np.float32), np.stack(ys)[:, None].astype(np.float32)
+        if with_weight:
+            return x, y, np.stack(ws)[:, None].astype(np.float32)
+        return x, y
 
     def batches_per_epoch(self) -> int:
         it = self.cfg.get("iterations_per_epoch")
@@ -261,19 +314,34 @@ def _restore_rng(state: str) -> np.random.Generator:
     return rng
 
 
-def _validation_loss(net, images, masks, pos_weight: float, device, batch_size: int) -> float:
+def _validation_loss(net, images, masks, pos_weight: float, device, batch_size: int, valid=None, threshold=None):
+    """Mean weighted BCE over the validation slices (inside ``valid`` when given); with ``threshold`` also return the
+    mean per-slice Dice inside ``valid`` of the slices with a sac: ``(loss, dice)``."""
     import torch
 
     net.eval()
-    total, n = 0.0, 0
+    total, n, dices = 0.0, 0, []
     with torch.inference_mode():
         for s in range(0, len(images), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(images[s : s + batch_size, None], dtype=np.float32)).to(device)
             y = torch.from_numpy(masks[s : s + batch_size, None].astype(np.float32)).to(device)
-            total += float(weighted_bce_loss(net(x), y, pos_weight)) * len(x)
+            w = None if valid is None else torch.from_numpy(valid[s : s + batch_size, None].astype(np.float32)).to(device)
+            logits = net(x)
+            total += float(weighted_bce_loss(logits, y, pos_weight, w)) * len(x)
             n += len(x)
+            if threshold is not None:
+                pred = (torch.sigmoid(logits.float()) >= threshold).cpu().numpy()[:, 0]
+                truth = masks[s : s + batch_size] > 0
+                if valid is not None:
+                    pred &= valid[s : s + batch_size] > 0
+                for p_, t_ in zip(pred, truth):
+                    if t_.any():
+                        dices.append(2.0 * np.count_nonzero(p_ & t_) / (np.count_nonzero(p_) + np.count_nonzero(t_)))
     net.train()
-    return total / max(n, 1)
+    loss = total / max(n, 1)
+    if threshold is None:
+        return loss
+    return loss, (float(np.mean(dices)) if dices else math.nan)
 
 
 def _subset(indices: np.ndarray, max_n, seed: int) -> np.ndarray:
@@ -309,6 +377,31 @@ def plot_loss_curves(histories: dict[str, list[dict]], path: Path, title: str = 
 
 
 # ----------------------------------------------------------------------------- one fold
+def _log(run_dir: Path, text: str) -> None:
+    """Print a progress line and append it to ``run_dir/train.log`` (with a UTC time stamp)."""
+    line = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} {text}"
+    print(line, flush=True)
+    try:
+        with open(run_dir / "train.log", "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+    except OSError:
+        pass
+
+
+def _autocast(cfg: dict, device):
+    """``torch.autocast`` for ``cfg["precision"] == "bf16"`` (CPU or CUDA), else a no-op context."""
+    import contextlib
+
+    import torch
+
+    prec = str(cfg.get("precision") or "fp32").lower()
+    if prec == "fp32":
+        return contextlib.nullcontext()
+    if prec == "bf16":
+        return torch.autocast(device.type if device.type in ("cpu", "cuda") else "cpu", dtype=torch.bfloat16)
+    raise InputError(f"precision must be 'fp32' or 'bf16', got {prec!r}")
+
+
 def train_fold(
     fold: int,
     cfg: dict,
@@ -320,8 +413,19 @@ def train_fold(
     device,
     resume: bool,
     progress: bool = True,
+    valid: np.ndarray | None = None,
+    source_ids: np.ndarray | None = None,
+    val_data: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
 ) -> dict:
-    """Train one fold (resumable); returns its state summary (history, best epoch / loss, seconds)."""
+    """Train one fold (resumable); returns its state summary (history, best epoch / loss, seconds).
+
+    ``valid``: loss-weight masks of all slices (None = every pixel counts). ``source_ids``: data source of each slice
+    (mixed by ``cfg["data"]["mix"]``). ``val_data``: ``(images, masks, valid)`` validation slices outside the
+    training data (instead of ``val_idx``). The state is saved atomically after every epoch and, within an epoch,
+    every ``cfg["checkpoint_minutes"]`` minutes (a resumed run continues at that iteration with the same RNG state).
+    The best checkpoint is chosen by ``cfg["validation"]["select"]``: ``"loss"`` (lowest validation loss, default) or
+    ``"dice"`` (highest mean validation Dice at the loss-prior threshold w/(w+1), inside the valid region).
+    """
     import torch
 
     from DuralSacSegLib.models import save_weights
@@ -341,7 +445,9 @@ def train_fold(
         weight_decay=float(opt_cfg.get("weight_decay", 0.0)),
     )
     rng = np.random.default_rng(seed)
-    state = {"epoch": 0, "history": [], "best_val_loss": math.inf, "best_epoch": 0, "seconds": 0.0, "done": False}
+    state = {"epoch": 0, "history": [], "best_val_loss": math.inf, "best_epoch": 0, "seconds": 0.0, "done": False,
+             "best_val_dice": -math.inf}
+    partial = None
     if resume and state_path.is_file():
         try:
             saved = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -349,6 +455,8 @@ def train_fold(
             opt.load_state_dict(saved["optimizer"])
             rng = _restore_rng(saved["numpy_rng"])
             state = json.loads(saved["state"])
+            state.setdefault("best_val_dice", -math.inf)
+            partial = json.loads(saved["partial"]) if saved.get("partial") else None
             state["done"] = int(state["epoch"]) >= int(cfg["epochs"])  # the saved config may have more epochs now
         except Exception as exc:  # noqa: BLE001 - any unreadable state means the same to the user
             raise SpineMorphError(f"cannot resume from {state_path} ({type(exc).__name__}); delete it to restart the fold") from None
@@ -357,26 +465,64 @@ def train_fold(
         return state
     state["trained_now"] = True
     net.train()
-    sampler = BatchSampler(images[train_idx], masks[train_idx], cfg, rng)
-    v_idx = _subset(val_idx, (cfg.get("validation") or {}).get("max_slices"), seed + 17)
-    v_images, v_masks = images[v_idx], masks[v_idx]
+    mix = (cfg.get("data") or {}).get("mix")
+    sampler = BatchSampler(images[train_idx], masks[train_idx], cfg, rng,
+                           valid=None if valid is None else valid[train_idx],
+                           source_ids=None if source_ids is None else source_ids[train_idx], mix=mix)
+    if val_data is not None:
+        v_images, v_masks, v_valid = val_data
+    else:
+        v_idx = _subset(val_idx, (cfg.get("validation") or {}).get("max_slices"), seed + 17)
+        v_images, v_masks = images[v_idx], masks[v_idx]
+        v_valid = None if valid is None else valid[v_idx]
     pos_weight = float(cfg["loss"].get("pos_weight", 20.0))
+    prior_thr = pos_weight / (pos_weight + 1.0)
     val_bs = int((cfg.get("validation") or {}).get("batch_size", 4))
+    select = str((cfg.get("validation") or {}).get("select", "loss"))
+    if select not in ("loss", "dice"):
+        raise InputError(f"validation.select must be 'loss' or 'dice', got {select!r}")
+    ckpt_s = 60.0 * float(cfg.get("checkpoint_minutes") or 0) or math.inf
+    use_weight = valid is not None
     n_batches = sampler.batches_per_epoch()
+
+    def save_state(partial_state: dict | None) -> None:
+        _save_torch(
+            {
+                "model": net.state_dict(),
+                "optimizer": opt.state_dict(),
+                "numpy_rng": _rng_state(sampler.rng),
+                "state": json.dumps(state),
+                "partial": json.dumps(partial_state) if partial_state else "",
+            },
+            state_path,
+        )
+
     for epoch in range(int(state["epoch"]) + 1, int(cfg["epochs"]) + 1):
         t0 = time.perf_counter()
-        losses = []
-        sampler._order = []  # every epoch starts a new permutation (so a resumed run draws what a straight one would)
-        it = range(n_batches)
+        losses: list[float] = []
+        start_it, prior_seconds = 0, 0.0
+        if partial is not None and int(partial.get("epoch", -1)) == epoch:
+            start_it, losses, prior_seconds = int(partial["iteration"]), list(partial["losses"]), float(partial["seconds"])
+            sampler._order = [int(i) for i in partial.get("order", [])]
+            _log(run_dir, f"fold {fold} epoch {epoch}: resumed at iteration {start_it}/{n_batches}")
+        else:
+            sampler._order = []  # every epoch starts a new permutation (so a resumed run draws what a straight one would)
+        partial = None
+        last_save = time.perf_counter()
+        it = range(start_it, n_batches)
         if progress:
             from tqdm import tqdm
 
-            it = tqdm(it, desc=f"fold {fold} epoch {epoch}/{cfg['epochs']}", unit="batch", leave=False)
-        for _ in it:
-            xb, yb = sampler.next_batch()
-            x, y = torch.from_numpy(xb).to(device), torch.from_numpy(yb).to(device)
+            it = tqdm(it, desc=f"fold {fold} epoch {epoch}/{cfg['epochs']}", unit="batch", leave=False,
+                      initial=start_it, total=n_batches)
+        for i in it:
+            batch = sampler.next_batch(with_weight=True)
+            x, y = torch.from_numpy(batch[0]).to(device), torch.from_numpy(batch[1]).to(device)
+            w = torch.from_numpy(batch[2]).to(device) if use_weight else None
             opt.zero_grad(set_to_none=True)
-            loss = weighted_bce_loss(net(x), y, pos_weight)
+            with _autocast(cfg, device):
+                logits = net(x)
+            loss = weighted_bce_loss(logits, y, pos_weight, w)
             if not torch.isfinite(loss):
                 raise SpineMorphError(f"training diverged (loss {float(loss)}) in fold {fold} epoch {epoch}; lower the learning rate")
             loss.backward()
@@ -384,29 +530,37 @@ def train_fold(
             losses.append(float(loss.detach()))
             if progress:
                 it.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        val_loss = _validation_loss(net, v_images, v_masks, pos_weight, device, val_bs)
-        seconds = time.perf_counter() - t0
+            if time.perf_counter() - last_save >= ckpt_s and i + 1 < n_batches:
+                save_state({"epoch": epoch, "iteration": i + 1, "losses": losses, "order": sampler._order,
+                            "seconds": prior_seconds + time.perf_counter() - t0})
+                last_save = time.perf_counter()
+                _log(run_dir, f"fold {fold} epoch {epoch}: checkpoint at iteration {i + 1}/{n_batches} "
+                              f"(train loss so far {np.mean(losses):.4f})")
+        if select == "dice":
+            val_loss, val_dice = _validation_loss(net, v_images, v_masks, pos_weight, device, val_bs, v_valid, prior_thr)
+        else:
+            val_loss, val_dice = _validation_loss(net, v_images, v_masks, pos_weight, device, val_bs, v_valid), math.nan
+        seconds = prior_seconds + time.perf_counter() - t0
         state["history"].append(
-            {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss, "seconds": seconds, "iterations": len(losses)}
+            {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss, "seconds": seconds,
+             "iterations": len(losses), "val_dice": val_dice}
         )
         state["seconds"] += seconds
         state["epoch"] = epoch
-        if val_loss < state["best_val_loss"]:
+        better = (val_dice > state["best_val_dice"]) if select == "dice" else (val_loss < state["best_val_loss"])
+        if better:
             state["best_val_loss"], state["best_epoch"] = val_loss, epoch
+            if select == "dice":
+                state["best_val_dice"] = val_dice
             save_weights(fold_dir / "best.pt", net, cfg["architecture"], config={**cfg, "fold": fold, "epoch": epoch})
+        save_weights(fold_dir / "last.pt", net, cfg["architecture"], config={**cfg, "fold": fold, "epoch": epoch})
         state["done"] = epoch >= int(cfg["epochs"])
-        _save_torch(
-            {
-                "model": net.state_dict(),
-                "optimizer": opt.state_dict(),
-                "numpy_rng": _rng_state(sampler.rng),
-                "state": json.dumps(state),
-            },
-            state_path,
-        )
+        save_state(None)
         write_csv(fold_dir / "history.csv", state["history"])
         plot_loss_curves({f"fold {fold}": state["history"]}, fold_dir / "loss_curve.png", f"{cfg['architecture']} fold {fold}")
-        print(f"fold {fold} epoch {epoch}: train loss {np.mean(losses):.4f}, validation loss {val_loss:.4f} ({seconds:.0f} s)", flush=True)
+        dice_txt = f", validation Dice {val_dice:.4f}" if math.isfinite(val_dice) else ""
+        _log(run_dir, f"fold {fold} epoch {epoch}: train loss {np.mean(losses):.4f}, validation loss {val_loss:.4f}"
+                      f"{dice_txt} ({seconds:.0f} s){' *best*' if better else ''}")
     return state
 
 
@@ -414,6 +568,32 @@ def train_fold(
 def _prepare(samples: list[SliceSample], size) -> tuple[np.ndarray, np.ndarray]:
     images, masks, _ = preprocess_samples(samples, tuple(size))
     return images.astype(np.float16), masks
+
+
+def _prepare_valid(samples: list[SliceSample], size) -> np.ndarray | None:
+    """Loss-weight masks on the network grid (1 where the slice has image data), or None if every slice is whole."""
+    from DuralSacSegLib.models import resize_mask
+
+    if all(s.valid is None for s in samples):
+        return None
+    out = np.zeros((len(samples), *tuple(size)), np.uint8)
+    for i, s in enumerate(samples):
+        out[i] = resize_mask(s.valid if s.valid is not None else np.ones_like(s.mask), s.pixel_mm, tuple(size))
+    return out
+
+
+def load_training_data(spec, purpose: str = "training") -> tuple[list[SliceSample], np.ndarray]:
+    """Training slices of one spec or a list of specs (several sources, e.g. synthetic + real slab planes).
+
+    Returns the slices and the source index of each (position of its spec in the list)."""
+    specs = spec if isinstance(spec, list) else [spec]
+    samples: list[SliceSample] = []
+    ids: list[int] = []
+    for k, sp in enumerate(specs):
+        got = load_dataset(sp, purpose=purpose)
+        samples += got
+        ids += [k] * len(got)
+    return samples, np.array(ids, dtype=int)
 
 
 def _select(samples: list[SliceSample], max_n, seed: int) -> list[SliceSample]:
@@ -476,24 +656,42 @@ def run_training(
         torch.set_num_threads(int(cfg["num_threads"]))
     device = select_device(cfg.get("device", "auto"))
     t_start = time.perf_counter()
+    source_ids = None
     if train_samples is None:
-        train_samples = load_dataset(cfg["data"]["train"], purpose="training")
+        train_samples, source_ids = load_training_data(cfg["data"]["train"], purpose="training")
+    val_samples = load_dataset(cfg["data"]["validation"], purpose="validation") if cfg["data"].get("validation") else None
     if external_samples is None and cfg["data"].get("external"):
         external_samples = load_dataset(cfg["data"]["external"], purpose="external validation")
     external_samples = _select(external_samples or [], (cfg.get("external") or {}).get("max_slices"), int(cfg["seed"]) + 99)
     if not cfg_path.exists():  # a new run: written only once its data loaded (a failed start leaves no "run" behind)
         atomic_write_text(cfg_path, json.dumps(config, indent=2) + "\n")
     images, masks = _prepare(train_samples, cfg["input_size"])
-    folds = make_folds([s.group for s in train_samples], int(cfg["folds"]), int(cfg["seed"]))
-    run_folds = cfg["run_folds"] if cfg["run_folds"] is not None else list(range(int(cfg["folds"])))
+    valid = _prepare_valid(train_samples, cfg["input_size"])
+    val_data = None
+    if val_samples is not None:
+        # a fixed validation split outside the training data (e.g. real slab planes of training patients set apart):
+        # one "fold" trained on every training slice
+        val_samples = _select(val_samples, (cfg.get("validation") or {}).get("max_slices"), int(cfg["seed"]) + 17)
+        v_images, v_masks = _prepare(val_samples, cfg["input_size"])
+        val_data = (v_images, v_masks, _prepare_valid(val_samples, cfg["input_size"]))
+        folds = [np.array([], dtype=int)]
+        run_folds = [0]
+    else:
+        folds = make_folds([s.group for s in train_samples], int(cfg["folds"]), int(cfg["seed"]))
+        run_folds = cfg["run_folds"] if cfg["run_folds"] is not None else list(range(int(cfg["folds"])))
+    _log(run_dir, f"data: {len(train_samples)} training slices"
+                  + (f" (per source {np.bincount(source_ids).tolist()}, mix {cfg['data'].get('mix')})" if source_ids is not None else "")
+                  + (f", {len(val_samples)} validation slices (fixed split)" if val_samples is not None else "")
+                  + f"; {time.perf_counter() - t_start:.0f} s to load")
     fold_rows, histories = [], {}
     for fold in run_folds:
         fold = int(fold)
         val_idx = folds[fold]
         train_idx = np.setdiff1d(np.arange(len(train_samples)), val_idx)
-        if len(train_idx) == 0 or len(val_idx) == 0:
+        if len(train_idx) == 0 or (len(val_idx) == 0 and val_data is None):
             raise InputError(f"fold {fold} has no training or no validation slices; use fewer folds or more data")
-        state = train_fold(fold, cfg, run_dir, images, masks, train_idx, val_idx, device, resume, progress)
+        state = train_fold(fold, cfg, run_dir, images, masks, train_idx, val_idx, device, resume, progress,
+                           valid=valid, source_ids=source_ids, val_data=val_data)
         histories[f"fold {fold}"] = state["history"]
         fold_dir = run_dir / f"fold{fold}"
         metrics_path = fold_dir / "metrics.json"
@@ -501,15 +699,19 @@ def run_training(
             row = json.loads(metrics_path.read_text())
         else:
             net, info = load_model(fold_dir / "best.pt", device)
-            v_idx = _subset(val_idx, (cfg.get("validation") or {}).get("max_slices"), int(cfg["seed"]) * 1000 + fold + 17)
-            val_summary, val_rows, *_ = evaluate_network(net, [train_samples[i] for i in v_idx], device=device,
+            if val_samples is not None:
+                v_list = val_samples
+            else:
+                v_idx = _subset(val_idx, (cfg.get("validation") or {}).get("max_slices"), int(cfg["seed"]) * 1000 + fold + 17)
+                v_list = [train_samples[i] for i in v_idx]
+            val_summary, val_rows, *_ = evaluate_network(net, v_list, device=device,
                                                          threshold=info.threshold, size=tuple(cfg["input_size"]))
             write_csv(fold_dir / "validation_slices.csv", val_rows)
             row = {
                 "fold": fold,
                 "n_train_slices": int(len(train_idx)),
-                "n_val_slices": int(len(val_idx)),
-                "n_val_evaluated": int(len(v_idx)),
+                "n_val_slices": int(len(v_list)),
+                "n_val_evaluated": int(len(v_list)),
                 "best_epoch": state["best_epoch"],
                 "best_val_loss": state["best_val_loss"],
                 "train_seconds": state["seconds"],

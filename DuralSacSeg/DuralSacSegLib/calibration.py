@@ -1,0 +1,147 @@
+"""Real-slab evaluation inside the imaged strip, and the choice of decision threshold + post-processing.
+
+The real T2 SPACE slabs (:func:`spinemorph.samples.dsca_real_slab_samples`) are sagittal strips 12-23 mm wide: resliced
+to axial planes the image (and the manual canal mask) exists only on that strip, and on most planes the sac
+continues beyond it. Every plane with canal is therefore evaluated **inside the strip**: the prediction outside the
+strip (the padding, where there is no image) is ignored and the true area is the mask's area inside the strip.
+Metrics per plane: Dice, area (predicted inside the strip vs true) and over planes: mean Dice, area MAE, Pearson r;
+also per patient.
+
+The planes of one patient, ordered by PNG row, form a stack (neighbours ``row_step`` × 0.469 mm apart) so that the
+``"track"`` post-processing (:mod:`DuralSacSegLib.postprocess`) can follow the canal across planes.
+
+:func:`choose_decision` picks threshold + post-processing on a *validation* split (training patients set apart,
+:func:`spinemorph.samples.dsca_validation_slab_patients`), never on held-out patients: the candidate with the highest
+mean Dice inside the strip (ties: lower area MAE).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from DuralSacSegLib.evaluate import (
+    SliceSample,
+    _square_fov,
+    area_agreement,
+    as_slice_sample,
+    predict_probabilities,
+    preprocess_samples,
+)
+from DuralSacSegLib.postprocess import SPECS, postprocess_masks
+from spinemorph.errors import InputError
+
+#: thresholds tried by :func:`choose_decision` (20/21 is the prior correction of weighted BCE w = 20)
+CANDIDATE_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 20 / 21, 0.97, 0.98, 0.99)
+
+
+@dataclasses.dataclass
+class PlaneSet:
+    """Network-grid planes of real slabs with what is needed to score them inside the strip."""
+
+    images: np.ndarray  # (N, 320, 320) float32, normalised
+    truth: np.ndarray  # (N, 320, 320) uint8
+    valid: np.ndarray  # (N, 320, 320) bool: inside the imaged strip
+    pixel_area_mm2: np.ndarray  # (N,)
+    patients: list[str]
+    rows: list[int]
+    cut_by_slab: np.ndarray  # (N,) bool
+
+    def stacks(self) -> dict[str, np.ndarray]:
+        """Indices of each patient's planes ordered by row (superior → inferior)."""
+        out: dict[str, list[int]] = {}
+        for i, p in enumerate(self.patients):
+            out.setdefault(p, []).append(i)
+        return {p: np.array(sorted(ix, key=lambda i: self.rows[i])) for p, ix in out.items()}
+
+
+def real_slab_planes(patients: Sequence[str], row_step: int = 8, isotropic_mm: float = 0.6, square: int = 320,
+                     min_area_mm2: float = 10.0) -> PlaneSet:
+    """Every canal plane (cut ones included) of ``patients``' slabs, on a ``square`` grid at ``isotropic_mm``."""
+    from spinemorph import samples as sm
+
+    planes = sm.dsca_real_slab_samples(list(patients), isotropic_mm=isotropic_mm, min_area_mm2=min_area_mm2,
+                                       row_step=row_step, whole_sac_only=False)
+    if not planes:
+        raise InputError(f"no real slab planes for patients {list(patients)}; check the SPIDER folder")
+    slices: list[SliceSample] = [_square_fov(as_slice_sample(p, "real-slabs"), square) for p in planes]
+    images, truth, pix = preprocess_samples(slices, (square, square))
+    valid = np.stack([s.valid > 0 for s in slices])
+    return PlaneSet(images, truth, valid, pix, [p.patient for p in planes], [p.row for p in planes],
+                    np.array([p.cut_by_slab for p in planes]))
+
+
+def predict_planes(net, images: np.ndarray, device="cpu", batch_size: int = 4) -> np.ndarray:
+    """Probabilities (float16 to save memory) of ``net`` on normalised planes ``(N, rows, cols)``.
+
+    On the CPU the network is run as ``dsca segment`` runs it (BatchNorm folded, channels-last, one slice at a time:
+    :func:`spinemorph.benchutil.optimize_for_inference`; same fp32 result up to rounding, about 2x faster).
+    """
+    import torch
+
+    dev = torch.device(device)
+    out = np.zeros(images.shape, np.float16)
+    if dev.type != "cpu":
+        for s in range(0, len(images), 64):
+            out[s : s + 64] = predict_probabilities(net, images[s : s + 64], device=dev, batch_size=batch_size)
+        return out
+    from spinemorph.benchutil import optimize_for_inference
+
+    fast, _ = optimize_for_inference(net.eval())
+    with torch.inference_mode():
+        for i in range(len(images)):
+            x = torch.from_numpy(np.ascontiguousarray(images[i][None, None], np.float32))
+            out[i] = torch.sigmoid(fast(x.contiguous(memory_format=torch.channels_last)))[0, 0].numpy()
+    return out
+
+
+def _dice(p: np.ndarray, t: np.ndarray) -> float:
+    s = int(p.sum()) + int(t.sum())
+    return 1.0 if s == 0 else 2.0 * int((p & t).sum()) / s
+
+
+def score_strip(probs: np.ndarray, planes: PlaneSet, threshold: float, postprocess: str | None = None) -> dict:
+    """Metrics inside the imaged strip for one threshold and post-processing spec (see the module docstring)."""
+    pred = np.zeros(probs.shape, bool)
+    for _p, ix in planes.stacks().items():
+        pred[ix] = postprocess_masks(probs[ix] >= threshold, postprocess)
+    pred &= planes.valid
+    truth = planes.truth.astype(bool)
+    dice = np.array([_dice(pred[i], truth[i]) for i in range(len(pred))])
+    pa = pred.reshape(len(pred), -1).sum(1) * planes.pixel_area_mm2
+    ta = truth.reshape(len(truth), -1).sum(1) * planes.pixel_area_mm2
+    out = {"threshold": float(threshold), "postprocess": postprocess or "none", "n_planes": int(len(pred)),
+           "n_patients": len(set(planes.patients)), "mean_dice": float(dice.mean()),
+           "median_dice": float(np.median(dice)), **area_agreement(pa, ta)}
+    whole = ~planes.cut_by_slab
+    if whole.sum() >= 2:
+        w = area_agreement(pa[whole], ta[whole])
+        out["whole_sac_planes"] = {"n_planes": int(whole.sum()), "mean_dice": float(dice[whole].mean()),
+                                   "area_mae_mm2": w["area_mae_mm2"], "pearson_r": w["pearson_r"],
+                                   "ba_mean_diff_mm2": w["ba_mean_diff_mm2"]}
+    per = {}
+    for p, ix in planes.stacks().items():
+        a = area_agreement(pa[ix], ta[ix])
+        per[p] = {"n_planes": int(len(ix)), "mean_dice": float(dice[ix].mean()), "area_mae_mm2": a["area_mae_mm2"],
+                  "pearson_r": a["pearson_r"], "ba_mean_diff_mm2": a["ba_mean_diff_mm2"]}
+    out["per_patient"] = per
+    return out
+
+
+def choose_decision(probs: np.ndarray, planes: PlaneSet, thresholds: Sequence[float] = CANDIDATE_THRESHOLDS,
+                    specs: Sequence[str] = SPECS) -> tuple[dict, list[dict]]:
+    """Try every (threshold, post-processing) pair on validation planes; return (best, all rows).
+
+    Best = highest mean Dice inside the strip; ties (within 0.001) broken by lower area MAE.
+    """
+    rows = []
+    for t in thresholds:
+        for spec in specs:
+            r = score_strip(probs, planes, float(t), spec)
+            r.pop("per_patient")
+            rows.append(r)
+    best = max(rows, key=lambda r: (round(r["mean_dice"], 3), -r["area_mae_mm2"] if math.isfinite(r["area_mae_mm2"]) else -1e9))
+    return best, rows

@@ -1,0 +1,98 @@
+"""Post-processing of dural sac masks: keep the canal's component, fill holes.
+
+A dural sac cross-section is one solid region: a network mask with several pieces holds at most one sac (the rest are
+false positives: CSF-bright cysts, bowel, fluid in a facet joint ...) and a hole inside the sac is a dark nerve root or
+flow void, never "no sac". The operations:
+
+- ``"largest2d"``: per slice, keep only the largest 8-connected component;
+- ``"track"``: keep the 3D component (26-connected across neighbouring slices of a stack) with the largest volume —
+  the canal runs through the whole stack, a stray blob does not — then, per slice, the largest 2D piece of it. Slices
+  whose only foreground lies off that 3D component become empty. On a single slice this equals ``"largest2d"``;
+- ``fill_holes``: fill enclosed holes per slice (``scipy.ndimage.binary_fill_holes``).
+
+Whether any of it is used is decided on a validation split of *training* patients
+(``scripts/dsca_calibrate.py``), never on held-out patients; the chosen spec is stored per model in the catalogue
+(``postprocess``) and applied by :func:`DuralSacSegLib.segment.segment_volume`. A spec is a string: ``"none"``,
+``"largest2d"``, ``"track"``, optionally followed by ``"+fill"`` (e.g. ``"track+fill"``), or just ``"fill"``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from spinemorph.errors import InputError
+
+#: component modes of a post-processing spec
+MODES = ("none", "largest2d", "track")
+#: every valid spec (mode, optionally "+fill")
+SPECS = ("none", "fill", "largest2d", "largest2d+fill", "track", "track+fill")
+
+_EIGHT = np.ones((3, 3), dtype=bool)
+_TWENTY_SIX = np.ones((3, 3, 3), dtype=bool)
+
+
+def parse_spec(spec: str | None) -> tuple[str, bool]:
+    """``(mode, fill_holes)`` of a spec string; None → ``("none", False)``. Raises :class:`InputError` otherwise."""
+    if spec is None:
+        return "none", False
+    text = str(spec).strip().lower()
+    if text not in SPECS:
+        raise InputError(f"unknown post-processing {spec!r}; use one of {', '.join(SPECS)}")
+    if text == "fill":
+        return "none", True
+    mode, _, fill = text.partition("+")
+    return mode, fill == "fill"
+
+
+def _largest_2d(sl: np.ndarray) -> np.ndarray:
+    lab, n = ndimage.label(sl, structure=_EIGHT)
+    if n <= 1:
+        return sl.astype(bool)
+    sizes = np.bincount(lab.ravel())[1:]
+    return lab == (int(np.argmax(sizes)) + 1)
+
+
+def postprocess_masks(masks: np.ndarray, spec: str | None) -> np.ndarray:
+    """Apply a post-processing spec to a binary stack ``(K, rows, cols)`` (or one slice ``(rows, cols)``).
+
+    Slices are neighbours along axis 0 (the stack must be ordered by position). Returns a bool array of the same shape.
+    """
+    mode, fill = parse_spec(spec)
+    m = np.asarray(masks).astype(bool)
+    single = m.ndim == 2
+    if single:
+        m = m[None]
+    if m.ndim != 3:
+        raise InputError(f"masks must be 2D or 3D (slices, rows, cols), got shape {np.shape(masks)}")
+    out = m.copy()
+    if mode == "track" and out.any():
+        lab, n = ndimage.label(out, structure=_TWENTY_SIX)
+        if n > 1:
+            sizes = np.bincount(lab.ravel())[1:]
+            out = lab == (int(np.argmax(sizes)) + 1)
+    if mode in ("track", "largest2d"):
+        for k in range(out.shape[0]):
+            if out[k].any():
+                out[k] = _largest_2d(out[k])
+    if fill:
+        for k in range(out.shape[0]):
+            if out[k].any():
+                out[k] = ndimage.binary_fill_holes(out[k])
+    return out[0] if single else out
+
+
+def postprocess_probabilities(prob: np.ndarray, threshold: float, spec: str | None) -> np.ndarray:
+    """Probabilities whose thresholded mask is the post-processed mask (for resampling onto other grids).
+
+    Removed pixels are set to 0 and filled holes to 1; everything else keeps its probability.
+    """
+    mode, fill = parse_spec(spec)
+    if mode == "none" and not fill:
+        return prob
+    raw = np.asarray(prob) >= threshold
+    kept = postprocess_masks(raw, spec)
+    out = np.array(prob, dtype=np.float32, copy=True)
+    out[raw & ~kept] = 0.0
+    out[kept & ~raw] = 1.0
+    return out
