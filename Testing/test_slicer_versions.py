@@ -550,6 +550,7 @@ def test_startup_states_the_supported_version_range(monkeypatch, version, level)
     standin = _standin(monkeypatch, version)
     warnings = []
     sys.modules["slicer"].util.warningDisplay = lambda text, windowTitle=None, **k: warnings.append(text)
+    monkeypatch.setitem(sys.modules, "spinemorph", None)  # a source checkout before the core is installed
     startup = importlib.import_module("DuralSacSegLib.slicer_startup")
     assert startup.checkSlicerVersion() == level
     assert len(warnings) == (1 if level == "error" else 0)

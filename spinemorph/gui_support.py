@@ -163,25 +163,6 @@ def user_message(exc: BaseException) -> str:
     return f"Unexpected error ({type(exc).__name__}: {text}); see the Python console for details and report it."
 
 
-# ---------------------------------------------------------------------------------------------------- Slicer versions
-#: Slicer versions the modules are written and checked for (``--min-slicer 5.10`` API check against 5.10.0 and 5.12.3)
-MIN_SLICER_VERSION = (5, 10)
-NEWEST_CHECKED_SLICER_VERSION = (5, 12)
-
-
-def slicer_version_message(major: int, minor: int) -> tuple[str, str]:
-    """``(level, message)`` for the running Slicer ``major.minor``: level "error" below the supported range (the
-    modules use 5.10 APIs), "info" above the newest checked version, "" inside the range (message states the range)."""
-    supported = (f"SpineMorph supports Slicer {MIN_SLICER_VERSION[0]}.{MIN_SLICER_VERSION[1]} to "
-                 f"{NEWEST_CHECKED_SLICER_VERSION[0]}.{NEWEST_CHECKED_SLICER_VERSION[1]}")
-    version = (int(major), int(minor))
-    if version < MIN_SLICER_VERSION:
-        return "error", f"{supported}; this is Slicer {major}.{minor}: install Slicer 5.10 or later"
-    if version > NEWEST_CHECKED_SLICER_VERSION:
-        return "info", f"{supported}; this is Slicer {major}.{minor}, newer than the versions checked: report problems"
-    return "", f"{supported} (running {major}.{minor})"
-
-
 # ---------------------------------------------------------------------------------------------------- sample data
 def sample_study(out_dir, seed: int = 0) -> dict:
     """The synthetic lumbar study used as Slicer sample data, generated locally (no download) and cached.
