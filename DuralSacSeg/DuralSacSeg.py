@@ -108,7 +108,8 @@ class DuralSacSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # the device warning follows the parameter node (written by connectGui before this observer runs), never the
         # combo box signal, which can fire before connectGui has stored the new choice
         self.controller.onParameterNodeModified()
-        ready = bool(self._parameterNode and self._parameterNode.inputVolume)
+        running = getattr(self.controller, "currentProcess", None) is not None  # a segmentation process runs
+        ready = bool(self._parameterNode and self._parameterNode.inputVolume) and not running
         self.ui.applyButton.enabled = ready
         self.ui.applyButton.toolTip = _("Segment the dural sac and measure every slice") if ready else _("Select an input volume")
         hasResult = bool(self._parameterNode and self._parameterNode.outputSegmentation)
@@ -124,6 +125,9 @@ class DuralSacSegLogic(slicer_logic.DuralSacSegLogicBase):
     def process(self, inputVolume, model=None, device="auto", outputSegmentation=None, outputTable=None,
                 outputChart=None, progress=None, shouldCancel=None, showResult=True, wholeSlices=False):
         """Segment the dural sac on every axial slice of ``inputVolume`` and fill the per-slice DSCA table.
+
+        Blocking. The network runs in a separate process (``spinemorph.inference_worker`` with Slicer's Python); torch
+        is never imported into Slicer's process.
 
         :param inputVolume: vtkMRMLScalarVolumeNode (axial stack, or any 3D volume: resliced to axial planes).
         :param model: embedded model name (None: the catalogue default, MultiResUNet), or a weights file path.

@@ -115,7 +115,8 @@ class FORAMEN3DWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # combo box signal, which can fire before connectGui has stored the new choice
         self.controller.onParameterNodeModified()
         pn = self._parameterNode
-        ready = bool(pn and pn.inputVolume)
+        running = getattr(self.controller, "currentProcess", None) is not None  # a segmentation process runs
+        ready = bool(pn and pn.inputVolume) and not running
         self.ui.applyButton.enabled = ready
         self.ui.applyButton.toolTip = _("Segment L4 / disc / L5 and measure both foramina") if ready else _("Select an input volume")
         segmented = bool(ready and pn.outputSegmentation)
@@ -133,6 +134,9 @@ class FORAMEN3DLogic(slicer_logic.FORAMEN3DLogicBase):
     def process(self, inputVolume, model="default", device="auto", outputSegmentation=None, measurementTable=None,
                 progress=None, shouldCancel=None, showResult=True, measure=True):
         """Segment L4 / L4-5 disc / L5, build the surface models and measure both foramina.
+
+        Blocking. The network runs in a separate process (``spinemorph.inference_worker`` with Slicer's Python); torch
+        is never imported into Slicer's process.
 
         :param inputVolume: vtkMRMLScalarVolumeNode (sagittal / 3D lumbar MRI; best 3D T2 SPACE).
         :param model: "default", another catalogue name, or a weights file path. :param device: auto/cuda/mps/cpu.
