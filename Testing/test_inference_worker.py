@@ -349,3 +349,20 @@ def test_console_process_runs_the_worker_and_blocks(monkeypatch, module):
         assert runs == [("foramen", "image", "default", "cpu", False, progress, cancel)]
     assert out == ("nodes",) and shown[0][:2] == ("volume", result)
     purge_glue()
+
+
+def test_a_crashing_worker_is_an_error_not_a_crash(slicer_process, tmp_path):
+    """A worker that dies (e.g. a segfault in torch: no protocol line, negative status) ends the run with a message
+    naming the status and the last output; the calling process goes on."""
+    from spinemorph.errors import SpineMorphError
+    from spinemorph.volume import Volume
+
+    def crashing(args, env):
+        code = "import os, sys; print('loading model', flush=True); os.abort()"
+        return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    image = Volume(np.zeros((4, 8, 8), np.float32), spacing_mm=(1.0, 1.0, 1.0))
+    process = slicer_process.InferenceProcess("foramen", image, launcher=crashing, python=sys.executable)
+    with pytest.raises(SpineMorphError, match=r"ended with status -?\d+ \(loading model\)"):
+        process.run()
+    assert process.finished and not os.path.exists(process.folder)
