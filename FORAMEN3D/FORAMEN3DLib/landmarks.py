@@ -399,8 +399,12 @@ def _view(
     sig = float(smooth_mm) / grid.spacing_mm
 
     def red(a):
-        out = a.mean(axis=2) if projection == "mean" else a.max(axis=2)
-        return ndi.gaussian_filter(out, sig, mode="nearest") if sig > 0 else out
+        if projection == "mean":
+            out = a.mean(axis=2)
+            return ndi.gaussian_filter(out, sig, mode="nearest") if sig > 0 else out
+        # union across the slab: smooth each slice first (in 3D), so that the maximum does not pick the outermost
+        # voxel step of an oblique grid on every boundary
+        return (ndi.gaussian_filter(a, sig, mode="nearest") if sig > 0 else a).max(axis=2)
 
     fr = {lab: red(grid.fractions[lab][:, :, sel]) for lab in grid.fractions}
     col = body_col[:, sel].astype(np.float32)

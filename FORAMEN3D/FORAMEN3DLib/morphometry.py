@@ -49,9 +49,17 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import measure as skmeasure
 from skimage.graph import MCP_Geometric
-from skimage.morphology import convex_hull_image, disk
+from skimage.morphology import convex_hull_image
 
-from FORAMEN3DLib.landmarks import SIDES, Landmarks, LateralView, find_landmarks, lateral_view, slab_candidates
+from FORAMEN3DLib.landmarks import (
+    SIDES,
+    Landmarks,
+    LateralView,
+    bounding_box,
+    find_landmarks,
+    lateral_view,
+    slab_candidates,
+)
 from spinemorph.errors import InputError
 from spinemorph.labels import DISC_L45, L4, L5
 from spinemorph.volume import Volume
@@ -97,10 +105,15 @@ MAX_TRUSTED_CLOSING_MM = 4.0
 #: the pedicle column to beyond its lateral border at L4-5 in adults)
 SEARCH_OFFSETS_MM = (6.0, 28.0)
 SEARCH_STEP_MM = 0.5
+#: the searched slabs span the pedicle columns of L4 and L5 and this much medial of them (the entrance zone of the
+#: foramen, where a reader places the lateral view; design choice)
+ENTRANCE_ZONE_MM = 2.0
+#: half size of the lateral-view window around the seed used by the search (mm)
+VIEW_WINDOW_MM = 30.0
 #: longest straight facet closure from the SAP tip to the L4 articular process (design choice; the manual reference
 #: drew closures of 4.4-8.3 mm)
 FACET_CUT_MAX_MM = 10.0
-#: searched slabs whose invented boundary is within this of the least count as ties (the most medial wins)
+#: searched slabs whose invented boundary is within this of the least count as ties (the one nearest the pedicles wins)
 OPEN_TIE_MM = 1.0
 #: plausibility bands (lo, hi) per measurement; a value outside is reported with QC status "review" and never raises
 #: the clinical flag. Design choice, wide around adult values reported in cadaver / CT / MRI studies (foraminal
@@ -402,10 +415,17 @@ def _restore_hole(solid: np.ndarray, closed: np.ndarray, comp: np.ndarray) -> np
     if not added.any():
         return comp
     outside = ~ndi.binary_fill_holes(closed)
-    free = ~solid
-    d_h = _geodesic(free, comp)
-    d_o = _geodesic(free, outside & free)
-    keep = added & np.isfinite(d_h) & (d_h < d_o)
+    # work in the box around the hole and the added pixels next to it (a few mm of margin)
+    near = ndi.binary_dilation(comp, iterations=12) & added
+    lo, hi = bounding_box(comp | near)
+    lo = np.maximum(lo - 12, 0)
+    hi = np.minimum(hi + 12, comp.shape)
+    w = (slice(lo[0], hi[0]), slice(lo[1], hi[1]))
+    free = ~solid[w]
+    d_h = _geodesic(free, comp[w])
+    d_o = _geodesic(free, outside[w] & free)
+    keep = np.zeros_like(comp)
+    keep[w] = added[w] & np.isfinite(d_h) & (d_h < d_o)
     region = comp | keep
     lab, _ = ndi.label(region)
     ids = np.unique(lab[comp])
@@ -442,15 +462,20 @@ def _find_hole(
         hull = convex_hull_image(solid & win) if (solid & win).any() else np.zeros_like(solid)
         radii_mm = ("hull",)
     front = (fr[DISC_L45] > 0.5) | (view.body[L4] > 0.5) | (view.body[L5] > 0.5)
+    pad = int(np.ceil(max([r for r in radii_mm if r != "hull"], default=0.0) / s)) + 2
+    sp_solid = np.pad(solid, pad)
+    d_out = None
     for rmm in radii_mm:
         if rmm == "hull":
             closed = solid | ~(hull & win)
         else:
-            r = int(round(rmm / s))
-            pad = r + 2
-            sp = np.pad(solid, pad)
-            closed = ndi.binary_closing(sp, structure=disk(r, dtype=bool))[pad:-pad, pad:-pad] if r > 0 else solid
-            closed |= solid
+            r = rmm / s
+            if r > 0:  # closing by a disk via Euclidean distance maps (exact, and independent of the radius in cost)
+                if d_out is None:
+                    d_out = ndi.distance_transform_edt(~sp_solid)
+                closed = (ndi.distance_transform_edt(d_out <= r + 1e-6) > r + 1e-6)[pad:-pad, pad:-pad] | solid
+            else:
+                closed = solid
         holes = ndi.binary_fill_holes(closed) & ~closed
         lab, n = ndi.label(holes)
         if n == 0:
@@ -799,6 +824,12 @@ def _facet_cut(view: LateralView, found, corner_y: float, seed_yz):
     keep = lab == (1 + max(front, key=lambda i: sizes[i]))
     keep = keep | (wall & ndi.binary_dilation(keep) & comp)
     removed = comp & ~keep
+    # only a part reaching down behind the SAP (the facet-joint cleft) is cut off; where the SAP meets the L4
+    # articular process without a gap, the recess above the SAP is foramen
+    rr_rm, cc_rm = np.nonzero(removed)
+    behind = (view.y_mm[cc_rm] > tip[0] + 0.5) & (view.z_mm[rr_rm] < tip[1] - 0.5)
+    if not behind.any():
+        return found, None, 0.0
     return ((keep, bridge | removed, rmm), u), np.stack([tip, end]), float(d[k])
 
 
@@ -859,27 +890,50 @@ def _measure_view(view: LateralView, found, side: str) -> dict:
     }
 
 
+def _crop_view(view: LateralView, seed_yz, half_mm: float) -> LateralView:
+    """The part of a lateral view within ``half_mm`` of the seed (faster morphology; the foramen lies well inside)."""
+    cols = np.flatnonzero(np.abs(view.y_mm - seed_yz[0]) <= half_mm)
+    rows = np.flatnonzero(np.abs(view.z_mm - seed_yz[1]) <= half_mm)
+    if len(cols) < 8 or len(rows) < 8:
+        return view
+    w = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    return dataclasses.replace(
+        view,
+        y_mm=view.y_mm[w[1]],
+        z_mm=view.z_mm[w[0]],
+        fractions={k: v[w] for k, v in view.fractions.items()},
+        body={k: v[w] for k, v in view.body.items()},
+        body_max={k: v[w] for k, v in view.body_max.items()},
+    )
+
+
 def _search_offsets(lm: Landmarks, side: str, seed, half_width_mm: float, projection: str = "max") -> list:
     """Closed foramina on parasagittal slabs (mean projection) at offsets from the midline (see module docstring)."""
     sgn = 1.0 if side == "left" else -1.0
     out = []
-    for off in np.arange(SEARCH_OFFSETS_MM[0], SEARCH_OFFSETS_MM[1] + 1e-9, SEARCH_STEP_MM):
+    # at the level of the pedicles: the L4 / L5 pedicle columns, widened medially by the entrance zone
+    rel = [sgn * (x - lm.midline_x_mm) for v in ("L4", "L5") for x in lm.pedicles[(v, side)].x_range_mm]
+    lo = max(SEARCH_OFFSETS_MM[0], min(rel) - ENTRANCE_ZONE_MM)
+    hi = min(SEARCH_OFFSETS_MM[1], max(rel))
+    if hi < lo:
+        lo, hi = SEARCH_OFFSETS_MM
+    for off in np.arange(np.floor(lo / SEARCH_STEP_MM) * SEARCH_STEP_MM, hi + 1e-9, SEARCH_STEP_MM):
         x = lm.midline_x_mm + sgn * off
-        view = lateral_view(lm, side, x, half_width_mm, projection)
+        view = _crop_view(lateral_view(lm, side, x, half_width_mm, projection), seed, VIEW_WINDOW_MM)
         found = _find_hole(view, seed)
         if found is not None:
             out.append((float(off), view, found))
     return out
 
 
-def _pick_offset(cands: list) -> int:
+def _pick_offset(cands: list, center_offset_mm: float) -> int:
     """Index of the searched slab to measure: among the views measured without a fallback (else all), the least
-    invented boundary (outline length closed by bridges / the facet segment); within 1 mm of that, the most medial
-    (the entrance zone, where the root enters the foramen)."""
+    invented boundary (outline length closed by bridges / the facet segment); within ``OPEN_TIE_MM`` of that, the one
+    nearest the pedicle column (the lateral view "through the pedicles" of the definition)."""
     ok = [i for i, c in enumerate(cands) if not c[2]["fallbacks"]] or list(range(len(cands)))
     least = min(cands[i][2]["open_mm"] for i in ok)
     near = [i for i in ok if cands[i][2]["open_mm"] <= least + OPEN_TIE_MM]
-    return min(near, key=lambda i: cands[i][0])
+    return min(near, key=lambda i: (abs(cands[i][0] - center_offset_mm), cands[i][0]))
 
 
 def _qc_value(metric: str, value: float, side_reasons: list) -> tuple[str, list]:
@@ -902,7 +956,9 @@ def _measure_side(lm: Landmarks, side: str, thresholds: Thresholds, input_reason
             continue
     fallbacks = []
     if cands:
-        off, view, mv = cands[_pick_offset(cands)]
+        sgn = 1.0 if side == "left" else -1.0
+        centre = sgn * (0.5 * (p4.center_x_mm + p5.center_x_mm) - lm.midline_x_mm)
+        off, view, mv = cands[_pick_offset(cands, centre)]
         view_kind = "searched offset"
     else:
         win = ((lm.posterior_wall_y_mm + HULL_WINDOW_Y_MM[0], lm.posterior_wall_y_mm + HULL_WINDOW_Y_MM[1]),
