@@ -6,6 +6,7 @@ volumes have closed-form answers. SPIDER-based samples are tested in test_spider
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -291,3 +292,30 @@ def test_dsca_sample_below_min_area_flag():
 
     assert MIN_SAC_AREA_MM2 == 20.0
     assert sample(19).below_min_area and not sample(20).below_min_area
+
+
+# ---------------------------------------------------------------------------- DSCA synthesis style v2 (issue 16)
+def test_epidural_fat_option_off_by_default_and_intensity_only(source):
+    grid = synth.axial_grid(source.codes.index_to_lps((np.asarray(source.codes.size_ijk) - 1) / 2), (64, 64), 1.0)
+    base = synth.synthesize(source, 5, grid, "t2", synth.SynthOptions.intensity_only(), slice_thickness_mm=3.0)
+    # p_epidural_fat = 0 draws nothing: the default stream (the shipped training images, the 3D samples) is unchanged
+    same = synth.synthesize(source, 5, grid, "t2",
+                            dataclasses.replace(synth.SynthOptions.intensity_only(), epidural_fat_mm=(7.0, 9.0)),
+                            slice_thickness_mm=3.0)
+    assert np.array_equal(base.image.array, same.image.array) and "epidural_fat_mm" not in base.params
+    fat = synth.synthesize(source, 5, grid, "t2",
+                           dataclasses.replace(synth.SynthOptions.intensity_only(), p_epidural_fat=1.0),
+                           slice_thickness_mm=3.0)
+    assert np.array_equal(fat.labels.array, base.labels.array)  # labels unchanged (intensity only)
+    assert 1.0 <= fat.params["epidural_fat_mm"] <= 4.0 and not np.array_equal(fat.image.array, base.image.array)
+
+
+def test_dsca_samples_style_v2_and_default_unchanged():
+    from spinemorph import samples as sm
+
+    a = next(sm.dsca_samples(1, 3, sources=("phantom",), crop=64))
+    b = next(sm.dsca_samples(1, 3, sources=("phantom",), crop=64, style="v1"))
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+    assert sm.DSCA_V2_OPTIONS.p_epidural_fat > 0 and sm.DSCA_V2_OPTIONS.p_roots > synth.SynthOptions().p_roots
+    with pytest.raises(InputError, match="style"):
+        next(sm.dsca_samples(1, 3, sources=("phantom",), style="v9"))

@@ -24,7 +24,6 @@ def time_setting(arch: str, precision: str, batch: int, crop: int, iters: int, s
     import contextlib
 
     import torch
-
     from DuralSacSegLib.networks import build_network
     from DuralSacSegLib.train import weighted_bce_loss
 
@@ -47,7 +46,7 @@ def time_setting(arch: str, precision: str, batch: int, crop: int, iters: int, s
         opt.step()
         dt = time.perf_counter() - t0
         if first_loss is None:
-            first_loss = float(loss)
+            first_loss = float(loss.detach())
         if i:
             times.append(dt)
     med = statistics.median(times)

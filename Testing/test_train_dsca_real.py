@@ -1,0 +1,194 @@
+"""DSCA training with real slab planes: loss-weight mask, source mix, fixed validation split, mid-epoch resume,
+bf16 option, calibration and default-model selection (tiny data, known answers)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from DuralSacSegLib import calibration as cal  # noqa: E402
+from DuralSacSegLib import train as train_mod  # noqa: E402
+from DuralSacSegLib.evaluate import tiny_phantom_samples  # noqa: E402
+from DuralSacSegLib.train import (  # noqa: E402
+    PAPER_CONFIG,
+    BatchSampler,
+    load_config,
+    run_training,
+    validate_config,
+    weighted_bce_loss,
+)
+
+from spinemorph.errors import InputError  # noqa: E402
+
+
+def test_weighted_bce_with_loss_weight_mask():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 1, 8, 8, generator=g)
+    target = (torch.rand(2, 1, 8, 8, generator=g) > 0.7).float()
+    w = torch.zeros(2, 1, 8, 8)
+    w[:, :, :, 2:5] = 1  # a strip
+    full = weighted_bce_loss(logits, target, 20.0)
+    assert float(weighted_bce_loss(logits, target, 20.0, torch.ones_like(w))) == pytest.approx(float(full), rel=1e-6)
+    masked = weighted_bce_loss(logits, target, 20.0, w)
+    # = the mean over the strip pixels only
+    strip = weighted_bce_loss(logits[..., 2:5], target[..., 2:5], 20.0)
+    assert float(masked) == pytest.approx(float(strip), rel=1e-6)
+    # what lies outside the strip does not matter
+    logits2 = logits.clone()
+    logits2[..., :2] = 50.0
+    assert float(weighted_bce_loss(logits2, target, 20.0, w)) == pytest.approx(float(masked), rel=1e-6)
+
+
+def test_batch_sampler_mix_and_aligned_weights():
+    n, size = 20, 32
+    images = np.random.default_rng(0).random((n, size, size)).astype(np.float16)
+    masks = np.zeros((n, size, size), np.uint8)
+    masks[:, 10:20, 10:20] = 1
+    valid = np.zeros((n, size, size), np.uint8)
+    valid[:, :, 12:18] = 1
+    ids = np.array([0] * 15 + [1] * 5)
+    cfg = {"batch_size": 4, "crop": {"size": 16, "negative_fraction": 0.0}, "augment": {"flip_lr": True}}
+    # identify each slice by a marker value
+    for i in range(n):
+        images[i, 0, 0] = i
+    s = BatchSampler(images, masks, cfg, np.random.default_rng(1), valid=valid, source_ids=ids, mix=[0.2, 0.8])
+    drawn = []
+    for _ in range(200):
+        img, msk, wgt = s._draw()
+        assert img.shape == msk.shape == wgt.shape == (16, 16)
+        assert set(np.unique(wgt)) <= {0, 1}
+        drawn.append(img)
+    x, y, w = s.next_batch(with_weight=True)
+    assert x.shape == y.shape == w.shape == (4, 1, 16, 16)
+    # single-source default: weights all ones
+    s1 = BatchSampler(images, masks, cfg, np.random.default_rng(1))
+    assert s1.next_batch(with_weight=True)[2].min() == 1.0
+    # the mix: source 1 (5 slices) is drawn ~80 % of the time
+    s2 = BatchSampler(images, masks, {"batch_size": 1, "crop": None, "augment": {}}, np.random.default_rng(2),
+                      source_ids=ids, mix=[0.2, 0.8])
+    picks = [int(s2._draw()[0][0, 0]) for _ in range(500)]
+    share = np.mean([p >= 15 for p in picks])
+    assert 0.72 < share < 0.88
+
+
+def _cfg(epochs, iters, **kw):
+    cfg = load_config(PAPER_CONFIG)
+    cfg.update(architecture="unet", epochs=epochs, iterations_per_epoch=iters, batch_size=2, folds=2, run_folds=[0],
+               input_size=[64, 64], crop={"size": 32, "negative_fraction": 0.25}, augment={"flip_lr": True},
+               device="cpu", num_threads=1, checkpoint_minutes=0)
+    cfg["validation"] = {"max_slices": None, "batch_size": 4, "select": "dice"}
+    cfg.update(kw)
+    return cfg
+
+
+def _strip_samples(n, seed):
+    out = []
+    for s in tiny_phantom_samples(n, seed=seed):
+        v = np.zeros_like(s.mask)
+        v[:, 20:44] = 1
+        out.append(dataclasses.replace(s, valid=v))
+    return out
+
+
+def test_mid_epoch_checkpoint_resume_equals_straight_run(tmp_path, monkeypatch):
+    data = tiny_phantom_samples(6, seed=1) + _strip_samples(4, seed=3)
+    val = _strip_samples(3, seed=5)
+    monkeypatch.setattr(train_mod, "load_dataset", lambda spec, purpose="": val)
+    cfg = _cfg(1, 4)
+    cfg["data"] = dict(cfg["data"], validation={"source": "tiny"}, external=None)
+    straight = tmp_path / "straight"
+    run_training(cfg, straight, train_samples=data, progress=False)
+    # interrupted after 2 iterations; the state is saved within the epoch (checkpoint_minutes ~ 0 = after every batch)
+    cfg_b = dict(cfg, checkpoint_minutes=1e-9)
+    calls = {"n": 0}
+    real_next = BatchSampler.next_batch
+
+    def crashing(self, with_weight=False):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_next(self, with_weight)
+
+    part = tmp_path / "part"
+    monkeypatch.setattr(BatchSampler, "next_batch", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg_b, part, train_samples=data, progress=False)
+    saved = torch.load(part / "fold0" / "state.pt", weights_only=True)
+    assert json.loads(saved["partial"])["iteration"] == 2
+    monkeypatch.setattr(BatchSampler, "next_batch", real_next)
+    run_training({}, part, resume=True, train_samples=data, progress=False)
+    assert "resumed at iteration 2/4" in (part / "train.log").read_text()
+    sa = torch.load(straight / "fold0" / "state.pt", weights_only=True)["model"]
+    sb = torch.load(part / "fold0" / "state.pt", weights_only=True)["model"]
+    assert all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-6) for k in sa)
+    hist = (part / "fold0" / "history.csv").read_text().splitlines()
+    assert hist[0].split(",")[:4] == ["epoch", "train_loss", "val_loss", "seconds"] and "val_dice" in hist[0]
+    summary = json.loads((part / "summary.json").read_text())
+    assert summary["folds"][0]["n_val_slices"] == 3  # the fixed validation split, not a fold of the training data
+
+
+def test_bf16_option_trains_and_bad_settings_refused(tmp_path):
+    data = tiny_phantom_samples(6, seed=1)
+    cfg = _cfg(1, 1, precision="bf16")
+    cfg["validation"]["select"] = "loss"
+    s = run_training(cfg, tmp_path / "bf16", train_samples=data, external_samples=[], progress=False)
+    assert s["folds"][0]["best_epoch"] == 1
+    for bad in ({"precision": "fp8"}, {"checkpoint_minutes": -1}):
+        with pytest.raises(InputError):
+            validate_config(dict(_cfg(1, 1), **bad))
+    c = _cfg(1, 1)
+    c["data"] = dict(c["data"], train=[{"source": "tiny"}, {"source": "tiny"}], mix=[1.0])
+    with pytest.raises(InputError, match="mix"):
+        validate_config(c)
+
+
+def test_real_cpu_config_loads():
+    cfg = load_config(train_mod.CONFIG_DIR / "real_cpu.json")
+    assert cfg["loss"]["pos_weight"] == 20.0 and cfg["batch_size"] == 8 and cfg["optimizer"]["name"] == "adam"
+    assert isinstance(cfg["data"]["train"], list) and cfg["data"]["mix"] == [0.5, 0.5]
+    assert cfg["data"]["validation"]["split"] == "validation" and cfg["checkpoint_minutes"] > 0
+    assert cfg["num_threads"] == 2
+
+
+def test_choose_decision_on_known_planes():
+    """Two planes, a 'network' whose probability is 0.9 on the sac and 0.6 on a stray blob: the choice must be a
+    threshold between them or the component post-processing, and it is scored inside the strip only."""
+    truth = np.zeros((2, 40, 40), np.uint8)
+    truth[:, 10:20, 15:25] = 1
+    valid = np.zeros((2, 40, 40), bool)
+    valid[:, :, 12:28] = True
+    probs = np.where(truth > 0, 0.9, 0.01).astype(np.float16)
+    probs[:, 30:34, 16:20] = 0.6  # stray blob inside the strip
+    probs[:, 10:20, 0:5] = 0.99  # outside the strip: ignored
+    planes = cal.PlaneSet(np.zeros((2, 40, 40), np.float32), truth, valid, np.array([0.25, 0.25]), ["1", "1"], [0, 4],
+                          np.array([False, False]))
+    best, rows = cal.choose_decision(probs, planes, thresholds=(0.5, 0.7), specs=("none", "largest2d"))
+    assert best["mean_dice"] == pytest.approx(1.0)
+    assert (best["threshold"], best["postprocess"]) in ((0.7, "none"), (0.5, "largest2d"), (0.7, "largest2d"))
+    worst = next(r for r in rows if r["threshold"] == 0.5 and r["postprocess"] == "none")
+    assert worst["mean_dice"] == pytest.approx(2 * 100 / (100 + 116))
+    assert worst["area_mae_mm2"] == pytest.approx(16 * 0.25)
+
+
+def test_select_default_model(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "dsca_select_default.py"
+    spec = importlib.util.spec_from_file_location("dsca_select_default", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for name, dice, mae in (("dsca-multiresunet", 0.80, 20.0), ("dsca-unet", 0.85, 18.0), ("dsca-attention-unet", 0.85, 25.0)):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "evaluation.json").write_text(json.dumps({
+            "model": name, "real_slabs_strip": {"mean_dice": dice, "area_mae_mm2": mae, "pearson_r": 0.9},
+            "synthetic": {"mean_slice_dice": 0.7}, "phantom_study": {"dsca_bias_mm2": 3.0}}))
+    choice = mod.select_default([tmp_path / n / "evaluation.json" for n in ("dsca-multiresunet", "dsca-unet", "dsca-attention-unet")])
+    assert choice["default"] == "dsca-unet"  # highest real-strip Dice; the tie with attention is broken by MAE
+    assert [r["model"] for r in choice["ranking"]][-1] == "dsca-multiresunet"
