@@ -173,3 +173,29 @@ def test_label_maps_in_a_folder_are_reported_as_skipped(tmp_path):
     reasons = {name: why for name, why in sel.skipped}
     for name in ("axial_t1_labels.nrrd", "dural_sac.seg.nrrd"):
         assert "looks like a label map" in reasons[str(tmp_path / name)]
+
+
+def test_report_never_grades_a_flagged_dsca_slice_and_says_why(tmp_path):
+    """Issue 16: a 0.2 mm² stray blob far from the canal is listed with its QC flags and 'not graded', never as
+    'absolute stenosis', in the per-slice and per-level tables of the HTML report."""
+    import numpy as np
+    from DuralSacSegLib.dsca import compute_dsca_table
+
+    from spinemorph.study import StepResult
+    from spinemorph.study_report import build_report
+    from spinemorph.volume import Volume
+
+    a = np.zeros((8, 120, 120), np.uint8)
+    jj, ii = np.mgrid[:120, :120]
+    for k in range(8):
+        a[k][((ii - 60) / 16) ** 2 + ((jj - 60) / 12) ** 2 <= 1] = 1
+    a[4] = 0
+    a[4, 10, 105] = 1  # 0.2 mm²
+    vol = Volume(a, (0.45, 0.45, 4.0))
+    table = compute_dsca_table(vol, levels={"L4-5": float(vol.index_to_lps((0, 0, 4))[2])})
+    (tmp_path / "dsca").mkdir()
+    table.to_json(tmp_path / "dsca" / "dsca.json")
+    html = build_report(tmp_path, None, [StepResult("dsca", "ok")], truth_path=None, models={}, version="test")
+    assert "not graded because" in html and "NOT graded" in html and "below the plausibility floor" in html
+    assert "absolute stenosis" not in html.split('id="dsca-thresholds"')[0]
+    assert "area_below_floor" in html and "off_canal_track" in html
