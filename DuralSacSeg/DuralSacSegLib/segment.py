@@ -591,7 +591,8 @@ def _write_overlay(result: SegmentationResult, row, path: Path) -> None:
     corr_txt = f", perpendicular {corr:.1f} mm²" if math.isfinite(corr) else ""
     ax.set_title(
         f"slice {k} ({row.position_mm:.1f} mm{', ' + row.level if row.level else ''}): DSCA {row.area_mm2:.1f} mm²{corr_txt}\n"
-        f"{row.stenosis or '-'}{' | ' + ', '.join(row.qc_flags) if row.qc_flags else ''}",
+        f"{row.stenosis or ('NOT graded (QC)' if row.area_mm2 > 0 else '-')}"
+        f"{' | ' + ', '.join(row.qc_flags) if row.qc_flags else ''}",
         fontsize=9,
     )
     ax.set_xlabel("mm (image columns)")
