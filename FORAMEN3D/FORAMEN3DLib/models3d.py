@@ -32,6 +32,7 @@ from pathlib import Path
 
 from spinemorph.atomic import atomic_path
 from spinemorph.errors import ModelError
+from spinemorph.labels import FORAMEN_CANAL_LABELS
 
 from .network3d import NetworkConfig, UNet3D
 
@@ -203,7 +204,7 @@ def save_weights(net: UNet3D, path: str | os.PathLike, input_downsample: int = 1
         "format_version": FORMAT_VERSION,
         "network": net.config.to_dict(),
         "input_downsample": int(input_downsample),
-        "classes": {"1": "L4", "2": "L4-5 disc", "3": "L5"},
+        "classes": {str(k): v for k, v in list(FORAMEN_CANAL_LABELS.items())[: net.config.out_channels - 1]},
         "state_dict": {k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()) for k, v in net.state_dict().items()},
         "meta": json.loads(json.dumps(meta or {}, default=str)),
     }

@@ -42,6 +42,7 @@ class NetworkConfig:
     max_channels: int = 256
     convs_per_level: int = 2
     norm: str = "instance"
+    refine_channels: int = 0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -63,6 +64,8 @@ class NetworkConfig:
             raise ValueError(f"depth must be 1..6, got {self.depth}")
         if self.base_channels < 1 or self.convs_per_level < 1 or self.channel_mult < 1:
             raise ValueError("base_channels, convs_per_level and channel_mult must be positive")
+        if self.refine_channels < 0 or (self.refine_channels and self.stem_stride == 1):
+            raise ValueError("refine_channels must be 0, or positive together with stem_stride > 1")
         if self.norm not in ("instance", "batch", "none"):
             raise ValueError(f"norm must be 'instance', 'batch' or 'none', got {self.norm!r}")
 
@@ -137,12 +140,20 @@ class UNet3D(nn.Module):
         self.decoders = nn.ModuleList(
             ConvBlock(ch[lv + 1] + ch[lv], ch[lv], cfg.convs_per_level, cfg.norm) for lv in range(cfg.depth)
         )
-        self.head = nn.Conv3d(ch[0], cfg.out_channels, 1)
-        self.final_up = (
-            nn.Upsample(scale_factor=cfg.stem_stride, mode="trilinear", align_corners=False)
-            if cfg.stem_stride > 1
-            else nn.Identity()
-        )
+        if cfg.refine_channels:
+            # full-resolution refinement: features of the input at full resolution + the decoder output upsampled
+            self.full_res = ConvBlock(cfg.in_channels, cfg.refine_channels, 1, cfg.norm)
+            self.refine_up = nn.Upsample(scale_factor=cfg.stem_stride, mode="trilinear", align_corners=False)
+            self.refine = ConvBlock(ch[0] + cfg.refine_channels, cfg.refine_channels, 1, cfg.norm)
+            self.head = nn.Conv3d(cfg.refine_channels, cfg.out_channels, 1)
+            self.final_up = nn.Identity()
+        else:
+            self.head = nn.Conv3d(ch[0], cfg.out_channels, 1)
+            self.final_up = (
+                nn.Upsample(scale_factor=cfg.stem_stride, mode="trilinear", align_corners=False)
+                if cfg.stem_stride > 1
+                else nn.Identity()
+            )
 
     @property
     def size_divisor(self) -> int:
@@ -161,6 +172,8 @@ class UNet3D(nn.Module):
                 h = self.pool(h)
         for lv in reversed(range(self.config.depth)):
             h = self.decoders[lv](torch.cat([self.up(h), skips[lv]], dim=1))
+        if self.config.refine_channels:
+            h = self.refine(torch.cat([self.refine_up(h), self.full_res(x)], dim=1))
         return self.final_up(self.head(h))
 
 

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Start or continue the fine FORAMEN3D training (FORAMEN3DLib.train_fine) in the background, from its own git
+# worktree so that edits in the main checkout do not change the code under a running training.
+#
+#   scripts/train_foramen_fine.sh            # resume the run (the one command after any interruption)
+#   scripts/train_foramen_fine.sh start      # new run (refused if the run folder holds a config.json)
+#   scripts/train_foramen_fine.sh status     # last log lines and whether it runs
+#
+# Environment: FINE_WORKTREE (default /work/train3d: `git worktree add /work/train3d <commit>`),
+# FINE_RUN (default <repo>/runs/foramen_fine), FINE_CONFIG (default the worktree's
+# FORAMEN3D/Resources/Models/configs/foramen3d_fine.json), PYTHON (default <repo>/.venv/bin/python),
+# FINE_MAX_ITERATIONS (extends a resumed run).
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+WT=${FINE_WORKTREE:-/work/train3d}
+RUN=${FINE_RUN:-$REPO/runs/foramen_fine}
+PY=${PYTHON:-$REPO/.venv/bin/python}
+CFG=${FINE_CONFIG:-$WT/FORAMEN3D/Resources/Models/configs/foramen3d_fine.json}
+MODE=${1:-resume}
+if [ ! -d "$WT/FORAMEN3D/FORAMEN3DLib" ]; then
+  echo "error: no worktree at $WT; create it with: git -C $REPO worktree add $WT HEAD" >&2
+  exit 1
+fi
+export PYTHONPATH="$WT:$WT/DuralSacSeg:$WT/FORAMEN3D"
+export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
+if [ "$MODE" = status ]; then
+  pgrep -af "FORAMEN3DLib.train_fine --out $RUN" || echo "not running"
+  tail -n 5 "$RUN/train.log" 2>/dev/null || true
+  exit 0
+fi
+if pgrep -f "FORAMEN3DLib.train_fine --out $RUN" >/dev/null; then
+  echo "error: a training of $RUN is already running" >&2
+  exit 1
+fi
+LIB=$(cd "$WT" && "$PY" -c "import FORAMEN3DLib, spinemorph; print(FORAMEN3DLib.__file__, spinemorph.__file__)")
+case "$LIB" in
+  "$WT"/*) ;;
+  *) echo "error: python imports $LIB, not the worktree $WT" >&2; exit 1 ;;
+esac
+mkdir -p "$RUN"
+ARGS=(--out "$RUN")
+if [ "$MODE" = start ]; then
+  ARGS+=(--config "$CFG")
+else
+  ARGS+=(--resume)
+  if [ -n "${FINE_MAX_ITERATIONS:-}" ]; then ARGS+=(--max-iterations "$FINE_MAX_ITERATIONS"); fi
+fi
+cd "$WT"
+echo "$(date -u '+%F %T') launch $MODE: $LIB (worktree commit $(git -C "$WT" rev-parse --short HEAD))" >> "$RUN/launch.log"
+nohup nice -n 5 "$PY" -m FORAMEN3DLib.train_fine "${ARGS[@]}" >> "$RUN/stdout.log" 2>&1 &
+echo "started pid $! ($MODE); log: $RUN/train.log"
