@@ -153,7 +153,8 @@ def _main(argv) -> tuple[int, str]:
 
 
 def test_cli_batch_dsca_partial_failure(tmp_path, dsca_weights):
-    """4 cases, 2 broken (NaN voxels, a corrupt file) -> 2 results, 2 reported failures, exit code 3."""
+    """4 cases, 2 broken (NaN voxels, a corrupt file) -> 2 results, 2 reported failures, exit code 3 (default engine:
+    a local Dask cluster sized to this machine)."""
     pytest.importorskip("torch")
     folder = tmp_path / "studies"
     folder.mkdir()
@@ -181,7 +182,8 @@ def test_cli_batch_dsca_partial_failure(tmp_path, dsca_weights):
     assert code1 == 0
     assert (single / "dsca.csv").read_bytes() == (out / "p01" / "dsca.csv").read_bytes()
     # rerun with --resume: the good cases are kept, the broken ones fail again with the same reasons
-    code2, _ = _main(["batch", "dsca", folder, "--out", out, "--args", args, "--resume"])
+    # (in this process, --workers 0: the two engines share the output folder's conventions)
+    code2, _ = _main(["batch", "dsca", folder, "--out", out, "--args", args, "--resume", "--workers", "0"])
     rows2 = {r["case"]: r["status"] for r in csv.DictReader(io.StringIO((out / REPORT_CSV).read_text()))}
     assert code2 == 3 and rows2 == {"p01": "skipped", "p02": "skipped", "p03_nan": "failed", "p04_corrupt": "failed"}
 
@@ -200,7 +202,7 @@ def test_cli_batch_foramen_label_maps(tmp_path):
     write_volume(labels, folder / "phantom.nrrd")
     write_volume(labels.with_array((labels.array == 2).astype(np.uint8) * 2), folder / "disc_only.nrrd")
     out = tmp_path / "out"
-    code, err = _main(["batch", "foramen", folder, "--out", out, "--args", "--labels-only --no-meshes"])
+    code, err = _main(["batch", "foramen", folder, "--out", out, "--args", "--labels-only --no-meshes", "--workers", "0"])
     assert code == 3, err
     rows = {r["case"]: r for r in csv.DictReader(io.StringIO((out / REPORT_CSV).read_text()))}
     assert rows["phantom"]["status"] == "ok" and rows["disc_only"]["status"] == "failed"
@@ -209,6 +211,13 @@ def test_cli_batch_foramen_label_maps(tmp_path):
     height = {r["Side"]: float(r["Value"]) for r in measured if r["Metric"] == "foraminal_height"}
     for side in ("left", "right"):
         assert height[side] == pytest.approx(ph.truth.foramen[side].height_mm, abs=1.0)
+    # the summary table carries the same measurements, one row per case
+    table = {r["case"]: r for r in csv.DictReader(io.StringIO((out / "batch_summary.csv").read_text()))}
+    for side in ("left", "right"):
+        assert float(table["phantom"][f"foramen_{side}_height_mm"]) == pytest.approx(height[side], abs=0.006)
+        assert float(table["phantom"][f"foramen_{side}_area_mm2"]) > 0
+    assert table["phantom"]["foramen_model"] == "(label map given)" and table["disc_only"]["status"] == "failed"
+    assert table["disc_only"]["foramen_left_height_mm"] == ""
 
 
 def test_cli_batch_usage_errors(tmp_path):
@@ -279,3 +288,49 @@ def test_cli_batch_study_partial_is_kept(tmp_path, monkeypatch):
     doc = json.loads((out / REPORT_JSON).read_text())
     assert doc["n_partial"] == 1
     assert {c["case"]: c["summary"].get("partial") for c in doc["cases"]} == {"partial": True, "broken": None}
+
+
+def test_summary_row_of_a_study_folder(tmp_path):
+    """The summary row reads a study's dsca/ and foramen/ results and its step report: minimum and per-level DSCA,
+    foramen both sides, QC flags (slice flags counted, flagged sides, failed steps), models, timings."""
+    from spinemorph.batch_summary import case_row, columns_of
+
+    (tmp_path / "dsca").mkdir()
+    (tmp_path / "foramen").mkdir()
+    slices = [{"slice_index": 0, "position_mm": 0.0, "area_mm2": 150.0, "corrected_area_mm2": 140.0,
+               "stenosis": "no stenosis", "qc_flags": []},
+              {"slice_index": 1, "position_mm": 4.0, "area_mm2": 70.5, "corrected_area_mm2": 66.0,
+               "stenosis": "absolute stenosis", "qc_flags": ["touches_border"]},
+              {"slice_index": 2, "position_mm": 8.0, "area_mm2": 0.0, "corrected_area_mm2": float("nan"),
+               "stenosis": "", "qc_flags": ["empty", "touches_border"]}]
+    levels = [{"level": "L4-5", "slice_index": 1, "area_mm2": 70.5, "corrected_area_mm2": 66.0,
+               "stenosis": "absolute stenosis", "qc_flags": []},
+              {"level": "L5-S1", "slice_index": -1, "area_mm2": float("nan"), "qc_flags": []}]
+    (tmp_path / "dsca" / "dsca.json").write_text(json.dumps({
+        "segmentation": {"model": "dsca-multiresunet", "timings_s": {"total_s": 1.5, "model_load_s": 0.25}},
+        "slices": slices, "levels": levels}))
+    meas = [{"metric": "foraminal_height", "side": s, "value": v, "unit": "mm"} for s, v in (("left", 14.2), ("right", 18.0))]
+    meas += [{"metric": "foraminal_width", "side": "left", "value": 7.5}, {"metric": "foraminal_area", "side": "right",
+             "value": 120.25}, {"metric": "posterior_disc_height", "side": "midline", "value": 3.9}]
+    (tmp_path / "foramen" / "measurements.json").write_text(json.dumps({
+        "measurements": meas, "sides": {"left": {"flagged": True, "flag": "foramen enlargement likely needed"},
+                                        "right": {"flagged": False, "flag": ""}},
+        "timings_s": {"measure": 0.5}, "segmentation": {"model": "no-such-model", "timings_s": {"total": 2.0}}}))
+    (tmp_path / "study_summary.json").write_text(json.dumps({
+        "spinemorph_version": "9.9", "total_seconds": 12.5,
+        "steps": [{"name": "foramen", "status": "ok"}, {"name": "plan", "status": "failed", "message": "no skin"}]}))
+    row = case_row(tmp_path)
+    assert (row["dsca_min_mm2"], row["dsca_min_slice"], row["dsca_min_stenosis"]) == (70.5, 1, "absolute stenosis")
+    assert row["dsca_min_corrected_mm2"] == 66.0 and row["dsca_n_slices"] == 3 and row["dsca_n_slices_with_sac"] == 2
+    assert row["dsca_L4-5_mm2"] == 70.5 and row["dsca_L5-S1_mm2"] is None
+    assert row["foramen_left_height_mm"] == 14.2 and row["foramen_right_area_mm2"] == 120.25
+    assert row["posterior_disc_height_mm"] == 3.9 and row["foramen_left_flag"].startswith("foramen enlargement")
+    assert row["dsca_model"] == "dsca-multiresunet" and len(row["dsca_model_sha256"]) == 12
+    assert (row["foramen_model"], row["foramen_model_sha256"]) == ("no-such-model", "")
+    assert (row["dsca_s"], row["foramen_segment_s"], row["study_s"], row["spinemorph_version"]) == (1.5, 2.0, 12.5, "9.9")
+    flags = row["qc_flags"].split("; ")
+    assert "dsca touches_border (2 slices)" in flags and "dsca empty (1 slice)" in flags
+    assert "dsca L5-S1: outside the imaged slices" in flags and "study plan failed: no skin" in flags
+    assert "foramen left: foramen enlargement likely needed" in flags and not any("right" in f for f in flags)
+    cols = columns_of([row])
+    assert cols.index("dsca_n_slices_with_sac") < cols.index("dsca_L4-5_mm2") < cols.index("foramen_left_height_mm")

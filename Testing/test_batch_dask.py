@@ -274,9 +274,9 @@ def test_plan_local_cluster_never_oversubscribes():
     assert (p.workers, p.torch_threads) == (4, 4) and p.memory_limit_bytes == 16 * 2**30
     p = plan_local_cluster(workers=4, threads_per_worker=8, cores=16, memory_bytes=64 * 2**30)
     assert p.torch_threads == 4 and "lowered to 4" in p.notes[0]
-    p = plan_local_cluster(cores=16, memory_bytes=8 * 2**30)  # memory-bound: fewer workers, more threads each
+    p = plan_local_cluster(cores=16, memory_bytes=4 * 2**30)  # memory-bound: fewer workers, more threads each
     assert (p.workers, p.torch_threads) == (2, 8) and "GiB" in p.notes[0]
-    p = plan_local_cluster(threads_per_worker=2, cores=16, memory_bytes=8 * 2**30)
+    p = plan_local_cluster(threads_per_worker=2, cores=16, memory_bytes=4 * 2**30)
     assert (p.workers, p.torch_threads) == (2, 2)  # an explicit thread count that fits is kept
     assert plan_local_cluster(cores=2, memory_bytes=23 * 2**30).workers == 2
     from spinemorph.errors import InputError

@@ -1,15 +1,57 @@
 """Batch runs: one function over many cases, continuing past failures, with a report of what failed and why.
 
-:func:`run_batch` calls ``fn(case, case_out_dir)`` for every :class:`BatchCase`. Each case writes into a hidden
-staging folder ``<out_dir>/.<name>.partial-<random>`` that is renamed to ``<out_dir>/<name>`` only when the case
-succeeds, so a failed or interrupted case leaves no half-written results (the staging folder is removed). A
-:class:`~spinemorph.errors.SpineMorphError` raised by a case is recorded with its one-line message; any other
-exception is recorded too (as an internal error, with its type) and the batch goes on. The report is written
-atomically as ``batch_report.json`` and ``batch_report.csv``; :attr:`BatchReport.exit_code` is 0 (all cases
-succeeded), 3 (partial: some failed, see the report) or 1 (every case failed / no cases).
+Two engines with one contract:
 
-``resume=True`` skips cases whose result folder already exists (complete by construction: it appears only by
-the final rename), so a batch stopped half-way (Ctrl-C, power loss) continues where it stopped.
+- :func:`run_batch_dask` (what ``spinemorph batch`` uses): one Dask task per case, on a
+  :class:`distributed.LocalCluster` sized to the machine (:func:`plan_local_cluster`: workers x torch threads <=
+  cores, each worker one case at a time) or on an existing cluster (``scheduler=`` address or ``client=``);
+- :func:`run_batch`: the cases one after the other in this process (``spinemorph batch --workers 0``).
+
+Each case runs :func:`execute_case` (in a worker process): ``fn(case, staging)`` writes into a hidden staging folder
+``<out_dir>/.<name>.partial-<random>``, the case's summary row is added (``batch_row.json``, see
+:mod:`spinemorph.batch_summary`) and the folder is renamed to ``<out_dir>/<name>`` only when the case succeeded: a
+case folder is complete or absent. A :class:`~spinemorph.errors.SpineMorphError` raised by a case is recorded with its
+one-line message; any other exception is recorded too (as an internal error, with its type); a worker process that
+dies while running a case (killed, crashed, over its memory limit) is replaced by Dask and the case retried once on
+another worker (:data:`WORKER_DEATHS_RETRIED`), then recorded as ``WorkerDied``; in every case the batch goes on.
+
+The report is written atomically as ``batch_report.json`` / ``batch_report.csv`` plus the summary table
+``batch_summary.csv`` (and ``batch_summary.parquet`` with pyarrow); while a Dask batch runs it is rewritten every
+:data:`REPORT_EVERY_S` seconds (cases not finished yet: ``not run``), so even a batch killed outright leaves a report.
+:attr:`BatchReport.exit_code` is 0 (all cases succeeded), 3 (partial: some failed, see the report) or 1 (every case
+failed / no cases).
+
+``resume=True`` skips cases whose result folder already exists (complete by construction: it appears only by the
+final rename) and removes the staging folders a killed batch left behind, so a batch stopped at any moment (Ctrl-C,
+a killed worker, power loss, the whole batch killed) continues where it stopped and ends with the results an
+uninterrupted batch would have given.
+
+Models: each worker process keeps the models it loaded (``spinemorph.cmd_batch.install_model_cache`` for DSCA, the
+per-process cache of ``FORAMEN3DLib.segment3d.get_model`` for the 3D model): one load per worker, not per case.
+
+From the Slicer Python console (or any Python), on the same Dask cluster the command line uses (``pip_install
+('dask[distributed]')`` once in Slicer; the workers need SpineMorph installed and must see the folders under the
+same paths)::
+
+    import threading
+    from distributed import Client
+    from spinemorph.batch import discover_cases, run_batch_dask
+    from spinemorph.cmd_batch import make_case_function
+
+    client = Client("tcp://scheduler-host:8786")  # the scheduler `spinemorph batch --scheduler` would use
+    cases, ignored = discover_cases("/data/cohort")
+    fn = make_case_function("dsca", ["--device", "cpu"])  # or "foramen" / "study", with the command's options
+    result = {}
+    def work():  # in a thread, so that Slicer stays responsive; progress lines go to the console
+        result["report"] = run_batch_dask(cases, fn, "/data/cohort_results", client=client, task="dsca",
+                                          ignored=ignored, resume=True,
+                                          progress=lambda i, n, r: print(f"[{i}/{n}] {r.case.name}: {r.status}"))
+    threading.Thread(target=work, daemon=True).start()
+    # later: result["report"].summary_line(); the table is /data/cohort_results/batch_summary.csv
+
+(A ``LocalCluster`` started inside Slicer would spawn Slicer's own executable as workers: start the cluster outside
+Slicer, e.g. ``dask scheduler`` and ``dask worker tcp://host:8786 --nworkers 2 --nthreads 1`` in SpineMorph's Python
+environment, and connect to it.)
 """
 
 from __future__ import annotations
@@ -17,6 +59,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import importlib.util
 import io
 import json
 import logging
@@ -47,11 +90,14 @@ EXIT_OK, EXIT_FAILURE, EXIT_PARTIAL = 0, 1, 3
 
 #: a case whose worker process dies is retried this many times on another worker, then reported as failed
 WORKER_DEATHS_RETRIED = 1
-#: memory one worker needs for the heaviest task (study: 3D U-Net inference + meshes + planning), for sizing the
-#: default local cluster; measured peak is in docs/benchmark.md ("Batch")
-WORKER_MEMORY_BYTES = 3 * 2**30
+#: memory one worker needs, for sizing the default local cluster: the heaviest task (study: 3D U-Net inference, meshes,
+#: planning, report) peaked at 1.07 GB per worker on a generated study (docs/benchmark.md, "Batch"); twice that leaves
+#: room for larger real series
+WORKER_MEMORY_BYTES = 2 * 2**30
 #: the report and summary table are rewritten at most this often while a Dask batch runs
 REPORT_EVERY_S = 5.0
+#: lock file of the output folder (one batch at a time per folder)
+LOCK_FILE = ".batch.lock"
 #: seconds to wait for an external scheduler
 CONNECT_TIMEOUT_S = 30
 
@@ -262,11 +308,14 @@ def remove_stale_staging(out: Path, name: str | None = None) -> list[str]:
     Only call this while no case of this batch is running (they are the folders of running cases otherwise).
     """
     removed = []
-    pattern = f".{name}." if name else "."
+    prefixes = (f".{name}.partial-", f".{name}.old-") if name else None
     reports = tuple(f".{f}." for f in (REPORT_JSON, REPORT_CSV, SUMMARY_CSV, SUMMARY_PARQUET))
     with contextlib.suppress(OSError):
         for p in out.iterdir():
-            ours = p.name.startswith(pattern) and (".partial-" in p.name or ".old-" in p.name)
+            if prefixes:
+                ours = p.name.startswith(prefixes)
+            else:
+                ours = p.name.startswith(".") and (".partial-" in p.name or ".old-" in p.name)
             report_tmp = name is None and p.name.startswith(reports) and ".tmp" in p.name  # an atomic write cut short
             if ours or report_tmp:
                 _remove(p)
@@ -430,15 +479,42 @@ def _table_row(res: CaseResult) -> dict:
 
 
 # ---------------------------------------------------------------------- in-process engine
-def _prepare(cases, out_dir, overwrite: bool, resume: bool) -> tuple[list[BatchCase], Path]:
+@contextlib.contextmanager
+def _batch_folder(cases, out_dir, overwrite: bool, resume: bool):
+    """Check the cases and the output folder, hold the folder's batch lock, remove what a killed batch left."""
     cases = list(cases)
     _check_names(cases)
     expected = [] if (overwrite or resume) else [REPORT_JSON, REPORT_CSV]
     out = prepare_output_dir(out_dir, overwrite or resume, expected)
-    stale = remove_stale_staging(out)
-    if stale:
-        log.info("removed %d staging folder(s) of an interrupted batch: %s", len(stale), ", ".join(stale[:5]))
-    return cases, out
+    with _folder_lock(out):
+        stale = remove_stale_staging(out)
+        if stale:
+            log.info("removed %d staging folder(s) of an interrupted batch: %s", len(stale), ", ".join(stale[:5]))
+        yield cases, out
+
+
+@contextlib.contextmanager
+def _folder_lock(out: Path):
+    """One batch at a time per output folder (an advisory ``flock`` on ``.batch.lock``, released by the OS if the
+    batch is killed); where ``fcntl`` is missing (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        fh = open(out / LOCK_FILE, "a")  # noqa: SIM115 - held for the whole batch
+    except OSError as exc:
+        raise OutputError(f"cannot write in {out}: {exc.strerror or exc}; choose a writable --out folder") from None
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise OutputError(f"another batch is writing into {out}; wait for it to end or choose another --out "
+                              "folder") from None
+        yield
+    finally:
+        fh.close()
 
 
 def _precheck(case: BatchCase, out: Path, overwrite: bool, resume: bool) -> CaseResult | None:
@@ -502,31 +578,31 @@ def run_batch(
     SpineMorphError
         Unusable ``out_dir``, duplicate case names, or an existing report without ``overwrite`` / ``resume``.
     """
-    cases, out = _prepare(cases, out_dir, overwrite, resume)
-    report = BatchReport([], out, task=task, ignored=list(ignored or []))
-    n = len(cases)
-    try:
-        for i, case in enumerate(cases):
-            t0 = time.perf_counter()
-            res = _precheck(case, out, overwrite, resume)
-            if res is None:
-                res = execute_case(case, fn, out, overwrite=overwrite, resume=resume, torch_threads=0)
-            res.seconds = time.perf_counter() - t0
-            report.results.append(res)
-            if res.status == FAILED:  # the progress callback shows it, if there is one
-                log.log(logging.DEBUG if progress else logging.WARNING, "case %s failed: %s", case.name, res.message)
-            if progress is not None:
-                progress(i + 1, n, res)
-    except KeyboardInterrupt:
-        report.interrupted = True
-        done = {r.case.name for r in report.results}
-        report.results += [CaseResult(c, NOT_RUN, "batch interrupted before this case") for c in cases if c.name not in done]
+    with _batch_folder(cases, out_dir, overwrite, resume) as (cases, out):
+        report = BatchReport([], out, task=task, ignored=list(ignored or []))
+        n = len(cases)
+        try:
+            for i, case in enumerate(cases):
+                t0 = time.perf_counter()
+                res = _precheck(case, out, overwrite, resume)
+                if res is None:
+                    res = execute_case(case, fn, out, overwrite=overwrite, resume=resume, torch_threads=0)
+                res.seconds = time.perf_counter() - t0
+                report.results.append(res)
+                if res.status == FAILED:  # the progress callback shows it, if there is one
+                    log.log(logging.DEBUG if progress else logging.WARNING, "case %s failed: %s", case.name, res.message)
+                if progress is not None:
+                    progress(i + 1, n, res)
+        except KeyboardInterrupt:
+            report.interrupted = True
+            done = {r.case.name for r in report.results}
+            report.results += [CaseResult(c, NOT_RUN, "batch interrupted before this case") for c in cases if c.name not in done]
+            if write_report:
+                report.write()
+            raise
         if write_report:
             report.write()
-        raise
-    if write_report:
-        report.write()
-    return report
+        return report
 
 
 # ---------------------------------------------------------------------- Dask engine
@@ -620,9 +696,9 @@ class _QuietDask:
             logging.getLogger(name).setLevel(level)
 
 
-def _total_threads(client) -> int:
+def _n_workers(client) -> int:
     try:
-        return int(sum(client.nthreads().values()))
+        return len(client.nthreads())
     except Exception:  # noqa: BLE001 - scheduler briefly unreachable: one case at a time until it answers
         return 1
 
@@ -700,115 +776,117 @@ def run_batch_dask(
     except ImportError:
         raise SpineMorphError("Dask is not installed; install it with: pip install 'dask[distributed]' "
                               "(or run the batch in this process with --workers 0)") from None
-    cases, out = _prepare(cases, out_dir, overwrite, resume)
-    report = BatchReport([], out, task=task, ignored=list(ignored or []))
-    results: dict[str, CaseResult] = {}
-    todo = []
-    for case in cases:
-        res = _precheck(case, out, overwrite, resume)
-        if res is None:
-            todo.append(case)
-        else:
-            results[case.name] = res
-
-    def collect(final: bool) -> None:
-        pending = "batch interrupted before this case" if final else "pending (batch still running)"
-        report.results = [results.get(c.name) or CaseResult(c, NOT_RUN, pending) for c in cases]
-
-    n, done = len(cases), 0
-    cluster = None
-    own_client = client is None
-    plan = None
-    quiet = _QuietDask()
-    try:
-        if client is None:
-            if scheduler:
-                try:
-                    client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
-                except (OSError, TimeoutError) as exc:
-                    raise SpineMorphError(f"cannot connect to the Dask scheduler at {scheduler} ({_first_line(exc)}); "
-                                          "check the address and that the scheduler is running") from None
+    with _batch_folder(cases, out_dir, overwrite, resume) as (cases, out):
+        report = BatchReport([], out, task=task, ignored=list(ignored or []))
+        results: dict[str, CaseResult] = {}
+        todo = []
+        for case in cases:
+            res = _precheck(case, out, overwrite, resume)
+            if res is None:
+                todo.append(case)
             else:
-                plan = plan_local_cluster(workers, threads_per_worker)
-                cluster = start_local_cluster(plan, dashboard=True)
-                client = Client(cluster)
-        torch_threads = plan.torch_threads if plan else threads_per_worker
-        per_host = _workers_per_host(client)
-        if on_start is not None:
-            dashboard = None
-            with contextlib.suppress(Exception):
-                if "dashboard" in client.scheduler_info().get("services", {}):
-                    dashboard = client.dashboard_link
-            on_start({"dashboard": dashboard, "workers": sum(per_host.values()), "torch_threads": torch_threads,
-                      "notes": list(plan.notes) if plan else [], "n_to_run": len(todo)})
-        for case in cases:  # decided without running: reported first
-            if case.name in results:
-                done += 1
-                if progress is not None:
-                    progress(done, n, results[case.name])
-        collect(False)
-        if write_report:  # from now on a report exists, however the batch ends
-            report.write()
-        token = uuid.uuid4().hex[:8]
-        waiting = list(enumerate(todo))
-        futures: dict = {}
-        running = as_completed()
-
-        def submit_more() -> None:
-            # no more cases in flight than the cluster has threads: each worker holds only the case it runs, so a
-            # worker that dies takes no innocent queued case with it, and the batch follows a cluster that grows
-            slots = max(1, _total_threads(client))
-            while waiting and len(futures) < slots:
-                i, case = waiting.pop(0)
-                fut = client.submit(execute_case, case, fn, out, overwrite=overwrite, resume=resume,
-                                    torch_threads=torch_threads, workers_per_host=per_host,
-                                    key=(f"spinemorph-case-{token}", i), pure=False)
-                futures[fut] = case
-                running.add(fut)
-
-        submit_more()
-        last_write = time.monotonic()
-        try:
-            for fut in running:
-                case = futures.pop(fut)
-                try:
-                    res = fut.result()
-                except Exception as exc:  # noqa: BLE001 - worker death / cancellation: this case is lost, not the batch
-                    res = _lost_result(case, exc, out, plan.memory_limit_bytes if plan else None)
-                fut.release()
-                submit_more()
                 results[case.name] = res
-                done += 1
-                if res.status == FAILED:  # the progress callback shows it, if there is one
-                    log.log(logging.DEBUG if progress else logging.WARNING, "case %s failed: %s", case.name, res.message)
-                if progress is not None:
-                    progress(done, n, res)
-                if write_report and time.monotonic() - last_write >= report_every_s:
-                    collect(False)
-                    report.write()
-                    last_write = time.monotonic()
+
+        def collect(final: bool) -> None:
+            pending = "batch interrupted before this case" if final else "pending (batch still running)"
+            report.results = [results.get(c.name) or CaseResult(c, NOT_RUN, pending) for c in cases]
+
+        n, done = len(cases), 0
+        cluster = None
+        own_client = client is None
+        plan = None
+        quiet = _QuietDask()
+        try:
+            if client is None:
+                if scheduler:
+                    try:
+                        client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
+                    except (OSError, TimeoutError) as exc:
+                        raise SpineMorphError(f"cannot connect to the Dask scheduler at {scheduler} ({_first_line(exc)}); "
+                                              "check the address and that the scheduler is running") from None
+                else:
+                    plan = plan_local_cluster(workers, threads_per_worker)
+                    cluster = start_local_cluster(plan, dashboard=True)
+                    client = Client(cluster)
+            torch_threads = plan.torch_threads if plan else threads_per_worker
+            per_host = _workers_per_host(client)
+            if on_start is not None:
+                dashboard = None
+                with contextlib.suppress(Exception):  # a local cluster serves the dashboard only with bokeh installed
+                    has_page = cluster is None or importlib.util.find_spec("bokeh") is not None
+                    if has_page and "dashboard" in client.scheduler_info().get("services", {}):
+                        dashboard = client.dashboard_link
+                on_start({"dashboard": dashboard, "workers": sum(per_host.values()), "torch_threads": torch_threads,
+                          "notes": list(plan.notes) if plan else [], "n_to_run": len(todo)})
+            for case in cases:  # decided without running: reported first
+                if case.name in results:
+                    done += 1
+                    if progress is not None:
+                        progress(done, n, results[case.name])
+            collect(False)
+            if write_report:  # from now on a report exists, however the batch ends
+                report.write()
+            token = uuid.uuid4().hex[:8]
+            waiting = list(enumerate(todo))
+            futures: dict = {}
+            running = as_completed()
+
+            def submit_more() -> None:
+                # no more cases in flight than the cluster has workers (each runs one case at a time): a worker
+                # holds only the case it runs, so one that dies takes no innocent queued case with it, and the batch
+                # follows a cluster that grows or shrinks
+                slots = max(1, _n_workers(client))
+                while waiting and len(futures) < slots:
+                    i, case = waiting.pop(0)
+                    fut = client.submit(execute_case, case, fn, out, overwrite=overwrite, resume=resume,
+                                        torch_threads=torch_threads, workers_per_host=per_host,
+                                        key=(f"spinemorph-case-{token}", i), pure=False)
+                    futures[fut] = case
+                    running.add(fut)
+
+            submit_more()
+            last_write = time.monotonic()
+            try:
+                for fut in running:
+                    case = futures.pop(fut)
+                    try:
+                        res = fut.result()
+                    except Exception as exc:  # noqa: BLE001 - worker death / cancellation: this case is lost, not the batch
+                        res = _lost_result(case, exc, out, plan.memory_limit_bytes if plan else None)
+                    fut.release()
+                    submit_more()
+                    results[case.name] = res
+                    done += 1
+                    if res.status == FAILED:  # the progress callback shows it, if there is one
+                        log.log(logging.DEBUG if progress else logging.WARNING, "case %s failed: %s", case.name, res.message)
+                    if progress is not None:
+                        progress(done, n, res)
+                    if write_report and time.monotonic() - last_write >= report_every_s:
+                        collect(False)
+                        report.write()
+                        last_write = time.monotonic()
+            except KeyboardInterrupt:
+                report.interrupted = True
+                with contextlib.suppress(Exception):
+                    client.cancel(list(futures))
+                raise
         except KeyboardInterrupt:
             report.interrupted = True
-            with contextlib.suppress(Exception):
-                client.cancel(list(futures))
+            collect(True)
+            if write_report:
+                report.write()
             raise
-    except KeyboardInterrupt:
-        report.interrupted = True
+        finally:
+            if own_client and client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
+            if cluster is not None:
+                with contextlib.suppress(Exception):
+                    cluster.close()
+            quiet.restore()
+        if not report.interrupted:
+            remove_stale_staging(out)  # nothing runs any more: leftovers of dead workers only
         collect(True)
         if write_report:
             report.write()
-        raise
-    finally:
-        if own_client and client is not None:
-            with contextlib.suppress(Exception):
-                client.close()
-        if cluster is not None:
-            with contextlib.suppress(Exception):
-                cluster.close()
-        quiet.restore()
-    if not report.interrupted:
-        remove_stale_staging(out)  # nothing runs any more: leftovers of dead workers only
-    collect(True)
-    if write_report:
-        report.write()
-    return report
+        return report

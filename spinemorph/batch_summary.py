@@ -88,16 +88,17 @@ def _dsca_sha(name: str) -> str:
         return ""
 
 
-def _foramen_sha(name: str) -> str:
+def _foramen_model(name: str) -> tuple[str, str]:
+    """(catalogue name, first 12 hex digits of the SHA-256) of the 3D model ``name`` ("default" resolved)."""
     try:
         from FORAMEN3DLib import models3d
 
-        _, path, expected = models3d.resolve_model(name)
+        resolved, path, expected = models3d.resolve_model(name)
         if expected:
-            return str(expected)[:12]
-        return models3d.sha256_file(path)[:12] if path.is_file() else ""
-    except Exception:  # noqa: BLE001 - an unknown / removed model only leaves the column empty
-        return ""
+            return resolved, str(expected)[:12]
+        return resolved, models3d.sha256_file(path)[:12] if path.is_file() else ""
+    except Exception:  # noqa: BLE001 - an unknown / removed model only leaves the SHA column empty
+        return name, ""
 
 
 def _dsca_part(doc: dict, row: dict, flags: list[str]) -> None:
@@ -118,7 +119,8 @@ def _dsca_part(doc: dict, row: dict, flags: list[str]) -> None:
         name = str(lv.get("level", "")).strip()
         if not name:
             continue
-        inside = int(lv.get("slice_index", -1)) >= 0
+        index = _num(lv.get("slice_index"))
+        inside = index is not None and index >= 0
         row[f"dsca_{name}_mm2"] = _num(lv.get("area_mm2")) if inside else None
         row[f"dsca_{name}_corrected_mm2"] = _num(lv.get("corrected_area_mm2")) if inside else None
         row[f"dsca_{name}_stenosis"] = lv.get("stenosis", "") if inside else ""
@@ -149,8 +151,7 @@ def _foramen_part(doc: dict, row: dict, flags: list[str]) -> None:
                 flags.append(f"foramen {side}: {info.get('flag') or 'flagged'}")
     seg = doc.get("segmentation") or {}
     name = str(seg.get("model", "")) if seg else ""
-    row["foramen_model"] = name if seg else "(label map given)"
-    row["foramen_model_sha256"] = _foramen_sha(name) if name else ""
+    row["foramen_model"], row["foramen_model_sha256"] = _foramen_model(name) if name else ("(label map given)", "")
     row["foramen_segment_s"] = _num((seg.get("timings_s") or {}).get("total"))
     row["foramen_measure_s"] = _num((doc.get("timings_s") or {}).get("measure"))
 

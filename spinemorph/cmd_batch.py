@@ -1,10 +1,14 @@
-"""``spinemorph batch``: run one task over every case of a folder, continuing past broken cases.
+"""``spinemorph batch``: run one task over every case of a folder, one Dask task per case, continuing past broken
+cases.
 
 Each case is processed by the very function of the single-case command (``dsca segment``, ``foramen measure``,
 ``study``): the command line ``<command> CASE --out <staging> [ARGS]`` is parsed by the ``spinemorph`` parser and
-its ``func`` called, so a case behaves exactly as when run alone. Results go to ``DIR/<case>/`` (renamed into place
-only when the case succeeded), failures are listed with their one-line reason in ``DIR/batch_report.json`` and
-``DIR/batch_report.csv``. See :mod:`spinemorph.batch`.
+its ``func`` called (:class:`CaseCommand`, shipped to the Dask workers), so a case behaves exactly as when run alone.
+By default the cases run on a local Dask cluster sized to this machine; ``--scheduler`` runs them on an existing Dask
+cluster, ``--workers 0`` in this process without Dask. Results go to ``DIR/<case>/`` (renamed into place only when
+the case succeeded), failures are listed with their one-line reason in ``DIR/batch_report.json`` and
+``DIR/batch_report.csv``, measurements of all cases in ``DIR/batch_summary.csv`` (+ ``.parquet``). See
+:mod:`spinemorph.batch` (also for the Slicer Python console) and :mod:`spinemorph.batch_summary`.
 """
 
 from __future__ import annotations
@@ -51,20 +55,42 @@ tasks (each case runs the same code as the single-case command):
 cases: every sub-folder (a DICOM series or a study folder) and every image file (.nrrd, .nhdr, .nii, .nii.gz,
 .mha, .mhd) of FOLDER; hidden entries are skipped, other files are listed as ignored in the report.
 
+where the cases run (Dask; one task per case, each worker one case at a time and each model loaded once per worker):
+  default                 a local Dask cluster sized to this machine: workers x torch threads <= cores, and no more
+                          workers than memory allows (about 2 GiB each); --workers N / --threads-per-worker T
+                          choose them
+  --scheduler ADDRESS     an existing Dask cluster (SLURM/PBS through dask-jobqueue, Kubernetes through
+                          dask-kubernetes, or `dask scheduler` + `dask worker`); its workers need SpineMorph installed
+                          and must see FOLDER and DIR under the same paths
+  --workers 0             in this process, one case after the other, without Dask
+a case whose worker process dies (killed, crashed, out of memory) is retried once on another worker, then reported
+as failed ("WorkerDied"); the others go on.
+
 outputs in DIR:
   <case>/                   the case's outputs (only for cases that succeeded; written to a hidden staging folder
                             first and renamed into place, so a failed or interrupted case leaves nothing behind)
   <case>/command_output.txt what the command printed for that case
+  <case>/batch_row.json     the case's row of the summary table
   batch_report.json/.csv    one row per case: status (ok / failed / skipped / not run), error kind, the one-line
-                            reason of a failure, seconds, input and output paths; a study that ended partial
+                            reason of a failure, seconds, input and output paths, worker; a study that ended partial
                             (exit code 3: report written, some step failed) is kept, status ok, message "partial: ..."
+                            (rewritten every few seconds while the batch runs)
+  batch_summary.csv/.parquet one row per case: DSCA minimum and per-level values, foramen height / width / area
+                            both sides, QC flags, model names and SHA-256, timings, worker peak memory (.parquet
+                            only with pyarrow installed)
+
+--resume keeps the finished case folders and runs the rest: a batch stopped at any moment (Ctrl-C, killed) and
+resumed ends with the results of an uninterrupted one.
 
 exit codes: 0 every case succeeded, 3 partial (some cases failed; see batch_report.csv), 1 no case succeeded
-(or the batch itself could not run), 2 bad usage.
+(or the batch itself could not run, e.g. no scheduler at ADDRESS), 2 bad usage, 130 interrupted (Ctrl-C; the
+report lists the cases not run; --resume continues).
 
 examples:
   spinemorph batch dsca studies/ --out results/ --args "--model unet --device cpu"
   spinemorph batch foramen labelmaps/ --out measures/ --args "--labels-only"
+  spinemorph batch study cohort/ --out results/ --workers 4 --threads-per-worker 2
+  spinemorph batch study cohort/ --out /shared/results/ --scheduler tcp://10.0.0.5:8786
   spinemorph batch dsca studies/ --out results/ --resume      (continue a batch that was stopped)
 """
 
