@@ -334,3 +334,17 @@ def test_summary_row_of_a_study_folder(tmp_path):
     assert "foramen left: foramen enlargement likely needed" in flags and not any("right" in f for f in flags)
     cols = columns_of([row])
     assert cols.index("dsca_n_slices_with_sac") < cols.index("dsca_L4-5_mm2") < cols.index("foramen_left_height_mm")
+
+
+def test_one_batch_at_a_time_per_output_folder(tmp_path):
+    """A second batch into the same folder is refused while the first runs (its staging folders would be removed as
+    stale); the lock goes with the batch."""
+    pytest.importorskip("fcntl")
+    from spinemorph.batch import _folder_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with _folder_lock(out):
+        with pytest.raises(OutputError, match="another batch is writing into"):
+            run_batch(_cases(["a"]), _writer, out)
+    assert run_batch(_cases(["a"]), _writer, out, resume=True).exit_code == EXIT_OK
