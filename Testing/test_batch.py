@@ -306,8 +306,11 @@ def test_summary_row_of_a_study_folder(tmp_path):
     levels = [{"level": "L4-5", "slice_index": 1, "area_mm2": 70.5, "corrected_area_mm2": 66.0,
                "stenosis": "absolute stenosis", "qc_flags": []},
               {"level": "L5-S1", "slice_index": -1, "area_mm2": float("nan"), "qc_flags": []}]
+    slices.append({"slice_index": 3, "position_mm": 12.0, "area_mm2": 30.0, "stenosis": "",
+                   "stenosis_note": "not graded: several separate pieces", "qc_flags": ["multiple_components"]})
     (tmp_path / "dsca" / "dsca.json").write_text(json.dumps({
         "segmentation": {"model": "dsca-multiresunet", "timings_s": {"total_s": 1.5, "model_load_s": 0.25}},
+        "qc": {"blocking_flags": ["empty", "multiple_components", "touches_border"]},
         "slices": slices, "levels": levels}))
     meas = [{"metric": "foraminal_height", "side": s, "value": v, "unit": "mm"} for s, v in (("left", 14.2), ("right", 18.0))]
     meas += [{"metric": "foraminal_width", "side": "left", "value": 7.5}, {"metric": "foraminal_area", "side": "right",
@@ -320,8 +323,11 @@ def test_summary_row_of_a_study_folder(tmp_path):
         "spinemorph_version": "9.9", "total_seconds": 12.5,
         "steps": [{"name": "foramen", "status": "ok"}, {"name": "plan", "status": "failed", "message": "no skin"}]}))
     row = case_row(tmp_path)
-    assert (row["dsca_min_mm2"], row["dsca_min_slice"], row["dsca_min_stenosis"]) == (70.5, 1, "absolute stenosis")
-    assert row["dsca_min_corrected_mm2"] == 66.0 and row["dsca_n_slices"] == 3 and row["dsca_n_slices_with_sac"] == 2
+    # the smallest mask is an implausible one (not graded); the smallest graded slice is the first one
+    assert (row["dsca_min_mm2"], row["dsca_min_slice"]) == (30.0, 3) and row["dsca_min_stenosis"].startswith("not graded")
+    assert (row["dsca_min_graded_mm2"], row["dsca_min_graded_slice"], row["dsca_min_graded_stenosis"]) == (
+        150.0, 0, "no stenosis")  # slice 1 (70.5) touches the border: blocking
+    assert row["dsca_n_slices"] == 4 and row["dsca_n_slices_with_sac"] == 3 and row["dsca_n_slices_not_graded"] == 2
     assert row["dsca_L4-5_mm2"] == 70.5 and row["dsca_L5-S1_mm2"] is None
     assert row["foramen_left_height_mm"] == 14.2 and row["foramen_right_area_mm2"] == 120.25
     assert row["posterior_disc_height_mm"] == 3.9 and row["foramen_left_flag"].startswith("foramen enlargement")
@@ -330,6 +336,7 @@ def test_summary_row_of_a_study_folder(tmp_path):
     assert (row["dsca_s"], row["foramen_segment_s"], row["study_s"], row["spinemorph_version"]) == (1.5, 2.0, 12.5, "9.9")
     flags = row["qc_flags"].split("; ")
     assert "dsca touches_border (2 slices)" in flags and "dsca empty (1 slice)" in flags
+    assert "dsca multiple_components (1 slice)" in flags
     assert "dsca L5-S1: outside the imaged slices" in flags and "study plan failed: no skin" in flags
     assert "foramen left: foramen enlargement likely needed" in flags and not any("right" in f for f in flags)
     cols = columns_of([row])

@@ -12,9 +12,12 @@ Columns (empty where the task or the case does not provide the value):
 - ``case``, ``status`` (ok / failed / skipped / not run), ``partial``, ``message`` (reason of a failure),
   ``case_s`` (wall time of the case on its worker), ``worker`` (Dask worker address, ``local`` in-process),
   ``worker_peak_rss_mb`` (peak resident memory of that worker process after the case);
-- DSCA: ``dsca_min_mm2`` (smallest non-empty axial DSCA), ``dsca_min_corrected_mm2``, ``dsca_min_slice``,
-  ``dsca_min_position_mm``, ``dsca_min_stenosis``, ``dsca_n_slices``, ``dsca_n_slices_with_sac``, and per level
-  ``dsca_<level>_mm2``, ``dsca_<level>_corrected_mm2``, ``dsca_<level>_stenosis`` (e.g. ``dsca_L4-5_mm2``);
+- DSCA: ``dsca_min_mm2`` (smallest non-empty axial DSCA, QC-flagged slices included, as ``DscaTable.smallest``),
+  ``dsca_min_corrected_mm2``, ``dsca_min_slice``, ``dsca_min_position_mm``, ``dsca_min_stenosis`` (its category, or
+  why it was not graded); ``dsca_min_graded_mm2`` / ``_slice`` / ``_stenosis`` (smallest among the slices graded for
+  stenosis, i.e. without a blocking QC flag, as ``DscaTable.smallest_graded``); ``dsca_n_slices``,
+  ``dsca_n_slices_with_sac``, ``dsca_n_slices_not_graded``; per level ``dsca_<level>_mm2``,
+  ``dsca_<level>_corrected_mm2``, ``dsca_<level>_stenosis`` (e.g. ``dsca_L4-5_mm2``);
 - foramen: ``foramen_<side>_height_mm``, ``foramen_<side>_width_mm``, ``foramen_<side>_area_mm2``,
   ``foramen_<side>_flag`` for side left / right, ``posterior_disc_height_mm``;
 - ``qc_flags``: ``; ``-joined QC flags of the case (DSCA slice flags with their counts, DSCA level flags, foramen
@@ -44,7 +47,8 @@ SUMMARY_PARQUET = "batch_summary.parquet"
 #: columns always present, in this order; per-level DSCA columns are inserted after ``dsca_n_slices_with_sac``
 BASE_COLUMNS = ("case", "status", "partial", "message", "case_s", "worker", "worker_peak_rss_mb")
 DSCA_COLUMNS = ("dsca_min_mm2", "dsca_min_corrected_mm2", "dsca_min_slice", "dsca_min_position_mm", "dsca_min_stenosis",
-                "dsca_n_slices", "dsca_n_slices_with_sac")
+                "dsca_min_graded_mm2", "dsca_min_graded_slice", "dsca_min_graded_stenosis", "dsca_n_slices",
+                "dsca_n_slices_with_sac", "dsca_n_slices_not_graded")
 FORAMEN_COLUMNS = tuple(f"foramen_{side}_{m}" for side in ("left", "right")
                         for m in ("height_mm", "width_mm", "area_mm2", "flag")) + ("posterior_disc_height_mm",)
 TAIL_COLUMNS = ("qc_flags", "dsca_model", "dsca_model_sha256", "foramen_model", "foramen_model_sha256",
@@ -106,12 +110,22 @@ def _dsca_part(doc: dict, row: dict, flags: list[str]) -> None:
     with_sac = [s for s in slices if (_num(s.get("area_mm2")) or 0) > 0]
     row["dsca_n_slices"] = len(slices)
     row["dsca_n_slices_with_sac"] = len(with_sac)
+    blocking = set((doc.get("qc") or {}).get("blocking_flags") or [])
+    if blocking:
+        graded = [s for s in with_sac if not blocking.intersection(s.get("qc_flags") or [])]
+    else:  # outputs without the blocking-flag rule: a slice with a stenosis category is graded
+        graded = [s for s in with_sac if s.get("stenosis")]
+    row["dsca_n_slices_not_graded"] = len(with_sac) - len(graded)
     if with_sac:
-        m = min(with_sac, key=lambda s: float(s["area_mm2"]))
+        m = min(with_sac, key=lambda s: (float(s["area_mm2"]), s.get("slice_index", 0)))
         row.update(dsca_min_mm2=_num(m.get("area_mm2")), dsca_min_corrected_mm2=_num(m.get("corrected_area_mm2")),
                    dsca_min_slice=m.get("slice_index"), dsca_min_position_mm=_num(m.get("position_mm")),
-                   dsca_min_stenosis=m.get("stenosis", ""))
-    elif slices:
+                   dsca_min_stenosis=m.get("stenosis") or m.get("stenosis_note") or "")
+    if graded:
+        g = min(graded, key=lambda s: (float(s["area_mm2"]), s.get("slice_index", 0)))
+        row.update(dsca_min_graded_mm2=_num(g.get("area_mm2")), dsca_min_graded_slice=g.get("slice_index"),
+                   dsca_min_graded_stenosis=g.get("stenosis", ""))
+    if not with_sac and slices:
         flags.append("dsca: no dural sac on any slice")
     counts = Counter(f for s in slices for f in (s.get("qc_flags") or []))
     flags += [f"dsca {f} ({n} slice{'s' if n > 1 else ''})" for f, n in sorted(counts.items())]
