@@ -5,7 +5,9 @@
    profile along y' whose minimum is the pedicle waist).
 2. ``foramen_lateral_steps.png`` — one side's lateral view: projected fractions, occupancy with bridged gaps, the
    foramen hole and its outline coloured by structure (roof, floor, anterior wall, SAP), height and width.
-3. ``foramen_phantom_accuracy.png`` — phantom (``spinemorph.phantom``) lateral views with the exact outline and
+3. ``foramen_rules_spider.png`` — the landmark rules on real masks: offset search and the chosen lateral view with
+   notches, corner, SAP face, facet closure and the manual reader's points.
+4. ``foramen_phantom_accuracy.png`` — phantom (``spinemorph.phantom``) lateral views with the exact outline and
    the measured one, normal and foraminal-stenosis presets; prints the accuracy table.
 
 SPIDER data: van der Graaf JW et al., Sci Data 11, 264 (2024), CC BY 4.0.
@@ -136,6 +138,73 @@ def figure_steps(labels: Volume, out: Path, case: str, side: str = "left") -> No
     _save(fig, out / "foramen_lateral_steps.png")
 
 
+def figure_rules(cases, out: Path) -> None:
+    """The landmark rules on real SPIDER masks: per side, the offset search (invented boundary per slab) and the chosen
+    lateral view with the foramen outline, facet closure, L4 / L5 notches, L4 corner, SAP face and the manual reader's
+    points (black crosses, for reference only)."""
+    import json
+
+    from FORAMEN3DLib import morphometry as M
+
+    root = spider.spider_root()
+    manual = json.loads((root / "foramen_manual.json").read_text()) if (root / "foramen_manual.json").is_file() else {}
+    fig, axes = plt.subplots(2, len(cases), figsize=(6.2 * len(cases), 11.5))
+    for k, (case, side) in enumerate(cases):
+        name = f"{case}_t2_SPACE"
+        labels = spider.remap_labels(spider.load_mask(name), name, target="foramen")
+        res = measure_foramen(labels)
+        lm, r = res.landmarks, res.sides[side]
+        p4, p5 = lm.pedicles[("L4", side)], lm.pedicles[("L5", side)]
+        seed = (lm.posterior_wall_y_mm + M.SEED_BEHIND_WALL_MM, 0.5 * (p4.z_range_mm[0] + p5.z_range_mm[1]))
+        offs, opens, ok = [], [], []
+        for off, view, found in M._search_offsets(lm, side, seed, r.view.half_width_mm):
+            try:
+                mv = M._measure_view(view, found, side)
+            except Exception:  # noqa: BLE001 - a slab that cannot be measured is simply not plotted
+                continue
+            offs.append(off)
+            opens.append(mv["open_mm"])
+            ok.append(not mv["fallbacks"])
+        a = axes[0, k]
+        offs, opens, ok = np.array(offs), np.array(opens), np.array(ok, bool)
+        a.plot(offs[ok], opens[ok], "o-", color="tab:blue", label="closed, landmarks found")
+        if (~ok).any():
+            a.plot(offs[~ok], opens[~ok], "x", color="tab:gray", label="closed, needs a fallback landmark")
+        a.axvline(r.offset_mm, color="tab:red", label=f"chosen: {r.offset_mm:.1f} mm")
+        a.set_xlabel("slab offset from the midline (mm)")
+        a.set_ylabel("invented boundary: bridged outline (mm)")
+        a.set_title(f"SPIDER {case} {side}: offset search (2 mm union slabs)")
+        a.legend(fontsize=8)
+        a = axes[1, k]
+        v = r.view
+        a.imshow(_rgb(v.fractions), origin="lower", extent=[v.y_mm[0], v.y_mm[-1], v.z_mm[0], v.z_mm[-1]])
+        o = np.vstack([r.outline_yz, r.outline_yz[:1]])
+        a.plot(o[:, 0], o[:, 1], color="tab:cyan", lw=1.2, label=f"outline, area {r.area.value:.0f} mm²")
+        sap = M._sap_face(r.outline_yz, M._vertex_labels(v, r.outline_yz, np.zeros(v.fractions[L4].shape, bool),
+                                                           np.zeros(v.fractions[L4].shape, bool))[0],
+                          r.vertex_labels, r.width_yz[0], r.height_yz[1])
+        a.plot(r.outline_yz[sap, 0], r.outline_yz[sap, 1], ".", color="magenta", ms=4, label="SAP anterior face")
+        if r.facet_segment_yz is not None:
+            a.plot(*r.facet_segment_yz.T, "w--", lw=2, label=f"facet closure {r.facet_closure_mm:.1f} mm")
+        a.plot(*r.height_yz.T, "-o", color="tab:red", lw=2, label=f"height (notch to notch) {r.height.value:.1f} mm")
+        a.plot(*r.width_yz.T, "-o", color="tab:green", lw=2, label=f"width (corner to SAP) {r.width.value:.1f} mm")
+        m = manual.get(case, {}).get(side)
+        if m:
+            q = v.lps_to_yz(np.array(list(m["points_mm"].values())))
+            a.plot(q[:, 0], q[:, 1], "kx", ms=9, mew=2,
+                   label=f"manual reader (plane {m['plane_offset_mm']:.0f} mm): h {m['height_mm']}, w {m['width_mm']}")
+        c = r.outline_yz.mean(axis=0)
+        a.set_xlim(c[0] - 17, c[0] + 17)
+        a.set_ylim(c[1] - 17, c[1] + 17)
+        a.set_title(f"chosen view, QC {r.qc_status}, closing {r.closing_radius_mm:g} mm")
+        a.set_xlabel("y' anterior → posterior (mm)")
+        a.set_ylabel("z' inferior → superior (mm)")
+        a.legend(fontsize=7, loc="lower left")
+    fig.suptitle("Landmark rules on real label maps (SPIDER, van der Graaf et al. 2024, CC BY 4.0)")
+    fig.tight_layout()
+    _save(fig, out / "foramen_rules_spider.png")
+
+
 def _phantom_labels(ph, spacing=0.8, direction=PIR):
     D = np.asarray(direction, float)
     c = ph.canal_to_lps(np.array([0.0, 12.0, 0.0]))
@@ -178,6 +247,20 @@ def figure_phantom(out: Path) -> None:
     _save(fig, out / "foramen_phantom_accuracy.png")
 
 
+def table_realistic() -> None:
+    """Print the accuracy table of the realistic foramen presets (exact truth)."""
+    print("| preset | side | height truth / measured | width truth / measured | area truth / measured |")
+    print("| --- | --- | --- | --- | --- |")
+    for preset in ("realistic", "realistic-disc-bulge", "realistic-disc-contact"):
+        vol, truth = phantom_mod.realistic_foramen_phantom(preset, 0.5, supersample=1)
+        res = measure_foramen(vol)
+        for side in ("left", "right"):
+            t, r = truth[side], res.sides[side]
+            qc = f" ({r.qc_status}, {r.view_kind}{', flagged' if r.flagged else ''})"
+            print(f"| {preset} | {side} | {t['height_mm']:.2f} / {r.height.value:.2f} | {t['width_mm']:.2f} / "
+                  f"{r.width.value:.2f} | {t['area_mm2']:.1f} / {r.area.value:.1f}{qc} |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / "docs" / "figures"))
@@ -190,9 +273,11 @@ def main(argv=None) -> int:
         labels = spider.remap_labels(spider.load_mask(name), name, target="foramen")
         figure_frame(labels, out, args.case)
         figure_steps(labels, out, args.case)
+        figure_rules([("65", "left"), ("98", "right"), ("50", "left")], out)
     else:
         print("SPIDER data not found: figures 1-2 skipped", file=sys.stderr)
     figure_phantom(out)
+    table_realistic()
     return 0
 
 

@@ -21,16 +21,17 @@ from FORAMEN3DLib.meshes import structure_meshes
 from FORAMEN3DLib.morphometry import measure_foramen
 from FORAMEN3DLib.report3d import render_report
 
-from spinemorph import spider
+from spinemorph import labelmaps, spider
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE_CASES = ("18", "50", "98", "65")
 
 
 def load_space_labels(case: str):
-    """The foramen label map (1 L4, 2 L4-5 disc, 3 L5) of SPIDER case ``<case>_t2_SPACE``."""
-    name = f"{case}_t2_SPACE"
-    return spider.remap_labels(spider.load_mask(name), name, target="foramen")
+    """The foramen label map (1 L4, 2 L4-5 disc, 3 L5) of SPIDER case ``<case>_t2_SPACE``, mapped exactly as
+    ``spinemorph foramen measure`` maps it (numbering recognised from the values, :mod:`spinemorph.labelmaps`)."""
+    vol = spider.load_mask(f"{case}_t2_SPACE")
+    return labelmaps.to_foramen_labels(vol, labelmaps.detect_scheme(labelmaps.distinct_values(vol)))
 
 
 def main(argv=None) -> int:
@@ -43,8 +44,8 @@ def main(argv=None) -> int:
         print("SPIDER data not found (set SPINEMORPH_SPIDER)", file=sys.stderr)
         return 1
     out = Path(args.out)
-    print("| case | side | height (mm) | width (mm) | area (mm²) | flag | PDH (mm) | lateral view | measure (s) | meshes (s) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| case | side | height (mm) | width (mm) | area (mm²) | flag | QC | PDH (mm) | lateral view | measure (s) | meshes (s) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for case in args.cases:
         labels = load_space_labels(case)
         t0, c0 = time.perf_counter(), time.process_time()
@@ -57,7 +58,8 @@ def main(argv=None) -> int:
             r = res.sides[side]
             print(
                 f"| {case} | {side} | {r.height.value:.1f} | {r.width.value:.1f} | {r.area.value:.0f} | "
-                f"{'yes' if r.flagged else 'no'} | {res.posterior_disc_height.value:.1f} | {r.method} |"
+                f"{'yes' if r.flagged else 'no'} | {r.qc_status} | {res.posterior_disc_height.value:.1f} | "
+                f"{r.view_kind} at {r.offset_mm:.1f} mm |"
                 f"{t_meas:.2f} (CPU {c_meas:.2f}) | {t_mesh:.2f} (CPU {c_mesh:.2f}) |"
             )
         render_report(res, out / f"foramen_spider_{case}.png", title=f"SPIDER {case} T2 SPACE (CC BY 4.0): L4-5 foramina")

@@ -121,6 +121,8 @@ def _add_measure(sub) -> None:
     p.add_argument("--height-threshold-mm", type=_positive_float, default=15.0, help="flag height <= this (default 15)")
     p.add_argument("--width-threshold-mm", type=_positive_float, default=8.0, help="flag width <= this (default 8)")
     p.add_argument("--slab-mm", type=_positive_float, default=2.0, help="thickness of the lateral-view slab (union across it; default 2)")
+    p.add_argument("--zone", choices=("pedicle", "entrance"), default="pedicle",
+                   help="lateral view among equally closed slabs: nearest the pedicles (default) or most medial (entrance zone)")
     p.add_argument("--ras-meshes", action="store_true", help="write the meshes in RAS instead of LPS")
     p.add_argument("--no-meshes", action="store_true", help="skip the STL/VTP meshes")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
@@ -195,7 +197,7 @@ def run_measure(args) -> int:
         seg_info = {"model": str(args.model), "timings_s": {k: round(float(v), 3) for k, v in getattr(seg, "timings_s", {}).items()}}
     thresholds = Thresholds(height_mm=args.height_threshold_mm, width_mm=args.width_threshold_mm)
     t0 = time.perf_counter()
-    result = measure_foramen(labels, thresholds=thresholds, slab_half_width_mm=args.slab_mm / 2)
+    result = measure_foramen(labels, thresholds=thresholds, slab_half_width_mm=args.slab_mm / 2, zone=args.zone)
     t_measure = time.perf_counter() - t0
     meshes = {}
     t_mesh = 0.0

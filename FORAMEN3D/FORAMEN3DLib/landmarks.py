@@ -123,6 +123,9 @@ class Pedicle:
     z_range_mm: tuple
     n_voxels: int
     y_mm: float = float("nan")
+    #: True when the cross-section profile has a real waist there: an interior minimum with the body's larger
+    #: section in front and the posterior arch (a larger section) behind it
+    waist: bool = True
 
 
 @dataclasses.dataclass
@@ -514,14 +517,23 @@ def find_landmarks(
                     f"no {side} pedicle found on {name}: nothing of label {lab} behind the vertebral body on that side; "
                     "the vertebra labels must include the pedicles"
                 )
-            j = int(ysel[np.argmin(area[ysel])])
+            j, waist = _waist(area, ysel)
             kz, _, kx = np.nonzero(sub[:, max(j - 1, 0) : j + 2, :])
-            if len(kz) < 4:
-                raise InputError(f"the {side} pedicle of {name} is too thin to measure; check the label map")
             xv, zv = xs_c[xsel][kx], zs_c[kz]
+            # the pedicle lies on its own side of the disc: L4's above the disc centre, L5's below (a SAP or a
+            # transverse process in the same coronal slab does not extend its z-range across the disc)
+            own = zv > 0.0 if lab == L4 else zv < 0.0
+            if own.sum() >= 4:
+                kz, kx, xv, zv = kz[own], kx[own], xv[own], zv[own]
+            if len(kz) < 4:
+                raise InputError(
+                    f"no posterior arch found behind the {name} body on the {side} side (nothing of label {lab} forms a "
+                    "pedicle there); check that the vertebra labels include the posterior elements"
+                )
             x0, x1 = _main_peak(xv, cs)
             keep = (xv >= x0 - cs) & (xv <= x1 + cs)
             xv, zv = xv[keep], zv[keep]
+            zv = _main_run(zv, cs)
             pedicles[(name, side)] = Pedicle(
                 vertebra=name,
                 side=side,
@@ -530,6 +542,7 @@ def find_landmarks(
                 z_range_mm=(float(zv.min()), float(zv.max())),
                 n_voxels=int(len(xv)),
                 y_mm=float(ys_c[j]),
+                waist=waist,
             )
     # body column on the fine grid (projection of both bodies along z', dilated by 2 mm)
     ny, nx = grid.shape[1], grid.shape[2]
@@ -582,6 +595,48 @@ def slab_candidates(lm: Landmarks, side: str, default_half_width_mm: float = 1.5
         hi += 4.0
     out.append(((lo + hi) / 2, (hi - lo) / 2, "max"))
     return out
+
+
+def _waist(area: np.ndarray, ysel: np.ndarray, rise: float = 1.25) -> tuple[int, bool]:
+    """Pedicle waist in the coronal cross-section profile ``area`` (per y') within the band ``ysel``.
+
+    A waist is an interior minimum of the band with a section at least ``rise`` × larger both in front of it (the
+    body's lateral part) and behind it (the posterior arch: articular pillar, lamina, transverse process). The first
+    such minimum from the front is taken. Without one (no arch behind, or the section only shrinks), the smallest
+    section of the band is returned with ``False``.
+    """
+    a = area
+    for j in ysel:
+        if j <= 0 or j >= len(a) - 1 or a[j] <= 0:
+            continue
+        if a[j] > a[j - 1] or a[j] > a[j + 1]:
+            continue
+        front = a[: j].max(initial=0.0)
+        back = a[j + 1 :].max(initial=0.0)
+        if front >= rise * a[j] and back >= rise * a[j]:
+            return int(j), True
+    return int(ysel[np.argmin(a[ysel])]), False
+
+
+def _main_run(z: np.ndarray, step: float) -> np.ndarray:
+    """The values of ``z`` in the largest run of occupied ``step`` bins (drops detached pieces above / below)."""
+    if len(z) == 0:
+        return z
+    lo = float(z.min())
+    idx = np.round((z - lo) / step).astype(int)
+    h = np.bincount(idx) > 0
+    best, cur, start = (0, 0), 0, 0
+    for i, occ in enumerate(h):
+        if occ:
+            if cur == 0:
+                start = i
+            cur += 1
+            if cur > best[1] - best[0]:
+                best = (start, i + 1)
+        else:
+            cur = 0
+    keep = (idx >= best[0]) & (idx < best[1])
+    return z[keep]
 
 
 def _main_peak(x: np.ndarray, step: float, frac: float = 0.5) -> tuple[float, float]:

@@ -113,6 +113,8 @@ VIEW_WINDOW_MM = 30.0
 #: longest straight facet closure from the SAP tip to the L4 articular process (design choice; the manual reference
 #: drew closures of 4.4-8.3 mm)
 FACET_CUT_MAX_MM = 10.0
+#: lateral-view zones (tie-break among equally closed slabs): nearest the pedicle column, or most medial (entrance)
+ZONES = ("pedicle", "entrance")
 #: searched slabs whose invented boundary is within this of the least count as ties (the one nearest the pedicles wins)
 OPEN_TIE_MM = 1.0
 #: plausibility bands (lo, hi) per measurement; a value outside is reported with QC status "review" and never raises
@@ -124,6 +126,9 @@ PLAUSIBLE_SOURCE = (
     "design choice of SpineMorph (wide band around adult foraminal height ~16-23 mm, width ~6-11 mm, area ~100-200 mm2); "
     "not a normal range"
 )
+#: the SAP's anterior face is where the L5 contour faces anteriorly: outward normal's posterior component >= this
+#: (within ~73° of posterior; a stricter 45° left low SAPs of real masks without a face and sent them to the fallback)
+SAP_FACE_STEEP = 0.3
 #: label maps whose largest voxel spacing exceeds this (mm) are measured with QC status "review" (thick slices)
 THICK_SLICE_MM = 1.5
 #: background pixels within this distance of two different structures count as closed (heuristic)
@@ -732,8 +737,8 @@ def _notch_height(yz: np.ndarray, labs: np.ndarray):
 def _sap_face(yz, normal, labs, corner, floor_point):
     """Outline vertices on the anterior face of the L5 superior articular process.
 
-    SAP face = L5 outline posterior to the L4 posteroinferior corner and to the L5 notch, above the notch, whose
-    outward normal points posteriorly (the surface faces anteriorly, into the foramen) and towards which the corner
+    SAP face = L5 outline posterior to the L4 posteroinferior corner and to the L5 notch, more than 0.5 mm above the
+    notch, whose outward normal points posteriorly (``SAP_FACE_STEEP``: the surface faces anteriorly, into the foramen) and towards which the corner
     lies in front (the surface faces the corner). The L5 floor (facing up, below/at the notch) and any other
     structure are excluded.
     """
@@ -741,7 +746,7 @@ def _sap_face(yz, normal, labs, corner, floor_point):
     facing = (to_corner * normal).sum(1) < 0  # normal points away from the corner: the surface faces it
     return (
         (labs == L5)
-        & (normal[:, 0] > 0.3)
+        & (normal[:, 0] >= SAP_FACE_STEEP)
         & (yz[:, 0] > corner[0] + 0.5)
         & (yz[:, 0] > floor_point[0])
         & (yz[:, 1] > floor_point[1] + 0.5)
@@ -926,13 +931,16 @@ def _search_offsets(lm: Landmarks, side: str, seed, half_width_mm: float, projec
     return out
 
 
-def _pick_offset(cands: list, center_offset_mm: float) -> int:
+def _pick_offset(cands: list, center_offset_mm: float, zone: str = "pedicle") -> int:
     """Index of the searched slab to measure: among the views measured without a fallback (else all), the least
     invented boundary (outline length closed by bridges / the facet segment); within ``OPEN_TIE_MM`` of that, the one
-    nearest the pedicle column (the lateral view "through the pedicles" of the definition)."""
+    nearest the pedicle column (``zone="pedicle"``: the lateral view "through the pedicles" of the definition) or the
+    most medial one (``zone="entrance"``: the entrance zone, where a reader of the manual reference placed it)."""
     ok = [i for i, c in enumerate(cands) if not c[2]["fallbacks"]] or list(range(len(cands)))
     least = min(cands[i][2]["open_mm"] for i in ok)
     near = [i for i in ok if cands[i][2]["open_mm"] <= least + OPEN_TIE_MM]
+    if zone == "entrance":
+        return min(near, key=lambda i: cands[i][0])
     return min(near, key=lambda i: (abs(cands[i][0] - center_offset_mm), cands[i][0]))
 
 
@@ -944,7 +952,7 @@ def _qc_value(metric: str, value: float, side_reasons: list) -> tuple[str, list]
     return ("review" if reasons else "ok"), reasons
 
 
-def _measure_side(lm: Landmarks, side: str, thresholds: Thresholds, input_reasons=()) -> SideResult:
+def _measure_side(lm: Landmarks, side: str, thresholds: Thresholds, input_reasons=(), zone: str = "pedicle") -> SideResult:
     p4, p5 = lm.pedicles[("L4", side)], lm.pedicles[("L5", side)]
     seed = (lm.posterior_wall_y_mm + SEED_BEHIND_WALL_MM, 0.5 * (p4.z_range_mm[0] + p5.z_range_mm[1]))
     hw = lm.lateral_views[side].half_width_mm
@@ -958,7 +966,7 @@ def _measure_side(lm: Landmarks, side: str, thresholds: Thresholds, input_reason
     if cands:
         sgn = 1.0 if side == "left" else -1.0
         centre = sgn * (0.5 * (p4.center_x_mm + p5.center_x_mm) - lm.midline_x_mm)
-        off, view, mv = cands[_pick_offset(cands, centre)]
+        off, view, mv = cands[_pick_offset(cands, centre, zone)]
         view_kind = "searched offset"
     else:
         win = ((lm.posterior_wall_y_mm + HULL_WINDOW_Y_MM[0], lm.posterior_wall_y_mm + HULL_WINDOW_Y_MM[1]),
@@ -988,6 +996,9 @@ def _measure_side(lm: Landmarks, side: str, thresholds: Thresholds, input_reason
         )
     fallbacks += mv["fallbacks"]
     rmm = mv["radius"]
+    for ped in (p4, p5):
+        if not getattr(ped, "waist", True):
+            fallbacks.append(f"no pedicle waist with a posterior arch behind it on {ped.vertebra} (smallest section used)")
     side_reasons = list(input_reasons) + [f"fallback: {f}" for f in fallbacks]
     if rmm != "hull" and rmm > MAX_TRUSTED_CLOSING_MM:
         side_reasons.append(f"facet gap closed with a {rmm:g} mm closing (> {MAX_TRUSTED_CLOSING_MM:g} mm)")
@@ -1048,6 +1059,7 @@ def measure_foramen(
     thresholds: Thresholds | None = None,
     spacing_mm: float = 0.5,
     slab_half_width_mm: float = 1.0,
+    zone: str = "pedicle",
 ) -> MorphometryResult:
     """Measure both L4-5 foramina and the posterior disc height of a label map.
 
@@ -1062,6 +1074,9 @@ def measure_foramen(
     slab_half_width_mm : float
         Half width of the parasagittal slab of the lateral view (default 1 mm: a 2 mm slab, union of the structures
         across it).
+    zone : {"pedicle", "entrance"}
+        Among the searched slabs that close the foramen equally well, measure the one nearest the pedicle column
+        (default, the project's definition) or the most medial one (the foraminal entrance zone).
 
     Returns
     -------
@@ -1073,6 +1088,8 @@ def measure_foramen(
         Labels missing / in the wrong order, no pedicle, no enclosed foramen.
     """
     t0 = time.perf_counter()
+    if zone not in ZONES:
+        raise InputError(f"unknown lateral-view zone {zone!r}; choose one of {', '.join(ZONES)}")
     thresholds = thresholds or Thresholds()
     lm = find_landmarks(labels, spacing_mm=spacing_mm, slab_half_width_mm=slab_half_width_mm)
     input_reasons = []
@@ -1082,7 +1099,7 @@ def measure_foramen(
             f"thick-slice label map ({thick:.1f} mm > {THICK_SLICE_MM:g} mm voxel spacing): the parasagittal plane and "
             "the foramen outline are sampled coarsely; low confidence"
         )
-    sides = {s: _measure_side(lm, s, thresholds, input_reasons) for s in SIDES}
+    sides = {s: _measure_side(lm, s, thresholds, input_reasons, zone) for s in SIDES}
     pdh, pdh_yz = _posterior_disc_height(lm, thresholds)
     return MorphometryResult(
         sides=sides,
