@@ -12,9 +12,18 @@ import math
 import numpy as np
 import pytest
 from DuralSacSegLib import dsca as dsca2d
-from DuralSacSegLib.dsca3d import FLAG_FOV, Dsca3dTable, compute_dsca3d_table, fit_centreline
+from DuralSacSegLib.dsca3d import (
+    FLAG_FOV,
+    Dsca3dTable,
+    choose_dsca_path,
+    compute_dsca3d_table,
+    dsca3d_from_labels,
+    fit_centreline,
+    write_plane_overlay,
+)
 
 from spinemorph.errors import InputError
+from spinemorph.labels import CANAL
 from spinemorph.phantom import make_phantom
 from spinemorph.volume import Volume
 
@@ -175,3 +184,35 @@ def test_real_spider_space_canal(spider_data_root=None):
     ratio = np.array([row.axial_area_mm2 / row.area_mm2 for row in graded])
     assert np.median(ratio) >= 0.98  # an oblique (axial) cut of a tube is never much smaller than the perpendicular one
     assert {"L3-4", "L4-5", "L5-S1"} <= {lv.level for lv in t.levels}
+
+
+def test_foramen_labels_span_extended_to_l3_s1(tmp_path):
+    """The fine 3D model's label map (1 L4, 2 L4-5, 3 L5, 4 canal): planes named L4/L4-5/L5, span extended to L3-S1."""
+    vol = _cylinder(6.0, 0.0, sp=1.0, side_mm=80.0)
+    lab = np.where(vol.array > 0, CANAL, 0).astype(np.uint8)
+    z = np.arange(lab.shape[0]) - (lab.shape[0] - 1) / 2
+    for z0, z1, value in [(-20, -10, 3), (-10, -6, 2), (-6, 4, 1)]:  # L5 10 mm, disc 4 mm, L4 10 mm
+        lab[(z >= z0) & (z < z1), 14:34, 25:55] = value  # anterior of the canal
+    labels = vol.with_array(lab)
+    t = dsca3d_from_labels(labels, step_mm=1.0, window_mm=30.0, pixel_mm=0.5)
+    assert t.span.startswith("L3-S1 (") and "estimated" in t.span
+    zs = np.array([row.centre_lps[2] for row in t.rows])
+    # L4 top at z = 4: + L4 (10 mm) + a disc (4 mm) -> about 18; L5 bottom at -20: - a disc (4 mm) -> about -24
+    assert 16 <= zs.max() <= 20 and -26 <= zs.min() <= -22
+    assert {"L4", "L4-5", "L5", ""} >= {row.level for row in t.rows}
+    assert [lv.level for lv in t.levels] == ["L4-5"]
+    write_plane_overlay(labels, t.rows[len(t.rows) // 2], tmp_path / "overlay_1.png", label=CANAL)
+    assert (tmp_path / "overlay_1.png").stat().st_size > 1000
+
+
+def test_choose_dsca_path():
+    ph = make_phantom(preset="normal")
+    sag = ph.space_grid(n_slices=8, size=(16, 16))
+    ax = ph.axial_grid(n_slices=3, mode="disc", size=16)
+    assert choose_dsca_path(sag, True)[0] == "3d"
+    path, why = choose_dsca_path(sag, False)
+    assert path == "2d" and "no 3D model" in why
+    path, why = choose_dsca_path(ax, True)
+    assert path == "2d" and "not a 3D volume" in why  # 4 mm slices
+    iso_axial = Volume(np.zeros((8, 8, 8), np.uint8), (0.8, 0.8, 0.8))
+    assert choose_dsca_path(iso_axial, True) == ("2d", "axial series: the 2D network measures its slices directly")

@@ -493,6 +493,9 @@ def compute_dsca3d_table(
     if span != "whole" and in_l3s1:
         first, last = min(in_l3s1), max(in_l3s1)
         span_name = "L3-S1"
+        first, last, estimated = _extend_span(plane_levels, first, last, n_planes)
+        if estimated:
+            span_name += " (" + "; ".join(estimated) + ")"
     else:
         first, last = 0, n_planes - 1
         span_name = "whole canal"
@@ -557,9 +560,110 @@ def compute_dsca3d_table(
     )
 
 
+def _extend_span(levels: list[str], first: int, last: int, n_planes: int) -> tuple[int, int, list[str]]:
+    """Extend the plane range to L3-S1 when the level map stops short of it (e.g. the foramen labels L4, L4-5, L5).
+
+    Planes run inferior → superior. Missing top (no ``L3`` plane): extend upwards by the length of the ``L4`` planes
+    plus one disc (``L3-4`` if present, else ``L4-5``): about one vertebra and its disc, i.e. up to the top of L3.
+    Missing bottom (no ``L5-S1`` plane): extend downwards by one disc (the ``L4-5`` planes), i.e. to S1's endplate.
+    The added planes keep an empty level name; the estimate is stated in the table's span.
+    """
+    count = {name: levels.count(name) for name in L3_S1_LEVELS}
+    notes = []
+    if count["L3"] == 0 and count["L4"] > 0:
+        ext = count["L4"] + (count["L3-4"] or count["L4-5"])
+        top = min(n_planes - 1, max(i for i, n in enumerate(levels) if n in ("L4", "L3-4")) + ext)
+        if top > last:
+            notes.append(f"top {top - last} planes above L4 estimated as L3-4 + L3 from the L4 and disc heights")
+            last = top
+    if count["L5-S1"] == 0 and count["L5"] > 0 and count["L4-5"] > 0:
+        bottom = max(0, min(i for i, n in enumerate(levels) if n == "L5") - count["L4-5"])
+        if bottom < first:
+            notes.append(f"bottom {first - bottom} planes below L5 estimated as the L5-S1 disc from the L4-5 disc height")
+            first = bottom
+    return first, last, notes
+
+
 def _crop_slices(fg: np.ndarray, vol: Volume, margin_mm: float):
     kji = np.argwhere(fg)
     marg = np.ceil(margin_mm / np.asarray(vol.spacing_mm)[::-1]).astype(int)
     lo = np.maximum(kji.min(0) - marg, 0)
     hi = np.minimum(kji.max(0) + marg + 1, fg.shape)
     return tuple(slice(a, b) for a, b in zip(lo, hi))
+
+
+# ---------------------------------------------------------------------------------------------- wiring helpers
+def choose_dsca_path(image: Volume, model_has_canal: bool) -> tuple[str, str]:
+    """Which DSCA path ``dsca segment`` should run on ``image``: ``("3d" | "2d", reason)``.
+
+    ``3d`` (this module on the canal class of the 3D model) when a 3D model with a canal class is available, the image
+    is a 3D volume (every spacing ≤ :data:`spinemorph.volume.MAX_RESLICE_SPACING_MM`, 2 mm) and it is not an axial
+    stack (a sagittal or coronal 3D acquisition such as T2 SPACE). Otherwise ``2d`` (the 2D network on axial slices,
+    resliced when needed), with the reason.
+    """
+    from DuralSacSegLib.segment import is_axial
+    from spinemorph.volume import MAX_RESLICE_SPACING_MM
+
+    sp = max(image.spacing_mm)
+    if not model_has_canal:
+        return "2d", "no 3D model with a dural sac / canal class is available"
+    if sp > MAX_RESLICE_SPACING_MM:
+        return "2d", f"not a 3D volume (spacing up to {sp:.2f} mm > {MAX_RESLICE_SPACING_MM} mm): 2D network on axial slices"
+    if is_axial(image):
+        return "2d", "axial series: the 2D network measures its slices directly"
+    return "3d", (f"3D {image.axis_codes()} volume ({' x '.join(f'{s:.2f}' for s in image.spacing_mm)} mm): DSCA on planes "
+                  "perpendicular to the canal centreline of the 3D model's canal class")
+
+
+def dsca3d_from_labels(labels: Volume, *, canal_label: int | None = None, **kwargs) -> Dsca3dTable:
+    """DSCA table from a 3D label map with the canal class: the fine FORAMEN3D model's output (0 background, 1 L4,
+    2 L4-5 disc, 3 L5, 4 canal = :data:`spinemorph.labels.CANAL`). L4, L4-5 and L5 name the planes; the span is
+    L3-S1 (the L3 and L5-S1 ends estimated from the L4 and disc heights, see :func:`_extend_span`)."""
+    from spinemorph.labels import CANAL
+
+    lab = CANAL if canal_label is None else int(canal_label)
+    kwargs.setdefault("level_names", FORAMEN_LEVEL_NAMES)
+    return compute_dsca3d_table(labels, label=lab, level_map=labels, **kwargs)
+
+
+def section(mask: Volume, row: PlaneMeasurement, *, label: int | None = None, window_mm: float = 40.0,
+            pixel_mm: float = DEFAULT_PIXEL_MM) -> np.ndarray:
+    """The interpolated cross-section (values 0..1, [v row, u column]) of ``mask`` on the plane of ``row``."""
+    fg = _foreground(mask, label)
+    n_px = int(round(window_mm / pixel_mm)) | 1
+    u, v, n = plane_axes(row.normal_lps)
+    return _PlaneSampler(mask, fg, fg, margin_mm=window_mm / 2 + 2.0).sample(np.asarray(row.centre_lps), u, v, n, n_px,
+                                                                            float(pixel_mm))
+
+
+def write_plane_overlay(mask: Volume, row: PlaneMeasurement, path: str | os.PathLike, *, label: int | None = None,
+                        image: Volume | None = None, window_mm: float = 40.0) -> None:
+    """PNG of one plane: the image resampled on the plane (if given) with the section outline, area and category."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from spinemorph.atomic import atomic_path
+
+    sec = section(mask, row, label=label, window_mm=window_mm)
+    h = window_mm / 2
+    fig = Figure(figsize=(4, 4.3), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(111)
+    if image is not None:
+        u, v, n = plane_axes(row.normal_lps)
+        img = np.asarray(image.array, dtype=np.float32)
+        samp = _PlaneSampler(image, img, np.ones(img.shape, bool), margin_mm=0.0)
+        back = samp.sample(np.asarray(row.centre_lps), u, v, n, sec.shape[0], window_mm / (sec.shape[0] - 1))
+        ax.imshow(back, cmap="gray", extent=(-h, h, h, -h))
+    else:
+        ax.imshow(sec, cmap="gray", vmin=0, vmax=1, extent=(-h, h, h, -h))
+    grid = np.linspace(-h, h, sec.shape[0])
+    if sec.max() >= 0.5:
+        ax.contour(grid, grid, sec, levels=[0.5], colors="yellow", linewidths=1.0)
+    ax.set_title(f"plane {row.slice_index} {row.level}: {row.area_mm2:.1f} mm² (perpendicular)\n"
+                 f"{row.stenosis or 'not graded'}; axial {row.axial_area_mm2:.1f} mm²", fontsize=8)
+    ax.set_xlabel("u (mm, → patient left)", fontsize=7)
+    ax.set_ylabel("v (mm, → posterior)", fontsize=7)
+    ax.tick_params(labelsize=6)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
