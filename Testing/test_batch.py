@@ -316,8 +316,10 @@ def test_summary_row_of_a_study_folder(tmp_path):
     meas += [{"metric": "foraminal_width", "side": "left", "value": 7.5}, {"metric": "foraminal_area", "side": "right",
              "value": 120.25}, {"metric": "posterior_disc_height", "side": "midline", "value": 3.9}]
     (tmp_path / "foramen" / "measurements.json").write_text(json.dumps({
-        "measurements": meas, "sides": {"left": {"flagged": True, "flag": "foramen enlargement likely needed"},
-                                        "right": {"flagged": False, "flag": ""}},
+        "measurements": meas, "input_qc": ["thick slices"],
+        "sides": {"left": {"flagged": True, "flag": "foramen enlargement likely needed", "qc_status": "ok"},
+                  "right": {"flagged": False, "flag": "", "qc_status": "review",
+                            "qc_reasons": ["thick slices", "facet gap closed"]}},
         "timings_s": {"measure": 0.5}, "segmentation": {"model": "no-such-model", "timings_s": {"total": 2.0}}}))
     (tmp_path / "study_summary.json").write_text(json.dumps({
         "spinemorph_version": "9.9", "total_seconds": 12.5,
@@ -334,11 +336,13 @@ def test_summary_row_of_a_study_folder(tmp_path):
     assert row["dsca_model"] == "dsca-multiresunet" and len(row["dsca_model_sha256"]) == 12
     assert (row["foramen_model"], row["foramen_model_sha256"]) == ("no-such-model", "")
     assert (row["dsca_s"], row["foramen_segment_s"], row["study_s"], row["spinemorph_version"]) == (1.5, 2.0, 12.5, "9.9")
-    flags = row["qc_flags"].split("; ")
+    flags = row["qc_flags"].split(" | ")
     assert "dsca touches_border (2 slices)" in flags and "dsca empty (1 slice)" in flags
     assert "dsca multiple_components (1 slice)" in flags
     assert "dsca L5-S1: outside the imaged slices" in flags and "study plan failed: no skin" in flags
-    assert "foramen left: foramen enlargement likely needed" in flags and not any("right" in f for f in flags)
+    assert "foramen left: foramen enlargement likely needed" in flags and "foramen input: thick slices" in flags
+    assert "foramen right QC review: facet gap closed" in flags and (row["foramen_left_qc"], row["foramen_right_qc"]) == (
+        "ok", "review")
     cols = columns_of([row])
     assert cols.index("dsca_n_slices_with_sac") < cols.index("dsca_L4-5_mm2") < cols.index("foramen_left_height_mm")
 

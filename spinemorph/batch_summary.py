@@ -19,9 +19,11 @@ Columns (empty where the task or the case does not provide the value):
   ``dsca_n_slices_with_sac``, ``dsca_n_slices_not_graded``; per level ``dsca_<level>_mm2``,
   ``dsca_<level>_corrected_mm2``, ``dsca_<level>_stenosis`` (e.g. ``dsca_L4-5_mm2``);
 - foramen: ``foramen_<side>_height_mm``, ``foramen_<side>_width_mm``, ``foramen_<side>_area_mm2``,
-  ``foramen_<side>_flag`` for side left / right, ``posterior_disc_height_mm``;
-- ``qc_flags``: ``; ``-joined QC flags of the case (DSCA slice flags with their counts, DSCA level flags, foramen
-  side flags, study steps that failed or were skipped); a QC flag asks for a look, it is never a diagnosis;
+  ``foramen_<side>_flag`` (enlargement flag), ``foramen_<side>_qc`` (QC status of the side's values: ok / review)
+  for side left / right, ``posterior_disc_height_mm``;
+- ``qc_flags``: `` | ``-joined QC flags of the case (DSCA slice flags with their counts, DSCA level flags, foramen
+  input QC, side flags and side QC reasons, study steps that failed or were skipped); a QC flag asks for a look, it is
+  never a diagnosis;
 - models: ``dsca_model``, ``dsca_model_sha256``, ``foramen_model``, ``foramen_model_sha256`` (first 12 hex digits),
   ``spinemorph_version``;
 - timings: ``dsca_s``, ``dsca_model_load_s``, ``foramen_segment_s``, ``foramen_measure_s``, ``study_s``.
@@ -50,7 +52,7 @@ DSCA_COLUMNS = ("dsca_min_mm2", "dsca_min_corrected_mm2", "dsca_min_slice", "dsc
                 "dsca_min_graded_mm2", "dsca_min_graded_slice", "dsca_min_graded_stenosis", "dsca_n_slices",
                 "dsca_n_slices_with_sac", "dsca_n_slices_not_graded")
 FORAMEN_COLUMNS = tuple(f"foramen_{side}_{m}" for side in ("left", "right")
-                        for m in ("height_mm", "width_mm", "area_mm2", "flag")) + ("posterior_disc_height_mm",)
+                        for m in ("height_mm", "width_mm", "area_mm2", "flag", "qc")) + ("posterior_disc_height_mm",)
 TAIL_COLUMNS = ("qc_flags", "dsca_model", "dsca_model_sha256", "foramen_model", "foramen_model_sha256",
                 "spinemorph_version", "dsca_s", "dsca_model_load_s", "foramen_segment_s", "foramen_measure_s", "study_s")
 
@@ -158,11 +160,16 @@ def _foramen_part(doc: dict, row: dict, flags: list[str]) -> None:
             row[f"foramen_{side}_{metric_col[metric]}"] = _num(m.get("value"))
         elif metric == "posterior_disc_height":
             row["posterior_disc_height_mm"] = _num(m.get("value"))
+    flags += [f"foramen input: {q}" for q in (doc.get("input_qc") or [])]
     for side, info in (doc.get("sides") or {}).items():
         if isinstance(info, dict):
             row[f"foramen_{side}_flag"] = info.get("flag", "")
+            row[f"foramen_{side}_qc"] = info.get("qc_status", "")
             if info.get("flagged") or info.get("flag"):
                 flags.append(f"foramen {side}: {info.get('flag') or 'flagged'}")
+            if info.get("qc_status") not in (None, "", "ok"):
+                own = [r for r in info.get("qc_reasons") or [] if r not in (doc.get("input_qc") or [])]
+                flags.append(f"foramen {side} QC {info['qc_status']}" + (": " + " / ".join(own) if own else ""))
     seg = doc.get("segmentation") or {}
     name = str(seg.get("model", "")) if seg else ""
     row["foramen_model"], row["foramen_model_sha256"] = _foramen_model(name) if name else ("(label map given)", "")
@@ -191,7 +198,7 @@ def case_row(case_dir: str | os.PathLike) -> dict:
             if step.get("status") in ("failed", "skipped"):
                 msg = str(step.get("message", "")).strip()
                 flags.append(f"study {step.get('name')} {step.get('status')}" + (f": {msg}" if msg else ""))
-    row["qc_flags"] = "; ".join(flags)
+    row["qc_flags"] = " | ".join(flags)
     return row
 
 
