@@ -138,6 +138,7 @@ def _main(argv) -> tuple[int, str]:
     return code, err.getvalue()
 
 
+@pytest.mark.slow
 def test_broken_cases_and_killed_workers_then_resume(tmp_path, weights, client):
     good = ["p01", "p02", "p03", "p04"]
     folder = _study_folder(tmp_path / "studies", good + ["victim", "crash_me"])
@@ -214,6 +215,7 @@ def _comparable(table: dict[str, dict]) -> dict[str, dict]:
     return {c: {k: v for k, v in r.items() if k not in RUN_COLUMNS} for c, r in table.items()}
 
 
+@pytest.mark.slow
 def test_batch_killed_outright_resumes_to_the_same_result(tmp_path, weights, client):
     """SIGKILL to the whole batch (command, scheduler and its workers) mid-run; --resume completes it; the result is
     that of an uninterrupted batch."""

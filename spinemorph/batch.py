@@ -716,8 +716,9 @@ def _lost_result(case: BatchCase, exc: BaseException, out: Path, memory_limit_by
     name = type(exc).__name__
     if name == "KilledWorker":
         limit = f" of {memory_limit_bytes / 2**30:.1f} GiB" if memory_limit_bytes else ""
-        msg = (f"the worker process running this case died {WORKER_DEATHS_RETRIED + 1} times (killed, crashed, or over "
-               f"its memory limit{limit}); rerun it alone or with more memory per worker")
+        tries = int(getattr(exc, "allowed_failures", WORKER_DEATHS_RETRIED)) + 1  # the scheduler's setting
+        msg = (f"the worker process running this case died {tries} times (killed, crashed, or over its memory "
+               f"limit{limit}); rerun it alone or with more memory per worker")
         res = CaseResult(case, FAILED, msg, "WorkerDied")
     elif name == "CancelledError":
         res = CaseResult(case, FAILED, "the Dask scheduler cancelled this case (scheduler or connection lost)",
