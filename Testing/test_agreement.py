@@ -161,3 +161,38 @@ def test_metric_with_one_pair_is_recorded_as_skipped(tmp_path, caplog):
         rows = {r["metric"]: r for r in csv.DictReader(fh)}
     assert rows["posterior_disc_height"]["n"] == "1" and rows["posterior_disc_height"]["note"].startswith("skipped")
     assert rows["posterior_disc_height"]["bias"] == ""
+
+
+def test_compare_reads_manual_reference_json(tmp_path):
+    """The manual reference JSON (layout of SPIDER foramen_manual.json) pairs with a measure CSV whose case names
+    carry a suffix (18_t2_SPACE <-> 18); mean absolute (percentage) differences are reported."""
+    import json
+
+    from FORAMEN3DLib.agreement import compare_tables, read_manual_json
+
+    man = {
+        str(c): {
+            "left": {"height_mm": 20.0 + c, "width_mm": 8.0 + 0.1 * c, "area_mm2": 150.0 + c},
+            "right": {"height_mm": 19.0 + c, "width_mm": 9.0, "area_mm2": 160.0},
+            "posterior_disc_height_mm": 8.0,
+            "frame": {},
+        }
+        for c in (1, 2, 3)
+    }
+    mp = tmp_path / "manual.json"
+    mp.write_text(json.dumps(man))
+    tab = read_manual_json(mp)
+    assert tab[("2", "foraminal_height", "left")] == 22.0 and tab[("3", "posterior_disc_height", "midline")] == 8.0
+    rows = [["Case", "Metric", "Side", "Value", "Unit", "Flag", "QC"]]
+    for c in (1, 2, 3):
+        for side, (h, w, a) in {"left": (21.0 + c, 8.0 + 0.1 * c, 150.0 + c), "right": (19.0 + c, 9.5, 176.0)}.items():
+            rows += [[f"{c}_t2_SPACE", "foraminal_height", side, h, "mm", "", "ok"],
+                     [f"{c}_t2_SPACE", "foraminal_width", side, w, "mm", "", "ok"],
+                     [f"{c}_t2_SPACE", "foraminal_area", side, a, "mm2", "", "review"]]
+    ap = tmp_path / "auto.csv"
+    ap.write_text("\n".join(",".join(str(x) for x in r) for r in rows) + "\n")
+    res, pairs = compare_tables(ap, mp)
+    assert res["foraminal_height"].n == 6
+    assert res["foraminal_height"].mae == pytest.approx(0.5)  # +1 on left, 0 on right
+    assert res["foraminal_width"].mae == pytest.approx(0.25)
+    assert res["foraminal_area"].mean_abs_pct == pytest.approx(100 * 16 / 160 / 2)

@@ -111,3 +111,24 @@ def test_truth_is_exact():
     inside = Path(poly).contains_points(np.column_stack([yy.ravel(), zz.ravel()]))
     assert inside.sum() * 0.02**2 == pytest.approx(t["area_mm2"], rel=0.005)
     assert t["width_mm"] < np.hypot(sd.sap_face_y_mm + 2.0, 0.0) + 1e-9 or t["width_mm"] > 0
+
+
+def test_measurement_state_carries_qc(measured):
+    """The Slicer table rows (Slicer-free MeasurementState): QC column; a value under review shows no flag until
+    the user edits it (then QC reads 'edited' and the flag follows the drawn points)."""
+    from FORAMEN3DLib import markup_model
+
+    from spinemorph.gui_support import lps_to_ras
+
+    res, _ = measured("realistic-disc-contact")
+    state = markup_model.MeasurementState(res)
+    rows = {(r["Metric"], r["Side"]): r for r in state.rows()}
+    assert set(next(iter(rows.values()))) == {"Metric", "Side", "Value", "Unit", "Flag", "QC"}
+    h = rows[("foraminal_height", "right")]
+    assert h["QC"] == "review" and h["Flag"] == "" and not state.values["right"]["flagged"]
+    assert "QC: review" in state.summary_text()
+    pts = lps_to_ras(state.points["right"]["height"])
+    pts[1] = pts[0] + np.array([0.0, 0.0, 12.0])
+    state.update_from_ras(state.key("right", "height"), pts)
+    h = next(r for r in state.rows() if r["Metric"] == "foraminal_height" and r["Side"] == "right")
+    assert h["QC"] == "edited" and h["Flag"].startswith("height <= 15 mm") and state.values["right"]["flagged"]

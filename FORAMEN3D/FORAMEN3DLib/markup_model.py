@@ -9,7 +9,7 @@ nodes, models); everything that decides *what* is shown lives here and is tested
   (:class:`MarkupSpec`, RAS points) and recomputes height / width / area / flags with
   :func:`FORAMEN3DLib.morphometry.measure_from_points` when the user moves a control point
   (:meth:`MeasurementState.update_from_ras`); :meth:`MeasurementState.rows` is the Metric / Side / Value / Unit /
-  Flag table.
+  Flag / QC table (a value under QC review is never flagged; once the user edits it, its QC reads "edited").
 - The area outline is simplified for editing (Douglas–Peucker on the lateral view, :data:`OUTLINE_TOLERANCE_MM`),
   which changes its area by far less than 1 %; the table always shows the values of the drawn points.
 - :func:`layout_xml`: the FORAMEN3D view layout (3D view + one lateral reformat per side + the trajectory reformat).
@@ -106,13 +106,30 @@ class MeasurementState:
                 "area": simplify_outline(r.area.points_lps, r.view),
             }
         self.posterior_disc_height = result.posterior_disc_height
+        #: QC per side and metric: "ok" / "review" from the measurement, "edited" once the user moved its points
+        #: (a value under review never raises the flag; an edited one is the user's and is flagged normally)
+        self.qc: dict[str, dict[str, str]] = {}
+        self.qc_reasons: dict[str, list] = {}
+        self.view_kind: dict[str, str] = {}
+        for side in SIDES:
+            r = result.sides[side]
+            self.qc[side] = {m: getattr(getattr(r, m), "qc", "ok") for m in METRICS}
+            self.qc_reasons[side] = list(getattr(r, "qc_reasons", []))
+            self.view_kind[side] = getattr(r, "view_kind", "")
         self.values = {side: self._recompute(side) for side in SIDES}
 
     def _recompute(self, side: str) -> dict:
-        from FORAMEN3DLib.morphometry import measure_from_points
+        from FORAMEN3DLib.morphometry import FLAG_TEXT, flags_for, measure_from_points
 
         p = self.points[side]
-        return measure_from_points(p["height"], p["width"], p["area"], self.view_axis_lps, self.thresholds)
+        v = measure_from_points(p["height"], p["width"], p["area"], self.view_axis_lps, self.thresholds)
+        q = self.qc[side]
+        fl = flags_for(v["height_mm"] if q["height"] != "review" else float("nan"),
+                       v["width_mm"] if q["width"] != "review" else float("nan"), self.thresholds)
+        v["flagged"] = bool(fl["side"])
+        v["flag"] = FLAG_TEXT if v["flagged"] else ""
+        v["qc_status"] = "review" if "review" in q.values() else ("edited" if "edited" in q.values() else "ok")
+        return v
 
     # ------------------------------------------------------------------ markups
     @staticmethod
@@ -156,25 +173,29 @@ class MeasurementState:
         if metric == "area" and len(p) < 3:
             raise SpineMorphError(f"the {side} foramen outline needs at least 3 points (it has {len(p)})")
         self.points[side][metric] = p
+        self.qc[side][metric] = "edited"
         self.values[side] = self._recompute(side)
         return self.values[side]
 
     # ------------------------------------------------------------------ table
     def rows(self) -> list[dict]:
-        """Table rows ``Metric, Side, Value, Unit, Flag`` (both sides, then the posterior disc height)."""
+        """Table rows ``Metric, Side, Value, Unit, Flag, QC`` (both sides, then the posterior disc height). QC is
+        ``ok``, ``review`` (fallback / implausible / thick slices: never flagged) or ``edited`` (moved by the user)."""
         from FORAMEN3DLib.morphometry import flags_for
 
         out = []
         for side in SIDES:
             v = self.values[side]
+            q = self.qc[side]
             fl = flags_for(v["height_mm"], v["width_mm"], self.thresholds)
             for metric, value in (("height", v["height_mm"]), ("width", v["width_mm"]), ("area", v["area_mm2"])):
                 name, unit = METRICS[metric]
                 out.append({"Metric": name, "Side": side, "Value": round(float(value), 2), "Unit": unit,
-                            "Flag": fl.get(metric, "")})
+                            "Flag": fl.get(metric, "") if q[metric] != "review" else "", "QC": q[metric]})
         pdh = self.posterior_disc_height
         value = float(pdh.value) if np.isfinite(pdh.value) else float("nan")
-        out.append({"Metric": pdh.metric, "Side": pdh.side, "Value": round(value, 2), "Unit": pdh.unit, "Flag": pdh.flag})
+        out.append({"Metric": pdh.metric, "Side": pdh.side, "Value": round(value, 2), "Unit": pdh.unit, "Flag": pdh.flag,
+                    "QC": getattr(pdh, "qc", "ok")})
         return out
 
     def flagged_sides(self) -> list[str]:
@@ -185,7 +206,8 @@ class MeasurementState:
         for side in SIDES:
             v = self.values[side]
             flag = " — enlargement likely needed" if v["flagged"] else ""
-            parts.append(f"{side}: height {v['height_mm']:.1f} mm, width {v['width_mm']:.1f} mm, area {v['area_mm2']:.0f} mm²{flag}")
+            review = " (QC: review)" if v.get("qc_status") == "review" else ""
+            parts.append(f"{side}: height {v['height_mm']:.1f} mm, width {v['width_mm']:.1f} mm, area {v['area_mm2']:.0f} mm²{flag}{review}")
         return "; ".join(parts)
 
 

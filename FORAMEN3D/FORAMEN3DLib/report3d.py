@@ -81,8 +81,8 @@ def _draw_report(fig, axes, result: MorphometryResult, title: str) -> bytes:
         qc = getattr(r, "qc_status", "ok")
         kind = getattr(r, "view_kind", r.method)
         fb = " FALLBACK" if getattr(r, "fallbacks", None) else ""
-        _draw_view(ax, v, f"{side} foramen: QC {qc.upper()}{fb}\n{kind}, offset {getattr(r, 'offset_mm', float('nan')):.1f} mm "
-                   f"(x' = {v.x_mm:+.1f}), slab ±{v.half_width_mm:.1f} mm {v.projection}, closing {r.closing_radius_mm:g} mm")
+        _draw_view(ax, v, f"{side} foramen: QC {qc.upper()}{fb}\n{kind} {getattr(r, 'offset_mm', float('nan')):.1f} mm, "
+                   f"{2 * v.half_width_mm:g} mm {'union' if v.projection == 'max' else v.projection}, closing {r.closing_radius_mm:g} mm")
         seg = getattr(r, "facet_segment_yz", None)
         if seg is not None:
             ax.plot(seg[:, 0], seg[:, 1], "--", color="white", lw=1.5, label=f"facet closure {r.facet_closure_mm:.1f} mm")
@@ -117,7 +117,7 @@ def _draw_report(fig, axes, result: MorphometryResult, title: str) -> bytes:
     rows = [["metric", "right", "left"]]
     for metric, unit in (("height", "mm"), ("width", "mm"), ("area", "mm²")):
         vals = [getattr(result.sides[s], metric) for s in ("right", "left")]
-        rows.append([f"foraminal {metric} ({unit})"] + [f"{m.value:.1f}" + (" *" if m.flag else "") + (" (review)" if getattr(m, "qc", "ok") != "ok" else "") for m in vals])
+        rows.append([f"foraminal {metric} ({unit})"] + [f"{m.value:.1f}" + (" *" if m.flag else "") + (" †" if getattr(m, "qc", "ok") != "ok" else "") for m in vals])
     rows.append(["flag", *(("yes" if result.sides[s].flagged else "no") for s in ("right", "left"))])
     rows.append(["QC", *(getattr(result.sides[s], "qc_status", "ok") for s in ("right", "left"))])
     rows.append(["posterior disc height (mm)", f"{pdh.value:.1f}" + (" *" if pdh.flag else ""), ""])
@@ -130,7 +130,7 @@ def _draw_report(fig, axes, result: MorphometryResult, title: str) -> bytes:
             f"* flag: height ≤ {t.height_mm:g} mm or width ≤ {t.width_mm:g} mm\n→ {FLAG_TEXT}\n"
             f"(height: Hasegawa et al., JBJS Am 1995;77:32-38;\n width: threshold of the source method)\n"
             f"PDH ≤ {t.posterior_disc_height_mm:g} mm: Hasegawa et al. 1995\n"
-            "review: fallback, facet closing > 4 mm, thick slices, or outside\n height 8-30 mm / width 2-15 mm / area 30-300 mm²;\n"
+            "† QC review: fallback, facet closing > 4 mm, thick slices, or\n outside height 8-30 mm / width 2-15 mm / area 30-300 mm²;\n"
             " a value under review never raises the flag\n\n"
             "Frame: z' = L4-5 disc normal / body axis,\n y' = towards the posterior elements, x' = left.",
             transform=ax.transAxes, fontsize=8, va="top")
