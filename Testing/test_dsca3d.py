@@ -216,3 +216,26 @@ def test_choose_dsca_path():
     assert path == "2d" and "not a 3D volume" in why  # 4 mm slices
     iso_axial = Volume(np.zeros((8, 8, 8), np.uint8), (0.8, 0.8, 0.8))
     assert choose_dsca_path(iso_axial, True) == ("2d", "axial series: the 2D network measures its slices directly")
+
+
+def test_phantom_3d_model_labels_levels_and_stenosis():
+    """The 3D path on the phantom's label map (1 L4, 2 L4-5, 3 L5 + canal 4): planes named as the phantom's exact
+    levels, L3 reached by the estimated extension, the stenotic L4-5 graded from the perpendicular area."""
+    ph = make_phantom(preset="central-stenosis")
+    g = ph.space_grid(n_slices=40, size=(100, 180))
+    fo = ph.rasterize_labels(g, kind="foramen").array
+    sac = ph.rasterize_labels(g, kind="dural_sac").array
+    t = dsca3d_from_labels(g.with_array(np.where(sac > 0, CANAL, fo).astype(np.uint8)), step_mm=2.0, window_mm=40.0)
+    assert t.span.startswith("L3-S1") and "estimated" in t.span
+    s = np.array([ph.truth.canal_s_on_plane(r.centre_lps, ph.truth.canal_axis_lps) for r in t.rows])
+    named = [(r.level, ph.level_at(si)) for r, si in zip(t.rows, s) if r.level]
+    assert sum(a == b for a, b in named) >= 0.9 * len(named)
+    assert abs(s.max() - ph.levels["L3"][1]) <= 4.0  # top of L3 (estimated from the L4 and disc heights)
+    (lv,) = t.levels
+    row = t.rows[lv.slice_index]
+    assert lv.level == "L4-5" and lv.area_mm2 == row.area_mm2 and row.level == "L4-5"
+    exact = ph.truth.dsca_plane_mm2(row.centre_lps, row.normal_lps)
+    # 10 mm²: the mid-disc plane lies on the steep flank of the indentation (≈ 15 mm² per mm along the canal)
+    assert abs(row.area_mm2 - exact) <= 10.0
+    smallest = t.smallest_graded(1)[0]
+    assert smallest.level == "L4-5" and smallest.stenosis == "absolute stenosis"

@@ -8,6 +8,8 @@
     scripts/dsca3d_slabs.py --write-reference DIR/eroded --degrade erode
     # the figure of docs/dsca3d.md (a real SPIDER 3D T2 SPACE canal mask)
     scripts/dsca3d_slabs.py --figure docs/figures/dsca3d_98.png
+    # phantom exactness + the four SPIDER 3D T2 SPACE canal masks (numbers of docs/dsca3d.md)
+    scripts/dsca3d_slabs.py --validate-masks runs/dsca3d_validate.json
 
 What is compared (``DuralSacSegLib.dsca3d``):
 
@@ -244,6 +246,91 @@ def draw_figure(path: Path, case: str = "98_t2_SPACE") -> None:
     print(f"wrote {path}")
 
 
+def validate_masks(step_mm: float = 1.0) -> dict:
+    """Phantom exactness and real SPIDER 3D T2 SPACE canal masks (numbers of docs/dsca3d.md).
+
+    Phantom (``normal``, ``central-stenosis``; dural sac label map on the 0.8 mm SPACE grid): perpendicular area vs the
+    exact area on the very same plane (``PhantomTruth.dsca_plane_mm2``), and vs the exact area perpendicular to the
+    true canal axis at the plane's canal arc length. SPIDER (18, 50, 65, 98; canal label 100, levels from the
+    "generic" labels, span L3-S1): perpendicular vs axial area on the same centre point, and vs the 2D table
+    (``compute_dsca_table``) of the mask resliced to axial 1 mm planes: its axial area and its cos θ-corrected area.
+    """
+    from DuralSacSegLib.dsca import compute_dsca_table
+    from DuralSacSegLib.dsca3d import compute_dsca3d_table
+
+    from spinemorph import spider
+    from spinemorph.phantom import make_phantom
+    from spinemorph.volume import resample_to_grid
+
+    out: dict = {"phantom": {}, "spider": {}}
+    for preset in ("normal", "central-stenosis"):
+        ph = make_phantom(preset=preset)
+        mask = ph.rasterize_labels(ph.space_grid(), kind="dural_sac")
+        t = compute_dsca3d_table(mask, step_mm=step_mm)
+        e_plane, e_axis, angles = [], [], []
+        for r in t.rows:
+            if r.qc_flags:
+                continue
+            s = ph.truth.canal_s_on_plane(r.centre_lps, ph.truth.canal_axis_lps)
+            if abs(s) > 60:  # L3-S1 of the phantom (about ±60 mm around L4-5); the grid cuts the canal farther out
+                continue
+            e_plane.append(r.area_mm2 - ph.truth.dsca_plane_mm2(r.centre_lps, r.normal_lps))
+            e_axis.append(r.area_mm2 - ph.truth.dsca_perpendicular_mm2(s))
+            angles.append(math.degrees(math.acos(min(1.0, abs(float(np.dot(r.normal_lps, ph.truth.canal_axis_lps)))))))
+        e_plane, e_axis = np.array(e_plane), np.array(e_axis)
+        res = {"n_planes": len(e_plane), "same_plane_mae_mm2": float(np.abs(e_plane).mean()),
+               "same_plane_bias_mm2": float(e_plane.mean()), "same_plane_max_mm2": float(np.abs(e_plane).max()),
+               "true_axis_mae_mm2": float(np.abs(e_axis).mean()), "true_axis_max_mm2": float(np.abs(e_axis).max()),
+               "normal_vs_true_axis_max_deg": float(max(angles))}
+        out["phantom"][preset] = res
+        print(f"phantom {preset}: {res['n_planes']} planes (|s| <= 60 mm) | same plane: MAE {res['same_plane_mae_mm2']:.2f} "
+              f"bias {res['same_plane_bias_mm2']:+.2f} max {res['same_plane_max_mm2']:.2f} mm² | vs perpendicular to the "
+              f"true axis: MAE {res['true_axis_mae_mm2']:.2f} max {res['true_axis_max_mm2']:.2f} mm² | normal within "
+              f"{res['normal_vs_true_axis_max_deg']:.2f}° of the axis")
+    for case in ("18_t2_SPACE", "50_t2_SPACE", "65_t2_SPACE", "98_t2_SPACE"):
+        m = spider.load_mask(case)
+        canal = m.with_array((np.asarray(m.array) == spider.CANAL_LABEL).astype(np.float32))
+        gen = spider.remap_labels(m, case, "generic")
+        t = compute_dsca3d_table(canal, level_map=gen, step_mm=step_mm)
+        perp = np.array([r.area_mm2 for r in t.rows])
+        axial = np.array([r.axial_area_mm2 for r in t.rows])
+        tilt = np.array([r.axial_tilt_deg for r in t.rows])
+        # the 2D table on the mask resliced to axial 1 mm planes, 0.25 mm pixels, over the same z range
+        zc = np.array([r.centre_lps[2] for r in t.rows])
+        cen = np.array([r.centre_lps for r in t.rows])
+        lo = np.array([cen[:, 0].min() - 25, cen[:, 1].min() - 25, zc.min()])
+        hi = np.array([cen[:, 0].max() + 25, cen[:, 1].max() + 25, zc.max()])
+        size = np.ceil((hi - lo) / np.array([0.25, 0.25, 1.0])).astype(int) + 1
+        ax_vol = resample_to_grid(canal, (0.25, 0.25, 1.0), size, lo, np.eye(3), interpolator="linear")
+        t2 = compute_dsca_table(ax_vol.with_array((np.asarray(ax_vol.array) >= 0.5).astype(np.uint8)))
+        z2 = np.array([r.centre_lps[2] for r in t2.rows])
+        idx = np.array([int(np.argmin(np.abs(zc - z))) for z in z2])
+        good = [i for i, r in enumerate(t2.rows) if r.area_mm2 > 0 and abs(zc[idx[i]] - z2[i]) <= 0.5 * step_mm]
+        a2 = np.array([t2.rows[i].area_mm2 for i in good])
+        c2 = np.array([t2.rows[i].corrected_area_mm2 for i in good])
+        p3 = perp[idx[good]]
+        x3 = axial[idx[good]]
+        res = {"span": t.span, "n_planes": len(t.rows), "length_mm": len(t.rows) * step_mm,
+               "perp_median_mm2": float(np.median(perp)), "perp_min_mm2": float(perp.min()),
+               "axial_median_mm2": float(np.median(axial)), "axial_over_perp_median": float(np.median(axial / perp)),
+               "inv_cos_tilt_median": float(np.median(1 / np.cos(np.radians(tilt)))), "tilt_median_deg": float(np.median(tilt)),
+               "levels": {lv.level: round(lv.area_mm2, 1) for lv in t.levels},
+               "n_graded": len(t.graded_rows()), "qc_counts": t.qc_counts(),
+               "vs_2d_table_n": len(good), "axial_vs_2d_axial_mae_mm2": float(np.abs(x3 - a2).mean()),
+               "perp_vs_2d_corrected_mae_mm2": float(np.abs(p3 - c2).mean()),
+               "perp_vs_2d_corrected_bias_mm2": float((c2 - p3).mean()),
+               "2d_centreline_degree": t2.centreline.get("degree")}
+        out["spider"][case] = res
+        print(f"SPIDER {case}: {t.span}, {res['n_planes']} planes | perpendicular median {res['perp_median_mm2']:.0f} "
+              f"(min {res['perp_min_mm2']:.0f}) mm², axial median {res['axial_median_mm2']:.0f} mm², axial/perp median "
+              f"{res['axial_over_perp_median']:.3f} (1/cos tilt median {res['inv_cos_tilt_median']:.3f}, tilt "
+              f"{res['tilt_median_deg']:.1f}°) | levels {res['levels']} | graded {res['n_graded']}, QC {res['qc_counts']}")
+        print(f"    vs the 2D table on the axial reslice ({res['vs_2d_table_n']} slices): axial MAE "
+              f"{res['axial_vs_2d_axial_mae_mm2']:.2f} mm²; 2D cos-corrected vs perpendicular: MAE "
+              f"{res['perp_vs_2d_corrected_mae_mm2']:.2f} mm² (2D − 3D bias {res['perp_vs_2d_corrected_bias_mm2']:+.2f})")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pred-dir", type=Path, help="folder with one canal prediction per patient (<patient>.nrrd ...)")
@@ -255,14 +342,16 @@ def main(argv=None) -> int:
     ap.add_argument("--write-reference", type=Path, help="write the slab masks' canal as prediction files to this folder")
     ap.add_argument("--degrade", choices=("erode", "dilate"), default=None, help="with --write-reference: degrade by one voxel")
     ap.add_argument("--figure", type=Path, help="draw the real-mask figure of docs/dsca3d.md to this PNG")
+    ap.add_argument("--validate-masks", type=Path, metavar="JSON",
+                    help="phantom exactness and SPIDER 3D T2 SPACE masks: print and write the numbers to JSON")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
     from spinemorph.errors import SpineMorphError
     from spinemorph.labels import CANAL
 
     label = CANAL if args.pred_label is None else args.pred_label
-    if not (args.pred_dir or args.write_reference or args.figure):
-        ap.error("give --pred-dir, --write-reference or --figure")
+    if not (args.pred_dir or args.write_reference or args.figure or args.validate_masks):
+        ap.error("give --pred-dir, --write-reference, --figure or --validate-masks")
     if args.pred_dir and not args.out:
         ap.error("--pred-dir needs --out")
     try:
@@ -274,6 +363,13 @@ def main(argv=None) -> int:
         patients = _patients(args.patients)
         if args.figure:
             draw_figure(args.figure)
+        if args.validate_masks:
+            if args.validate_masks.exists() and not args.overwrite:
+                raise SpineMorphError(f"{args.validate_masks} exists; pass --overwrite to replace it")
+            res = validate_masks(args.step_mm)
+            args.validate_masks.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(args.validate_masks, json.dumps(_json_clean(res), indent=2) + "\n")
+            print(f"wrote {args.validate_masks}")
         if args.write_reference:
             write_reference(args.write_reference, patients, args.degrade or "", label, args.overwrite)
         if args.pred_dir:

@@ -540,7 +540,8 @@ def compute_dsca3d_table(
     for lv in t2.levels:
         if 0 <= lv.slice_index < len(rows):
             r = rows[lv.slice_index]
-            lv = dataclasses.replace(lv, corrected_area_mm2=r.corrected_area_mm2, stenosis=r.stenosis, qc_flags=r.qc_flags,
+            lv = dataclasses.replace(lv, area_mm2=r.area_mm2, corrected_area_mm2=r.corrected_area_mm2, stenosis=r.stenosis,
+                                     qc_flags=r.qc_flags,
                                      stenosis_note=(f"not graded: plane {r.slice_index} flagged "
                                                     f"({r.stenosis_note[len('not graded: '):]})" if r.blocking_flags else ""))
         levels.append(lv)
