@@ -63,8 +63,8 @@ DEFAULT_FINE_CONFIG: dict = {
     "description": "Fine 0.8 mm 5-class 3D U-Net (strided stem + full-resolution refinement) on 144x144x160 crops "
                    "around L4-5; patches; synthetic + phantom + real-slab (partial labels) data",
     "seed": 0,
-    "network": {"out_channels": 5, "base_channels": 16, "depth": 4, "stem_stride": 2, "refine_channels": 8,
-                "norm": "instance"},
+    "network": {"in_channels": 4, "out_channels": 5, "base_channels": 16, "depth": 4, "stem_stride": 2,
+                "refine_channels": 8, "norm": "instance"},
     "patch": [96, 96, 96],
     "batch_size": 1,
     "lr": 5e-4,
@@ -87,6 +87,7 @@ DEFAULT_FINE_CONFIG: dict = {
     "checkpoint_every_s": 300,
     "log_every": 10,
     "sliding_overlap": 0.25,
+    "infer_roi": [96, 96, 96],
 }
 
 
@@ -125,9 +126,13 @@ def validate_fine_config(cfg: dict) -> dict:
         raise InputError(f"fine config network: {exc}") from None
     if net.out_channels != fd.N_FINE_CLASSES:
         raise InputError(f"fine config network.out_channels must be {fd.N_FINE_CLASSES}")
+    if net.in_channels not in (1, 4):
+        raise InputError("fine config network.in_channels must be 1 (image) or 4 (image + 3 crop coordinates)")
     patch = [int(p) for p in cfg["patch"]]
     if len(patch) != 3 or any(p % net.size_divisor or p > s for p, s in zip(patch, fd.FINE_SHAPE)):
         raise InputError(f"fine config patch {patch} must be 3 multiples of {net.size_divisor} within {fd.FINE_SHAPE}")
+    if any(int(r) % net.size_divisor for r in cfg["infer_roi"]):
+        raise InputError(f"fine config infer_roi {cfg['infer_roi']} must be multiples of {net.size_divisor}")
     if cfg["precision"] not in ("fp32", "bf16"):
         raise InputError("fine config precision must be 'fp32' or 'bf16'")
     for key in ("sample_weights",):
@@ -262,6 +267,26 @@ def val_sample(key, cfg) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------------- augmentation / patches
+def coordinate_channels(crop_shape, lo=(0, 0, 0), size=None) -> np.ndarray:
+    """Position inside the fine crop, ``(3, *size)`` float32 in [-1, 1] along k, j, i, of the block starting at
+    ``lo`` (default: the whole crop). The network gets them as extra input channels, so that a patch knows where it
+    lies relative to the L4-5 disc (L4 above, L5 below) — the crop is centred on the located disc."""
+    size = tuple(crop_shape) if size is None else tuple(size)
+    out = np.empty((3, *size), np.float32)
+    for a in range(3):
+        half = (crop_shape[a] - 1) / 2.0
+        v = ((np.arange(lo[a], lo[a] + size[a], dtype=np.float32) - half) / half).astype(np.float32)
+        shp = [1, 1, 1]
+        shp[a] = size[a]
+        out[a] = v.reshape(shp)
+    return out
+
+
+def with_coordinates(x: np.ndarray, crop_shape, lo=(0, 0, 0)) -> np.ndarray:
+    """``(4, ...)`` network input: the image and :func:`coordinate_channels`."""
+    return np.concatenate([np.asarray(x, np.float32)[None], coordinate_channels(crop_shape, lo, x.shape)])
+
+
 def _patch(rng, x, bits, patch, fg_p):
     shape = np.asarray(x.shape)
     patch = np.asarray(patch)
@@ -272,12 +297,11 @@ def _patch(rng, x, bits, patch, fg_p):
         centre = np.array([rng.integers(s) for s in shape])
     lo = np.clip(centre - patch // 2, 0, shape - patch)
     sl = tuple(slice(int(a), int(a + p)) for a, p in zip(lo, patch))
-    return x[sl].astype(np.float32), bits[sl].copy()
+    return x[sl].astype(np.float32), bits[sl].copy(), tuple(int(a) for a in lo)
 
 
 def augment(rng, x, bits, aug: dict, synthetic: bool):
-    if rng.random() < aug["flip_lr"]:
-        x, bits = x[::-1], bits[::-1]
+    """Intensity / field-of-view augmentation of a patch (the left-right flip is applied to the whole crop)."""
     fov = x != 0
     if synthetic and rng.random() < aug["p_slab"]:
         width = rng.uniform(*aug["slab_mm"]) / fd.FINE_SPACING_MM
@@ -315,7 +339,9 @@ def predict_crop(net, x: np.ndarray, patch, overlap: float = 0.25, precision: st
     from monai.inferers import sliding_window_inference
 
     dev = torch.device(device or "cpu")
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None].to(dev)
+    n_in = int(getattr(getattr(net, "config", None), "in_channels", 1))
+    inp = with_coordinates(x, x.shape) if n_in == 4 else np.asarray(x, np.float32)[None]
+    xt = torch.from_numpy(np.ascontiguousarray(inp))[None].to(dev)
     amp_dtype = torch.bfloat16 if dev.type == "cpu" else torch.float16
     with torch.inference_mode(), torch.autocast(dev.type, dtype=amp_dtype, enabled=precision == "bf16"):
         logits = sliding_window_inference(xt, tuple(int(p) for p in patch), sw_batch, lambda t: net(t).float(),
@@ -458,7 +484,7 @@ def train_fine(config=None, run_dir="runs/fine", resume: bool = False, overwrite
             if k not in val_data:
                 val_data[k] = val_sample(k, cfg)
             x, bits = val_data[k]
-            probs = predict_crop(net, x, cfg["patch"], float(cfg["sliding_overlap"]), cfg["precision"], device=dev)
+            probs = predict_crop(net, x, cfg["infer_roi"], float(cfg["sliding_overlap"]), cfg["precision"], device=dev)
             rows.append((k, dice_on_definite(bits, probs.argmax(0).astype(np.uint8))))
         net.train()
         row = {"iteration": state["iteration"]}
@@ -483,6 +509,7 @@ def train_fine(config=None, run_dir="runs/fine", resume: bool = False, overwrite
     done_here = 0
     net.train()
     precision = cfg["precision"]
+    n_in = int(cfg["network"].get("in_channels", 1))
     while state["iteration"] < int(cfg["max_iterations"]):
         it = state["iteration"]
         # ---- pool refresh
@@ -502,13 +529,15 @@ def train_fine(config=None, run_dir="runs/fine", resume: bool = False, overwrite
             pool = state["pool"][src]
             key = pool[int(rng.integers(len(pool)))]
             x, bits = bank.get(key)
-            xp, bp = _patch(rng, x, bits, cfg["patch"], cfg["augment"]["foreground_p"])
+            if rng.random() < cfg["augment"]["flip_lr"]:
+                x, bits = x[::-1], bits[::-1]
+            xp, bp, lo = _patch(rng, x, bits, cfg["patch"], cfg["augment"]["foreground_p"])
             xp, bp = augment(rng, xp, bp, cfg["augment"], src != "slab")
-            xs.append(xp)
+            xs.append(with_coordinates(xp, x.shape, lo) if n_in == 4 else xp[None])
             bs_.append(bp)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, it)
-        xt = torch.from_numpy(np.stack(xs))[:, None].to(dev)
+        xt = torch.from_numpy(np.stack(xs)).to(dev)
         bt = torch.from_numpy(np.stack(bs_)).to(dev)
         if cfg["channels_last"]:
             xt = xt.contiguous(memory_format=torch.channels_last_3d)
