@@ -187,8 +187,11 @@ def test_select_default_model(tmp_path):
         d = tmp_path / name
         d.mkdir()
         (d / "evaluation.json").write_text(json.dumps({
-            "model": name, "real_slabs_strip": {"mean_dice": dice, "area_mae_mm2": mae, "pearson_r": 0.9},
+            "model": name, "real_slabs_strip": {"mean_dice": dice, "area_mae_mm2": mae, "pearson_r": 0.9,
+                                                "mean_true_area_mm2": 150.0},
             "synthetic": {"mean_slice_dice": 0.7}, "phantom_study": {"dsca_bias_mm2": 3.0}}))
     choice = mod.select_default([tmp_path / n / "evaluation.json" for n in ("dsca-multiresunet", "dsca-unet", "dsca-attention-unet")])
-    assert choice["default"] == "dsca-unet"  # highest real-strip Dice; the tie with attention is broken by MAE
+    # score = Dice - MAE / 150: multiresunet 0.667, unet 0.730, attention 0.683
+    assert choice["default"] == "dsca-unet"
+    assert [round(r["score"], 3) for r in choice["ranking"]] == [0.73, 0.683, 0.667]
     assert [r["model"] for r in choice["ranking"]][-1] == "dsca-multiresunet"

@@ -7,8 +7,8 @@ Validation split: the real T2 SPACE slab patients set apart from training
 (:func:`spinemorph.samples.dsca_validation_slab_patients`: every 5th training slab patient — never a held-out
 patient), every canal plane every ``--row-step`` PNG rows, scored inside the imaged strip
 (:mod:`DuralSacSegLib.calibration`). Candidates: thresholds ``DuralSacSegLib.calibration.CANDIDATE_THRESHOLDS`` ×
-post-processing specs ``DuralSacSegLib.postprocess.SPECS``; the choice is the highest mean Dice inside the strip
-(ties within 0.001: lower area MAE). The report gives the choice, the model's current setting and their difference
+post-processing specs ``DuralSacSegLib.postprocess.SPECS``; the choice is the highest accuracy score
+``mean Dice − area MAE / mean true area`` inside the strip (``DuralSacSegLib.calibration.accuracy_score``). The report gives the choice, the model's current setting and their difference
 on the validation planes (the effect), and every candidate.
 
 ``--write-catalog`` stores the choice as the catalogue entry's ``decision`` (``threshold``, ``postprocess``,
@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -31,6 +33,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="JSON report")
     ap.add_argument("--row-step", type=int, default=16, help="every n-th PNG row of the validation slabs (16 = 7.5 mm)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reuse-probs", action="store_true",
+                    help="reuse the validation probabilities saved next to --out (<out>.probs.npz) by an earlier run")
     ap.add_argument("--write-catalog", action="store_true", help="store the choice in catalog.json (catalogue models only)")
     args = ap.parse_args(argv)
 
@@ -49,7 +53,16 @@ def main(argv=None) -> int:
     assert not set(patients) & set(HELD_OUT_PATIENTS), "validation split must not contain held-out patients"
     net, info = models.load_model(args.model, torch.device("cpu"))
     planes = cal.real_slab_planes(patients, row_step=args.row_step)
-    probs = cal.predict_planes(net, planes.images)
+    saved = Path(args.out).with_suffix(".probs.npz")
+    probs = None
+    if args.reuse_probs and saved.is_file():
+        with np.load(saved) as z:
+            if z["probs"].shape == planes.images.shape and str(z["sha256"]) == info.sha256:
+                probs = z["probs"]
+    if probs is None:
+        probs = cal.predict_planes(net, planes.images)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(saved, probs=probs, sha256=np.array(info.sha256))
     best, rows = cal.choose_decision(probs, planes)
     current = cal.score_strip(probs, planes, info.threshold, info.postprocess)
     current.pop("per_patient")
@@ -57,9 +70,9 @@ def main(argv=None) -> int:
         "command": " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "model": info.name, "weights_sha256": info.sha256,
         "validation_patients": patients, "row_step": args.row_step, "n_planes": len(planes.patients),
-        "rule": "highest mean Dice inside the imaged strip; ties (0.001) -> lower area MAE",
+        "rule": "highest mean Dice - area MAE / mean true area inside the imaged strip (calibration.accuracy_score)",
         "current": current, "chosen": best,
-        "effect": {k: best[k] - current[k] for k in ("mean_dice", "area_mae_mm2", "pearson_r", "ba_mean_diff_mm2")},
+        "effect": {k: best[k] - current[k] for k in ("score", "mean_dice", "area_mae_mm2", "pearson_r", "ba_mean_diff_mm2")},
         "candidates": rows, "seconds": time.perf_counter() - t0,
         "utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
     }

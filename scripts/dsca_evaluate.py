@@ -43,13 +43,19 @@ def _real(net, info, args, thr, post):
 
     t0 = time.perf_counter()
     planes = cal.real_slab_planes(spider.held_out_slab_patients(), row_step=args.row_step)
-    probs = cal.predict_planes(net, planes.images)
+    saved = Path(args.out) / "real_probs.npz"
+    probs = None
+    if args.reuse_probs and saved.is_file():
+        with np.load(saved) as z:
+            probs = z["probs"] if z["probs"].shape == planes.images.shape else None
+    if probs is None:
+        probs = cal.predict_planes(net, planes.images)
     out = cal.score_strip(probs, planes, thr, post)
     out["patients"] = sorted(set(planes.patients), key=int)
     out["row_step"] = args.row_step
     out["seconds"] = time.perf_counter() - t0
     if args.save_probs:
-        np.savez_compressed(Path(args.out) / "real_probs.npz", probs=probs)
+        np.savez_compressed(saved, probs=probs)
     return out
 
 
@@ -140,6 +146,10 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-dir", default="runs/dsca_cache", help="cache of the generated synthetic planes")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--save-probs", action="store_true", help="also keep the real-slab probabilities (npz)")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the parts of an existing evaluation.json (same weights) that this run does not redo")
+    ap.add_argument("--reuse-probs", action="store_true",
+                    help="score the real part from a saved real_probs.npz of the same weights instead of predicting")
     args = ap.parse_args(argv)
 
     import torch
@@ -161,6 +171,13 @@ def main(argv=None) -> int:
         "postprocess": post, "postprocess_source": "--postprocess" if args.postprocess is not None else "model",
         "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "torch_threads": args.threads,
     }
+    old_path = out / "evaluation.json"
+    if (args.update or args.reuse_probs) and old_path.is_file():
+        old = json.loads(old_path.read_text())
+        if old.get("weights_sha256") != info.sha256:
+            ap.error(f"{old_path} was made with other weights; drop --update / --reuse-probs")
+        if args.update:
+            doc = {**old, **doc}
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     from spinemorph.atomic import atomic_write_text
 

@@ -4,8 +4,9 @@
     scripts/dsca_select_default.py runs/dsca_eval/*/evaluation.json [--write-catalog] [--out choice.json]
 
 Rule (issue 16): the default is the network most accurate on data never trained on — the held-out real slab
-patients, inside the imaged strip (the only real MR images here): highest mean per-plane Dice (rounded to 0.001),
-ties broken by the lower per-plane area MAE. The other parts (held-out synthetic, phantom bias) are listed for the
+patients, inside the imaged strip (the only real MR images here): highest accuracy score ``mean Dice − area MAE /
+mean true area`` (``DuralSacSegLib.calibration.accuracy_score``: overlap and the reported area weigh alike; Dice alone
+would prefer a network that over-segments), ties (0.001) broken by the higher Dice. The other parts (held-out synthetic, phantom bias) are listed for the
 record. Evaluations must cover the same real planes (same ``row_step`` and patients), else the script refuses.
 ``--write-catalog`` sets ``"default"`` in ``DuralSacSeg/Resources/Models/catalog.json`` (MultiResUNet stays available
 as the source method's network, whatever the choice).
@@ -31,8 +32,10 @@ def select_default(paths) -> dict:
             raise SystemExit(f"error: {p} has no real_slabs_strip part; run scripts/dsca_evaluate.py with --parts real")
         planes.add((real.get("row_step"), tuple(real.get("patients") or ()), real.get("n_planes")))
         mae = real.get("area_mae_mm2")
+        from DuralSacSegLib.calibration import accuracy_score
+
         rows.append({
-            "model": doc.get("model", Path(p).parent.name), "evaluation": str(p),
+            "model": doc.get("model", Path(p).parent.name), "evaluation": str(p), "score": accuracy_score(real),
             "real_mean_dice": real["mean_dice"], "real_area_mae_mm2": mae, "real_pearson_r": real.get("pearson_r"),
             "synthetic_mean_dice": (doc.get("synthetic") or {}).get("mean_slice_dice"),
             "phantom_bias_mm2": (doc.get("phantom_study") or {}).get("dsca_bias_mm2"),
@@ -40,10 +43,12 @@ def select_default(paths) -> dict:
         })
     if len(planes) > 1:
         raise SystemExit(f"error: the evaluations cover different real planes {sorted(map(str, planes))}; re-run them alike")
-    rows.sort(key=lambda r: (-round(r["real_mean_dice"], 3),
-                             r["real_area_mae_mm2"] if r["real_area_mae_mm2"] is not None and math.isfinite(r["real_area_mae_mm2"]) else 1e9))
+    if any(not math.isfinite(r["score"]) for r in rows):
+        raise SystemExit("error: an evaluation lacks mean_true_area_mm2 / area MAE; re-run scripts/dsca_evaluate.py")
+    rows.sort(key=lambda r: (-round(r["score"], 3), -r["real_mean_dice"]))
     return {"default": rows[0]["model"], "ranking": rows,
-            "rule": "highest mean Dice inside the imaged strip of the held-out real slabs (0.001), then lower area MAE"}
+            "rule": "highest mean Dice - area MAE / mean true area inside the imaged strip of the held-out real slabs "
+                    "(0.001), then higher Dice"}
 
 
 def main(argv=None) -> int:
@@ -54,7 +59,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     choice = select_default(args.evaluations)
     for r in choice["ranking"]:
-        print(f"{r['model']:22s} real strip Dice {r['real_mean_dice']:.3f}  MAE {r['real_area_mae_mm2']:.1f} mm²  "
+        print(f"{r['model']:22s} score {r['score']:+.3f}  real strip Dice {r['real_mean_dice']:.3f}  MAE {r['real_area_mae_mm2']:.1f} mm²  "
               f"r {r['real_pearson_r'] if r['real_pearson_r'] is not None else float('nan'):.3f}")
     print(f"default: {choice['default']} ({choice['rule']})")
     if args.out:

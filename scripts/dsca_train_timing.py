@@ -5,7 +5,9 @@
 
 Each setting: 1 warm-up iteration, then ``--iters`` timed ones on random data (the cost does not depend on the
 values); reported: median seconds per iteration and per 1000 training crops, and whether bf16 autocast changes the
-loss (relative difference of the first loss on the same data). Settings (``--settings``): ``precision:batch:crop``,
+loss (relative difference of the first loss on the same data). CPU seconds (``time.process_time``, all threads of
+the process) are reported next to wall seconds: on a machine shared with other jobs they are the comparable figure.
+Settings (``--settings``): ``precision:batch:crop``,
 default fp32/bf16 × (8:128, 8:192, 4:256). Numbers on a shared machine are contended: compare within one run.
 """
 
@@ -35,24 +37,27 @@ def time_setting(arch: str, precision: str, batch: int, crop: int, iters: int, s
     x = torch.rand(batch, 1, crop, crop, generator=g)
     y = (torch.rand(batch, 1, crop, crop, generator=g) > 0.95).float()
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
-    times, first_loss = [], None
+    times, cpu_times, first_loss = [], [], None
     for i in range(iters + 1):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
         with ctx():
             logits = net(x)
         loss = weighted_bce_loss(logits, y, 20.0)
         loss.backward()
         opt.step()
-        dt = time.perf_counter() - t0
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
         if first_loss is None:
             first_loss = float(loss.detach())
         if i:
             times.append(dt)
+            cpu_times.append(dc)
     med = statistics.median(times)
+    cpu = statistics.median(cpu_times)
     return {"arch": arch, "precision": precision, "batch": batch, "crop": crop, "iters": iters,
-            "s_per_iter": med, "s_per_1000_crops": 1000 * med / batch,
-            "s_per_megapixel": med / (batch * crop * crop / 1e6), "first_loss": first_loss, "times_s": times}
+            "s_per_iter": med, "cpu_s_per_iter": cpu, "s_per_1000_crops": 1000 * med / batch,
+            "cpu_s_per_1000_crops": 1000 * cpu / batch, "cpu_s_per_megapixel": cpu / (batch * crop * crop / 1e6),
+            "first_loss": first_loss, "times_s": times, "cpu_times_s": cpu_times}
 
 
 def main(argv=None) -> int:
@@ -74,14 +79,14 @@ def main(argv=None) -> int:
             r = time_setting(arch, prec, int(batch), int(crop), args.iters)
             r["threads"] = args.threads
             rows.append(r)
-            print(f"{arch:15s} {prec} batch {batch:>2} crop {crop}: {r['s_per_iter']:.2f} s/iter, "
-                  f"{r['s_per_1000_crops']:.0f} s per 1000 crops, {r['s_per_megapixel']:.2f} s/Mpx "
-                  f"(first loss {r['first_loss']:.4f})", flush=True)
+            print(f"{arch:15s} {prec} batch {batch:>2} crop {crop}: {r['s_per_iter']:.2f} s/iter wall, "
+                  f"{r['cpu_s_per_iter']:.2f} CPU-s/iter, {r['cpu_s_per_1000_crops']:.0f} CPU-s per 1000 crops, "
+                  f"{r['cpu_s_per_megapixel']:.2f} CPU-s/Mpx (first loss {r['first_loss']:.4f})", flush=True)
     by = {(r["arch"], r["batch"], r["crop"]): r for r in rows if r["precision"] == "fp32"}
     for r in rows:
         ref = by.get((r["arch"], r["batch"], r["crop"]))
         if r["precision"] == "bf16" and ref:
-            r["speedup_vs_fp32"] = ref["s_per_iter"] / r["s_per_iter"]
+            r["speedup_vs_fp32"] = ref["cpu_s_per_iter"] / r["cpu_s_per_iter"]
             r["loss_rel_diff_vs_fp32"] = abs(r["first_loss"] - ref["first_loss"]) / abs(ref["first_loss"])
             print(f"{r['arch']:15s} bf16 vs fp32 batch {r['batch']} crop {r['crop']}: speed-up {r['speedup_vs_fp32']:.2f}x, "
                   f"first-loss relative difference {r['loss_rel_diff_vs_fp32']:.2e}")

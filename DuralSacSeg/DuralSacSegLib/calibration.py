@@ -12,7 +12,7 @@ The planes of one patient, ordered by PNG row, form a stack (neighbours ``row_st
 
 :func:`choose_decision` picks threshold + post-processing on a *validation* split (training patients set apart,
 :func:`spinemorph.samples.dsca_validation_slab_patients`), never on held-out patients: the candidate with the highest
-mean Dice inside the strip (ties: lower area MAE).
+:func:`accuracy_score` (mean Dice − area MAE / mean true area, inside the strip).
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ def score_strip(probs: np.ndarray, planes: PlaneSet, threshold: float, postproce
     ta = truth.reshape(len(truth), -1).sum(1) * planes.pixel_area_mm2
     out = {"threshold": float(threshold), "postprocess": postprocess or "none", "n_planes": int(len(pred)),
            "n_patients": len(set(planes.patients)), "mean_dice": float(dice.mean()),
-           "median_dice": float(np.median(dice)), **area_agreement(pa, ta)}
+           "median_dice": float(np.median(dice)), "mean_true_area_mm2": float(ta.mean()), **area_agreement(pa, ta)}
+    out["score"] = accuracy_score(out)
     whole = ~planes.cut_by_slab
     if whole.sum() >= 2:
         w = area_agreement(pa[whole], ta[whole])
@@ -131,11 +132,23 @@ def score_strip(probs: np.ndarray, planes: PlaneSet, threshold: float, postproce
     return out
 
 
+def accuracy_score(m: dict) -> float:
+    """One accuracy figure for choices: mean Dice − relative area MAE (MAE / mean true area), both inside the strip.
+
+    Dice alone rewards masks that grow into bright neighbours (better overlap on under-segmented planes, worse
+    areas); the area is what the table reports, so its relative error weighs as much as the overlap. 1 = perfect."""
+    mae, area = m.get("area_mae_mm2"), m.get("mean_true_area_mm2")
+    if mae is None or area is None or not (math.isfinite(mae) and area > 0):
+        return -math.inf
+    return float(m["mean_dice"]) - float(mae) / float(area)
+
+
 def choose_decision(probs: np.ndarray, planes: PlaneSet, thresholds: Sequence[float] = CANDIDATE_THRESHOLDS,
                     specs: Sequence[str] = SPECS) -> tuple[dict, list[dict]]:
     """Try every (threshold, post-processing) pair on validation planes; return (best, all rows).
 
-    Best = highest mean Dice inside the strip; ties (within 0.001) broken by lower area MAE.
+    Best = highest :func:`accuracy_score` (mean Dice − relative area MAE inside the strip); ties (within 0.001)
+    broken by the higher mean Dice.
     """
     rows = []
     for t in thresholds:
@@ -143,5 +156,5 @@ def choose_decision(probs: np.ndarray, planes: PlaneSet, thresholds: Sequence[fl
             r = score_strip(probs, planes, float(t), spec)
             r.pop("per_patient")
             rows.append(r)
-    best = max(rows, key=lambda r: (round(r["mean_dice"], 3), -r["area_mae_mm2"] if math.isfinite(r["area_mae_mm2"]) else -1e9))
+    best = max(rows, key=lambda r: (round(r["score"], 3), r["mean_dice"]))
     return best, rows
