@@ -366,3 +366,64 @@ def test_a_crashing_worker_is_an_error_not_a_crash(slicer_process, tmp_path):
     with pytest.raises(SpineMorphError, match=r"ended with status -?\d+ \(loading model\)"):
         process.run()
     assert process.finished and not os.path.exists(process.folder)
+
+
+def _python_slicer_launcher(folder: Path) -> Path:
+    """A ``PythonSlicer`` shaped like Slicer's: a launcher (CTK AppLauncher) that starts the real interpreter as its
+    child with the output channels forwarded (QProcess::ForwardedChannels) and waits for it; it writes the child's
+    pid into $SPINEMORPH_TEST_CHILD_PID."""
+    path = folder / "PythonSlicer"
+    path.write_text(f"#!{sys.executable}\n" + textwrap.dedent("""\
+        import os, subprocess, sys
+        child = subprocess.Popen([sys.executable, *sys.argv[1:]])
+        with open(os.environ["SPINEMORPH_TEST_CHILD_PID"] + ".tmp", "w") as fh:
+            fh.write(str(child.pid))
+        os.replace(os.environ["SPINEMORPH_TEST_CHILD_PID"] + ".tmp", os.environ["SPINEMORPH_TEST_CHILD_PID"])
+        sys.exit(child.wait())
+        """))
+    path.chmod(0o755)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # a zombie has ended
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_cancel_kills_the_worker_behind_the_python_slicer_launcher(slicer_process, study, tmp_path, monkeypatch):
+    """Slicer's PythonSlicer is a launcher: Cancel must end the real worker (its child), not only the launcher, and
+    the panel must hear of it at once (the worker holds the output pipe open while it runs: ~17 s here)."""
+    from spinemorph.gui_support import is_cancelled
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _python_slicer_launcher(bin_dir)
+    child_pid_file = tmp_path / "child.pid"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")  # found as Slicer finds it: on the PATH
+    monkeypatch.setenv("SPINEMORPH_TEST_CHILD_PID", str(child_pid_file))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    process = slicer_process.InferenceProcess("dsca", _axial_image(study), device="cpu")  # default launcher
+    finished = []
+    process.start(lambda f, m: None, lambda result, error: finished.append((result, error)))
+    deadline = time.time() + 60
+    while not child_pid_file.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    child = int(child_pid_file.read_text())
+    assert child != process.proc.pid and _alive(child)
+    process.cancel()  # the Cancel button
+    deadline = time.time() + 10
+    while not finished and time.time() < deadline:
+        process.timer.fire()
+        time.sleep(0.05)
+    try:
+        assert finished, "Cancel left the worker running behind the launcher"
+        (result, error), = finished
+        assert result is None and is_cancelled(error)
+        assert not _alive(child)
+    finally:
+        if _alive(child):
+            os.kill(child, 9)

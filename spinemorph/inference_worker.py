@@ -11,6 +11,9 @@ installed (``python -m spinemorph.inference_worker ...``).
 
 Protocol (one line each, ``PREFIX <json>``; any other line is log text):
 
+- ``SPINEMORPH_PID {"pid": 1234}`` first: the worker's own process id. ``PythonSlicer`` is a launcher (CTK AppLauncher)
+  that starts the real interpreter as its child with the output channels forwarded, so killing the launched process
+  does not stop the worker; Cancel kills this pid as well;
 - ``SPINEMORPH_DEVICE {"device": "cpu", "warning": "..."}`` once the device is chosen;
 - ``SPINEMORPH_PROGRESS {"fraction": 0.42, "message": "..."}`` during the run;
 - ``SPINEMORPH_DONE {...result info...}`` after the outputs are written (exit status 0);
@@ -38,6 +41,7 @@ from pathlib import Path
 
 TASKS = ("dsca", "foramen")
 PROGRESS, DEVICE, DONE, ERROR = "SPINEMORPH_PROGRESS", "SPINEMORPH_DEVICE", "SPINEMORPH_DONE", "SPINEMORPH_ERROR"
+PID = "SPINEMORPH_PID"
 INPUT_NAME = "input.nrrd"
 RESULT_NAME = "result.json"
 OUTPUT_NAMES = {"dsca": ("mask.nrrd", "table.pickle", RESULT_NAME), "foramen": ("labels.nrrd", RESULT_NAME)}
@@ -48,7 +52,7 @@ PROGRESS_STEP = 0.005
 # ---------------------------------------------------------------------------------------------------- protocol
 @dataclass
 class Message:
-    """One parsed output line: ``kind`` is "progress", "device", "done", "error" or "log"."""
+    """One parsed output line: ``kind`` is "pid", "progress", "device", "done", "error" or "log"."""
 
     kind: str
     data: dict = field(default_factory=dict)
@@ -62,7 +66,7 @@ def format_message(prefix: str, data: dict) -> str:
 def parse_line(line: str) -> Message:
     """Parse one line of the worker's output (a malformed protocol line is returned as log text)."""
     text = line.rstrip("\r\n")
-    for prefix, kind in ((PROGRESS, "progress"), (DEVICE, "device"), (DONE, "done"), (ERROR, "error")):
+    for prefix, kind in ((PID, "pid"), (PROGRESS, "progress"), (DEVICE, "device"), (DONE, "done"), (ERROR, "error")):
         if text.startswith(prefix + " "):
             try:
                 data = json.loads(text[len(prefix) + 1:])
@@ -203,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None, stream=None) -> int:
     args = build_parser().parse_args(argv)
     emit = _Emitter(stream)
+    emit.emit(PID, {"pid": os.getpid()})  # before anything slow: Cancel needs it (see the protocol above)
     start = time.perf_counter()
     try:
         from spinemorph.gui_support import resolve_device

@@ -10,6 +10,11 @@ thread into a queue, and
 - from the Python console (``logic.process(...)``, :meth:`InferenceProcess.run`) the same process is waited for,
   blocking, with the progress / cancel callbacks of the core API.
 
+``PythonSlicer`` is a launcher (CTK AppLauncher: it starts the real interpreter, ``python-real``, as its child with
+the output channels forwarded), so the process ``launchConsoleProcess`` returns is not the worker: killing it alone
+leaves the worker computing and the output pipe open. The worker therefore reports its own pid first
+(``SPINEMORPH_PID``), and Cancel kills both.
+
 The process is started with ``slicer.util.launchConsoleProcess(args, useStartupEnvironment=False,
 updateEnvironment=...)``, whose signature is the same in 5.10 and 5.12 (5.12 adds keyword arguments, not used here).
 """
@@ -18,6 +23,7 @@ import logging
 import os
 import queue
 import shutil
+import signal
 import tempfile
 import threading
 
@@ -77,6 +83,7 @@ class InferenceProcess:
         self.cancelled = False
         self.finished = False
         self.deviceWarning = ""
+        self.workerPid = None  # the worker's own pid (``SPINEMORPH_PID``), the launcher's child under PythonSlicer
         self.errorMessage = None
         self.log = []
         self._onProgress = self._onFinished = None
@@ -103,8 +110,16 @@ class InferenceProcess:
 
     def _readOutput(self):
         """Background thread: every output line, then ``None`` and the exit status."""
+        from spinemorph.inference_worker import parse_line
+
         try:
             for line in iter(self.proc.stdout.readline, ""):
+                if self.workerPid is None and line.startswith("SPINEMORPH_PID "):
+                    message = parse_line(line)
+                    if message.kind == "pid":
+                        self.workerPid = int(message.data.get("pid", 0)) or None
+                        if self.cancelled:  # Cancel came before the worker said who it is
+                            self._killWorker()
                 self.queue.put(line)
         except (OSError, ValueError, UnicodeDecodeError) as exc:  # pipe closed by a kill / undecodable bytes
             self.queue.put(f"(output not readable: {exc})\n")
@@ -207,6 +222,16 @@ class InferenceProcess:
         self.cancelled = True
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
+        self._killWorker()
+
+    def _killWorker(self):
+        """Kill the worker itself (under ``PythonSlicer`` the launched process is only its launcher)."""
+        pid = self.workerPid
+        if pid and self.proc is not None and pid != self.proc.pid and not self.finished:
+            try:
+                os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))  # SIGTERM: TerminateProcess on Windows
+            except OSError:  # already ended
+                pass
 
     @property
     def running(self):
