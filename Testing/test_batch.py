@@ -359,3 +359,27 @@ def test_one_batch_at_a_time_per_output_folder(tmp_path):
         with pytest.raises(OutputError, match="another batch is writing into"):
             run_batch(_cases(["a"]), _writer, out)
     assert run_batch(_cases(["a"]), _writer, out, resume=True).exit_code == EXIT_OK
+
+
+def test_a_case_runs_with_the_planned_threads_in_torch_and_simpleitk(tmp_path):
+    """workers x threads <= cores holds for SimpleITK's filters as well (ITK's default is every core)."""
+    import torch
+
+    from spinemorph import batch
+
+    seen = {}
+
+    def case_fn(case, out):
+        seen.update(torch=torch.get_num_threads(), sitk=sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
+        (out / "x.txt").write_text("x\n")
+
+    old = torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), list(batch._TORCH_THREADS)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(2, old[1]))  # as ITK starts: all cores (>= 2 here)
+    batch._TORCH_THREADS.clear()  # a fresh worker process
+    try:
+        res = batch.execute_case(_cases(["a"])[0], case_fn, tmp_path, torch_threads=1)
+        assert res.status == "ok" and seen == {"torch": 1, "sitk": 1}
+    finally:
+        torch.set_num_threads(old[0])
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old[1])
+        batch._TORCH_THREADS[:] = old[2]

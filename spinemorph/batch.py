@@ -414,12 +414,18 @@ def available_cores() -> int:
 
 
 def _set_torch_threads(n: int) -> None:
+    """``n`` compute threads in this process: torch's and SimpleITK's (ITK's default is every core of the machine, so
+    each worker's resampling would otherwise use all cores and workers x threads exceed them)."""
     if _TORCH_THREADS and _TORCH_THREADS[-1] == n:
         return
     with contextlib.suppress(ImportError):
         import torch
 
         torch.set_num_threads(n)
+    with contextlib.suppress(ImportError):
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
     _TORCH_THREADS.append(n)
 
 
