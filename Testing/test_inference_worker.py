@@ -427,3 +427,18 @@ def test_cancel_kills_the_worker_behind_the_python_slicer_launcher(slicer_proces
     finally:
         if _alive(child):
             os.kill(child, 9)
+
+
+def test_worker_error_line_survives_a_pipe_that_cannot_encode_the_message(tmp_path):
+    """On Windows the worker's stdout pipe has the locale's encoding (cp1252): an error naming a path in a Cyrillic
+    user folder must still end as one protocol error line, not as a UnicodeEncodeError while reporting it."""
+    import io
+
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="cp1252", newline="\n")
+    missing = tmp_path / "Дмитрий" / "input.nrrd"
+    code = iw.main(["dsca", "--input", str(missing), "--output-dir", str(tmp_path / "out")], stream=stream)
+    stream.flush()
+    lines = raw.getvalue().decode("cp1252").splitlines()
+    errors = [m for m in map(iw.parse_line, lines) if m.kind == "error"]
+    assert code == 1 and len(errors) == 1 and "input.nrrd" in errors[0].data["message"]

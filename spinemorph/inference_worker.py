@@ -152,6 +152,14 @@ class _Emitter:
     def __init__(self, stream=None):
         self.stream = stream if stream is not None else sys.stdout
         self.last = -1.0
+        # a pipe's encoding is the locale's (cp1252 on many Windows machines): a path or message it cannot encode (a
+        # Cyrillic user name in the temporary folder) must not raise while the error line is being written
+        reconfigure = getattr(self.stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):
+                pass
 
     def emit(self, prefix: str, data: dict) -> None:
         print(format_message(prefix, data), file=self.stream, flush=True)
