@@ -123,8 +123,9 @@ class StandIn:
             import os
             import subprocess
 
-            if kwargs and standin.version < (5, 12):
-                raise TypeError(f"launchConsoleProcess() got unexpected keyword arguments {sorted(kwargs)}")
+            allowed = {"blocking", "logCallback", "completedCallback"} if standin.version >= (5, 12) else set()
+            if set(kwargs) - allowed:  # 5.12's extra keywords only; anything else is a TypeError as in Slicer
+                raise TypeError(f"launchConsoleProcess() got unexpected keyword arguments {sorted(set(kwargs) - allowed)}")
             standin.record("launchConsoleProcess", args, useStartupEnvironment=useStartupEnvironment,
                            updateEnvironment=updateEnvironment)
             env = None

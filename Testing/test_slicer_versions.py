@@ -557,3 +557,21 @@ def test_startup_states_the_supported_version_range(monkeypatch, version, level)
     if warnings:
         assert "5.10 to 5.12" in warnings[0] and f"{version[0]}.{version[1]}" in warnings[0]
     del standin
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_standin_launch_console_process_refuses_what_slicer_refuses(monkeypatch, version):
+    """The stand-in takes only the keywords of the real signature (5.10: args, useStartupEnvironment,
+    updateEnvironment, cwd; 5.12 adds blocking, logCallback, completedCallback), so a glue call Slicer would reject
+    fails here too."""
+    _standin(monkeypatch, version)
+    import slicer
+
+    with pytest.raises(TypeError):
+        slicer.util.launchConsoleProcess([sys.executable, "-c", "pass"], startupinfo=None)
+    if version < (5, 12):
+        with pytest.raises(TypeError):
+            slicer.util.launchConsoleProcess([sys.executable, "-c", "pass"], blocking=True)
+    proc = slicer.util.launchConsoleProcess([sys.executable, "-c", "print('ok')"], useStartupEnvironment=False,
+                                            updateEnvironment={"X": "1"})
+    assert proc.communicate()[0] == "ok\n"
