@@ -195,3 +195,29 @@ def test_select_default_model(tmp_path):
     assert choice["default"] == "dsca-unet"
     assert [round(r["score"], 3) for r in choice["ranking"]] == [0.73, 0.683, 0.667]
     assert [r["model"] for r in choice["ranking"]][-1] == "dsca-multiresunet"
+
+
+def test_catalogue_decision_sets_threshold_and_postprocessing(tmp_path, monkeypatch):
+    from DuralSacSegLib import models
+    from DuralSacSegLib.networks import build_network
+
+    from spinemorph.errors import ModelError
+
+    torch.manual_seed(0)
+    path = models.save_weights(tmp_path / "w.pt", build_network("unet"), "unet", config={"loss": {"pos_weight": 20.0}})
+    entry = {"name": "m", "architecture": "unet", "weights": "w.pt", "sha256": models.sha256_of(path)}
+    monkeypatch.setattr(models, "MODELS_DIR", tmp_path)
+
+    def write(e):
+        (tmp_path / "catalog.json").write_text(json.dumps({"format_version": 1, "default": "m", "models": [e]}))
+
+    write(entry)
+    _, info = models.load_model("m")
+    assert info.threshold == pytest.approx(20 / 21) and info.postprocess == "none"
+    write({**entry, "decision": {"threshold": 0.8, "postprocess": "track+fill", "chosen_on": "validation split"}})
+    _, info = models.load_model("m")
+    assert info.threshold == 0.8 and info.postprocess == "track+fill" and "validation split" in info.threshold_source
+    for bad in ({"threshold": 1.5}, {"threshold": 0.8, "postprocess": "biggest"}, {"postprocess": "none"}):
+        write({**entry, "decision": bad})
+        with pytest.raises(ModelError):
+            models.load_model("m")
