@@ -383,3 +383,36 @@ def test_a_case_runs_with_the_planned_threads_in_torch_and_simpleitk(tmp_path):
         torch.set_num_threads(old[0])
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(old[1])
         batch._TORCH_THREADS[:] = old[2]
+
+
+def test_stale_staging_removal_never_leaves_a_half_deleted_result(tmp_path, monkeypatch):
+    """--resume removes the staging folders a killed batch left; a case of that batch still running elsewhere (an
+    orphaned task on an external cluster) may publish its staging folder at that very moment. The result folder is
+    then complete or absent, never half-deleted (which --resume would keep as complete)."""
+    import os
+    import shutil
+
+    from spinemorph import batch
+
+    out = tmp_path / "out"
+    out.mkdir()
+    staging = out / ".p1.partial-orphan"
+    staging.mkdir()
+    for name in ("dsca.csv", "dsca.json", batch.ROW_JSON):
+        (staging / name).write_text("x\n")
+    final = out / "p1"
+    real_rmtree = shutil.rmtree
+
+    def rmtree_racing_a_publish(path, *args, **kwargs):
+        victim = sorted(Path(path).iterdir())[0]
+        victim.unlink()  # the deletion has begun ...
+        with contextlib.suppress(OSError):
+            os.replace(staging, final)  # ... when the orphaned task publishes its staging folder
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree_racing_a_publish)
+    batch.remove_stale_staging(out)
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    if final.exists():
+        assert sorted(p.name for p in final.iterdir()) == sorted(["dsca.csv", "dsca.json", batch.ROW_JSON])
+    assert not [p.name for p in out.iterdir() if p.name != "p1"]  # nothing stale left either

@@ -301,6 +301,24 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+def _discard(path: Path) -> None:
+    """Remove a stale staging / replaced folder by renaming it away first, then deleting the renamed folder.
+
+    A case can still be running where this batch cannot see it (an orphaned task of a killed batch on an external
+    Dask cluster, or a task of a worker the scheduler lost touch with) and publish its staging folder while it is being
+    deleted: deleting in place could then leave a half-deleted result folder that ``--resume`` keeps as complete.
+    The rename is atomic: either the case published first (nothing left here to delete) or it can no longer publish
+    (its case is run again)."""
+    if path.is_dir() and not path.is_symlink():
+        trash = path.with_name(f"{path.name}.del-{uuid.uuid4().hex[:8]}")  # still a stale name if this is cut short
+        try:
+            os.replace(path, trash)
+        except OSError:
+            return  # published or removed meanwhile
+        path = trash
+    _remove(path)
+
+
 def remove_stale_staging(out: Path, name: str | None = None) -> list[str]:
     """Remove staging (``.<case>.partial-*``) and replaced (``.<case>.old-*``) folders left by a killed batch (and,
     for the whole batch, temporary files of report writes it cut short).
@@ -318,7 +336,7 @@ def remove_stale_staging(out: Path, name: str | None = None) -> list[str]:
                 ours = p.name.startswith(".") and (".partial-" in p.name or ".old-" in p.name)
             report_tmp = name is None and p.name.startswith(reports) and ".tmp" in p.name  # an atomic write cut short
             if ours or report_tmp:
-                _remove(p)
+                _discard(p)
                 removed.append(p.name)
     return removed
 
