@@ -73,7 +73,8 @@ def test_dsca_worker_on_the_phantom_meets_the_acceptance(study, tmp_path):
     done, messages = _run_worker("dsca", study["axial_t1"], tmp_path / "out")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     kinds = [m.kind for m in messages]
-    assert kinds[0] == "device" and kinds[-1] == "done" and "progress" in kinds
+    assert kinds[:2] == ["pid", "device"] and kinds[-1] == "done" and "progress" in kinds
+    assert messages[0].data["pid"] > 0  # the worker's own pid, first (Cancel behind the PythonSlicer launcher)
     fractions = [m.data["fraction"] for m in messages if m.kind == "progress"]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     result = iw.read_result("dsca", tmp_path / "out")
