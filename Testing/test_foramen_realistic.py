@@ -110,7 +110,19 @@ def test_truth_is_exact():
     yy, zz = np.meshgrid(np.arange(-3, 20, 0.02), np.arange(-6, 19, 0.02))
     inside = Path(poly).contains_points(np.column_stack([yy.ravel(), zz.ravel()]))
     assert inside.sum() * 0.02**2 == pytest.approx(t["area_mm2"], rel=0.005)
-    assert t["width_mm"] < np.hypot(sd.sap_face_y_mm + 2.0, 0.0) + 1e-9 or t["width_mm"] > 0
+    # width truth = distance from the L4 corner to the nearest point of the face y = W + k (z - floor)^2, found here
+    # independently (bounded scalar minimisation over the face between floor and tip)
+    from scipy.optimize import minimize_scalar
+
+    c = np.asarray(phantom.REALISTIC_CORNER_YZ, float)
+    zf = sd.floor_z_mm
+
+    def dist(z):
+        return float(np.hypot(sd.sap_face_y_mm + sd.k * (z - zf) ** 2 - c[0], z - c[1]))
+
+    best = minimize_scalar(dist, bounds=(zf, sd.tip_yz[1]), method="bounded", options={"xatol": 1e-9})
+    assert t["width_mm"] == pytest.approx(best.fun, abs=1e-3)
+    assert t["width_mm"] < dist(zf)  # the curved face comes nearer to the corner than its foot at the floor
 
 
 def test_measurement_state_carries_qc(measured):
@@ -132,3 +144,73 @@ def test_measurement_state_carries_qc(measured):
     state.update_from_ras(state.key("right", "height"), pts)
     h = next(r for r in state.rows() if r["Metric"] == "foraminal_height" and r["Side"] == "right")
     assert h["QC"] == "edited" and h["Flag"].startswith("height <= 15 mm") and state.values["right"]["flagged"]
+
+
+def test_sap_face_excludes_the_gently_rising_floor():
+    """The width ends on the SAP's anterior face "where the contour turns steep", never on the L5 floor rising gently
+    behind the notch (a surface inclined ~20° still faces up: that is floor). Known outline: notch at (2, 0); floor
+    rising at 20° to (8, 2.2); then a steep SAP face (70°) up to the tip; L4 corner at (0, 5)."""
+    from FORAMEN3DLib.morphometry import _sap_face
+
+    from spinemorph.labels import L5
+
+    floor = np.array([[2.0 + d * np.cos(np.radians(20)), d * np.sin(np.radians(20))] for d in np.arange(0.0, 6.5, 0.5)])
+    top = floor[-1]
+    face = np.array([top + d * np.array([np.cos(np.radians(70)), np.sin(np.radians(70))]) for d in np.arange(0.5, 8.0, 0.5)])
+    yz = np.vstack([floor, face])
+    # outward normals (out of the foramen, into the bone): perpendicular to each segment, pointing down/back
+    n_floor = np.array([np.sin(np.radians(20)), -np.cos(np.radians(20))])
+    n_face = np.array([np.sin(np.radians(70)), -np.cos(np.radians(70))])
+    normal = np.vstack([np.repeat(n_floor[None], len(floor), 0), np.repeat(n_face[None], len(face), 0)])
+    labs = np.full(len(yz), L5)
+    corner, notch = np.array([0.0, 5.0]), np.array([2.0, 0.0])
+    sap = _sap_face(yz, normal, labs, corner, notch)
+    assert not sap[: len(floor)].any()  # the 20° floor is not SAP (with the old 0.3 cut it was: ~0.5-2 mm above the notch)
+    assert sap[len(floor):].all()
+    # the nearest SAP point to the corner is the foot of the steep face, not a floor point 0.5 mm above the notch
+    d = np.linalg.norm(yz[sap] - corner, axis=1)
+    assert np.allclose(yz[sap][np.argmin(d)], face[0])
+
+
+def test_thick_slice_input_puts_every_value_under_review():
+    """A thick-slice label map (here 2 mm slices left-right, > 1.5 mm): every value, the posterior disc height too,
+    is under review and none is flagged, even with thresholds every value would meet."""
+    from spinemorph.volume import Volume, resample_like
+
+    vol, _ = phantom.realistic_foramen_phantom("realistic", 0.5, supersample=1)
+    sp = np.array(vol.spacing_mm, float)
+    lr = int(np.argmax(np.abs(vol.direction[0, :])))  # index axis closest to LPS x (left-right)
+    sp2 = sp.copy()
+    sp2[lr] = 2.0
+    size = np.array(vol.size_ijk)
+    size2 = np.maximum(1, np.floor((size - 1) * sp / sp2).astype(int) + 1)
+    target = Volume(np.zeros(tuple(size2[::-1]), np.uint8), tuple(sp2), vol.origin_mm, vol.direction)
+    thick = resample_like(vol, target, "nearest")
+    res = measure_foramen(thick, thresholds=Thresholds(height_mm=50.0, width_mm=50.0, posterior_disc_height_mm=50.0))
+    assert res.input_reasons and "thick-slice" in res.input_reasons[0]
+    for m in res.measurements:
+        assert m.qc == "review" and m.flag == "", (m.metric, m.side, m.qc, m.flag)
+    assert not any(res.sides[s].flagged for s in ("left", "right"))
+    rows = {(x["Metric"], x["Side"]): x for x in res.to_rows("c")}
+    assert rows[("posterior_disc_height", "midline")]["QC"] == "review"
+
+
+def test_edited_implausible_value_never_flags(measured):
+    """A point dragged to an implausible value (height 3 mm, outside 8-30 mm) is put back under review and does not
+    flag; dragged to a plausible low value (12 mm) it is 'edited' and flags."""
+    from FORAMEN3DLib import markup_model
+
+    from spinemorph.gui_support import lps_to_ras
+
+    res, _ = measured("realistic-disc-contact")
+    state = markup_model.MeasurementState(res)
+    assert not state.values["left"]["flagged"]
+    pts = lps_to_ras(state.points["left"]["height"])
+    axis = (pts[0] - pts[1]) / np.linalg.norm(pts[0] - pts[1])
+    state.update_from_ras(state.key("left", "height"), np.stack([pts[1] + 3.0 * axis, pts[1]]))
+    h = next(r for r in state.rows() if r["Metric"] == "foraminal_height" and r["Side"] == "left")
+    assert h["Value"] == pytest.approx(3.0, abs=0.01)
+    assert h["QC"] == "review" and h["Flag"] == "" and not state.values["left"]["flagged"]
+    state.update_from_ras(state.key("left", "height"), np.stack([pts[1] + 12.0 * axis, pts[1]]))
+    h = next(r for r in state.rows() if r["Metric"] == "foraminal_height" and r["Side"] == "left")
+    assert h["QC"] == "edited" and h["Flag"].startswith("height <= 15 mm") and state.values["left"]["flagged"]

@@ -107,7 +107,7 @@ class MeasurementState:
             }
         self.posterior_disc_height = result.posterior_disc_height
         #: QC per side and metric: "ok" / "review" from the measurement, "edited" once the user moved its points
-        #: (a value under review never raises the flag; an edited one is the user's and is flagged normally)
+        #: (a value under review never raises the flag; an edited one inside the plausibility band is the user's and is flagged normally)
         self.qc: dict[str, dict[str, str]] = {}
         self.qc_reasons: dict[str, list] = {}
         self.view_kind: dict[str, str] = {}
@@ -123,13 +123,27 @@ class MeasurementState:
 
         p = self.points[side]
         v = measure_from_points(p["height"], p["width"], p["area"], self.view_axis_lps, self.thresholds)
-        q = self.qc[side]
+        q = self._effective_qc(side, v)
+        v["qc"] = q
         fl = flags_for(v["height_mm"] if q["height"] != "review" else float("nan"),
                        v["width_mm"] if q["width"] != "review" else float("nan"), self.thresholds)
         v["flagged"] = bool(fl["side"])
         v["flag"] = FLAG_TEXT if v["flagged"] else ""
         v["qc_status"] = "review" if "review" in q.values() else ("edited" if "edited" in q.values() else "ok")
         return v
+
+    def _effective_qc(self, side: str, v: dict) -> dict:
+        """QC per metric: the measurement's, "edited" once moved; an edited value outside the plausibility band
+        (:data:`FORAMEN3DLib.morphometry.PLAUSIBLE`) is "review" again, so that a mis-dragged point never flags."""
+        from FORAMEN3DLib.morphometry import PLAUSIBLE
+
+        q = dict(self.qc[side])
+        for metric, key in (("height", "height_mm"), ("width", "width_mm"), ("area", "area_mm2")):
+            lo, hi = PLAUSIBLE[METRICS[metric][0]]
+            value = float(v[key])
+            if q[metric] == "edited" and not (np.isfinite(value) and lo <= value <= hi):
+                q[metric] = "review"
+        return q
 
     # ------------------------------------------------------------------ markups
     @staticmethod
@@ -186,7 +200,7 @@ class MeasurementState:
         out = []
         for side in SIDES:
             v = self.values[side]
-            q = self.qc[side]
+            q = v.get("qc") or self.qc[side]
             fl = flags_for(v["height_mm"], v["width_mm"], self.thresholds)
             for metric, value in (("height", v["height_mm"]), ("width", v["width_mm"]), ("area", v["area_mm2"])):
                 name, unit = METRICS[metric]

@@ -126,9 +126,11 @@ PLAUSIBLE_SOURCE = (
     "design choice of SpineMorph (wide band around adult foraminal height ~16-23 mm, width ~6-11 mm, area ~100-200 mm2); "
     "not a normal range"
 )
-#: the SAP's anterior face is where the L5 contour faces anteriorly: outward normal's posterior component >= this
-#: (within ~73° of posterior; a stricter 45° left low SAPs of real masks without a face and sent them to the fallback)
-SAP_FACE_STEEP = 0.3
+#: the SAP's anterior face is where the L5 contour "turns steep": the surface faces more anteriorly than upward, i.e.
+#: its outward normal lies within 45° of posterior (posterior component >= cos 45°). A looser value (0.3, 73°) let
+#: the floor rising gently behind the notch (inclined ~20°, facing up) count as SAP on 6 of 8 real sides, so that the
+#: width ended 0.5-1 mm above the notch. A low SAP without such a face is measured by the fallback, under review.
+SAP_FACE_STEEP = float(np.cos(np.radians(45.0)))
 #: label maps whose largest voxel spacing exceeds this (mm) are measured with QC status "review" (thick slices)
 THICK_SLICE_MM = 1.5
 #: background pixels within this distance of two different structures count as closed (heuristic)
@@ -738,7 +740,7 @@ def _sap_face(yz, normal, labs, corner, floor_point):
     """Outline vertices on the anterior face of the L5 superior articular process.
 
     SAP face = L5 outline posterior to the L4 posteroinferior corner and to the L5 notch, more than 0.5 mm above the
-    notch, whose outward normal points posteriorly (``SAP_FACE_STEEP``: the surface faces anteriorly, into the foramen) and towards which the corner
+    notch, whose outward normal lies within 45° of posterior (``SAP_FACE_STEEP``: the surface faces anteriorly, into the foramen, more than upwards) and towards which the corner
     lies in front (the surface faces the corner). The L5 floor (facing up, below/at the notch) and any other
     structure are excluded.
     """
@@ -873,8 +875,11 @@ def _measure_view(view: LateralView, found, side: str) -> dict:
         fallbacks.append(cnote)
     sap = _sap_face(yz, normal, labs, corner, p_bot)
     if not sap.any():
-        # no SAP face: L5 posterosuperior margin behind the corner and above the notch (surrogate, as a reader would)
-        sap = (labs == L5) & (yz[:, 0] > corner[0] + 0.5) & (yz[:, 1] > p_bot[1])
+        # no SAP face: the L5 margin behind the corner, at or behind the notch and above it (the base of a low SAP,
+        # the surrogate a reader uses); never the L5 body in front of the notch unless nothing else is there
+        sap = (labs == L5) & (yz[:, 0] > corner[0] + 0.5) & (yz[:, 1] > p_bot[1]) & (yz[:, 0] >= p_bot[0])
+        if not sap.any():
+            sap = (labs == L5) & (yz[:, 0] > corner[0] + 0.5) & (yz[:, 1] > p_bot[1])
         fallbacks.append("no anterior face of the L5 superior articular process: width measured to the L5 margin behind the corner")
     if not sap.any():
         raise InputError(f"the {side} foramen has no L5 posterior wall behind the L4 corner on the lateral view; check the articular processes")
@@ -1041,7 +1046,7 @@ def _measure_side(lm: Landmarks, side: str, thresholds: Thresholds, input_reason
     )
 
 
-def _posterior_disc_height(lm: Landmarks, thresholds: Thresholds):
+def _posterior_disc_height(lm: Landmarks, thresholds: Thresholds, input_reasons=()):
     v = lm.midline_view
     c4 = _body_corner(v, L4, (1.0, -1.0))
     c5 = _body_corner(v, L5, (1.0, 1.0))
@@ -1049,8 +1054,12 @@ def _posterior_disc_height(lm: Landmarks, thresholds: Thresholds):
         raise InputError("the L4 or L5 vertebral body is missing on the midline; check the labels")
     yz = np.stack([c4, c5])
     d = float(np.linalg.norm(c4 - c5))
-    flag = f"posterior disc height <= {thresholds.posterior_disc_height_mm:g} mm" if d <= thresholds.posterior_disc_height_mm else ""
-    m = Measurement("posterior_disc_height", "midline", d, "mm", v.yz_to_lps(yz), flag, "")
+    # input-level QC (thick slices) applies to this value too; a value under review carries no flag
+    reasons = list(input_reasons)
+    qc = "review" if reasons else "ok"
+    low = qc == "ok" and d <= thresholds.posterior_disc_height_mm
+    flag = f"posterior disc height <= {thresholds.posterior_disc_height_mm:g} mm" if low else ""
+    m = Measurement("posterior_disc_height", "midline", d, "mm", v.yz_to_lps(yz), flag, "", qc, reasons)
     return m, yz
 
 
@@ -1100,7 +1109,7 @@ def measure_foramen(
             "the foramen outline are sampled coarsely; low confidence"
         )
     sides = {s: _measure_side(lm, s, thresholds, input_reasons, zone) for s in SIDES}
-    pdh, pdh_yz = _posterior_disc_height(lm, thresholds)
+    pdh, pdh_yz = _posterior_disc_height(lm, thresholds, input_reasons)
     return MorphometryResult(
         sides=sides,
         posterior_disc_height=pdh,
