@@ -297,3 +297,12 @@ def test_cli_usage_for_clusters(tmp_path, monkeypatch):
     code, err = _main(["batch", "dsca", folder, "--out", tmp_path / "o", "--scheduler", "tcp://127.0.0.1:9"])
     assert code == 1 and "cannot connect to the Dask scheduler at tcp://127.0.0.1:9" in err
     assert not (tmp_path / "o" / REPORT_CSV).exists()  # nothing ran: no report claiming otherwise
+
+
+def test_a_malformed_scheduler_address_is_a_usage_error_not_a_bug(tmp_path):
+    folder = _study_folder(tmp_path / "f", ["a"], bad=False)
+    for address in ("notanaddress", "tcp://127.0.0.1:notaport"):
+        code, err = _main(["batch", "dsca", folder, "--out", tmp_path / "o", "--scheduler", address])
+        assert code != 0 and f"--scheduler {address!r} is not a Dask scheduler address" in err, err
+        assert "internal error" not in err and "bug" not in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "o" / REPORT_CSV).exists()

@@ -829,6 +829,10 @@ def run_batch_dask(
                     except (OSError, TimeoutError) as exc:
                         raise SpineMorphError(f"cannot connect to the Dask scheduler at {scheduler} ({_first_line(exc)}); "
                                               "check the address and that the scheduler is running") from None
+                    except ValueError as exc:  # a malformed address (no port, port not a number)
+                        raise InputError(f"--scheduler {scheduler!r} is not a Dask scheduler address "
+                                         f"({_first_line(exc)}); give it as tcp://HOST:PORT, e.g. "
+                                         "tcp://scheduler-host:8786") from None
                 else:
                     plan = plan_local_cluster(workers, threads_per_worker)
                     cluster = start_local_cluster(plan, dashboard=True)
