@@ -1,9 +1,17 @@
-"""Segmentation of L4, the L4-5 disc and L5 in a lumbar MR volume (inference with the 3D U-Net).
+"""Segmentation of L4, the L4-5 disc and L5 (and, with a fine model, the dural sac) in a lumbar MR volume.
 
-:func:`segment_volume` = :func:`FORAMEN3DLib.preprocess.preprocess_volume` (re-orient, resample to the 0.8 mm
-sagittal grid, crop, z-score, pad to 128×192×192) → network (``torch.inference_mode``; CUDA with float16 autocast
-when available) → softmax → argmax → :func:`postprocess_labels` (largest connected component per structure, holes
-filled) → inverse mapping onto the input's own grid.
+Single-pass models (the source method's full-volume layout and the coarse CPU model): :func:`segment_volume` =
+:func:`FORAMEN3DLib.preprocess.preprocess_volume` (re-orient, resample to the 0.8 mm sagittal grid, crop, z-score,
+pad to 128×192×192) → network (``torch.inference_mode``; CUDA with float16 autocast when available) → softmax →
+argmax → :func:`postprocess_labels` (largest connected component per structure, holes filled) → inverse mapping onto
+the input's own grid.
+
+Fine models (weights whose ``meta["kind"]`` is ``"fine"``; 5 classes, 4th = dural sac): coarse-to-fine
+(:func:`segment_fine`): the coarse model (``meta["locator"]``, default the catalogue's ``foramen3d-budget-cpu``)
+segments the volume as above and gives the L4-5 disc centre; the fine crop (:func:`FORAMEN3DLib.fine_data.fine_crop_grid`,
+144×144×160 voxels of 0.8 mm in the input's re-oriented directions, placed relative to that centre) is resampled
+from the input (linear), z-scored, segmented with MONAI sliding-window inference (Gaussian blending), post-processed
+and pasted back onto the input grid (nearest neighbour; exact for 0.8 mm inputs aligned with the crop).
 """
 
 from __future__ import annotations
@@ -33,9 +41,11 @@ class SegmentationResult:
     Attributes
     ----------
     labels : Volume
-        uint8 label map on the input's own grid: 0 background, 1 L4, 2 L4-5 disc, 3 L5.
+        uint8 label map on the input's own grid: 0 background, 1 L4, 2 L4-5 disc, 3 L5 (4 dural sac with a fine
+        model: :data:`spinemorph.labels.FORAMEN_CANAL_LABELS`).
     crop_labels : Volume
-        The same (post-processed) labels on the 0.8 mm isotropic crop grid (128×180×180, orientation PIR).
+        The same (post-processed) labels on the 0.8 mm isotropic crop grid (128×180×180, orientation PIR; for a fine
+        model its 144×144×160 fine crop).
     timings_s : dict
         Seconds spent in ``preprocess``, ``load_model``, ``inference``, ``postprocess``, ``inverse``, ``total``.
     model_name : str
@@ -215,6 +225,81 @@ def _report(progress, fraction: float, message: str) -> None:
         progress(float(fraction), message)
 
 
+def is_fine_model(loaded: models3d.LoadedModel) -> bool:
+    """True for coarse-to-fine models (weights saved by :mod:`FORAMEN3DLib.train_fine`)."""
+    return loaded.meta.get("kind") == "fine"
+
+
+#: locator used by fine models whose weights do not name one
+DEFAULT_LOCATOR = "foramen3d-budget-cpu"
+
+
+def locate_l45(prep: Preprocessed, labels_padded: np.ndarray) -> np.ndarray:
+    """LPS centre of the L4-5 disc found by a coarse segmentation (padded crop labels); L4 ∪ L5 centre when the
+    disc is missing. Raises :class:`SpineMorphError` when neither is found."""
+    crop = unpad(np.asarray(labels_padded))
+    for sel in (crop == 2, (crop == 1) | (crop == 3)):
+        if sel.sum() > 50:
+            idx = np.argwhere(sel).mean(0)  # k, j, i
+            return prep.crop.volume(crop).index_to_lps(idx[::-1])
+    raise SpineMorphError("the locator found no L4-5 level in this image; give a sagittal or 3D lumbar MRI covering L3-S1")
+
+
+def segment_fine(
+    image: Volume, prep: Preprocessed, loaded: models3d.LoadedModel, device="auto",
+    progress: ProgressCallback | None = None, should_cancel: Callable[[], bool] | None = None,
+    locator=None, overlap: float = 0.25,
+) -> tuple[np.ndarray, Volume, dict]:
+    """Coarse-to-fine segmentation (see the module docstring): labels on the input grid, fine-crop labels, timings."""
+    from spinemorph.volume import resample_to_grid
+
+    from . import fine_data as fd
+    from .preprocess import _input_subgrid
+    from .train_fine import predict_crop
+
+    t: dict = {}
+    t0 = time.perf_counter()
+    loc_name = locator or loaded.meta.get("locator") or DEFAULT_LOCATOR
+    coarse_padded, _, tc = segment_preprocessed(prep, loc_name, device, None, should_cancel)
+    centre = locate_l45(prep, coarse_padded)
+    t["locate"] = time.perf_counter() - t0
+    _report(progress, 0.3, "fine segmentation")
+    _check_cancel(should_cancel)
+    t0 = time.perf_counter()
+    grid = fd.fine_crop_grid(centre, direction=prep.crop.direction)
+    if prep.crop.aligned:
+        # 0.8 mm input: snap the crop onto input voxels, so that resampling and pasting back are exact indexing
+        snapped = image.index_to_lps(np.round(image.lps_to_index(np.asarray(grid.origin_mm))))
+        grid = fd.FineGrid(tuple(float(v) for v in snapped), grid.direction, grid.shape)
+    vol = image if np.issubdtype(image.array.dtype, np.floating) else image.with_array(image.array.astype(np.float32))
+    img = resample_to_grid(vol, grid.spacing_mm, grid.size_ijk, grid.origin_mm, grid.direction, "linear").array
+    fov = resample_to_grid(image.with_array(np.ones(image.shape, np.uint8)), grid.spacing_mm, grid.size_ijk,
+                           grid.origin_mm, grid.direction, "nearest").array.astype(bool)
+    x = fd.normalise(img, fov)
+    t["fine_preprocess"] = time.perf_counter() - t0
+    _check_cancel(should_cancel)
+    t0 = time.perf_counter()
+    roi = loaded.meta.get("infer_roi") or [96, 96, 96]
+    probs = predict_crop(loaded.network, x, roi, overlap, "fp32", device=loaded.device)
+    raw = probs.argmax(0).astype(np.uint8)
+    raw[~fov] = 0
+    t["inference"] = time.perf_counter() - t0
+    _check_cancel(should_cancel)
+    t0 = time.perf_counter()
+    labels = postprocess_labels(raw, structures=(1, 2, 3, 4))
+    t["postprocess"] = time.perf_counter() - t0
+    _report(progress, 0.9, "mapping back to the input grid")
+    t0 = time.perf_counter()
+    out = np.zeros(image.shape, np.uint8)
+    sub, (lo, hi) = _input_subgrid(image, grid)
+    if sub is not None:
+        res = resample_to_grid(grid.volume(labels), sub.spacing_mm, sub.size_ijk, sub.origin_mm, sub.direction, "nearest")
+        out[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]] = res.array
+    t["inverse"] = time.perf_counter() - t0
+    t["locator_model"] = tc.get("inference", 0.0)
+    return out, grid.volume(labels), t
+
+
 def segment_volume(
     image: Volume,
     model="default",
@@ -251,8 +336,16 @@ def segment_volume(
     t_pre = time.perf_counter() - t0
     _report(progress, 0.15, "loading model")
     _check_cancel(should_cancel)
-    padded, on_input, t = segment_preprocessed(prep, model, device, progress, should_cancel)
+    t0 = time.perf_counter()
     loaded = get_model(model, device)
+    t_load = time.perf_counter() - t0
+    if is_fine_model(loaded):
+        on_input, crop_vol, t = segment_fine(image, prep, loaded, device, progress, should_cancel)
+        timings = {"preprocess": t_pre, "load_model": t_load, **t, "total": time.perf_counter() - t_start}
+        _report(progress, 1.0, "done")
+        return SegmentationResult(labels=image.with_array(on_input), crop_labels=crop_vol, timings_s=timings,
+                                  model_name=loaded.name, device=str(loaded.device))
+    padded, on_input, t = segment_preprocessed(prep, model, device, progress, should_cancel)
     timings = {"preprocess": t_pre, **t, "total": time.perf_counter() - t_start}
     _report(progress, 1.0, "done")
     assert padded.shape == PADDED_SHAPE

@@ -95,6 +95,7 @@ DEFAULT_CONFIG: dict = {
                 "p_fov_lr": 0.3, "fov_lr_mm": [48.0, 100.0]},
     "validate_every": 1,
     "threads": 1,
+    "device": "cpu",  # "cpu", "cuda", "mps" or "auto" (spinemorph.device.select_device); CUDA runs use float16 autocast
     "max_wall_s": None,  # training wall time (after sample generation) after which training ends and the fold is tested
 }
 
@@ -535,12 +536,13 @@ def predict_labels(net, x: np.ndarray, down: int) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    with torch.inference_mode():
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]
-        logits = net(xt)
+    dev = next(net.parameters()).device
+    with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.float16, enabled=dev.type == "cuda"):
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None].to(dev)
+        logits = net(xt).float()
         if logits.shape[2:] != PADDED_SHAPE:
             logits = F.interpolate(logits, size=PADDED_SHAPE, mode="trilinear", align_corners=False)
-        return logits.argmax(1)[0].numpy().astype(np.uint8)
+        return logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
 
 
 def _dsc_per_structure(truth: np.ndarray, pred: np.ndarray) -> dict:
@@ -616,6 +618,11 @@ def train_fold(cfg: dict, fold: int, run_dir: Path, split: dict, resume: bool = 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = build_network(cfg["network"])
+    from spinemorph.device import select_device
+
+    dev = select_device(str(cfg.get("device", "cpu")))
+    net = net.to(dev)
+    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
     opt_cfg = cfg["optimizer"]
     optimizer = torch.optim.Adam(net.parameters(), lr=float(opt_cfg["lr"]), weight_decay=float(opt_cfg["weight_decay"]))
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(opt_cfg["milestones"]), gamma=float(opt_cfg["gamma"]))
@@ -664,12 +671,16 @@ def train_fold(cfg: dict, fold: int, run_dir: Path, split: dict, resume: bool = 
             batch = [train_items[t] for t in state["order"][state["pos"] * bs : (state["pos"] + 1) * bs]]
             xs, ys = zip(*(_augment(rng, *cache.get(c, s), cfg["augment"], down) for c, s in batch))
             xt, yt = _to_net(xs, ys, down)
+            xt, yt = xt.to(dev), yt.to(dev)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(net(xt), yt)
+            with torch.autocast(dev.type, dtype=torch.float16, enabled=dev.type == "cuda"):
+                out = net(xt)
+            loss = loss_fn(out.float(), yt)
             if not torch.isfinite(loss):
                 raise SpineMorphError(f"training diverged (loss {float(loss)}) at iteration {state['iteration']}; lower the learning rate")
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             state["losses"].append(loss.item())
             state["pos"] += 1
             state["iteration"] += 1

@@ -88,6 +88,7 @@ DEFAULT_FINE_CONFIG: dict = {
     "log_every": 10,
     "sliding_overlap": 0.25,
     "infer_roi": [96, 96, 96],
+    "max_wall_s": None,
 }
 
 
@@ -385,8 +386,9 @@ def _write_history(history: list[dict], path: Path) -> None:
 def save_fine_weights(net, path: Path, meta: dict) -> str:
     from .models3d import save_weights
 
-    return save_weights(net, path, 1, {**meta, "kind": "fine", "fine_shape": list(fd.FINE_SHAPE),
-                                       "fine_offset_mm": list(fd.FINE_OFFSET_MM)})
+    return save_weights(net, path, 1, {"infer_roi": [96, 96, 96], **meta, "kind": "fine",
+                                       "fine_shape": list(fd.FINE_SHAPE), "fine_offset_mm": list(fd.FINE_OFFSET_MM),
+                                       "locator": meta.get("locator", "foramen3d-budget-cpu")})
 
 
 def train_fine(config=None, run_dir="runs/fine", resume: bool = False, overwrite: bool = False,
@@ -568,7 +570,7 @@ def train_fine(config=None, run_dir="runs/fine", resume: bool = False, overwrite
             row["wall_s"] = state["wall_s"]
             row["val_s"] = time.perf_counter() - tv
             state["history"].append(row)
-            meta = {"config": cfg["name"], "seed": seed, "iteration": state["iteration"], "val_mean": row["val_mean"],
+            meta = {"config": cfg["name"], "seed": seed, "infer_roi": cfg["infer_roi"], "iteration": state["iteration"], "val_mean": row["val_mean"],
                     "val_patients": cfg["val_patients"], "patch": cfg["patch"], "precision": precision}
             save_fine_weights(net, run / "last.pt", meta)
             if row["val_mean"] > state["best"]:
@@ -577,7 +579,20 @@ def train_fine(config=None, run_dir="runs/fine", resume: bool = False, overwrite
             _write_history(state["history"], run / "history.csv")
             _log(run, "validation " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
             t_log = time.perf_counter()
-        stop = stop_after is not None and done_here >= stop_after
+        over_wall = cfg.get("max_wall_s") is not None and state["wall_s"] >= float(cfg["max_wall_s"])
+        if over_wall and not validate_now:
+            row = validate()
+            row["wall_s"] = state["wall_s"]
+            state["history"].append(row)
+            meta = {"config": cfg["name"], "seed": seed, "infer_roi": cfg["infer_roi"], "iteration": state["iteration"],
+                    "val_mean": row["val_mean"], "val_patients": cfg["val_patients"], "patch": cfg["patch"]}
+            save_fine_weights(net, run / "last.pt", meta)
+            if row["val_mean"] > state["best"]:
+                state["best"], state["best_iteration"] = row["val_mean"], state["iteration"]
+                save_fine_weights(net, run / "best.pt", {**meta, "val": row})
+            _write_history(state["history"], run / "history.csv")
+            _log(run, "validation " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
+        stop = (stop_after is not None and done_here >= stop_after) or over_wall
         if validate_now or stop or time.perf_counter() - t_ckpt >= float(cfg["checkpoint_every_s"]):
             save_checkpoint()
             t_ckpt = time.perf_counter()

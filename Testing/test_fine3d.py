@@ -1,0 +1,161 @@
+"""Fine (0.8 mm, 5-class) FORAMEN3D model: network layout, partial-label loss, crop geometry, slab level
+derivation, resumable training and the coarse-to-fine inference round trip (tiny untrained networks)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from FORAMEN3DLib import fine_data as fd
+from FORAMEN3DLib import models3d, segment3d, train_fine
+from FORAMEN3DLib.network3d import NetworkConfig, UNet3D
+from FORAMEN3DLib.preprocess import CANONICAL_AXES, preprocess_volume
+
+from spinemorph.volume import Volume
+
+
+def test_refine_network_shapes_and_old_layout_unchanged():
+    net = UNet3D(NetworkConfig(in_channels=4, out_channels=5, base_channels=4, depth=2, stem_stride=2, refine_channels=4))
+    out = net(torch.zeros(1, 4, 16, 24, 32))
+    assert out.shape == (1, 5, 16, 24, 32)
+    old = UNet3D(NetworkConfig(base_channels=4, depth=2, stem_stride=2))
+    assert not any(k.startswith(("refine", "full_res")) for k in old.state_dict())
+    with pytest.raises(ValueError, match="refine_channels"):
+        NetworkConfig(refine_channels=4, stem_stride=1).validate()
+
+
+def test_partial_label_loss_merged_and_ignored_voxels():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 5, 2, 2, 2)
+    p = torch.softmax(logits, 1)
+    bits = torch.full((1, 2, 2, 2), fd.IGNORE, dtype=torch.uint8)
+    bits[0, 0, 0, 0] = fd.MERGED_VERTEBRA
+    loss = train_fine.partial_label_loss(logits, bits, dice_weight=0.0)
+    expected = -math.log(float(p[0, 0, 0, 0, 0] + p[0, 1, 0, 0, 0] + p[0, 3, 0, 0, 0]))
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    # a definite label = ordinary cross-entropy
+    bits[0, 0, 0, 0] = 1 << fd.CANAL
+    loss = train_fine.partial_label_loss(logits, bits, dice_weight=0.0)
+    assert float(loss) == pytest.approx(-math.log(float(p[0, 4, 0, 0, 0])), rel=1e-5)
+    # everything ignored: zero loss, still differentiable
+    bits[:] = fd.IGNORE
+    lg = logits.clone().requires_grad_(True)
+    loss = train_fine.partial_label_loss(lg, bits)
+    loss.backward()
+    assert float(loss) == 0.0
+
+
+def test_bits_and_definite_labels_round_trip():
+    lab = np.array([0, 1, 2, 3, 4], np.uint8)
+    assert np.array_equal(fd.definite_labels(fd.bits_of(lab)), lab)
+    assert fd.definite_labels(np.array([fd.MERGED_DISC, fd.IGNORE], np.uint8)).tolist() == [255, 255]
+
+
+def test_fine_crop_grid_places_disc_at_offset():
+    centre = np.array([10.0, -20.0, 30.0])
+    g = fd.fine_crop_grid(centre)
+    vol = g.volume(np.zeros(fd.FINE_SHAPE, np.uint8))
+    mid = vol.index_to_lps((np.asarray(g.size_ijk) - 1) / 2.0)
+    expected = centre + CANONICAL_AXES @ np.asarray(fd.FINE_OFFSET_MM)
+    assert np.allclose(mid, expected)
+    # the disc centre lies inside the crop, 30 mm anterior of its centre (offset along +i = posterior)
+    ijk = vol.lps_to_index(centre)
+    assert np.all(ijk >= 0) and np.all(ijk <= np.asarray(g.size_ijk) - 1)
+
+
+def test_coordinate_channels():
+    c = train_fine.coordinate_channels((5, 3, 9))
+    assert c.shape == (3, 5, 3, 9)
+    assert c[0, 0, 0, 0] == -1 and c[0, -1, 0, 0] == 1 and c[1, 0, 1, 0] == 0 and c[2, 0, 0, 4] == 0
+    sub = train_fine.coordinate_channels((5, 3, 9), (1, 0, 2), (2, 3, 4))
+    assert np.allclose(sub, c[:, 1:3, :, 2:6])
+
+
+def _tiny_fine_weights(path, monkeypatch=None):
+    net = UNet3D(NetworkConfig(in_channels=4, out_channels=5, base_channels=2, depth=1, stem_stride=2, refine_channels=2))
+    train_fine.save_fine_weights(net, path, {"config": "test", "infer_roi": [64, 64, 64]})
+    return path
+
+
+def test_fine_weights_load_and_declare_canal(tmp_path):
+    p = _tiny_fine_weights(tmp_path / "fine.pt")
+    blob = torch.load(p, weights_only=True)
+    assert blob["classes"] == {"1": "L4", "2": "L4-5 disc", "3": "L5", "4": "dural sac"}
+    loaded = models3d.load_model(p, "cpu")
+    assert segment3d.is_fine_model(loaded)
+
+
+def test_segment_volume_fine_round_trip(tmp_path, monkeypatch):
+    """Coarse-to-fine path: labels come back on the input grid, inside the fine crop, with the 5 classes allowed."""
+    p = _tiny_fine_weights(tmp_path / "fine.pt")
+    loaded = models3d.load_model(p, "cpu")
+    rng = np.random.default_rng(0)
+    img = Volume(rng.random((96, 200, 180)).astype(np.float32), (0.8, 0.8, 0.8), (0.0, 0.0, 0.0), CANONICAL_AXES)
+    centre = img.index_to_lps((90.0, 100.0, 48.0))
+
+    def fake_locator(image, prep, loaded_, device, progress, should_cancel, locator=None, overlap=0.25):
+        raise AssertionError("not used")
+
+    monkeypatch.setattr(segment3d, "segment_preprocessed", lambda prep, *a, **k: (np.zeros((1,), np.uint8), None, {}))
+    monkeypatch.setattr(segment3d, "locate_l45", lambda prep, lab: centre)
+    res = segment3d.segment_volume(img, loaded, "cpu")
+    assert res.labels.shape == img.shape
+    assert res.crop_labels.shape == fd.FINE_SHAPE
+    assert set(np.unique(res.labels.array)) <= {0, 1, 2, 3, 4}
+    # aligned 0.8 mm input: the pasted labels equal the crop labels where the crop lies inside the input
+    assert preprocess_volume(img).crop.aligned
+    # the crop is snapped onto input voxels: every crop voxel inside the input is an input voxel, labels equal
+    cv = res.crop_labels
+    ijk = img.lps_to_index(cv.index_to_lps(np.array([[0.0, 0.0, 0.0], [159.0, 143.0, 143.0]])))
+    assert np.allclose(ijk, np.round(ijk), atol=1e-4)
+    lo = np.round(ijk[0]).astype(int)
+    sub_in = res.labels.array[max(lo[2], 0) : lo[2] + 144, max(lo[1], 0) : lo[1] + 144, max(lo[0], 0) : lo[0] + 160]
+    sub_crop = cv.array[max(-lo[2], 0) :, max(-lo[1], 0) :, max(-lo[0], 0) :][: sub_in.shape[0], : sub_in.shape[1], : sub_in.shape[2]]
+    assert sub_in.size > 0 and np.array_equal(sub_in, sub_crop)
+    assert "locate" in res.timings_s
+
+
+@pytest.mark.usefixtures("spider_root")
+def test_slab_levels_counted_agree_with_full_mask(monkeypatch):
+    """Counting up from the lowest vertebral body gives the same L4 / disc / L5 as patient 18's own SPACE labels."""
+    from spinemorph import spider
+
+    image, mask = spider.load_slab("18")
+    full = fd.slab_labels("18", image, mask)
+    assert full.identity == "full-mask"
+    rows = [s for s in spider.read_manifest() if s.case != "18_t2_SPACE"]
+    monkeypatch.setattr(spider, "read_manifest", lambda: rows)
+    counted = fd.slab_labels("18", image, mask)
+    assert counted.identity == "counted"
+    a, b = fd.definite_labels(full.bits), fd.definite_labels(counted.bits)
+    for c in (fd.L4, fd.DISC, fd.L5):
+        inter = ((a == c) & (b == c)).sum()
+        assert 2 * inter / ((a == c).sum() + (b == c).sum()) > 0.98
+
+
+@pytest.mark.usefixtures("spider_root")
+def test_held_out_patients_are_refused():
+    from spinemorph import spider
+    from spinemorph.errors import SpineMorphError
+
+    with pytest.raises(SpineMorphError, match="held.out"):
+        fd.slab_sample(spider.HELD_OUT_PATIENTS[0], 0)
+    with pytest.raises(SpineMorphError, match="held-out"):
+        fd.synthetic_sample(spider.HELD_OUT_MASK_CASES[0], 0)
+
+
+def test_config_rejects_held_out_validation_patients(tmp_path):
+    from spinemorph.errors import InputError
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"val_patients": ["98"]}))
+    with pytest.raises(InputError, match="held-out"):
+        train_fine.load_fine_config(cfg)
+
+
+def test_shipped_fine_config_is_valid():
+    cfg = train_fine.load_fine_config(models3d.MODELS_DIR / "configs" / "foramen3d_fine.json")
+    assert cfg["network"]["out_channels"] == 5

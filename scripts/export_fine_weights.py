@@ -1,0 +1,95 @@
+"""Export the fine model of a training run as the embedded fp16 weights + catalogue entry + model card.
+
+``python scripts/export_fine_weights.py [RUN_DIR] [--name foramen3d-fine-cpu]``: takes ``RUN_DIR/best.pt`` (best
+validation so far) or, before the first validation, the model of ``RUN_DIR/checkpoint.pt``; writes
+``FORAMEN3D/Resources/Models/<name>.pt`` (replacing the previous file of that name), its catalogue entry (not the
+default) and ``<name>.md`` (card with the run's iteration, validation history and the held-out evaluation in
+``RUN_DIR/eval_heldout/metrics.json`` when present).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from FORAMEN3DLib import models3d, train_fine
+from FORAMEN3DLib.network3d import build_network
+
+from spinemorph.atomic import atomic_write_text
+from spinemorph.spider import SPIDER_ATTRIBUTION
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", nargs="?", default="runs/foramen_fine")
+    ap.add_argument("--name", default="foramen3d-fine-cpu")
+    a = ap.parse_args()
+    run = Path(a.run)
+    cfg = json.loads((run / "config.json").read_text())
+    ck = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    state = ck["state"]
+    with tempfile.TemporaryDirectory() as tmp:
+        src = run / "best.pt"
+        if src.is_file():
+            how = f"best validation so far (iteration {state['best_iteration']}, validation mean Dice {state['best']:.4f})"
+        else:
+            net = build_network(cfg["network"])
+            net.load_state_dict(ck["model"])
+            src = Path(tmp) / "ckpt.pt"
+            train_fine.save_fine_weights(net, src, {"config": cfg["name"], "seed": cfg["seed"], "iteration": state["iteration"],
+                                                    "infer_roi": cfg["infer_roi"], "val_patients": cfg["val_patients"],
+                                                    "note": "latest checkpoint; no validation yet"})
+            how = f"latest checkpoint (iteration {state['iteration']}; no validation had run yet)"
+        file_stem = a.name.replace("-", "_")
+        entry = models3d.install_model(src, a.name, description=(
+            "Fine coarse-to-fine model (0.8 mm, 5 classes incl. dural sac; EARLY: training in progress): " + how),
+            card=file_stem + ".md", default=False)
+    hist = (run / "history.csv").read_text() if (run / "history.csv").is_file() else "(no validation yet)\n"
+    ev = run / "eval_heldout" / "metrics.json"
+    ev_text = json.dumps(json.loads(ev.read_text())["summary"], indent=1) if ev.is_file() else "(not evaluated)"
+    card = f"""# {a.name} — fine FORAMEN3D model (training in progress)
+
+**Status: early weights of a run that is still training** ({how}; exported by `scripts/export_fine_weights.py`).
+Not the default model: select it by name (`--model {a.name}`).
+
+* Task: L4 (1), L4-5 disc (2), L5 (3), dural sac / spinal canal (4) in a lumbar MR volume.
+* Pipeline (`FORAMEN3DLib.segment3d`, coarse-to-fine): the default coarse model locates the L4-5 disc; a 144×144×160
+  crop of 0.8 mm voxels around it (canonical sagittal orientation) is segmented by MONAI sliding-window inference
+  (ROI {cfg['infer_roi']}, Gaussian blending) and pasted back onto the input grid.
+* Network: 3D U-Net, strided stem + full-resolution refinement: `{json.dumps(cfg['network'])}`; input = image +
+  3 crop-coordinate channels. {entry['size_bytes']:,} bytes fp16, sha256 `{entry['sha256'][:16]}…`.
+* Training (`FORAMEN3D/Resources/Models/configs/foramen3d_fine.json`): 64³ patches, batch 2, AdamW lr 5e-4 cosine,
+  fp32 channels-last on 2 CPU threads; data: SynthSeg-style images synthesised from the SPIDER training label maps
+  (SPACE and thick-slice masks, the latter shape-interpolated to 0.8 mm), procedural phantoms, and the real T2 SPACE
+  slabs of training patients with partial labels (levels derived from the patient's own SPACE labels or by counting
+  up from the lowest vertebral body; merged-class loss where they cannot be derived; loss only inside the slab).
+  Validation patients 191, 241, 22, 146; held-out test patients {', '.join(__import__('spinemorph.spider', fromlist=['x']).HELD_OUT_PATIENTS)} never used.
+* Iterations so far: {state['iteration']}; run log `runs/foramen_fine/train.log` (copy: `foramen3d_fine_cpu_train.log`).
+
+## Validation history (validation patients)
+
+```
+{hist}```
+
+## Held-out evaluation (`python -m FORAMEN3DLib.evaluate_fine --slabs --synth 1`)
+
+```
+{ev_text}
+```
+
+Data: {SPIDER_ATTRIBUTION}
+"""
+    atomic_write_text(models3d.MODELS_DIR / (file_stem + ".md"), card)
+    if (run / "train.log").is_file():
+        atomic_write_text(models3d.MODELS_DIR / (file_stem + "_train.log"), (run / "train.log").read_text())
+    atomic_write_text(models3d.MODELS_DIR / "configs" / (file_stem + "_run_config.json"), json.dumps(cfg, indent=2))
+    print(json.dumps(entry, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
