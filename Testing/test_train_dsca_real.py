@@ -221,3 +221,22 @@ def test_catalogue_decision_sets_threshold_and_postprocessing(tmp_path, monkeypa
         write({**entry, "decision": bad})
         with pytest.raises(ModelError):
             models.load_model("m")
+
+
+def test_phantom_guard_refuses_a_strip_only_threshold():
+    """On the strip the low threshold wins; on full phantom planes it adds 64 px x 1 mm² of bias: not eligible."""
+    truth = np.zeros((1, 40, 40), np.uint8)
+    truth[0, 10:20, 15:25] = 1
+    valid = np.ones((1, 40, 40), bool)
+    probs = np.where(truth > 0, 0.6, 0.01).astype(np.float16)  # under-confident on the strip: 0.5 finds the sac
+    planes = cal.PlaneSet(np.zeros((1, 40, 40), np.float32), truth, valid, np.array([1.0]), ["1"], [0], np.array([False]))
+    ph_probs = np.zeros((1, 40, 40), np.float16)
+    ph_probs[0, 5:15, 5:15] = 0.99  # the sac: 100 mm², exact
+    ph_probs[0, 20:28, 20:28] = 0.55  # over-segmentation that only a threshold of 0.5 keeps: +64 mm²
+    ph = cal.PhantomPlanes(np.zeros((1, 40, 40), np.float32), np.array([1.0]), np.array([100.0]))
+    free, _ = cal.choose_decision(probs, planes, thresholds=(0.5, 0.9), specs=("none",))
+    assert free["threshold"] == 0.5
+    guarded, rows = cal.choose_decision(probs, planes, thresholds=(0.5, 0.9), specs=("none",), phantom=(ph_probs, ph),
+                                        current=(0.9, "none"))
+    assert guarded["threshold"] == 0.9 and guarded["phantom_bias_mm2"] == pytest.approx(0.0)
+    assert next(r for r in rows if r["threshold"] == 0.5)["phantom_bias_mm2"] == pytest.approx(64.0)

@@ -12,7 +12,10 @@ post-processing specs ``DuralSacSegLib.postprocess.SPECS``; the choice is the hi
 on the validation planes (the effect), and every candidate.
 
 ``--write-catalog`` stores the choice as the catalogue entry's ``decision`` (``threshold``, ``postprocess``,
-``chosen_on``, the validation numbers): ``load_model`` / ``dsca segment`` then use it. Held-out patients are never
+``chosen_on``, the validation numbers). A guard keeps the choice honest on full axial images: candidates that move
+the mean DSCA bias on ``--phantom-n`` full T1 phantom planes (seed 3003) beyond
+``max(calibration.PHANTOM_BIAS_TOL_MM2, |current bias|)`` are not eligible (a threshold fitted to the narrow strips
+alone raised the phantom-study bias of the shipped U-Net from +9 to +115 mm²): ``load_model`` / ``dsca segment`` then use it. Held-out patients are never
 touched here; their numbers come from ``scripts/dsca_evaluate.py`` afterwards.
 """
 
@@ -33,6 +36,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="JSON report")
     ap.add_argument("--row-step", type=int, default=16, help="every n-th PNG row of the validation slabs (16 = 7.5 mm)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--phantom-n", type=int, default=24,
+                    help="phantom planes of the bias guard (seed 3003; 0 = no guard; see calibration.PHANTOM_BIAS_TOL_MM2)")
     ap.add_argument("--reuse-probs", action="store_true",
                     help="reuse the validation probabilities saved next to --out (<out>.probs.npz) by an earlier run")
     ap.add_argument("--write-catalog", action="store_true", help="store the choice in catalog.json (catalogue models only)")
@@ -63,14 +68,21 @@ def main(argv=None) -> int:
         probs = cal.predict_planes(net, planes.images)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(saved, probs=probs, sha256=np.array(info.sha256))
-    best, rows = cal.choose_decision(probs, planes)
+    phantom = None
+    if args.phantom_n > 0:
+        ph = cal.phantom_planes(args.phantom_n)
+        phantom = (cal.predict_planes(net, ph.images), ph)
+    best, rows = cal.choose_decision(probs, planes, phantom=phantom, current=(info.threshold, info.postprocess))
     current = cal.score_strip(probs, planes, info.threshold, info.postprocess)
     current.pop("per_patient")
+    if phantom is not None:
+        current["phantom_bias_mm2"] = cal.phantom_bias(phantom[0], phantom[1], info.threshold, info.postprocess)
     report = {
         "command": " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "model": info.name, "weights_sha256": info.sha256,
         "validation_patients": patients, "row_step": args.row_step, "n_planes": len(planes.patients),
-        "rule": "highest mean Dice - area MAE / mean true area inside the imaged strip (calibration.accuracy_score)",
+        "rule": "highest mean Dice - area MAE / mean true area inside the imaged strip (calibration.accuracy_score), "
+                "among candidates whose phantom DSCA bias stays within max(PHANTOM_BIAS_TOL_MM2, current bias)",
         "current": current, "chosen": best,
         "effect": {k: best[k] - current[k] for k in ("score", "mean_dice", "area_mae_mm2", "pearson_r", "ba_mean_diff_mm2")},
         "candidates": rows, "seconds": time.perf_counter() - t0,

@@ -143,18 +143,63 @@ def accuracy_score(m: dict) -> float:
     return float(m["mean_dice"]) - float(mae) / float(area)
 
 
+#: phantom guard of :func:`choose_decision`: a candidate may not move the mean DSCA bias on full axial phantom planes
+#: beyond this (mm²) or beyond the current setting's bias, whichever is larger. Design choice: twice the ±5 mm²
+#: partial-volume target; it stops a threshold fitted to the narrow real strips from over-segmenting full images.
+PHANTOM_BIAS_TOL_MM2 = 10.0
+
+
+@dataclasses.dataclass
+class PhantomPlanes:
+    """Full axial phantom planes with their exact dural sac areas (a guard against strip-only choices)."""
+
+    images: np.ndarray  # (N, 320, 320) normalised
+    pixel_area_mm2: np.ndarray
+    true_area_mm2: np.ndarray
+
+
+def phantom_planes(n: int = 24, seed: int = 3003) -> PhantomPlanes:
+    """``n`` T1 phantom planes (:func:`spinemorph.samples.dsca_phantom_samples`, a seed used nowhere else)."""
+    from spinemorph import samples as sm
+
+    raw = list(sm.dsca_phantom_samples(n, seed))
+    images, _truth, pix = preprocess_samples([as_slice_sample(s, "phantom") for s in raw])
+    return PhantomPlanes(images, pix, np.array([float(s.true_area_mm2) for s in raw]))
+
+
+def phantom_bias(probs: np.ndarray, ph: PhantomPlanes, threshold: float, postprocess: str | None) -> float:
+    """Mean (predicted − exact) area on the phantom planes (each plane post-processed on its own)."""
+    pred = np.stack([postprocess_masks(p >= threshold, postprocess) for p in probs])
+    return float(np.mean(pred.reshape(len(pred), -1).sum(1) * ph.pixel_area_mm2 - ph.true_area_mm2))
+
+
 def choose_decision(probs: np.ndarray, planes: PlaneSet, thresholds: Sequence[float] = CANDIDATE_THRESHOLDS,
-                    specs: Sequence[str] = SPECS) -> tuple[dict, list[dict]]:
+                    specs: Sequence[str] = SPECS, phantom: tuple[np.ndarray, PhantomPlanes] | None = None,
+                    current: tuple[float, str] | None = None) -> tuple[dict, list[dict]]:
     """Try every (threshold, post-processing) pair on validation planes; return (best, all rows).
 
     Best = highest :func:`accuracy_score` (mean Dice − relative area MAE inside the strip); ties (within 0.001)
-    broken by the higher mean Dice.
+    broken by the higher mean Dice. With ``phantom = (probabilities, PhantomPlanes)`` only candidates whose phantom
+    bias stays within ``max(PHANTOM_BIAS_TOL_MM2, |bias of current|)`` are eligible (``current`` = (threshold,
+    post-processing) in use; the current setting is always eligible).
     """
     rows = []
     for t in thresholds:
         for spec in specs:
             r = score_strip(probs, planes, float(t), spec)
             r.pop("per_patient")
+            if phantom is not None:
+                r["phantom_bias_mm2"] = phantom_bias(phantom[0], phantom[1], float(t), spec)
             rows.append(r)
-    best = max(rows, key=lambda r: (round(r["score"], 3), r["mean_dice"]))
+    eligible = rows
+    if phantom is not None:
+        limit = PHANTOM_BIAS_TOL_MM2
+        if current is not None:
+            limit = max(limit, abs(phantom_bias(phantom[0], phantom[1], float(current[0]), current[1])))
+        eligible = [r for r in rows if abs(r["phantom_bias_mm2"]) <= limit + 1e-9]
+        if current is not None and not eligible:
+            cur = score_strip(probs, planes, float(current[0]), current[1])
+            cur.pop("per_patient")
+            eligible = [cur]
+    best = max(eligible, key=lambda r: (round(r["score"], 3), r["mean_dice"]))
     return best, rows
