@@ -101,7 +101,7 @@ class DuralSacSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self.controller.syncModelFromParameters()
-            self.ui.tableView.setMRMLTableNode(self._parameterNode.outputTable)
+            self.controller.showTable(self._parameterNode.outputTable)
             self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None):

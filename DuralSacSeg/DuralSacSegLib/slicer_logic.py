@@ -34,6 +34,8 @@ class DuralSacSegLogicBase(ScriptedLoadableModuleLogic, SceneCacheMixin):
         #: last ``SegmentationResult`` / ``DscaTable`` (for the widget's table clicks and CSV export)
         self.lastResult = None
         self.lastTable = None
+        #: the table node ``lastTable`` was written into (the panel highlights its QC rows)
+        self.lastTableNode = None
 
     def ensureDependencies(self):
         slicer_dependencies.ensureDependencies(slicer_dependencies.requirementsPath(), requester="DuralSacSeg")
@@ -77,6 +79,8 @@ class DuralSacSegLogicBase(ScriptedLoadableModuleLogic, SceneCacheMixin):
             slicer.util.setSliceViewerLayers(background=inputVolume, fit=True)
             slicer.modules.plots.logic().ShowChartInLayout(outputChart)
         logging.info(f"DuralSacSeg: {table_model.summary_text(result.table)} ({result.device})")
+        for line in table_model.qc_lines(result.table):  # bad news is visible in the console too
+            logging.warning(f"DuralSacSeg QC: {line}")
         return outputSegmentation, outputTable, outputChart
 
     def _showTable(self, table, inputVolume, outputTable, outputChart):
@@ -88,6 +92,7 @@ class DuralSacSegLogicBase(ScriptedLoadableModuleLogic, SceneCacheMixin):
         outputTable.SetAttribute("DuralSacSeg.Source", inputVolume.GetID())
         outputChart = slicer_nodes.areaChart(outputTable, outputChart, table_model.PLOT_X, table_model.PLOT_Y, SERIES_COLORS)
         self.lastTable = table
+        self.lastTableNode = outputTable
         return outputTable, outputChart
 
     def recomputeTable(self, inputVolume, segmentationNode, outputTable=None, outputChart=None):

@@ -117,6 +117,43 @@ def useColumnTitlesAsHeader(tableNode):
         tableNode.SetUseColumnNameAsColumnHeader(True)
 
 
+#: background of the rows of slices not graded for stenosis (blocking QC flag)
+QC_ROW_COLOR = (255, 205, 205)
+
+
+def highlightTableRows(tableView, rows, notes=None, color=QC_ROW_COLOR):
+    """Colour the MRML table rows ``rows`` of the qMRMLTableView ``tableView`` (and give each cell the row's note as
+    tooltip). Returns the number of rows coloured.
+
+    The view's ``tableModel()`` is a QStandardItemModel rebuilt from the node whenever the node changes, so call this
+    after every fill (``fillTableNode`` + ``setMRMLTableNode``). The model has an extra first row (the column names)
+    unless the node uses column titles as the header (same rule as ``slicer_common.mrmlTableRowFromViewIndex``).
+    """
+    import qt
+
+    model = tableView.tableModel()
+    tableNode = tableView.mrmlTableNode()
+    if model is None or tableNode is None:
+        return 0
+    if hasattr(tableNode, "GetUseColumnTitleAsColumnHeader"):
+        titleHeader = tableNode.GetUseColumnTitleAsColumnHeader()
+    else:
+        titleHeader = tableNode.GetUseColumnNameAsColumnHeader()
+    offset = 0 if titleHeader else 1
+    brush = qt.QBrush(qt.QColor(*color))
+    coloured = 0
+    for i, row in enumerate(rows):
+        note = notes[i] if notes is not None and i < len(notes) else ""
+        cells = [model.item(int(row) + offset, column) for column in range(model.columnCount())]
+        cells = [cell for cell in cells if cell is not None]
+        for cell in cells:
+            cell.setBackground(brush)
+            if note:
+                cell.setToolTip(note)
+        coloured += bool(cells)
+    return coloured
+
+
 def areaChart(tableNode, chartNode, xColumn, yColumns, colors):
     """Line chart of ``yColumns`` against ``xColumn`` of ``tableNode`` (series nodes are reused by name)."""
     if chartNode is None:

@@ -36,6 +36,8 @@ class DuralSacSegController(ModelComboMixin, ComputeControllerMixin):
         self.ui.progressBar.visible = False
         self.ui.cancelButton.visible = False
         self.ui.deviceWarningLabel.visible = False
+        if hasattr(self.ui, "qcLabel"):  # absent only from a .ui older than the QC label
+            self.ui.qcLabel.visible = False
 
     # ------------------------------------------------------------------ model / device
     def modelEntries(self):
@@ -71,8 +73,41 @@ class DuralSacSegController(ModelComboMixin, ComputeControllerMixin):
         segNode, tableNode, chartNode = self.logic.showResult(
             inputVolume, result, pn.outputSegmentation, pn.outputTable, pn.outputChart)
         pn.outputSegmentation, pn.outputTable, pn.outputChart = segNode, tableNode, chartNode
+        self.showTable(tableNode)
+        self.ui.statusLabel.text = self.statusText(table_model.summary_text(self.logic.lastTable))
+
+    # ------------------------------------------------------------------ table + QC
+    def statusText(self, summary):
+        """The status text: the table summary (smallest graded area, slices not graded), then the QC lines (the status
+        stays visible when the results section is collapsed)."""
+        from DuralSacSegLib import table_model
+
+        table = getattr(self.logic, "lastTable", None)
+        lines = table_model.qc_lines(table) if table is not None else []
+        return "\n".join([summary] + [f"QC: {line}" for line in lines])
+
+    def showTable(self, tableNode):
+        """Show ``tableNode`` in the table view; when it holds the last computed table, highlight the rows of slices
+        not graded for stenosis (``table_model.qc_rows``, tooltip = their ``stenosis_note``) and list the QC lines
+        (``table_model.qc_lines``) under the table. Returns the number of rows highlighted."""
         self.ui.tableView.setMRMLTableNode(tableNode)
-        self.ui.statusLabel.text = table_model.summary_text(self.logic.lastTable)
+        logic = self.logic
+        table = getattr(logic, "lastTable", None)
+        if tableNode is None or table is None or getattr(logic, "lastTableNode", None) is not tableNode:
+            self.ui.qcLabel.text = ""
+            self.ui.qcLabel.visible = False
+            return 0
+        from DuralSacSegLib import slicer_nodes, table_model
+
+        lines = table_model.qc_lines(table)
+        self.ui.qcLabel.text = "\n".join(f"QC: {line}" for line in lines)
+        self.ui.qcLabel.visible = bool(lines)
+        rows = table_model.qc_rows(table)
+        try:
+            return slicer_nodes.highlightTableRows(self.ui.tableView, rows, [table.rows[r].stenosis_note for r in rows])
+        except Exception as exc:  # colouring is a help; the note column and the QC label already say it
+            logging.warning(f"DuralSacSeg: cannot highlight the QC rows: {exc}")
+            return 0
 
     # ------------------------------------------------------------------ results
     def onTableClicked(self, index):
@@ -107,8 +142,9 @@ class DuralSacSegController(ModelComboMixin, ComputeControllerMixin):
                 raise RuntimeError("there is no dural sac segmentation yet; run Apply first")
             tableNode, chartNode = self.logic.recomputeTable(pn.inputVolume, pn.outputSegmentation, pn.outputTable, pn.outputChart)
             pn.outputTable, pn.outputChart = tableNode, chartNode
-            self.ui.tableView.setMRMLTableNode(tableNode)
-            self.ui.statusLabel.text = "Recomputed from the edited segment: " + table_model.summary_text(self.logic.lastTable)
+            self.showTable(tableNode)
+            self.ui.statusLabel.text = self.statusText(
+                "Recomputed from the edited segment: " + table_model.summary_text(self.logic.lastTable))
 
     def onExportCsv(self):
         with slicer.util.tryWithErrorDisplay("Exporting the table failed."):
