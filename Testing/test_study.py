@@ -199,3 +199,46 @@ def test_report_never_grades_a_flagged_dsca_slice_and_says_why(tmp_path):
     assert "not graded because" in html and "NOT graded" in html and "below the plausibility floor" in html
     assert "absolute stenosis" not in html.split('id="dsca-thresholds"')[0]
     assert "area_below_floor" in html and "off_canal_track" in html
+
+
+def test_report_foramen_section_shows_qc_view_and_fallbacks(tmp_path):
+    """Issues 14/16: the foramen table has a QC column (ok / review + reasons per value, review rows highlighted), a
+    per-side table gives the QC status, the lateral view kind, its offset and the fallbacks, and the QC section lists
+    the values and sides under review. Values are ``FORAMEN3DLib.morphometry.Measurement.to_dict()`` entries."""
+    import numpy as np
+    from FORAMEN3DLib.morphometry import Measurement
+
+    from spinemorph.study import StepResult
+    from spinemorph.study_report import build_report
+
+    pts = np.zeros((2, 3))
+    ms = [Measurement("foraminal height", "left", 19.2, "mm", pts),
+          Measurement("foraminal width", "left", 2.1, "mm", pts, qc="review",
+                      qc_reasons=["2.1 mm is outside the plausible 3.0-12.0 mm", "fallback: width to the L5 margin"]),
+          Measurement("foraminal height", "right", 18.7, "mm", pts)]
+    side = {"qc_status": "ok", "qc_reasons": [], "view_kind": "searched offset", "offset_from_midline_mm": 21.5,
+            "facet_closing_radius_mm": 1.5, "fallbacks": []}
+    meas = {"measurements": [m.to_dict() for m in ms],
+            "sides": {"left": {**side, "qc_status": "review", "view_kind": "hull", "facet_closing_radius_mm": None,
+                               "qc_reasons": ["fallback: foramen closed by a straight posterior wall (convex hull)"],
+                               "fallbacks": ["foramen closed by a straight posterior wall (convex hull)"]},
+                      "right": side},
+            "thresholds": {}, "threshold_sources": {}}
+    (tmp_path / "foramen").mkdir()
+    (tmp_path / "foramen" / "measurements.json").write_text(json.dumps(meas))
+    html = build_report(tmp_path, None, [StepResult("foramen", "ok")], truth_path=None, models={}, version="test")
+    table = html.split('id="foramen-table"')[1].split("</table>")[0]
+    assert "<th>QC</th>" in table
+    rows = table.split("<tr")[2:]
+    assert len(rows) == 3
+    assert rows[0].startswith(">") and "<td>ok</td>" in rows[0]  # plain row
+    assert rows[1].startswith(' class="flag"') and "review: 2.1 mm is outside the plausible" in rows[1]
+    assert "fallback: width to the L5 margin" in rows[1]
+    sides = html.split('id="foramen-sides"')[1].split("</table>")[0]
+    left, right = sides.split("<tr")[2:]
+    assert left.startswith(' class="flag"') and "review: fallback: foramen closed" in left and "<td>hull</td>" in left
+    assert ">–</td>" in left  # no facet closing radius
+    assert right.startswith(">") and "<td>searched offset</td>" in right and "21.5" in right and "<td>none</td>" in right
+    qc = html.split('id="qc"')[1]
+    assert "foramen left foraminal width: review: 2.1 mm is outside" in qc and "foramen left side: review" in qc
+    assert "foramen right" not in qc

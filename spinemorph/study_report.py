@@ -209,10 +209,7 @@ def build_report(out_dir: Path, selection, steps, *, truth_path: Path | None, mo
     meas = _step_json(sec, rep, status, "foramen", fdir / "measurements.json", "Foramen measurements")
     if meas is not None:
         ms = meas.get("measurements", [])
-        sec.append(rep.table(
-            ["metric", "side", "value", "unit", "flag"],
-            [[m.get("metric"), m.get("side"), _fmt(m.get("value")), m.get("unit"), m.get("flag") or ""] for m in ms],
-            flags=[bool(m.get("flag")) for m in ms], table_id="foramen-table"))
+        sec.extend(_foramen_tables(rep, meas))
         th, src = meas.get("thresholds", {}), meas.get("threshold_sources", {})
         sec.append("<h3>Thresholds and sources</h3>")
         sec.append(rep.table(["threshold", "value", "source"], [[k, _fmt(v), src.get(k, "")] for k, v in th.items()],
@@ -230,6 +227,11 @@ def build_report(out_dir: Path, selection, steps, *, truth_path: Path | None, mo
                 qc.append(f"foramen {m.get('side')} {m.get('metric')}: {m.get('flag')}")
             if m.get("note"):
                 qc.append(f"foramen {m.get('side')} {m.get('metric')}: {m.get('note')}")
+            if m.get("qc") == "review":
+                qc.append(f"foramen {m.get('side')} {m.get('metric')}: {_qc_cell(m)}")
+        for side, sd in (meas.get("sides") or {}).items():
+            if sd.get("qc_status") == "review":
+                qc.append(f"foramen {side} side: review ({'; '.join(sd.get('qc_reasons') or []) or 'no reason given'})")
 
     # ---- plan
     sec = rep.section("plan", "Transforaminal endoscopic trajectory (L4-5)")
@@ -319,6 +321,37 @@ def build_report(out_dir: Path, selection, steps, *, truth_path: Path | None, mo
 
     sec.append(rep.paragraph(f"Real-data attribution where models were trained on SPIDER: {SPIDER_ATTRIBUTION}", "muted"))
     return rep.render()
+
+
+def _qc_cell(item: dict, key: str = "qc") -> str:
+    """QC cell of a foramen value / side: "ok", or "review: reason; reason" ("" when the file predates QC)."""
+    status = item.get(key) or ""
+    reasons = "; ".join(str(r) for r in item.get("qc_reasons") or [])
+    return f"{status}: {reasons}" if status == "review" and reasons else status
+
+
+def _foramen_tables(rep, meas: dict) -> list[str]:
+    """The foramen section's tables: per value (with its QC: ok / review + reasons; a flagged or review row is
+    highlighted) and per side (QC status and reasons, the lateral view used and its fallbacks)."""
+    ms = meas.get("measurements", [])
+    out = [rep.table(
+        ["metric", "side", "value", "unit", "flag", "QC"],
+        [[m.get("metric"), m.get("side"), _fmt(m.get("value")), m.get("unit"), m.get("flag") or "", _qc_cell(m)]
+         for m in ms],
+        flags=[bool(m.get("flag")) or m.get("qc") == "review" for m in ms], table_id="foramen-table")]
+    sides = meas.get("sides") or {}
+    if sides:
+        out.append("<h3>Per side: lateral view and QC</h3>")
+        rows = []
+        for side, sd in sides.items():
+            radius = sd.get("facet_closing_radius_mm")
+            rows.append([side, _qc_cell(sd, "qc_status"), sd.get("view_kind") or "",
+                         _fmt(sd.get("offset_from_midline_mm")), "–" if radius is None else _fmt(radius),
+                         "; ".join(str(f) for f in sd.get("fallbacks") or []) or "none"])
+        out.append(rep.table(["side", "QC", "view", "offset from midline (mm)", "facet closing radius (mm)", "fallbacks"],
+                             rows, flags=[sd.get("qc_status") == "review" or bool(sd.get("fallbacks"))
+                                          for sd in sides.values()], table_id="foramen-sides"))
+    return out
 
 
 def _not_graded_reason(row: dict) -> str:
