@@ -42,15 +42,20 @@ def _fill_combo(combo, items, current=0):
     combo.setCurrentIndex(current)
 
 
-def _set_table(view, header, rows):
-    from PySide6.QtGui import QStandardItem, QStandardItemModel
+def _set_table(view, header, rows, highlight=()):
+    """Fill a table view; rows in ``highlight`` get the panel's QC row colour (``slicer_nodes.QC_ROW_COLOR``)."""
+    from PySide6.QtGui import QBrush, QColor, QStandardItem, QStandardItemModel
 
     model = QStandardItemModel(len(rows), len(header), view)
     model.setHorizontalHeaderLabels(header)
+    brush = QBrush(QColor(255, 205, 205))
     for r, row in enumerate(rows):
         for c, value in enumerate(row):
             text = f"{value:.2f}" if isinstance(value, float) else str(value)
-            model.setItem(r, c, QStandardItem(text))
+            item = QStandardItem(text)
+            if r in highlight:
+                item.setBackground(brush)
+            model.setItem(r, c, item)
     view.setModel(model)
     view.resizeColumnsToContents()
     view.verticalHeader().setVisible(False)
@@ -117,13 +122,18 @@ def render_duralsacseg(fallback, study: dict, out: Path) -> Path:
     mask, _ = read_seg_nrrd(study["axial_dural_sac_seg"])
     table = recompute_table(mask, image)
     choices, _error = table_model.model_choices()
+    qc_lines = [f"QC: {line}" for line in table_model.qc_lines(table)]  # as DuralSacSegController.showTable/statusText
     _common(w, {"segmentation": "dural sac"}, "SpineMorphPhantom_axialT1", [c.label for c in choices],
-            table_model.summary_text(table))
+            "\n".join([table_model.summary_text(table)] + qc_lines))
+    qc_label = w.findChild(QtWidgets.QLabel, "qcLabel")
+    qc_label.setText("\n".join(qc_lines))
+    qc_label.setVisible(bool(qc_lines))
     _fill_combo(w.findChild(QtWidgets.QComboBox, "outputTableSelector"), ["SpineMorphPhantom_axialT1 DSCA"])
     columns = {c.name: c for c in table_model.table_columns(table)}
-    shown = ["slice_index", "position_mm", "area_mm2", "corrected_area_mm2", "ap_diameter_mm", "stenosis", "qc_flags"]
+    shown = ["slice_index", "position_mm", "area_mm2", "corrected_area_mm2", "ap_diameter_mm", "stenosis", "qc_flags",
+             "stenosis_note", "track_distance_mm"]
     rows = [[columns[n].values[i] for n in shown] for i in range(len(table.rows))]
-    _set_table(w.findChild(QtWidgets.QTableView, "tableView"), shown, rows)
+    _set_table(w.findChild(QtWidgets.QTableView, "tableView"), shown, rows, set(table_model.qc_rows(table)))
     for name in ("editButton", "recomputeButton"):
         w.findChild(QtWidgets.QPushButton, name).setEnabled(True)
     return _grab(w, out / "DuralSacSeg_panel.png")
@@ -146,8 +156,11 @@ def render_foramen3d(fallback, study: dict, out: Path) -> Path:
     model_items = ["default (embedded 3D U-Net)", "Imported weights file…"]
     _common(w, {"segmentation": "L4-L5"}, "SpineMorphPhantom_T2SPACE", model_items, state.summary_text())
     _fill_combo(w.findChild(QtWidgets.QComboBox, "measurementTableSelector"), ["SpineMorphPhantom_T2SPACE foramen"])
-    rows = [[r["Metric"], r["Side"], r["Value"], r["Unit"], r["Flag"]] for r in state.rows()]
-    _set_table(w.findChild(QtWidgets.QTableView, "measurementTableView"), ["Metric", "Side", "Value", "Unit", "Flag"], rows)
+    header = ["Metric", "Side", "Value", "Unit", "Flag", "QC"]  # the Slicer table's columns (MeasurementState.rows)
+    state_rows = state.rows()
+    rows = [[r.get(h, "") for h in header] for r in state_rows]
+    _set_table(w.findChild(QtWidgets.QTableView, "measurementTableView"), header, rows,
+               {i for i, r in enumerate(state_rows) if r.get("QC") == "review"})
     _fill_combo(w.findChild(QtWidgets.QComboBox, "sideComboBox"), ["left", "right"])
     _fill_combo(w.findChild(QtWidgets.QComboBox, "targetComboBox"), ["posterior third of the L4-5 disc", "foramen centre"])
     _fill_combo(w.findChild(QtWidgets.QComboBox, "trajectorySelector"), ["left trajectory"])
