@@ -11,6 +11,7 @@ import argparse
 import logging
 import math
 import sys
+import time
 
 from spinemorph.device import DEVICE_CHOICES
 
@@ -28,6 +29,16 @@ outputs in DIR:
                          and the stenosis thresholds with citations
   dsca_levels.csv        per-level summary (with --levels)
   overlay_N.png          slices with the outline and area, smallest area first
+
+--path chooses how DSCA is measured (default auto; the line "path: ..." says which ran and why, dsca.json records
+it as segmentation.path / path_reason):
+  2d  the 2D network on axial slices (a non-axial input is resliced, see below)
+  3d  DSCA on planes perpendicular to the canal centreline of a 3D canal mask: the input itself when it is a
+      label map with a canal (5-class labels with canal = 4, SPIDER label 100; no network), else the canal class
+      of the 3D model --model-3d (needs a model with a canal class: otherwise one error line, nothing written);
+      the table's rows are then planes (position_mm = arc length), overlay_N.png show the plane cross-sections
+  auto 3d for a label map with a canal, or for a non-axial 3D volume (e.g. T2 SPACE, spacing <= 2 mm) when the
+      3D model has a canal class; 2d otherwise (today's embedded 3D model has no canal class: auto runs 2d)
 
 A non-axial input (e.g. sagittal 3D T2 SPACE) is resliced to axial planes (every --slice-spacing-mm, default the
 input's S-I spacing but at least 1 mm); the table then refers to those planes (positions and LPS centres are listed).
@@ -82,6 +93,11 @@ def add_segment_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--series", default=None, metavar="UID", help="SeriesInstanceUID when the DICOM folder holds several")
     s.add_argument("--levels", default=None, metavar="JSON", help="level positions, JSON text or file (see below)")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
+    s.add_argument("--path", default="auto", choices=("auto", "2d", "3d"),
+                   help="2d network on axial slices, or 3d: planes perpendicular to the canal centreline of a 3D "
+                        "canal mask (default: auto, see below)")
+    s.add_argument("--model-3d", default=None, metavar="NAME|FILE",
+                   help="FORAMEN3D model with a canal class for the 3d path (default: the FORAMEN3D catalogue's default)")
     s.add_argument("--batch-size", type=int, default=8, metavar="N", help="slices per forward pass (default: 8)")
     s.add_argument("--slice-spacing-mm", type=float, default=None, metavar="MM",
                    help="plane spacing when a non-axial input is resliced (default: input S-I spacing, >= 1 mm)")
@@ -109,7 +125,7 @@ def run_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from DuralSacSegLib.dsca import parse_levels
-    from DuralSacSegLib.segment import expected_outputs, segment_file, write_outputs
+    from DuralSacSegLib.segment import expected_outputs, segment_volume, write_outputs
     from spinemorph.atomic import prepare_output_dir
     from spinemorph.errors import InputError
 
@@ -126,6 +142,16 @@ def run_segment(args: argparse.Namespace) -> int:
 
     crop = None if args.crop_px == 0 else validate_crop_px(args.crop_px, NETWORK_SIZE)
     levels = parse_levels(args.levels)
+    from DuralSacSegLib.segment3d_path import decide_path
+    from spinemorph.volume import read_volume
+
+    t_start = time.perf_counter()
+    image = read_volume(args.input, args.series)
+    read_s = time.perf_counter() - t_start
+    path, reason, source = decide_path(image, getattr(args, "path", "auto"), getattr(args, "model_3d", None))
+    print(f"path: {path.upper()} - {reason}")
+    if path == "3d":
+        return _run_segment_3d(args, image, source, reason, bool(levels))
     # refuse to overwrite before spending minutes on inference
     prepare_output_dir(args.out, args.overwrite,
                        expected_outputs(bool(levels), args.save_probability, args.overlays))
@@ -138,9 +164,8 @@ def run_segment(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
-        result = segment_file(
-            args.input,
-            args.series,
+        result = segment_volume(
+            image,
             model=args.model,
             device=args.device,
             batch_size=args.batch_size,
@@ -154,8 +179,11 @@ def run_segment(args: argparse.Namespace) -> int:
             progress=progress,
             postprocess=getattr(args, "postprocess", None),
         )
+        result.timings_s = {"read_s": read_s, **result.timings_s}
     finally:
         bar.close()
+    base_info = result.info
+    result.info = lambda: {**base_info(), "path_reason": reason}  # dsca.json: segmentation.path + path_reason
     paths = write_outputs(result, args.out, overwrite=args.overwrite, n_overlays=args.overlays)
 
     table = result.table
@@ -183,5 +211,40 @@ def run_segment(args: argparse.Namespace) -> int:
                   f"{lv.stenosis_note or 'no dural sac'}")
         else:
             print(f"level {lv.level}: slice {lv.slice_index}, DSCA {lv.area_mm2:.1f} mm² - {lv.stenosis}")
+    print(f"wrote {len(paths)} files to {args.out}")
+    return 0
+
+
+def _run_segment_3d(args: argparse.Namespace, image, source, reason: str, has_levels: bool) -> int:
+    """The 3d path of ``dsca segment`` (:mod:`DuralSacSegLib.segment3d_path`); same output names as the 2d path."""
+    from DuralSacSegLib.segment import expected_outputs
+    from DuralSacSegLib.segment3d_path import run_3d, write_outputs_3d
+    from spinemorph.atomic import prepare_output_dir
+
+    if has_levels:
+        print("note: --levels is not used on the 3d path (the levels come from the vertebra / disc labels)")
+    prepare_output_dir(args.out, args.overwrite, expected_outputs(True, False, args.overlays))
+    result = run_3d(image, source, reason, device=args.device, scheme=args.stenosis_scheme)
+    paths = write_outputs_3d(result, args.out, overwrite=args.overwrite, n_overlays=args.overlays)
+    table = result.table
+    nonempty = table.nonempty_rows()
+    print(f"3D DSCA ({result.model_name}): {len(table)} planes perpendicular to the canal centreline "
+          f"({table.span}), dural sac on {len(nonempty)}; {result.timings_s['total_s']:.1f} s")
+    graded = table.smallest_graded(1)
+    if graded:
+        r = graded[0]
+        print(f"smallest DSCA (of {len(table.graded_rows())} graded planes): {r.area_mm2:.1f} mm² at plane "
+              f"{r.slice_index} ({r.position_mm:.1f} mm along the centreline{', ' + r.level if r.level else ''}) "
+              f"- {r.stenosis}")
+    elif nonempty:
+        print("warning: no plane could be graded for stenosis (see qc_flags / stenosis_note in dsca.csv)", file=sys.stderr)
+    for line in table.qc_summary_lines():
+        print(f"QC: {line}")
+    for lv in table.levels:
+        if lv.slice_index < 0:
+            print(f"level {lv.level}: outside the measured planes")
+        else:
+            print(f"level {lv.level}: plane {lv.slice_index}, DSCA {lv.area_mm2:.1f} mm² - "
+                  f"{lv.stenosis or lv.stenosis_note or 'no dural sac'}")
     print(f"wrote {len(paths)} files to {args.out}")
     return 0

@@ -147,6 +147,7 @@ class SegmentationResult:
         """JSON-ready description of how the result was made."""
         ax = self.axial_image
         return {
+            "path": "2d",
             "model": self.model_name,
             "device": self.device,
             "threshold": self.threshold,
