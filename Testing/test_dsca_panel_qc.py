@@ -40,11 +40,14 @@ def flagged_table():
 
 
 class _Item:
-    def __init__(self):
+    def __init__(self, model):
+        self.model = model
         self.background = None
         self.tooltip = ""
 
     def setBackground(self, brush):
+        # qMRMLTableModel writes a changed item back into the node unless its signals are blocked
+        assert self.model.blocked, "item changed while the model's signals are live"
         self.background = brush
 
     def setToolTip(self, text):
@@ -55,7 +58,12 @@ class _Model:
     """qMRMLTableModel stand-in (a QStandardItemModel): ``item(row, column)``, ``columnCount()``."""
 
     def __init__(self, rows, columns):
-        self.items = [[_Item() for _ in range(columns)] for _ in range(rows)]
+        self.items = [[_Item(self) for _ in range(columns)] for _ in range(rows)]
+        self.blocked = False
+
+    def blockSignals(self, on):
+        was, self.blocked = self.blocked, on
+        return was
 
     def item(self, row, column):
         return self.items[row][column] if 0 <= row < len(self.items) else None
@@ -78,6 +86,10 @@ class _TableView:
 
     def __init__(self, rows, columns):
         self.rows, self.columns, self.node, self.model = rows, columns, None, None
+        self.repaints = 0
+
+    def viewport(self):
+        return types.SimpleNamespace(update=lambda: setattr(self, "repaints", self.repaints + 1))
 
     def setMRMLTableNode(self, node):
         self.node = node
@@ -139,6 +151,7 @@ def test_panel_highlights_the_flagged_row_and_shows_the_qc_line(monkeypatch, fla
     assert all(cell.tooltip == flagged_table.rows[4].stenosis_note for cell in flagged)
     others = [cell for r, row in enumerate(model.items) if r != 4 + offset for cell in row]
     assert all(cell.background is None for cell in others)
+    assert model.blocked is False and controller.ui.tableView.repaints == 1  # signals restored, view repainted
     label = controller.ui.qcLabel
     assert label.visible is True
     assert label.text.startswith("QC: 1 of 10 slices with a mask were NOT graded") and "slice 4" in label.text

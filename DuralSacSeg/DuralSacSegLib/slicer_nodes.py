@@ -125,8 +125,9 @@ def highlightTableRows(tableView, rows, notes=None, color=QC_ROW_COLOR):
     """Colour the MRML table rows ``rows`` of the qMRMLTableView ``tableView`` (and give each cell the row's note as
     tooltip). Returns the number of rows coloured.
 
-    The view's ``tableModel()`` is a QStandardItemModel rebuilt from the node whenever the node changes, so call this
-    after every fill (``fillTableNode`` + ``setMRMLTableNode``). The model has an extra first row (the column names)
+    The view's ``tableModel()`` is a QStandardItemModel updated from the node whenever the node changes (items are
+    reused, but a refill may change which rows are flagged), so call this after every fill (``fillTableNode`` +
+    ``setMRMLTableNode``). The model has an extra first row (the column names)
     unless the node uses column titles as the header (same rule as ``slicer_common.mrmlTableRowFromViewIndex``).
     """
     import qt
@@ -142,15 +143,23 @@ def highlightTableRows(tableView, rows, notes=None, color=QC_ROW_COLOR):
     offset = 0 if titleHeader else 1
     brush = qt.QBrush(qt.QColor(*color))
     coloured = 0
-    for i, row in enumerate(rows):
-        note = notes[i] if notes is not None and i < len(notes) else ""
-        cells = [model.item(int(row) + offset, column) for column in range(model.columnCount())]
-        cells = [cell for cell in cells if cell is not None]
-        for cell in cells:
-            cell.setBackground(brush)
-            if note:
-                cell.setToolTip(note)
-        coloured += bool(cells)
+    # qMRMLTableModel writes every changed item back into the node (itemChanged -> updateMRMLFromModel: the cell
+    # text re-parsed, a node Modified per cell); a colour is no edit, so the model's signals are blocked meanwhile
+    # (updateModelFromMRML reuses the items, so the colour stays until the next fill)
+    wasBlocked = model.blockSignals(True)
+    try:
+        for i, row in enumerate(rows):
+            note = notes[i] if notes is not None and i < len(notes) else ""
+            cells = [model.item(int(row) + offset, column) for column in range(model.columnCount())]
+            cells = [cell for cell in cells if cell is not None]
+            for cell in cells:
+                cell.setBackground(brush)
+                if note:
+                    cell.setToolTip(note)
+            coloured += bool(cells)
+    finally:
+        model.blockSignals(wasBlocked)
+    tableView.viewport().update()  # the view was not told (signals blocked): repaint it
     return coloured
 
 
