@@ -71,9 +71,11 @@ def _scheme_lines(scheme: dict | None) -> list[tuple[float, str]]:
     return sorted(lines, reverse=True)
 
 
-def _dsca_plot_caption(scheme: dict | None) -> str:
+def _dsca_plot_caption(scheme: dict | None, path3d: bool = False) -> str:
     lines = _scheme_lines(scheme)
-    head = "DSCA per slice: axial area and area perpendicular to the canal centreline; "
+    head = ("DSCA per plane perpendicular to the canal centreline (3D path), with the axial area through the same centre "
+            "point for comparison; " if path3d else
+            "DSCA per slice: axial area and area perpendicular to the canal centreline; ")
     if not lines:
         return head + "no threshold lines: the DSCA table names no stenosis categories."
     name = (scheme or {}).get("name", "")
@@ -81,8 +83,9 @@ def _dsca_plot_caption(scheme: dict | None) -> str:
     return head + f"dotted lines at the {values} mm² category bounds of the stenosis scheme{' ' + name if name else ''}."
 
 
-def _dsca_plot(slices: list[dict], scheme: dict | None = None) -> bytes:
-    """Area per slice, with a dotted line at every category bound of ``scheme`` (the DSCA JSON's stenosis_scheme)."""
+def _dsca_plot(slices: list[dict], scheme: dict | None = None, path3d: bool = False) -> bytes:
+    """Area per slice (per perpendicular plane on the 3D path), with a dotted line at every category bound of ``scheme``
+    (the DSCA JSON's stenosis_scheme)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -93,14 +96,20 @@ def _dsca_plot(slices: list[dict], scheme: dict | None = None) -> bytes:
     area = np.array([s.get("area_mm2") if s.get("area_mm2") is not None else np.nan for s in slices], dtype=float)
     corr = np.array([s.get("corrected_area_mm2") if s.get("corrected_area_mm2") is not None else np.nan for s in slices], dtype=float)
     fig, ax = plt.subplots(figsize=(7.2, 3.4))
-    ax.plot(pos, area, "o-", label="axial DSCA", color="#1f77b4")
-    ax.plot(pos, corr, "s--", label="angle-corrected DSCA", color="#d62728", ms=4)
+    if path3d:  # area_mm2 is the perpendicular area; axial_area_mm2 the axial plane through the same centre
+        axial = np.array([s.get("axial_area_mm2") if s.get("axial_area_mm2") is not None else np.nan for s in slices],
+                         dtype=float)
+        ax.plot(pos, area, "o-", label="DSCA perpendicular to the centreline", color="#d62728", ms=3)
+        ax.plot(pos, axial, "--", label="axial area (comparison)", color="#1f77b4")
+    else:
+        ax.plot(pos, area, "o-", label="axial DSCA", color="#1f77b4")
+        ax.plot(pos, corr, "s--", label="angle-corrected DSCA", color="#d62728", ms=4)
     for y, lab in _scheme_lines(scheme):
         ax.axhline(y, color="0.5", lw=0.8, ls=":")
         ax.text(pos[np.isfinite(pos)].min() if np.isfinite(pos).any() else 0, y + 2, lab, fontsize=8, color="0.4")
-    ax.set_xlabel("slice position along the slice normal (mm)")
+    ax.set_xlabel("arc length along the canal centreline (mm)" if path3d else "slice position along the slice normal (mm)")
     ax.set_ylabel("area (mm²)")
-    ax.set_title("Dural sac cross-sectional area per slice")
+    ax.set_title("Dural sac cross-sectional area per " + ("plane" if path3d else "slice"))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return png_bytes_from_matplotlib(fig)
@@ -156,16 +165,28 @@ def build_report(out_dir: Path, selection, steps, *, truth_path: Path | None, mo
     if dsca is not None:
         slices = dsca.get("slices", [])
         scheme = dsca.get("stenosis_scheme") or {}
-        sec.append(rep.figure(Figure(_dsca_plot(slices, scheme), _dsca_plot_caption(scheme), fig_id="fig-dsca-plot")))
+        dseg = dsca.get("segmentation") or {}
+        path3d = dseg.get("path") == "3d"
+        unit = "plane" if path3d else "slice"
+        why = f" — {dseg['path_reason']}" if dseg.get("path_reason") else ""
+        if path3d:
+            sec.append(rep.paragraph(
+                f"Path: 3D{why}; areas on {len(slices)} planes perpendicular to the canal centreline "
+                f"({dsca.get('span', 'whole canal')}, every plane's position = arc length along the centreline).",
+                "dsca-path"))
+        else:
+            sec.append(rep.paragraph(f"Path: 2D{why}; areas on {len(slices)} axial slices (2D network).", "dsca-path"))
+        sec.append(rep.figure(Figure(_dsca_plot(slices, scheme, path3d), _dsca_plot_caption(scheme, path3d),
+                                     fig_id="fig-dsca-plot")))
         for i in range(1, 9):
             png = _png(dsca_dir / f"overlay_{i}.png")
             if png:
-                sec.append(rep.figure(Figure(png, f"smallest-area slice #{i}: dural sac outline and area", 360, f"fig-overlay-{i}")))
+                sec.append(rep.figure(Figure(png, f"smallest-area {unit} #{i}: dural sac outline and area", 360, f"fig-overlay-{i}")))
         levels = dsca.get("levels", [])
         if levels:
-            sec.append("<h3>Per level (mid-disc slice)</h3>")
+            sec.append(f"<h3>Per level (mid-disc {unit})</h3>")
             sec.append(rep.table(
-                ["level", "slice", "area (mm²)", "corrected area (mm²)", "AP (mm)", "LR (mm)", "category", "not graded because"],
+                ["level", unit, "area (mm²)", "corrected area (mm²)", "AP (mm)", "LR (mm)", "category", "not graded because"],
                 [[lv.get("level"), lv.get("slice_index"), _fmt(lv.get("area_mm2")), _fmt(lv.get("corrected_area_mm2")),
                   _fmt(lv.get("ap_diameter_mm")), _fmt(lv.get("lr_diameter_mm")), lv.get("stenosis") or "not graded",
                   _not_graded_reason(lv)] for lv in levels],
@@ -173,18 +194,18 @@ def build_report(out_dir: Path, selection, steps, *, truth_path: Path | None, mo
                 table_id="dsca-levels"))
         qc_dsca = dsca.get("qc") or {}
         if qc_dsca.get("summary"):
-            sec.append("<h3>Quality control: slices not graded</h3>")
+            sec.append(f"<h3>Quality control: {unit}s not graded</h3>")
             for line in qc_dsca["summary"]:
                 sec.append(rep.paragraph("QC: " + line, "notice"))
             sec.append(rep.paragraph(
-                f"A slice whose mask is implausible as one dural sac cross-section (area below "
+                f"A {unit} whose mask is implausible as one dural sac cross-section (area below "
                 f"{_fmt(qc_dsca.get('min_area_mm2'))} mm², centroid more than {_fmt(qc_dsca.get('off_track_mm'))} mm off the "
                 f"canal track, several pieces, solidity below {_fmt(qc_dsca.get('low_solidity'), 2)}, touching the image "
                 "border) gets no stenosis category; its area is still listed. These limits are project design choices, "
                 "not literature thresholds.", "muted"))
-        sec.append("<h3>Per slice</h3>")
+        sec.append(f"<h3>Per {unit}</h3>")
         sec.append(rep.table(
-            ["slice", "position (mm)", "area (mm²)", "corrected (mm²)", "AP (mm)", "LR (mm)", "solidity", "components",
+            [unit, "position (mm)", "area (mm²)", "corrected (mm²)", "AP (mm)", "LR (mm)", "solidity", "components",
              "category", "QC", "not graded because"],
             [[s.get("slice_index"), _fmt(s.get("position_mm")), _fmt(s.get("area_mm2")), _fmt(s.get("corrected_area_mm2")),
               _fmt(s.get("ap_diameter_mm")), _fmt(s.get("lr_diameter_mm")), _fmt(s.get("solidity"), 2), s.get("n_components"),
@@ -201,7 +222,7 @@ def build_report(out_dir: Path, selection, steps, *, truth_path: Path | None, mo
             sec.append(rep.paragraph(scheme["note"], "muted"))
         for s in slices:
             for f in s.get("qc_flags") or []:
-                qc.append(f"DSCA slice {s.get('slice_index')}: {f}")
+                qc.append(f"DSCA {unit} {s.get('slice_index')}: {f}")
 
     # ---- foramen
     sec = rep.section("foramen", "L4-5 intervertebral foramen (FORAMEN3D)")
@@ -313,6 +334,8 @@ def build_report(out_dir: Path, selection, steps, *, truth_path: Path | None, mo
         seg = dsca["segmentation"]
         rows.append(["DSCA model (resolved)", f"{seg.get('model', '')} {seg.get('model_version', '') or ''}".strip()])
         rows.append(["DSCA device", str(seg.get("device", ""))])
+        rows.append(["DSCA path", f"{(seg.get('path') or '2d').upper()}"
+                                  f"{' — ' + seg['path_reason'] if seg.get('path_reason') else ''}"])
     if meas and meas.get("segmentation"):
         rows.append(["foramen segmentation", json.dumps(meas["segmentation"])[:300]])
     rows.append(["total time (s)", f"{sum(s.seconds for s in steps):.1f}"])
