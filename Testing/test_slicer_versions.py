@@ -565,7 +565,7 @@ def test_standin_launch_console_process_refuses_what_slicer_refuses(monkeypatch,
     updateEnvironment, cwd; 5.12 adds blocking, logCallback, completedCallback), so a glue call Slicer would reject
     fails here too."""
     _standin(monkeypatch, version)
-    import slicer
+    slicer = sys.modules["slicer"]
 
     with pytest.raises(TypeError):
         slicer.util.launchConsoleProcess([sys.executable, "-c", "pass"], startupinfo=None)
