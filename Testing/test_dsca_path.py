@@ -83,12 +83,22 @@ def test_path_3d_on_label_map_known_area(tmp_path, capsys):
     assert np.count_nonzero(m.array) == np.count_nonzero(five_class_map().array == CANAL)
 
 
-def test_path_auto_on_label_map_with_canal_runs_3d(tmp_path, capsys):
+def test_path_auto_on_label_map_with_canal_runs_3d_and_the_report_says_so(tmp_path, capsys):
+    from spinemorph.study import StepResult
+    from spinemorph.study_report import build_report
+
     src = write_volume(five_class_map(), tmp_path / "labels.nrrd")
-    out = tmp_path / "out"
-    assert cli.main(["dsca", "segment", str(src), "--out", str(out), "--overlays", "0"]) == 0
+    out = tmp_path / "study" / "dsca"
+    assert cli.main(["dsca", "segment", str(src), "--out", str(out), "--overlays", "1"]) == 0
     assert "path: 3D" in capsys.readouterr().out
-    assert json.loads((out / "dsca.json").read_text())["segmentation"]["path"] == "3d"
+    doc = json.loads((out / "dsca.json").read_text())
+    assert doc["segmentation"]["path"] == "3d"
+    html = build_report(tmp_path / "study", None, [StepResult("dsca", "ok")], truth_path=None, models={}, version="t")
+    dsca_html = html.split('id="dsca"')[1].split('id="foramen"')[0]
+    assert "Path: 3D — input is a label map" in dsca_html
+    assert f"areas on {len(doc['slices'])} planes perpendicular to the canal centreline" in dsca_html
+    assert "<th>plane</th>" in dsca_html and "<th>slice</th>" not in dsca_html and "Per plane" in dsca_html
+    assert "DSCA path" in html.split('id="provenance"')[1]
 
 
 @pytest.fixture
@@ -116,6 +126,13 @@ def test_path_auto_keeps_2d_on_axial_series(tmp_path, fake_2d_model, capsys):
     assert seg["path"] == "2d" and "axial" in seg["path_reason"]
     rows = list(csv.DictReader((out / "dsca.csv").read_text().splitlines()))
     assert float(rows[4]["area_mm2"]) == pytest.approx(math.pi * 70.0, rel=0.03)
+    from spinemorph.study import StepResult
+    from spinemorph.study_report import build_report
+
+    out.rename(tmp_path / "dsca")
+    html = build_report(tmp_path, None, [StepResult("dsca", "ok")], truth_path=None, models={}, version="t")
+    dsca_html = html.split('id="dsca"')[1].split('id="foramen"')[0]
+    assert "Path: 2D — axial series" in dsca_html and "<th>slice</th>" in dsca_html
 
 
 def test_path_3d_with_coarse_model_is_one_error_line(tmp_path, fake_2d_model, capsys):
