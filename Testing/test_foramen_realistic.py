@@ -146,30 +146,45 @@ def test_measurement_state_carries_qc(measured):
     assert h["QC"] == "edited" and h["Flag"].startswith("height <= 15 mm") and state.values["right"]["flagged"]
 
 
-def test_sap_face_excludes_the_gently_rising_floor():
-    """The width ends on the SAP's anterior face "where the contour turns steep", never on the L5 floor rising gently
-    behind the notch (a surface inclined ~20° still faces up: that is floor). Known outline: notch at (2, 0); floor
-    rising at 20° to (8, 2.2); then a steep SAP face (70°) up to the tip; L4 corner at (0, 5)."""
-    from FORAMEN3DLib.morphometry import _sap_face
+def test_sap_face_is_the_contour_behind_the_notch_including_its_lower_part():
+    """The width ends on the SAP's anterior face: the L5 contour behind the notch (the junction of the pedicle's upper
+    border and the SAP) from where it rises out of the notch up to the tip, including the lower part of the face that
+    is inclined < 45° (on real masks the reader's SAP point lies there, 0.5-1.1 mm above the notch); never the
+    pedicle's upper border in front of the notch. Known outline (y posterior, z superior): pedicle border falling at
+    15° from (-6, 1.6) to the notch at (0, 0); behind it the SAP face rising at 30° to (5, 2.89), then at 70° up to
+    the tip; L4 corner at (-1, 7). Exact nearest face point: the corner's foot on the 30° part (width 6.56 mm); a
+    45° cut would drop that part and give 7.05 mm on the steep part."""
+    from FORAMEN3DLib.morphometry import _nearest_on_runs, _sap_face
 
     from spinemorph.labels import L5
 
-    floor = np.array([[2.0 + d * np.cos(np.radians(20)), d * np.sin(np.radians(20))] for d in np.arange(0.0, 6.5, 0.5)])
-    top = floor[-1]
-    face = np.array([top + d * np.array([np.cos(np.radians(70)), np.sin(np.radians(70))]) for d in np.arange(0.5, 8.0, 0.5)])
-    yz = np.vstack([floor, face])
-    # outward normals (out of the foramen, into the bone): perpendicular to each segment, pointing down/back
-    n_floor = np.array([np.sin(np.radians(20)), -np.cos(np.radians(20))])
-    n_face = np.array([np.sin(np.radians(70)), -np.cos(np.radians(70))])
-    normal = np.vstack([np.repeat(n_floor[None], len(floor), 0), np.repeat(n_face[None], len(face), 0)])
+    t15, t30, t70 = np.radians([15.0, 30.0, 70.0])
+    d30, d70 = np.array([np.cos(t30), np.sin(t30)]), np.array([np.cos(t70), np.sin(t70)])
+    border = np.array([[y, -y * np.tan(t15)] for y in np.arange(-6.0, 0.0, 0.25)])
+    ramp = np.array([s * d30 for s in np.arange(0.0, 5.0 / np.cos(t30) + 1e-9, 0.25)])
+    top = 5.0 / np.cos(t30) * d30
+    face = np.array([top + s * d70 for s in np.arange(0.25, 10.0, 0.25)])
+    yz = np.vstack([border, ramp, face])
+    # outward normals (out of the foramen, into the bone)
+    normal = np.vstack([
+        np.repeat([[-np.sin(t15), -np.cos(t15)]], len(border), 0),
+        np.repeat([[np.sin(t30), -np.cos(t30)]], len(ramp), 0),
+        np.repeat([[np.sin(t70), -np.cos(t70)]], len(face), 0),
+    ])
     labs = np.full(len(yz), L5)
-    corner, notch = np.array([0.0, 5.0]), np.array([2.0, 0.0])
+    corner, notch = np.array([-1.0, 7.0]), np.array([0.0, 0.0])
     sap = _sap_face(yz, normal, labs, corner, notch)
-    assert not sap[: len(floor)].any()  # the 20° floor is not SAP (with the old 0.3 cut it was: ~0.5-2 mm above the notch)
-    assert sap[len(floor):].all()
-    # the nearest SAP point to the corner is the foot of the steep face, not a floor point 0.5 mm above the notch
-    d = np.linalg.norm(yz[sap] - corner, axis=1)
-    assert np.allclose(yz[sap][np.argmin(d)], face[0])
+    nb, nr = len(border), len(ramp)
+    assert not sap[:nb].any()  # the pedicle's upper border, in front of the notch, is never SAP
+    assert (sap[nb : nb + nr] == (ramp[:, 1] > 0.5)).all()  # the lower face counts once > 0.5 mm above the notch
+    assert sap[nb + nr :].all()
+    d, q = _nearest_on_runs(corner, yz, sap)
+    truth = abs(corner[0] * d30[1] - corner[1] * d30[0])  # distance from the corner to the 30° line through the notch
+    assert abs(truth - 6.56) < 0.01 and abs(d - truth) < 1e-6, (d, truth, q)
+    assert np.allclose(q, (corner @ d30) * d30)  # the foot of the perpendicular, on the face's lower part
+    rel = corner - top
+    steep = abs(rel[0] * d70[1] - rel[1] * d70[0])
+    assert steep > d + 0.4  # what a 45° cut would have measured (7.05 mm)
 
 
 def test_thick_slice_input_puts_every_value_under_review():

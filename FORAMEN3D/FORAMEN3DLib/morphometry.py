@@ -126,11 +126,13 @@ PLAUSIBLE_SOURCE = (
     "design choice of SpineMorph (wide band around adult foraminal height ~16-23 mm, width ~6-11 mm, area ~100-200 mm2); "
     "not a normal range"
 )
-#: the SAP's anterior face is where the L5 contour "turns steep": the surface faces more anteriorly than upward, i.e.
-#: its outward normal lies within 45° of posterior (posterior component >= cos 45°). A looser value (0.3, 73°) let
-#: the floor rising gently behind the notch (inclined ~20°, facing up) count as SAP on 6 of 8 real sides, so that the
-#: width ended 0.5-1 mm above the notch. A low SAP without such a face is measured by the fallback, under review.
-SAP_FACE_STEEP = float(np.cos(np.radians(45.0)))
+#: the SAP's anterior face is the L5 contour behind the notch that rises out of it and faces into the foramen
+#: (outward normal with a posterior component > this, i.e. not a surface facing straight up or backwards). No slope cut:
+#: the L5 notch is the junction of the pedicle's upper border (in front of it) and the SAP (behind it), so the contour
+#: posterior to the notch's lowest point is the SAP, including the lower part of its face that curves into the notch
+#: (inclined 20-45° on real masks, where the manual reader places the SAP point). A 45° cut (issue 14 review) removed
+#: that part: end points moved 3-8 mm up or to the fallback, which on 50 L ended on the L5 body in front of the notch.
+SAP_FACE_MIN_POSTERIOR = 0.0
 #: label maps whose largest voxel spacing exceeds this (mm) are measured with QC status "review" (thick slices)
 THICK_SLICE_MM = 1.5
 #: background pixels within this distance of two different structures count as closed (heuristic)
@@ -739,16 +741,17 @@ def _notch_height(yz: np.ndarray, labs: np.ndarray):
 def _sap_face(yz, normal, labs, corner, floor_point):
     """Outline vertices on the anterior face of the L5 superior articular process.
 
-    SAP face = L5 outline posterior to the L4 posteroinferior corner and to the L5 notch, more than 0.5 mm above the
-    notch, whose outward normal lies within 45° of posterior (``SAP_FACE_STEEP``: the surface faces anteriorly, into the foramen, more than upwards) and towards which the corner
-    lies in front (the surface faces the corner). The L5 floor (facing up, below/at the notch) and any other
-    structure are excluded.
+    SAP face = L5 outline posterior to the L4 posteroinferior corner and to the L5 notch (the lowest L5 point, where
+    the pedicle's upper border meets the SAP), more than 0.5 mm above the notch, whose outward normal has a posterior
+    component (``SAP_FACE_MIN_POSTERIOR``: the surface faces anteriorly, into the foramen) and towards which the corner
+    lies in front (the surface faces the corner). No slope threshold: the lower face curving into the notch is SAP.
+    The L5 floor (the pedicle's upper border, in front of and at the notch) and any other structure are excluded.
     """
     to_corner = corner[None, :] - yz
     facing = (to_corner * normal).sum(1) < 0  # normal points away from the corner: the surface faces it
     return (
         (labs == L5)
-        & (normal[:, 0] >= SAP_FACE_STEEP)
+        & (normal[:, 0] > SAP_FACE_MIN_POSTERIOR)
         & (yz[:, 0] > corner[0] + 0.5)
         & (yz[:, 0] > floor_point[0])
         & (yz[:, 1] > floor_point[1] + 0.5)
