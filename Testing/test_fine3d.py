@@ -159,3 +159,24 @@ def test_config_rejects_held_out_validation_patients(tmp_path):
 def test_shipped_fine_config_is_valid():
     cfg = train_fine.load_fine_config(models3d.MODELS_DIR / "configs" / "foramen3d_fine.json")
     assert cfg["network"]["out_channels"] == 5
+
+
+def test_morphometry_and_meshes_unchanged_by_a_canal_class():
+    """A label map carrying the fine model's dural-sac class (4) measures exactly like the same map without it, and
+    the default meshes are still the three bone / disc structures (downstream keeps working with the extra class)."""
+    from FORAMEN3DLib.meshes import structure_meshes
+    from FORAMEN3DLib.morphometry import measure_foramen
+    from spinemorph import acquisition, phantom
+
+    ph = phantom.make_phantom(seed=3, vary=False)
+    acq = acquisition.acquire_space_t2(ph, seed=3)
+    fo = acq.labels["foramen"]
+    lab5 = np.asarray(fo.array, np.uint8).copy()
+    lab5[(np.asarray(acq.labels["dural_sac"].array) > 0) & (lab5 == 0)] = 4
+    assert (lab5 == 4).sum() > 1000
+    r4 = measure_foramen(fo)
+    r5 = measure_foramen(fo.with_array(lab5))
+    for side in ("left", "right"):
+        for m in ("height", "width", "area"):
+            assert getattr(r5.sides[side], m).value == getattr(r4.sides[side], m).value
+    assert set(structure_meshes(fo.with_array(lab5))) == {"L4", "L4-5 disc", "L5"}

@@ -50,7 +50,12 @@ def main() -> int:
             card=file_stem + ".md", default=False)
     hist = (run / "history.csv").read_text() if (run / "history.csv").is_file() else "(no validation yet)\n"
     ev = run / "eval_heldout" / "metrics.json"
-    ev_text = json.dumps(json.loads(ev.read_text())["summary"], indent=1) if ev.is_file() else "(not evaluated)"
+    if ev.is_file():
+        evj = json.loads(ev.read_text())
+        ev_text = (f"evaluated weights: iteration {evj.get('meta', {}).get('iteration')} of this run\n"
+                   + json.dumps(evj["summary"], indent=1))
+    else:
+        ev_text = "(not evaluated)"
     card = f"""# {a.name} — fine FORAMEN3D model (training in progress)
 
 **Status: early weights of a run that is still training** ({how}; exported by `scripts/export_fine_weights.py`).
