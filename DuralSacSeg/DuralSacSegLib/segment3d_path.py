@@ -121,7 +121,13 @@ def decide_path(image: Volume, requested: str = "auto", model_3d: str | None = N
         return "2d", "requested with --path 2d: 2D network on axial slices", None
     src = label_map_canal(image)
     if src is not None:
-        return "3d", f"input is a {src.description}: DSCA on planes perpendicular to its canal centreline (no network)", src
+        from spinemorph.volume import MAX_RESLICE_SPACING_MM
+
+        sp = max(image.spacing_mm)
+        thick = (f"; caution: {sp:.1f} mm slices, the section outline is coarse across them (validated on 3D masks "
+                 "only)" if sp > MAX_RESLICE_SPACING_MM else "")
+        return ("3d", f"input is a {src.description}: DSCA on planes perpendicular to its canal centreline "
+                f"(no network){thick}", src)
     from DuralSacSegLib.dsca3d import choose_dsca_path
 
     if requested == "auto":  # axial or thick-slice input: 2d whatever the 3D model (no model look-up)
