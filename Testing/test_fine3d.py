@@ -166,6 +166,7 @@ def test_morphometry_and_meshes_unchanged_by_a_canal_class():
     the default meshes are still the three bone / disc structures (downstream keeps working with the extra class)."""
     from FORAMEN3DLib.meshes import structure_meshes
     from FORAMEN3DLib.morphometry import measure_foramen
+
     from spinemorph import acquisition, phantom
 
     ph = phantom.make_phantom(seed=3, vary=False)
@@ -180,3 +181,23 @@ def test_morphometry_and_meshes_unchanged_by_a_canal_class():
         for m in ("height", "width", "area"):
             assert getattr(r5.sides[side], m).value == getattr(r4.sides[side], m).value
     assert set(structure_meshes(fo.with_array(lab5))) == {"L4", "L4-5 disc", "L5"}
+
+
+def test_warm_start_continues_from_exported_weights(tmp_path):
+    """A machine without the run folder continues from the committed fp16 weights at their recorded iteration."""
+    from spinemorph.errors import InputError
+
+    cfg = NetworkConfig(in_channels=4, out_channels=5, base_channels=2, depth=1, stem_stride=2, refine_channels=2)
+    src = UNet3D(cfg)
+    p = tmp_path / "fine.pt"
+    train_fine.save_fine_weights(src, p, {"config": "test", "iteration": 7})
+    dst = UNet3D(cfg)
+    assert train_fine._warm_start(dst, p, {"max_iterations": 100}) == 7
+    for (name, a), (_, b) in zip(src.state_dict().items(), dst.state_dict().items()):
+        if a.is_floating_point():
+            assert torch.equal(a.half().float(), b), name  # fp16 export loaded exactly
+    with pytest.raises(InputError, match="max_iterations"):
+        train_fine._warm_start(UNet3D(cfg), p, {"max_iterations": 7})
+    other = UNet3D(NetworkConfig(in_channels=4, out_channels=5, base_channels=4, depth=1, stem_stride=2, refine_channels=2))
+    with pytest.raises(InputError, match="different network"):
+        train_fine._warm_start(other, p, {"max_iterations": 100})

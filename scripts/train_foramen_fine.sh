@@ -6,6 +6,10 @@
 #   scripts/train_foramen_fine.sh start      # new run (refused if the run folder holds a config.json)
 #   scripts/train_foramen_fine.sh status     # last log lines and whether it runs
 #
+# On a machine without the run folder (ignored files lost), the default mode starts a new run from the committed
+# weights FORAMEN3D/Resources/Models/foramen3d_fine_cpu.pt at their recorded iteration (--init-weights): the
+# learning-rate schedule continues, the optimizer's moments start afresh.
+#
 # Environment: FINE_WORKTREE (default /work/train3d: `git worktree add /work/train3d <commit>`),
 # FINE_RUN (default <repo>/runs/foramen_fine), FINE_CONFIG (default the worktree's
 # FORAMEN3D/Resources/Models/configs/foramen3d_fine.json), PYTHON (default <repo>/.venv/bin/python),
@@ -41,6 +45,11 @@ mkdir -p "$RUN"
 ARGS=(--out "$RUN")
 if [ "$MODE" = start ]; then
   ARGS+=(--config "$CFG")
+elif [ ! -f "$RUN/checkpoint.pt" ] && [ ! -f "$RUN/config.json" ]; then
+  INIT=$WT/FORAMEN3D/Resources/Models/foramen3d_fine_cpu.pt
+  echo "no checkpoint in $RUN: continuing from the committed weights $INIT"
+  ARGS+=(--config "$CFG" --init-weights "$INIT")
+  if [ -n "${FINE_MAX_ITERATIONS:-}" ]; then ARGS+=(--max-iterations "$FINE_MAX_ITERATIONS"); fi
 else
   ARGS+=(--resume)
   if [ -n "${FINE_MAX_ITERATIONS:-}" ]; then ARGS+=(--max-iterations "$FINE_MAX_ITERATIONS"); fi

@@ -391,11 +391,31 @@ def save_fine_weights(net, path: Path, meta: dict) -> str:
                                        "locator": meta.get("locator", "foramen3d-budget-cpu")})
 
 
+def _warm_start(net, path: Path, cfg: dict) -> int:
+    """Load exported weights into ``net`` (architecture must equal the run's) and return their iteration."""
+    from .models3d import _read_weights
+
+    blob = _read_weights(path)
+    if dict(blob["network"]) != net.config.to_dict():
+        raise InputError(f"{path} holds a different network ({blob['network']}) than this run's config "
+                         f"({net.config.to_dict()}); use a matching config")
+    net.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()}, strict=True)
+    iteration = int((blob.get("meta") or {}).get("iteration", 0))
+    if iteration >= int(cfg["max_iterations"]):
+        raise InputError(f"{path} is from iteration {iteration}, not below max_iterations {cfg['max_iterations']}; "
+                         "pass --max-iterations")
+    return iteration
+
+
 def train_fine(config=None, run_dir="runs/fine", resume: bool = False, overwrite: bool = False,
-               max_iterations: int | None = None, stop_after: int | None = None) -> dict:
+               max_iterations: int | None = None, stop_after: int | None = None,
+               init_weights: str | os.PathLike | None = None) -> dict:
     """Train (or continue) a fine model into ``run_dir``; returns the last state summary.
 
     ``stop_after`` stops after that many iterations of *this call* (with a checkpoint), for tests and dry runs.
+    ``init_weights`` (new runs only): start from exported fp16 weights (e.g. the committed
+    ``foramen3d_fine_cpu.pt``) at the iteration recorded in them, so that a run whose checkpoint was lost (a new
+    machine) continues from git; the optimizer's moments start afresh, the learning-rate schedule continues.
     """
     import torch
 
@@ -440,6 +460,11 @@ def train_fine(config=None, run_dir="runs/fine", resume: bool = False, overwrite
         _log(run, f"resumed at iteration {state['iteration']} (best val {state['best']:.4f} at {state['best_iteration']})")
     elif ckpt_path.exists() and not resume:
         raise OutputError(f"{ckpt_path} exists; pass --resume")
+    if init_weights is not None:
+        if resume and ckpt_path.is_file():
+            raise InputError(f"{run} already has a checkpoint; --init-weights is only for a new run (use --resume)")
+        state["iteration"] = _warm_start(net, Path(init_weights), cfg)
+        _log(run, f"warm start from {init_weights} at iteration {state['iteration']} (optimizer state fresh)")
     from spinemorph.device import select_device
 
     dev = select_device(str(cfg["device"]))
@@ -614,9 +639,12 @@ def main(argv=None) -> int:
     ap.add_argument("--overwrite", action="store_true", help="replace an existing run's config/checkpoint")
     ap.add_argument("--max-iterations", type=int, default=None, help="total iterations (extends a resumed run)")
     ap.add_argument("--stop-after", type=int, default=None, help="stop after N iterations of this call")
+    ap.add_argument("--init-weights", default=None, metavar="FILE",
+                    help="new run only: start from exported weights (e.g. the committed foramen3d_fine_cpu.pt) at "
+                         "their recorded iteration; for continuing on a machine without the run folder")
     a = ap.parse_args(argv)
     try:
-        res = train_fine(a.config, a.out, a.resume, a.overwrite, a.max_iterations, a.stop_after)
+        res = train_fine(a.config, a.out, a.resume, a.overwrite, a.max_iterations, a.stop_after, a.init_weights)
     except SpineMorphError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
