@@ -65,6 +65,7 @@ import numpy as np
 from spinemorph.atomic import atomic_path, atomic_write_text, prepare_output_dir
 from spinemorph.errors import InputError, OutputError, SpineMorphError
 from spinemorph.labels import FORAMEN_LABELS
+from spinemorph.runconfig import merge_config, read_config_json
 from spinemorph.volume import Volume
 
 from .models3d import MODELS_DIR, save_weights
@@ -102,30 +103,14 @@ DEFAULT_CONFIG: dict = {
 
 # ---------------------------------------------------------------------- config
 def _merge(base: dict, over: dict, where: str = "") -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if k not in base:
-            raise InputError(f"unknown config key {where}{k!r}; known: {', '.join(sorted(base))}")
-        if isinstance(base[k], dict) and isinstance(v, dict) and k not in ("network", "contrasts"):
-            out[k] = _merge(base[k], v, f"{where}{k}.")
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
+    return merge_config(base, over, ("network", "contrasts"), where)
 
 
 def load_config(path: str | os.PathLike | None = None) -> dict:
     """Read a training config (JSON) over :data:`DEFAULT_CONFIG`; ``None`` = the paper recipe."""
     if path is None:
         return validate_config(copy.deepcopy(DEFAULT_CONFIG))
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"config {p} does not exist; see {CONFIG_DIR} for examples")
-    try:
-        raw = json.loads(p.read_text())
-    except ValueError as exc:
-        raise InputError(f"config {p} is not valid JSON ({exc})") from None
-    if not isinstance(raw, dict):
-        raise InputError(f"config {p} must hold a JSON object")
+    raw = read_config_json(path, f"; see {CONFIG_DIR} for examples")
     return validate_config(_merge(DEFAULT_CONFIG, raw))
 
 

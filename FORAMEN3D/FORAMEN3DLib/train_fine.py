@@ -53,6 +53,7 @@ import numpy as np
 
 from spinemorph.atomic import atomic_path, atomic_write_text
 from spinemorph.errors import InputError, OutputError, SpineMorphError
+from spinemorph.runconfig import merge_config, read_config_json
 
 from . import fine_data as fd
 
@@ -93,28 +94,14 @@ DEFAULT_FINE_CONFIG: dict = {
 
 
 def _merge(base: dict, over: dict, where: str = "") -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if k not in base:
-            raise InputError(f"unknown fine config key {where}{k!r}; known: {', '.join(sorted(base))}")
-        if isinstance(base[k], dict) and isinstance(v, dict) and k not in ("network", "sample_weights"):
-            out[k] = _merge(base[k], v, f"{where}{k}.")
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
+    return merge_config(base, over, ("network", "sample_weights"), where, kind="fine config")
 
 
 def load_fine_config(path: str | os.PathLike | None) -> dict:
     """A fine config (JSON over :data:`DEFAULT_FINE_CONFIG`), validated."""
     if path is None:
         return validate_fine_config(copy.deepcopy(DEFAULT_FINE_CONFIG))
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"config {p} does not exist")
-    try:
-        raw = json.loads(p.read_text())
-    except ValueError as exc:
-        raise InputError(f"config {p} is not valid JSON ({exc})") from None
+    raw = read_config_json(path)
     return validate_fine_config(_merge(DEFAULT_FINE_CONFIG, raw))
 
 
