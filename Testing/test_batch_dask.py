@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -184,7 +185,9 @@ def test_broken_cases_and_killed_workers_then_resume(tmp_path, weights, client):
     loads = client.run(model_loads)
     assert all(v["dsca"] <= 1 for v in loads.values()), loads
     table = _rows(out / SUMMARY_CSV)
-    assert len(table) == 8 and (out / SUMMARY_PARQUET).is_file()
+    # pyarrow is in the test extra, so CI checks the Parquet table too; without pyarrow only the CSV is written
+    assert len(table) == 8
+    assert (out / SUMMARY_PARQUET).is_file() == (importlib.util.find_spec("pyarrow") is not None)
     ok_rows = [table[n] for n in good + ["victim"]]
     n_workers_used = len({r["worker"] for r in ok_rows})
     assert sum(float(r["dsca_model_load_s"]) > 0.05 for r in ok_rows) <= n_workers_used < len(ok_rows)
