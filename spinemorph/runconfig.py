@@ -1,4 +1,4 @@
-"""Training-run configuration files: a JSON object laid over a dictionary of defaults.
+"""Training-run files: configuration (a JSON object laid over a dictionary of defaults) and the history CSV.
 
 Shared by the 3D trainers (``FORAMEN3DLib.train3d`` and ``FORAMEN3DLib.train_fine``): unknown keys are refused with
 their dotted path, nested dictionaries merge key by key except the ``leaves`` (replaced whole, e.g. a network
@@ -8,10 +8,13 @@ description), and every value is deep-copied so the defaults are never modified.
 from __future__ import annotations
 
 import copy
+import csv
+import io
 import json
 import os
 from pathlib import Path
 
+from .atomic import atomic_write_text
 from .errors import InputError
 
 
@@ -40,3 +43,16 @@ def read_config_json(path: str | os.PathLike, hint: str = "") -> dict:
     if not isinstance(raw, dict):
         raise InputError(f"config {p} must hold a JSON object")
     return raw
+
+
+def write_history_csv(history: list[dict], path: str | os.PathLike) -> None:
+    """One row per history entry, columns = every key seen (first-seen order); atomic; nothing for an empty history."""
+    if not history:
+        return
+    keys = list(dict.fromkeys(k for h in history for k in h))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    for h in history:
+        w.writerow(h)
+    atomic_write_text(path, buf.getvalue())

@@ -48,7 +48,6 @@ order and position; written atomically every epoch and when a run is stopped ear
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
 import io
 import json
@@ -65,7 +64,7 @@ import numpy as np
 from spinemorph.atomic import atomic_path, atomic_write_text, prepare_output_dir
 from spinemorph.errors import InputError, OutputError, SpineMorphError
 from spinemorph.labels import FORAMEN_LABELS
-from spinemorph.runconfig import merge_config, read_config_json
+from spinemorph.runconfig import merge_config, read_config_json, write_history_csv
 from spinemorph.volume import Volume
 
 from .models3d import MODELS_DIR, save_weights
@@ -566,15 +565,7 @@ def _plot_curves(history: list[dict], path: Path) -> None:
 
 
 def _write_history(history: list[dict], path: Path) -> None:
-    if not history:
-        return
-    keys = list(dict.fromkeys(k for h in history for k in h))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    for h in history:
-        w.writerow(h)
-    atomic_write_text(path, buf.getvalue())
+    write_history_csv(history, path)
 
 
 def train_fold(cfg: dict, fold: int, run_dir: Path, split: dict, resume: bool = False, progress: bool = True,

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import io
 import json
 import math
@@ -53,7 +52,7 @@ import numpy as np
 
 from spinemorph.atomic import atomic_path, atomic_write_text
 from spinemorph.errors import InputError, OutputError, SpineMorphError
-from spinemorph.runconfig import merge_config, read_config_json
+from spinemorph.runconfig import merge_config, read_config_json, write_history_csv
 
 from . import fine_data as fd
 
@@ -359,15 +358,7 @@ def _log(run: Path, msg: str) -> None:
 
 
 def _write_history(history: list[dict], path: Path) -> None:
-    if not history:
-        return
-    keys = list(dict.fromkeys(k for h in history for k in h))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    for h in history:
-        w.writerow(h)
-    atomic_write_text(path, buf.getvalue())
+    write_history_csv(history, path)
 
 
 def save_fine_weights(net, path: Path, meta: dict) -> str:
