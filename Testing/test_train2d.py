@@ -202,6 +202,52 @@ def test_train_two_iterations_then_resume(tmp_path):
         run_training({}, tmp_path / "empty", resume=True, progress=False)
 
 
+def test_snapshot_export_then_warm_start(tmp_path):
+    """A run lost with its machine goes on from the committed fp16 snapshot (scripts/export_dsca_training.py)."""
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location(
+        "export_dsca_training", pathlib.Path(__file__).resolve().parents[1] / "scripts" / "export_dsca_training.py")
+    exporter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(exporter)
+    data = tiny_phantom_samples(8, seed=1)
+    run = tmp_path / "run"
+    run_training(_tiny_config(2), run, train_samples=data, progress=False)
+    state = json.loads(torch.load(run / "fold0" / "state.pt", weights_only=True)["state"])
+    snap = exporter.export(run, tmp_path / "snap")
+    assert snap.name == "unet.pt" and (tmp_path / "snap" / "unet_history.csv").is_file()
+    ckpt = models.read_weights_file(snap)
+    ts = ckpt["config"]["training_state"]
+    assert ts["best_epoch"] == state["best_epoch"] == ts["epoch"] and ts["epochs_reached"] == 2
+    assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert [h["epoch"] for h in ts["history"]] == list(range(1, ts["epoch"] + 1))
+    # warm start: the schedule continues at the snapshot's epoch with its history; best.pt starts as the snapshot
+    warm = tmp_path / "warm"
+    run_training(_tiny_config(3), warm, train_samples=data, progress=False, init_weights=snap)
+    hist = (warm / "fold0" / "history.csv").read_text().splitlines()
+    assert len(hist) == 1 + 3  # header + the snapshot's epochs + the new ones up to 3
+    st = json.loads(torch.load(warm / "fold0" / "state.pt", weights_only=True)["state"])
+    assert st["epoch"] == 3 and st["warm_start"]["epoch"] == ts["epoch"]
+    # a warm start that is already at the end of its schedule trains nothing, and the best weights are the snapshot's
+    done = tmp_path / "done"
+    run_training(_tiny_config(ts["epoch"]), done, train_samples=data, progress=False, init_weights=snap)
+    a = models.read_weights_file(snap)["state_dict"]
+    b = models.read_weights_file(done / "best.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # wrong architecture / --resume together / a plain weights file: one clear error each
+    cfg = _tiny_config(3)
+    cfg["architecture"] = "attention_unet"
+    with pytest.raises(InputError, match="holds a unet network"):
+        run_training(cfg, tmp_path / "arch", train_samples=data, progress=False, init_weights=snap)
+    assert not (tmp_path / "arch" / "config.json").exists()  # nothing half-written
+    with pytest.raises(InputError, match="new run"):
+        run_training({}, warm, resume=True, train_samples=data, progress=False, init_weights=snap)
+    with pytest.raises(InputError, match="no training state"):
+        run_training(_tiny_config(3), tmp_path / "plain", train_samples=data, progress=False,
+                     init_weights=run / "fold0" / "last.pt")
+
+
 # ----------------------------------------------------------------------------- model files
 def _weights(tmp_path, arch="attention_unet"):
     torch.manual_seed(0)

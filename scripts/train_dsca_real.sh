@@ -4,6 +4,9 @@
 #   scripts/train_dsca_real.sh start     # create/refresh nothing that exists; start (or resume) in the background
 #   scripts/train_dsca_real.sh status    # last log lines, per-run epochs, running or not
 #   scripts/train_dsca_real.sh stop      # stop the background job (its state is saved; `start` resumes it)
+#   scripts/train_dsca_real.sh snapshot  # before a session ends: fp16 best weights + history + logs into
+#                                        # training/dsca_real/ (commit them); on a new machine `start` warm-starts
+#                                        # each missing run from them (spinemorph dsca train --init-weights)
 #   scripts/train_dsca_real.sh run       # the same work in the foreground (what `start` runs under nohup)
 #
 # What it does (all paths inside the worktree $WT, default ../dsca_train_wt, created with `git worktree add --detach`
@@ -31,6 +34,7 @@ ARCHS=${ARCHS:-"unet attention_unet multiresunet"}
 EPOCHS=${EPOCHS:-24}
 THREADS=${THREADS:-2}
 CFG=DuralSacSeg/Resources/Models/configs/real_cpu.json
+SNAP=training/dsca_real   # committed snapshots (scripts/export_dsca_training.py), used when a run folder is missing
 STEP=${1:-status}
 LOG="$WT/runs/dsca_real.log"
 PIDFILE="$WT/runs/dsca_real.pid"
@@ -53,9 +57,15 @@ run_all() {
   for arch in $ARCHS; do
     run=runs/dsca_real_$arch
     if [[ ! -f $run/config.json ]]; then
-      log "$arch: new run"
+      init=()
+      if [[ -f $SNAP/$arch.pt ]]; then
+        init=(--init-weights "$SNAP/$arch.pt")
+        log "$arch: new run, warm start from the committed snapshot $SNAP/$arch.pt"
+      else
+        log "$arch: new run"
+      fi
       nice -n 5 "$PY" -m spinemorph.cli dsca train --config "$CFG" --architecture "$arch" --epochs "$EPOCHS" \
-        --threads "$THREADS" --out "$run" --no-progress >> "$LOG" 2>&1
+        --threads "$THREADS" --out "$run" --no-progress "${init[@]}" >> "$LOG" 2>&1
     else
       log "$arch: resume"
       nice -n 5 "$PY" -m spinemorph.cli dsca train --out "$run" --resume --epochs "$EPOCHS" --no-progress >> "$LOG" 2>&1
@@ -97,6 +107,16 @@ case $STEP in
     ensure_worktree
     run_all
     ;;
+  snapshot)
+    # commit-ready fp16 best weights + history + log of every run so far into the main tree's $SNAP
+    for arch in $ARCHS; do
+      if [[ -f $WT/runs/dsca_real_$arch/fold0/state.pt && -f $WT/runs/dsca_real_$arch/fold0/best.pt ]]; then
+        (cd "$MAIN" && PYTHONPATH="$MAIN:$MAIN/DuralSacSeg" "$PY" scripts/export_dsca_training.py \
+          "$WT/runs/dsca_real_$arch" --out "$MAIN/$SNAP")
+      fi
+    done
+    cp -f "$LOG" "$MAIN/$SNAP/dsca_real.log" 2>/dev/null || true
+    ;;
   status)
     if [[ -f $PIDFILE ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then echo "running (pid $(cat "$PIDFILE"))"; else echo "not running"; fi
     for arch in $ARCHS; do
@@ -114,5 +134,5 @@ case $STEP in
     fi
     ;;
   *)
-    echo "usage: $0 start|status|stop|run" >&2; exit 2 ;;
+    echo "usage: $0 start|status|stop|snapshot|run" >&2; exit 2 ;;
 esac

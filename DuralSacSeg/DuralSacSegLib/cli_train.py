@@ -71,6 +71,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                         "(replaces the configuration's training data; cases named <patient>_<series> keep a patient "
                         "in one fold)")
     p.add_argument("--external-dir", metavar="DIR", help="external validation data, same folder layout as --data-dir")
+    p.add_argument("--init-weights", metavar="FILE.pt",
+                   help="new run only: warm start from weights exported by scripts/export_dsca_training.py "
+                        "(continues their schedule at their epoch; optimizer state fresh)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_train_command)
     return p
@@ -81,10 +84,10 @@ def run_train_command(args) -> int:
 
     if args.resume:
         if any(v is not None for v in (args.config, args.seed, args.folds, args.architecture, args.iterations_per_epoch,
-                                       args.data_dir, args.external_dir)):
+                                       args.data_dir, args.external_dir, args.init_weights)):
             raise InputError(
                 "--resume continues with the run's saved config.json; drop --config/--seed/--folds/--architecture/"
-                "--iterations-per-epoch/--data-dir/--external-dir (only --epochs may extend the run)"
+                "--iterations-per-epoch/--data-dir/--external-dir/--init-weights (only --epochs may extend the run)"
             )
         summary = run_training({}, args.out, resume=True, progress=not args.no_progress, epochs=args.epochs)
     else:
@@ -103,7 +106,7 @@ def run_train_command(args) -> int:
                 if not Path(option).is_dir():
                     raise InputError(f"{option} is not a folder (expected <case>_image / <case>_mask volumes)")
                 cfg["data"][key] = {"source": "folder", "path": str(Path(option).resolve())}
-        summary = run_training(cfg, args.out, resume=False, progress=not args.no_progress)
+        summary = run_training(cfg, args.out, resume=False, progress=not args.no_progress, init_weights=args.init_weights)
     mean = summary.get("mean", {})
     parts = [f"{k}={mean[k]:.4g}" for k in ("validation_f1", "validation_area_mae_mm2", "external_f1", "external_area_mae_mm2")
              if k in mean and mean[k] is not None and math.isfinite(mean[k])]

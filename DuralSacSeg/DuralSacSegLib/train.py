@@ -416,6 +416,7 @@ def train_fold(
     valid: np.ndarray | None = None,
     source_ids: np.ndarray | None = None,
     val_data: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
+    init_weights: str | os.PathLike | None = None,
 ) -> dict:
     """Train one fold (resumable); returns its state summary (history, best epoch / loss, seconds).
 
@@ -425,6 +426,9 @@ def train_fold(
     every ``cfg["checkpoint_minutes"]`` minutes (a resumed run continues at that iteration with the same RNG state).
     The best checkpoint is chosen by ``cfg["validation"]["select"]``: ``"loss"`` (lowest validation loss, default) or
     ``"dice"`` (highest mean validation Dice at the loss-prior threshold w/(w+1), inside the valid region).
+    ``init_weights`` (a new fold only): warm start from weights exported by ``scripts/export_dsca_training.py`` (see
+    :func:`warm_start_state`): the schedule continues at their epoch with their history and best score, with a fresh
+    optimizer state.
     """
     import torch
 
@@ -460,6 +464,12 @@ def train_fold(
             state["done"] = int(state["epoch"]) >= int(cfg["epochs"])  # the saved config may have more epochs now
         except Exception as exc:  # noqa: BLE001 - any unreadable state means the same to the user
             raise SpineMorphError(f"cannot resume from {state_path} ({type(exc).__name__}); delete it to restart the fold") from None
+    elif init_weights is not None:
+        state = warm_start_state(net, init_weights, cfg, fold_dir)
+        _log(run_dir, f"fold {fold}: warm start from {init_weights} at epoch {state['epoch']} "
+                      f"(best epoch {state['best_epoch']}; optimizer state fresh)")
+        _save_torch({"model": net.state_dict(), "optimizer": opt.state_dict(), "numpy_rng": _rng_state(rng),
+                     "state": json.dumps(state), "partial": ""}, state_path)  # so --resume continues from here
     state["trained_now"] = False
     if state["done"]:
         return state
@@ -564,6 +574,46 @@ def train_fold(
     return state
 
 
+def read_snapshot(path: Path, cfg: dict) -> tuple[dict, dict]:
+    """Read exported training weights for a warm start; one clear error if they cannot continue ``cfg``'s run."""
+    from DuralSacSegLib.models import read_weights_file
+
+    ckpt = read_weights_file(path)
+    if str(ckpt["architecture"]) != str(cfg["architecture"]):
+        raise InputError(f"--init-weights {path} holds a {ckpt['architecture']} network; this run trains "
+                         f"{cfg['architecture']} (pass --architecture {ckpt['architecture']} or other weights)")
+    ts = (ckpt.get("config") or {}).get("training_state")
+    if not isinstance(ts, dict) or "epoch" not in ts:
+        raise InputError(f"--init-weights {path} records no training state (epoch, history); export it with "
+                         "scripts/export_dsca_training.py")
+    return ckpt, ts
+
+
+def warm_start_state(net, init_weights: str | os.PathLike, cfg: dict, fold_dir: Path) -> dict:
+    """Load exported training weights into ``net`` and return the fold state they continue.
+
+    The file is a SpineMorph weights file whose ``config`` holds ``training_state`` (epoch, best epoch, best
+    validation loss / Dice, history: written by ``scripts/export_dsca_training.py``). The weights become the fold's
+    ``best.pt`` (they are the best so far); the returned state continues the schedule at their epoch.
+    """
+    import torch
+
+    from DuralSacSegLib.models import save_weights
+
+    path = Path(init_weights)
+    ckpt, ts = read_snapshot(path, cfg)
+    net.load_state_dict({k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v)
+                         for k, v in ckpt["state_dict"].items()}, strict=True)
+    save_weights(fold_dir / "best.pt", net, cfg["architecture"], config={**cfg, "fold": int(ts.get("fold", 0)),
+                                                                          "epoch": int(ts["epoch"])})
+    state = {"epoch": int(ts["epoch"]), "history": list(ts.get("history") or []),
+             "best_val_loss": float(ts.get("best_val_loss", math.inf)), "best_epoch": int(ts.get("best_epoch", ts["epoch"])),
+             "seconds": float(ts.get("seconds", 0.0)), "best_val_dice": float(ts.get("best_val_dice", -math.inf)),
+             "warm_start": {"file": path.name, "epoch": int(ts["epoch"])}}
+    state["done"] = state["epoch"] >= int(cfg["epochs"])
+    return state
+
+
 # ----------------------------------------------------------------------------- whole run
 def _prepare(samples: list[SliceSample], size) -> tuple[np.ndarray, np.ndarray]:
     images, masks, _ = preprocess_samples(samples, tuple(size))
@@ -612,6 +662,7 @@ def run_training(
     train_samples: list[SliceSample] | None = None,
     external_samples: list[SliceSample] | None = None,
     epochs: int | None = None,
+    init_weights: str | os.PathLike | None = None,
 ) -> dict:
     """Train every requested fold of ``config`` into ``run_dir`` and write the run's reports.
 
@@ -626,6 +677,9 @@ def run_training(
         Data given directly (tests); default: loaded from ``config["data"]``.
     epochs : int, optional
         With ``resume``: extend (or shorten) the run to this many epochs; the saved ``config.json`` is updated.
+    init_weights : path, optional
+        A new run only: warm start every fold from these exported weights (:func:`warm_start_state`), e.g. the
+        committed weights of a run whose folder was lost with its machine.
 
     Returns
     -------
@@ -639,6 +693,8 @@ def run_training(
 
     run_dir = Path(run_dir)
     cfg_path = run_dir / CONFIG_NAME
+    if init_weights is not None and resume:
+        raise InputError("--init-weights starts a new run from exported weights; drop it to --resume an existing run")
     if resume:
         if not cfg_path.is_file():
             raise OutputError(f"--resume: {run_dir} holds no run ({CONFIG_NAME} missing); start a new run without --resume")
@@ -651,6 +707,8 @@ def run_training(
         if cfg_path.exists():
             raise OutputError(f"{run_dir} already holds a training run; pass --resume to continue it or choose another --out")
         validate_config(config)
+        if init_weights is not None:
+            read_snapshot(Path(init_weights), config)  # before anything is written
     cfg = config
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg["num_threads"]))
@@ -691,7 +749,7 @@ def run_training(
         if len(train_idx) == 0 or (len(val_idx) == 0 and val_data is None):
             raise InputError(f"fold {fold} has no training or no validation slices; use fewer folds or more data")
         state = train_fold(fold, cfg, run_dir, images, masks, train_idx, val_idx, device, resume, progress,
-                           valid=valid, source_ids=source_ids, val_data=val_data)
+                           valid=valid, source_ids=source_ids, val_data=val_data, init_weights=init_weights)
         histories[f"fold {fold}"] = state["history"]
         fold_dir = run_dir / f"fold{fold}"
         metrics_path = fold_dir / "metrics.json"
