@@ -348,6 +348,29 @@ def dsca_samples(
     if style == "v2" and options is None:
         options = DSCA_V2_OPTIONS
     case_list = _training_cases(cases) if "spider_masks" in sources else []
+    return _dsca_stream(n, seed, sources, size, contrast, crop, start, case_list, phantom_fraction, options, True)
+
+
+def dsca_held_out_samples(n: int, seed: int, size: int = 320, contrast: str = "mixed") -> Iterator[DscaSample]:
+    """Synthetic 2D axial planes from the *held-out* SPIDER label maps (evaluation only, never training).
+
+    The same draw as :func:`dsca_samples` with ``sources=("spider_masks",)`` (sample ``i`` uses
+    ``default_rng([seed, i])``: contrast, field of view, slice thickness, case, level, tilt), but over
+    :func:`spinemorph.spider.held_out_mask_cases`, which :func:`dsca_samples` refuses by design, and a plane whose
+    sac is below :data:`MIN_SAC_AREA_MM2` is redrawn on the same case (the documented evaluation split
+    ``DuralSacSegLib.evaluate.EVAL_SPECS["synthetic"]`` was drawn this way).
+    """
+    cases = spider.held_out_mask_cases()
+    if not cases:
+        raise InputError("no held-out SPIDER label maps found; set SPINEMORPH_SPIDER to the SPIDER folder")
+    return _dsca_stream(n, seed, ("spider_masks",), size, contrast, None, 0, list(cases), 0.0, None, False)
+
+
+def _dsca_stream(
+    n, seed, sources, size, contrast, crop, start, case_list, phantom_fraction, options, redraw_case: bool
+) -> Iterator[DscaSample]:
+    """The sample loop of :func:`dsca_samples` (arguments already checked); ``redraw_case``: a redraw (sac below
+    :data:`MIN_SAC_AREA_MM2`) also draws a new SPIDER case, else only a new plane of the same case."""
     out_px = int(crop) if crop else int(size)
     for idx in range(start, start + int(n)):
         rng = np.random.default_rng([int(seed), int(idx)])
@@ -356,11 +379,13 @@ def dsca_samples(
         fov = float(rng.uniform(*FOV_MM))
         pixel = fov / size
         thick = float(rng.uniform(*AXIAL_THICKNESS_MM))
+        case = None
         for _attempt in range(8):
             if use_phantom:
                 sample = _dsca_phantom(rng, con, pixel, out_px, crop is not None, size, thick)
             else:
-                case = case_list[int(rng.integers(len(case_list)))]
+                if case is None or redraw_case:
+                    case = case_list[int(rng.integers(len(case_list)))]
                 sample = _dsca_spider(rng, case, con, pixel, out_px, crop is not None, size, thick, options)
             if sample.area_mm2 >= MIN_SAC_AREA_MM2:
                 break

@@ -23,15 +23,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from DuralSacSegLib.evaluate import (
-    SliceSample,
-    _square_fov,
-    area_agreement,
-    as_slice_sample,
-    predict_probabilities,
-    preprocess_samples,
-)
+from DuralSacSegLib.evaluate import area_agreement, predict_probabilities
 from DuralSacSegLib.postprocess import SPECS, postprocess_masks
+from DuralSacSegLib.slice_data import SliceSample, as_slice_sample, preprocess_samples, square_fov
 from spinemorph.errors import InputError
 
 #: thresholds tried by :func:`choose_decision` (20/21 is the prior correction of weighted BCE w = 20)
@@ -67,7 +61,7 @@ def real_slab_planes(patients: Sequence[str], row_step: int = 8, isotropic_mm: f
                                        row_step=row_step, whole_sac_only=False)
     if not planes:
         raise InputError(f"no real slab planes for patients {list(patients)}; check the SPIDER folder")
-    slices: list[SliceSample] = [_square_fov(as_slice_sample(p, "real-slabs"), square) for p in planes]
+    slices: list[SliceSample] = [square_fov(as_slice_sample(p, "real-slabs"), square) for p in planes]
     images, truth, pix = preprocess_samples(slices, (square, square))
     valid = np.stack([s.valid > 0 for s in slices])
     return PlaneSet(images, truth, valid, pix, [p.patient for p in planes], [p.row for p in planes],

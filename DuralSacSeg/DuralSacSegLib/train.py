@@ -41,30 +41,14 @@ from pathlib import Path
 
 import numpy as np
 
-from DuralSacSegLib.evaluate import (
-    SliceSample,
-    evaluate_network,
-    load_dataset,
-    preprocess_samples,
-    write_csv,
-    write_json,
-)
+from DuralSacSegLib.evaluate import evaluate_network, write_csv, write_json
+from DuralSacSegLib.slice_data import EVAL_SPECS, SliceSample, load_dataset, preprocess_samples  # noqa: F401  (EVAL_SPECS re-exported)
 from spinemorph.atomic import atomic_path, atomic_write_bytes, atomic_write_text, prepare_output_dir
 from spinemorph.errors import InputError, OutputError, SpineMorphError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "configs"
 PAPER_CONFIG = CONFIG_DIR / "paper.json"
 BUDGET_CONFIG = CONFIG_DIR / "budget_cpu.json"
-
-#: documented evaluation splits (data never trained on); ``spinemorph dsca evaluate --data NAME`` uses these
-EVAL_SPECS: dict[str, dict] = {
-    # planes synthesised from the held-out SPIDER label maps (patients 98, 166, 220), seed never used in training
-    "synthetic": {"source": "synthetic", "held_out": True, "n": 60, "seed": 1001},
-    # phantom anatomies with a seed never used in training
-    "phantom": {"source": "phantom", "n": 60, "seed": 2002},
-    # axial planes of the held-out real T2 SPACE slabs, 0.6 mm isotropic, every 4th PNG row (0.47 mm apart)
-    "real-slabs": {"source": "real-slabs", "isotropic_mm": 0.6, "square": 320, "row_step": 4},
-}
 
 #: defaults of every configuration key (paper recipe)
 DEFAULT_CONFIG: dict = {
