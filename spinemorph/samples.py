@@ -218,7 +218,7 @@ def _spider_case(case: str) -> _Case:
     lumbar = ((arr >= 1) & (arr <= 5)) | ((arr >= 201) & (arr <= 205))
     zr = None
     if lumbar.any():
-        lo, hi = synth._world_bbox(lab, lumbar)
+        lo, hi = synth.world_bbox(lab, lumbar)
         zr = (float(lo[2]) + 5.0, float(hi[2]) - 5.0)
     z, pts, tan = _centreline(lab, canal, zr)
     disc = arr == 202

@@ -87,7 +87,7 @@ def spider_sample(case: str, seed: int, jitter_mm=(10.0, 20.0, 20.0), contrasts=
     rng = np.random.default_rng(seed)
     src, generic = _prepared_spider(case)
     contrast = _pick_contrast(rng, contrasts or {"t2": 1.0})
-    lo, hi = synth._world_bbox(generic)
+    lo, hi = synth.world_bbox(generic)
     centre = (lo + hi) / 2
     ext = np.abs(CANONICAL_AXES.T @ (hi - lo)) + 0.8
     if full_fov:
