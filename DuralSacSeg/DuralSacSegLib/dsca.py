@@ -63,12 +63,12 @@ import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy import ndimage
 from skimage.measure import regionprops
 
 from DuralSacSegLib.stenosis import StenosisScheme, get_scheme
 from spinemorph.atomic import atomic_write_text
 from spinemorph.errors import InputError
+from spinemorph.masks import label_components, largest_component
 from spinemorph.volume import Volume
 
 # QC flag names
@@ -113,7 +113,6 @@ DEFAULT_MIN_AREA_MM2 = 20.0
 #: outside the sac of the neighbouring slices; the robust (Tukey) fit gives such a slice no weight.
 DEFAULT_OFF_TRACK_MM = 10.0
 
-_EIGHT = np.ones((3, 3), dtype=bool)
 _NAN3 = (math.nan, math.nan, math.nan)
 
 
@@ -596,14 +595,10 @@ def compute_dsca_table(
                                  stenosis_note="not graded: " + FLAG_TEXT[FLAG_EMPTY])
             )
             continue
-        lab, ncomp = ndimage.label(sl, structure=_EIGHT)
+        ncomp = label_components(sl, "full")[1]  # 8-connected
         if ncomp > 1:
-            sizes = np.bincount(lab.ravel())[1:]
-            biggest = int(np.argmax(sizes)) + 1
             flags.append(FLAG_MULTIPLE)
-        else:
-            biggest = 1
-        comp = lab == biggest
+        comp = largest_component(sl, "full")
         jj, ii = np.nonzero(comp)
         c_ijk = np.array([ii.mean(), jj.mean(), float(k)])
         c_lps = mask.index_to_lps(c_ijk)

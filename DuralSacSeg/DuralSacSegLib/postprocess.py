@@ -22,15 +22,12 @@ import numpy as np
 from scipy import ndimage
 
 from spinemorph.errors import InputError
+from spinemorph.masks import largest_component
 
 #: component modes of a post-processing spec
 MODES = ("none", "largest2d", "track")
 #: every valid spec (mode, optionally "+fill")
 SPECS = ("none", "fill", "largest2d", "largest2d+fill", "track", "track+fill")
-
-_EIGHT = np.ones((3, 3), dtype=bool)
-_TWENTY_SIX = np.ones((3, 3, 3), dtype=bool)
-
 
 def parse_spec(spec: str | None) -> tuple[str, bool]:
     """``(mode, fill_holes)`` of a spec string; None → ``("none", False)``. Raises :class:`InputError` otherwise."""
@@ -43,14 +40,6 @@ def parse_spec(spec: str | None) -> tuple[str, bool]:
         return "none", True
     mode, _, fill = text.partition("+")
     return mode, fill == "fill"
-
-
-def _largest_2d(sl: np.ndarray) -> np.ndarray:
-    lab, n = ndimage.label(sl, structure=_EIGHT)
-    if n <= 1:
-        return sl.astype(bool)
-    sizes = np.bincount(lab.ravel())[1:]
-    return lab == (int(np.argmax(sizes)) + 1)
 
 
 def postprocess_masks(masks: np.ndarray, spec: str | None) -> np.ndarray:
@@ -69,15 +58,12 @@ def postprocess_masks(masks: np.ndarray, spec: str | None) -> np.ndarray:
         return m[0] if single else m
     out = m.copy()
     if mode == "track":
-        lab, n = ndimage.label(out, structure=_TWENTY_SIX)
-        if n > 1:
-            sizes = np.bincount(lab.ravel())[1:]
-            out = lab == (int(np.argmax(sizes)) + 1)
+        out = largest_component(out, "full")  # 26-connected through the stack
     for k in range(out.shape[0]):
         if not out[k].any():
             continue
         if mode in ("track", "largest2d"):
-            out[k] = _largest_2d(out[k])
+            out[k] = largest_component(out[k], "full")  # 8-connected in the slice
         if fill:
             # fill within the foreground's bounding box + 1 pixel (holes touching the box stay holes): the sac covers
             # a few % of a slice, so this keeps post-processing at milliseconds per stack

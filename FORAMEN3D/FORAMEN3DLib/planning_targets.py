@@ -5,13 +5,13 @@ geometric thresholds of the foramen search). Part of :mod:`FORAMEN3DLib.planning
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from FORAMEN3DLib.planning_config import _side_sign
 from FORAMEN3DLib.planning_frame import AnatomicalFrame
 from FORAMEN3DLib.planning_geometry import _label_points, _lookup_nearest
 from spinemorph.errors import InputError
 from spinemorph.labels import DISC_L45, L4, L5
+from spinemorph.masks import largest_component
 from spinemorph.volume import Volume
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -112,11 +112,8 @@ def foramen_centre_target(labels: Volume, frame: AnatomicalFrame, side: str, ste
         & _within(lab > 0, 1, n(ENCLOSE_FRONT_MM), False)
         & _within(bone, 1, n(ENCLOSE_BEHIND_MM), True)
     )
-    comp, k = ndimage.label(enclosed)
-    if k and enclosed.sum() * step_mm**3 >= MIN_ENCLOSED_MM3:
-        sizes = np.bincount(comp.ravel())
-        sizes[0] = 0
-        region = comp == int(np.argmax(sizes))
+    if enclosed.any() and enclosed.sum() * step_mm**3 >= MIN_ENCLOSED_MM3:
+        region = largest_component(enclosed, "face")
         return frame.to_lps(g[region].mean(axis=0)), "enclosed region"
     zc = float(np.median(dpts[:, 2]))
     return frame.to_lps(np.array([s * FALLBACK_LATERAL_FRACTION * half_w, y_post + FALLBACK_BEHIND_DISC_MM, zc])), "fallback"

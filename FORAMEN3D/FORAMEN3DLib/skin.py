@@ -16,6 +16,7 @@ from scipy import ndimage
 from skimage import filters, measure
 
 from spinemorph.errors import InputError
+from spinemorph.masks import largest_component
 from spinemorph.volume import Volume
 
 __all__ = ["body_mask", "skin_surface", "cast_to_skin", "ball_structure"]
@@ -86,11 +87,7 @@ def body_mask(
     mask = a > t
     if not mask.any():
         raise InputError(f"no voxel of the image lies above the body threshold {t:.4g}; pass a lower threshold")
-    lab, n = ndimage.label(mask)
-    if n > 1:
-        sizes = np.bincount(lab.ravel())
-        sizes[0] = 0
-        mask = lab == int(np.argmax(sizes))
+    mask = largest_component(mask, "face")
     if closing_mm > 0:
         st = ball_structure(closing_mm, image.spacing_mm)
         pad = [(s // 2 + 1,) * 2 for s in st.shape]
