@@ -558,7 +558,7 @@ def run_case(case: BadInputCase) -> tuple[int, str]:
     """Run one case; return (exit code, the message). API calls: 1 and the SpineMorphError message (0 if none)."""
     import contextlib as _cl
 
-    from spinemorph.cli import main
+    from spinemorph.app.cli import main
     from spinemorph.errors import SpineMorphError
 
     if case.out_dir is not None:

@@ -126,7 +126,7 @@ def test_compare_tables_pairs_by_case_metric_side(tmp_path):
 
 
 def test_cli_compare_writes_report(tmp_path):
-    from spinemorph.cli import main
+    from spinemorph.app.cli import main
 
     a, m = _tables(tmp_path)
     out = tmp_path / "cmp"
@@ -142,7 +142,7 @@ def test_cli_compare_writes_report(tmp_path):
 
 def test_metric_with_one_pair_is_recorded_as_skipped(tmp_path, caplog):
     """A metric with fewer than 2 paired values gets no statistics but is listed (with the reason) in the outputs."""
-    from spinemorph.cli import main
+    from spinemorph.app.cli import main
 
     a, m = _tables(tmp_path)
     for path in (a, m):  # one posterior disc height, for case0 only

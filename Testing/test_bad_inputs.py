@@ -188,7 +188,7 @@ def test_interrupted_training_resumes_and_corrupt_checkpoint_is_refused(tmp_path
 
 def test_cli_never_prints_a_traceback_for_an_unreadable_levels_file(tmp_path, capsys):
     """A quick end-to-end check through ``spinemorph.cli.main`` with pytest's own capture."""
-    from spinemorph.cli import main
+    from spinemorph.app.cli import main
 
     img = tmp_path / "in.nrrd"
     import SimpleITK as sitk
@@ -208,8 +208,8 @@ def test_cli_never_prints_a_traceback_for_an_unreadable_levels_file(tmp_path, ca
 ])
 def test_unexpected_exceptions_end_in_one_line(monkeypatch, capsys, tmp_path, exc, words):
     """Last resort of ``spinemorph.cli.main``: a bug or an unwrapped OS error is one ``error:`` line, exit code 1."""
-    from spinemorph import cmd_synth
-    from spinemorph.cli import main
+    from spinemorph.app import cmd_synth
+    from spinemorph.app.cli import main
 
     def boom(args, parser):
         raise exc

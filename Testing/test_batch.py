@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from spinemorph.batch import (
+from spinemorph.app.batch import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_PARTIAL,
@@ -144,7 +144,7 @@ def dsca_weights(tmp_path_factory) -> Path:
 
 
 def _main(argv) -> tuple[int, str]:
-    from spinemorph.cli import main
+    from spinemorph.app.cli import main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -234,7 +234,7 @@ def test_cli_batch_usage_errors(tmp_path):
 
 
 def test_command_for_unknown_task():
-    from spinemorph.cmd_batch import command_for
+    from spinemorph.app.cmd_batch import command_for
 
     with pytest.raises(SpineMorphError, match="unknown batch task"):
         command_for("nope")
@@ -243,8 +243,8 @@ def test_command_for_unknown_task():
 def test_batch_help_and_study_task(capsys):
     """``--help`` documents tasks, outputs and exit codes; the ``study`` task runs ``spinemorph study`` or, where that
     command is not installed, refuses with one clear message."""
-    from spinemorph.cli import build_parser
-    from spinemorph.cmd_batch import command_for
+    from spinemorph.app.cli import build_parser
+    from spinemorph.app.cmd_batch import command_for
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["batch", "--help"])
@@ -260,7 +260,7 @@ def test_cli_batch_study_partial_is_kept(tmp_path, monkeypatch):
     one that ends 1 fails with the failed step's line in the message and leaves nothing behind."""
     import types
 
-    import spinemorph.study
+    import spinemorph.app.study
 
     def fake_run_study(inputs, out_dir, **kwargs):
         out_dir = Path(out_dir)
@@ -272,7 +272,7 @@ def test_cli_batch_study_partial_is_kept(tmp_path, monkeypatch):
             print("      FAILED in 0.1 s: no usable series")
         return types.SimpleNamespace(exit_code=code, report_path=out_dir / "report.html" if code == 3 else None)
 
-    monkeypatch.setattr(spinemorph.study, "run_study", fake_run_study)
+    monkeypatch.setattr(spinemorph.app.study, "run_study", fake_run_study)
     folder = tmp_path / "studies"
     for name in ("partial", "broken"):
         (folder / name).mkdir(parents=True)
@@ -293,7 +293,7 @@ def test_cli_batch_study_partial_is_kept(tmp_path, monkeypatch):
 def test_summary_row_of_a_study_folder(tmp_path):
     """The summary row reads a study's dsca/ and foramen/ results and its step report: minimum and per-level DSCA,
     foramen both sides, QC flags (slice flags counted, flagged sides, failed steps), models, timings."""
-    from spinemorph.batch_summary import case_row, columns_of
+    from spinemorph.app.batch_summary import case_row, columns_of
 
     (tmp_path / "dsca").mkdir()
     (tmp_path / "foramen").mkdir()
@@ -351,7 +351,7 @@ def test_one_batch_at_a_time_per_output_folder(tmp_path):
     """A second batch into the same folder is refused while the first runs (its staging folders would be removed as
     stale); the lock goes with the batch."""
     pytest.importorskip("fcntl")
-    from spinemorph.batch import _folder_lock
+    from spinemorph.app.batch import _folder_lock
 
     out = tmp_path / "out"
     out.mkdir()
@@ -365,7 +365,7 @@ def test_a_case_runs_with_the_planned_threads_in_torch_and_simpleitk(tmp_path):
     """workers x threads <= cores holds for SimpleITK's filters as well (ITK's default is every core)."""
     import torch
 
-    from spinemorph import batch
+    from spinemorph.app import batch
 
     seen = {}
 
@@ -392,7 +392,7 @@ def test_stale_staging_removal_never_leaves_a_half_deleted_result(tmp_path, monk
     import os
     import shutil
 
-    from spinemorph import batch
+    from spinemorph.app import batch
 
     out = tmp_path / "out"
     out.mkdir()

@@ -25,15 +25,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from spinemorph.batch import (
-    REPORT_CSV,
-    REPORT_JSON,
-    discover_cases,
-    plan_local_cluster,
-    run_batch_dask,
-)
-from spinemorph.batch_summary import ROW_JSON, SUMMARY_CSV, SUMMARY_PARQUET
-from spinemorph.cmd_batch import CaseCommand, model_loads
+from spinemorph.app.batch import REPORT_CSV, REPORT_JSON, discover_cases
+from spinemorph.app.batch_dask import plan_local_cluster, run_batch_dask
+from spinemorph.app.batch_summary import ROW_JSON, SUMMARY_CSV, SUMMARY_PARQUET
+from spinemorph.app.cmd_batch import CaseCommand, model_loads
 
 pytest.importorskip("distributed")
 pytest.importorskip("torch")
@@ -78,7 +73,7 @@ def client():
     """A LocalCluster with 2 one-case-at-a-time worker processes, as ``spinemorph batch --workers 2`` starts it."""
     from distributed import Client
 
-    from spinemorph.batch import start_local_cluster
+    from spinemorph.app.batch_dask import start_local_cluster
 
     plan = plan_local_cluster(2, 1)
     cluster = start_local_cluster(plan)
@@ -131,7 +126,7 @@ def _complete(case_dir: Path) -> bool:
 
 
 def _main(argv) -> tuple[int, str]:
-    from spinemorph.cli import main
+    from spinemorph.app.cli import main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -291,9 +286,9 @@ def test_plan_local_cluster_never_oversubscribes():
 
 
 def test_cli_usage_for_clusters(tmp_path, monkeypatch):
-    import spinemorph.batch
+    import spinemorph.app.batch_dask
 
-    monkeypatch.setattr(spinemorph.batch, "CONNECT_TIMEOUT_S", 2)
+    monkeypatch.setattr(spinemorph.app.batch_dask, "CONNECT_TIMEOUT_S", 2)
     folder = _study_folder(tmp_path / "f", ["a"], bad=False)
     code, err = _main(["batch", "dsca", folder, "--out", tmp_path / "o", "--scheduler", "tcp://x:1", "--workers", "2"])
     assert code == 1 and "drop --workers" in err

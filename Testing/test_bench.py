@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from spinemorph import bench, benchutil
-from spinemorph.cli import main
+from spinemorph import benchutil
+from spinemorph.app import bench
+from spinemorph.app.cli import main
 from spinemorph.errors import InputError, OutputError
 
 torch.set_num_threads(1)

@@ -15,7 +15,7 @@ from spinemorph.volume import write_volume
 
 
 def _main(argv) -> int:
-    from spinemorph.cli import main
+    from spinemorph.app.cli import main
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         return main([str(a) for a in argv])
@@ -95,7 +95,7 @@ def test_synth_output_byte_identical_for_same_seed(phantom_labels, tmp_path):
 
 def test_batch_report_rows_deterministic(tmp_path):
     """The batch report's case order and messages do not depend on the file system's listing order."""
-    from spinemorph.batch import discover_cases, run_batch
+    from spinemorph.app.batch import discover_cases, run_batch
     from spinemorph.errors import InputError
 
     folder = tmp_path / "in"

@@ -15,7 +15,7 @@ import pytest
 from DuralSacSegLib import segment
 from test_segment2d import cylinder, image_of, make_grid, true_mask_predictor
 
-from spinemorph import cli
+from spinemorph.app import cli
 from spinemorph.labels import CANAL, DISC_L45, L4, L5
 from spinemorph.volume import Volume, write_volume
 
@@ -84,8 +84,8 @@ def test_path_3d_on_label_map_known_area(tmp_path, capsys):
 
 
 def test_path_auto_on_label_map_with_canal_runs_3d_and_the_report_says_so(tmp_path, capsys):
-    from spinemorph.study import StepResult
-    from spinemorph.study_report import build_report
+    from spinemorph.app.study import StepResult
+    from spinemorph.app.study_report import build_report
 
     src = write_volume(five_class_map(), tmp_path / "labels.nrrd")
     out = tmp_path / "study" / "dsca"
@@ -126,8 +126,8 @@ def test_path_auto_keeps_2d_on_axial_series(tmp_path, fake_2d_model, capsys):
     assert seg["path"] == "2d" and "axial" in seg["path_reason"]
     rows = list(csv.DictReader((out / "dsca.csv").read_text().splitlines()))
     assert float(rows[4]["area_mm2"]) == pytest.approx(math.pi * 70.0, rel=0.03)
-    from spinemorph.study import StepResult
-    from spinemorph.study_report import build_report
+    from spinemorph.app.study import StepResult
+    from spinemorph.app.study_report import build_report
 
     out.rename(tmp_path / "dsca")
     html = build_report(tmp_path, None, [StepResult("dsca", "ok")], truth_path=None, models={}, version="t")

@@ -20,7 +20,7 @@ CASES = ("18", "50", "65", "98")
 def measured_dir(spider_root, tmp_path_factory):
     import FORAMEN3DLib.segment3d as seg3d
 
-    from spinemorph.cli import main
+    from spinemorph.app.cli import main
 
     out = tmp_path_factory.mktemp("spider_foramen")
     orig = seg3d.segment_volume

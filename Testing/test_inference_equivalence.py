@@ -12,7 +12,8 @@ import pytest
 import torch
 from DuralSacSegLib.networks import build_network
 
-from spinemorph.bench import ARCHS_2D, Bf16Autocast, _AutocastUNet
+from spinemorph.app.bench_networks import ARCHS_2D, Bf16Autocast
+from spinemorph.app.bench_networks import AutocastUNet as _AutocastUNet
 from spinemorph.benchutil import cpu_bf16_supported, optimize_for_inference
 
 torch.set_num_threads(1)
@@ -173,7 +174,7 @@ def test_onnxruntime_3d_unet_through_predict_logits():
     from FORAMEN3DLib import models3d, segment3d
     from FORAMEN3DLib.network3d import UNet3D
 
-    from spinemorph.bench import _onnx_unet
+    from spinemorph.app.bench_networks import onnx_unet as _onnx_unet
 
     torch.manual_seed(0)
     net = UNet3D(base_channels=4, depth=2, stem_stride=2).eval()

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from slicer_standin import StandIn, purge_glue
 
-from spinemorph import inference_worker as iw
 from spinemorph import phantom_acceptance as acc
+from spinemorph.app import inference_worker as iw
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

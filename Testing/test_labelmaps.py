@@ -73,7 +73,7 @@ def test_cli_routes_spider_numbering_without_segmenting(tmp_path, monkeypatch):
     import FORAMEN3DLib.segment3d as seg3d
 
     from spinemorph import phantom
-    from spinemorph.cli import main
+    from spinemorph.app.cli import main
     from spinemorph.volume import write_volume
 
     vol, _ = phantom.realistic_foramen_phantom("realistic", 0.7, supersample=1)

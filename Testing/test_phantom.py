@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from matplotlib.path import Path as MplPath
 
-from spinemorph import cli
 from spinemorph.acquisition import acquire_axial_t1, synthesize
+from spinemorph.app import cli
 from spinemorph.errors import InputError
 from spinemorph.phantom import (
     CAUDA,

@@ -365,7 +365,7 @@ def test_skin_fallback_is_chosen_by_exception_type(monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- CLI
 def test_cli_plan_writes_all_outputs(tmp_path):
-    from spinemorph.cli import main
+    from spinemorph.app.cli import main
 
     img_p, lab_p, out = tmp_path / "img.nrrd", tmp_path / "lab.nrrd", tmp_path / "out"
     write_volume(body_image(), img_p)
@@ -455,7 +455,7 @@ def test_phantom_foramen_centre_lies_in_the_true_foramen():
 
 def test_cli_plan_on_a_study_folder(tmp_path):
     """A folder laid out like `spinemorph phantom` output: SPACE image, foramen .seg.nrrd (named segments), axial_t1."""
-    from spinemorph.cli import main
+    from spinemorph.app.cli import main
     from spinemorph.segio import write_seg_nrrd
 
     study = tmp_path / "study"

@@ -217,7 +217,7 @@ def test_segment_volume_uses_windows_only_when_asked_for_an_injected_predictor()
 
 @pytest.mark.parametrize("bad", ["100", "-16", "336"])
 def test_cli_rejects_a_bad_crop_size_before_any_work(tmp_path, capsys, bad):
-    from spinemorph import cli
+    from spinemorph.app import cli
     from spinemorph.volume import Volume, write_volume
 
     src = write_volume(Volume(np.zeros((4, 32, 32), np.float32), (0.7, 0.7, 4.0), (0, 0, 0), np.eye(3)),

@@ -27,7 +27,7 @@ from DuralSacSegLib.segment import (
     write_outputs,
 )
 
-from spinemorph import cli
+from spinemorph.app import cli
 from spinemorph.errors import InputError, OutputError, SpineMorphError
 from spinemorph.volume import Volume, read_volume, write_volume
 

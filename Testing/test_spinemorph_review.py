@@ -17,7 +17,7 @@ def _labelmap(values=(1, 2, 3)) -> Volume:
 
 
 def test_plan_read_labels_maps_seg_nrrd_by_name(tmp_path):
-    from spinemorph.cmd_plan import read_labels
+    from spinemorph.app.cmd_plan import read_labels
     from spinemorph.segio import write_seg_nrrd
 
     grey = (0.5, 0.5, 0.5)
@@ -27,7 +27,7 @@ def test_plan_read_labels_maps_seg_nrrd_by_name(tmp_path):
 
 
 def test_plan_read_labels_rejects_unknown_segment_names(tmp_path):
-    from spinemorph.cmd_plan import read_labels
+    from spinemorph.app.cmd_plan import read_labels
     from spinemorph.segio import write_seg_nrrd
 
     grey = (0.5, 0.5, 0.5)

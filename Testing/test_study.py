@@ -9,9 +9,9 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from spinemorph.cli import main
+from spinemorph.app.cli import main
+from spinemorph.app.study_report import SECTIONS
 from spinemorph.series import discover, select_series
-from spinemorph.study_report import SECTIONS
 
 
 class _Collector(HTMLParser):
@@ -85,7 +85,7 @@ def test_axial_tolerance_matches_dsca_segment():
 def test_report_says_why_a_step_output_is_missing(tmp_path):
     import types
 
-    from spinemorph.study_report import _step_json
+    from spinemorph.app.study_report import _step_json
 
     rep = types.SimpleNamespace(paragraph=lambda text, cls="": f"<p class='{cls}'>{text}</p>")
     ok = types.SimpleNamespace(status="ok", message="")
@@ -104,7 +104,7 @@ def test_report_says_why_a_step_output_is_missing(tmp_path):
 
 def test_exit_code_counts_analysis_steps_only(tmp_path):
     """Known answer: generate/series always succeed, so they must not turn "nothing done" (1) into "partial" (3)."""
-    from spinemorph.study import StepResult, StudyResult
+    from spinemorph.app.study import StepResult, StudyResult
 
     def result(statuses, report=True):
         steps = [StepResult("generate", "ok"), StepResult("series", "ok")]
@@ -120,7 +120,7 @@ def test_exit_code_counts_analysis_steps_only(tmp_path):
 
 
 def _captured_dsca_plot(monkeypatch, slices, scheme):
-    import spinemorph.study_report as sr
+    import spinemorph.app.study_report as sr
 
     figs = []
     monkeypatch.setattr(sr, "png_bytes_from_matplotlib", lambda fig: figs.append(fig) or b"")
@@ -133,7 +133,7 @@ def _captured_dsca_plot(monkeypatch, slices, scheme):
 
 def test_dsca_plot_keeps_position_zero_and_draws_scheme_bounds(monkeypatch):
     """Known answer: position 0.0 mm is a position (not NaN); the dotted lines are the scheme's category bounds."""
-    from spinemorph.study_report import _dsca_plot_caption
+    from spinemorph.app.study_report import _dsca_plot_caption
 
     slices = [{"position_mm": -4.0, "area_mm2": 120.0}, {"position_mm": 0.0, "area_mm2": 90.0},
               {"position_mm": None, "area_mm2": 60.0}]
@@ -181,8 +181,8 @@ def test_report_never_grades_a_flagged_dsca_slice_and_says_why(tmp_path):
     import numpy as np
     from DuralSacSegLib.dsca import compute_dsca_table
 
-    from spinemorph.study import StepResult
-    from spinemorph.study_report import build_report
+    from spinemorph.app.study import StepResult
+    from spinemorph.app.study_report import build_report
     from spinemorph.volume import Volume
 
     a = np.zeros((8, 120, 120), np.uint8)
@@ -208,8 +208,8 @@ def test_report_foramen_section_shows_qc_view_and_fallbacks(tmp_path):
     import numpy as np
     from FORAMEN3DLib.morphometry import Measurement
 
-    from spinemorph.study import StepResult
-    from spinemorph.study_report import build_report
+    from spinemorph.app.study import StepResult
+    from spinemorph.app.study_report import build_report
 
     pts = np.zeros((2, 3))
     ms = [Measurement("foraminal height", "left", 19.2, "mm", pts),

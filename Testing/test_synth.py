@@ -239,7 +239,7 @@ def test_samples_reject_unknown_source():
 
 # ----------------------------------------------------------------------------- command line
 def test_cli_synth(tmp_path):
-    from spinemorph.cli import main
+    from spinemorph.app.cli import main
 
     lab = _label_map(spacing=(2.0, 2.0, 2.0))
     path = write_volume(lab, tmp_path / "labels.nrrd")

@@ -51,7 +51,7 @@ def workerEnvironment():
     (one ``qt-scripted-modules`` folder in an installed extension; the module folders of a source checkout)."""
     import DuralSacSegLib
     import spinemorph
-    from spinemorph.inference_worker import python_path_for_worker
+    from spinemorph.app.inference_worker import python_path_for_worker
 
     dirs = [os.path.dirname(spinemorph.__file__), os.path.dirname(DuralSacSegLib.__file__)]
     try:
@@ -90,7 +90,7 @@ class InferenceProcess:
 
     # ------------------------------------------------------------------ launching
     def _launch(self):
-        from spinemorph.inference_worker import INPUT_NAME, worker_command
+        from spinemorph.app.inference_worker import INPUT_NAME, worker_command
         from spinemorph.volume import write_volume
 
         self.folder = tempfile.mkdtemp(prefix=f"SpineMorph-{self.task}-")
@@ -110,7 +110,7 @@ class InferenceProcess:
 
     def _readOutput(self):
         """Background thread: every output line, then ``None`` and the exit status."""
-        from spinemorph.inference_worker import parse_line
+        from spinemorph.app.inference_worker import parse_line
 
         try:
             for line in iter(self.proc.stdout.readline, ""):
@@ -130,7 +130,7 @@ class InferenceProcess:
     def _drain(self, onProgress, wait=0.0, maxLines=MAX_LINES_PER_POLL):
         """Handle the queued lines (waiting up to ``wait`` seconds for the first one, at most ``maxLines`` so that
         the GUI / the cancel check get their turn); returns the exit status once the process has ended, else None."""
-        from spinemorph.inference_worker import parse_line
+        from spinemorph.app.inference_worker import parse_line
 
         first = True
         for _ in range(maxLines):
@@ -156,8 +156,8 @@ class InferenceProcess:
 
     def _result(self, returnCode):
         """The worker's result, or raise its error (``SpineMorphError("cancelled ...")`` after Cancel)."""
+        from spinemorph.app.inference_worker import read_result
         from spinemorph.errors import SpineMorphError
-        from spinemorph.inference_worker import read_result
 
         try:
             if self.cancelled:

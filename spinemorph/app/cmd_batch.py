@@ -8,7 +8,7 @@ By default the cases run on a local Dask cluster sized to this machine; ``--sche
 cluster, ``--workers 0`` in this process without Dask. Results go to ``DIR/<case>/`` (renamed into place only when
 the case succeeded), failures are listed with their one-line reason in ``DIR/batch_report.json`` and
 ``DIR/batch_report.csv``, measurements of all cases in ``DIR/batch_summary.csv`` (+ ``.parquet``). See
-:mod:`spinemorph.batch` (also for the Slicer Python console) and :mod:`spinemorph.batch_summary`.
+:mod:`spinemorph.app.batch` (also for the Slicer Python console) and :mod:`spinemorph.app.batch_summary`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from spinemorph.app.batch import FAILED, BatchCase, discover_cases, run_batch
 from spinemorph.atomic import atomic_write_text
-from spinemorph.batch import FAILED, BatchCase, discover_cases, run_batch
 from spinemorph.errors import InputError, SpineMorphError
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def command_for(task: str, parser: argparse.ArgumentParser | None = None) -> tup
     SpineMorphError
         ``task`` unknown or its command not installed in this version.
     """
-    from spinemorph.cli import build_parser
+    from spinemorph.app.cli import build_parser
 
     if task not in TASKS:
         raise InputError(f"unknown batch task {task!r}; choose one of {', '.join(sorted(TASKS))}")
@@ -197,7 +197,7 @@ def install_model_cache() -> bool:
             predictor = original(model, device)  # raises ModelError for bad weights: nothing cached
             MODEL_LOADS["dsca"] += 1
             with contextlib.suppress(Exception):
-                from spinemorph.batch_summary import LOADED_DSCA_SHA256
+                from spinemorph.app.batch_summary import LOADED_DSCA_SHA256
 
                 info = predictor[1]
                 LOADED_DSCA_SHA256[str(info.name)] = str(info.sha256)
@@ -225,7 +225,7 @@ _PARSERS: dict[str, argparse.ArgumentParser] = {}
 
 
 class CaseCommand:
-    """``fn(case, out_dir)`` for :func:`spinemorph.batch.run_batch` / ``run_batch_dask`` running the single-case
+    """``fn(case, out_dir)`` for :func:`spinemorph.app.batch.run_batch` / ``run_batch_dask`` running the single-case
     command of ``task`` with ``extra_args``.
 
     A plain picklable object (task name + arguments): Dask ships it to the workers, where the ``spinemorph`` parser is
@@ -342,7 +342,7 @@ class _ProgressPrinter:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``spinemorph batch``; returns 0, 3 (partial) or 1."""
-    from spinemorph.batch import run_batch_dask
+    from spinemorph.app.batch_dask import run_batch_dask
 
     try:
         extra = shlex.split(args.args or "")

@@ -1,4 +1,4 @@
-"""``spinemorph bench``: performance benchmark (see :mod:`spinemorph.bench`)."""
+"""``spinemorph bench``: performance benchmark (see :mod:`spinemorph.app.bench`)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from spinemorph.bench import JSON_NAME, MD_NAME, run_bench
+    from spinemorph.app.bench import JSON_NAME, MD_NAME, run_bench
 
     sections = tuple(x.strip() for x in args.only.split(",") if x.strip()) if args.only else None
     doc = run_bench(args.out, repeats=args.repeats, quick=args.quick, threads=args.threads, overwrite=args.overwrite,

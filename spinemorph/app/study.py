@@ -71,7 +71,7 @@ class StudyResult:
 
 def _run_cli(argv: list[str]) -> tuple[int, str]:
     """Run ``spinemorph <argv>`` in-process; return (exit code, last error line)."""
-    from spinemorph.cli import main
+    from spinemorph.app.cli import main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
@@ -238,7 +238,7 @@ def run_study(
     t0 = time.perf_counter()
     report_path = None
     try:
-        from spinemorph.study_report import build_report
+        from spinemorph.app.study_report import build_report
 
         html_text = build_report(out, selection, steps, truth_path=truth_path, models={"dsca": dsca_model or "default",
                                  "foramen": foramen_model}, version=__version__)

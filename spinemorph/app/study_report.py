@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spinemorph.htmlreport import Figure, HtmlReport, png_bytes_from_matplotlib
+from spinemorph.app.htmlreport import Figure, HtmlReport, png_bytes_from_matplotlib
 
 NOT_A_DEVICE = (
     "Research software, not a medical device: the measurements have not been cleared or approved for clinical use. "
@@ -116,8 +116,8 @@ def _dsca_plot(slices: list[dict], scheme: dict | None = None, path3d: bool = Fa
 
 
 def _mesh_snapshot(foramen_dir: Path) -> tuple[bytes | None, str]:
+    from spinemorph.app.render3d import snapshot
     from spinemorph.labels import COLORS
-    from spinemorph.render3d import snapshot
 
     meshes = []
     for name in ("L4", "L4-5 disc", "L5"):

@@ -1,4 +1,4 @@
-"""``spinemorph study``: one lumbar MRI study end to end (see :mod:`spinemorph.study`)."""
+"""``spinemorph study``: one lumbar MRI study end to end (see :mod:`spinemorph.app.study`)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import time
 
-    from spinemorph.study import run_study
+    from spinemorph.app.study import run_study
 
     t0 = time.perf_counter()
     result = run_study(
