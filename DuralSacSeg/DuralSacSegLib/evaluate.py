@@ -39,6 +39,7 @@ from DuralSacSegLib.slice_data import (  # noqa: F401  (re-exported: the data na
 )
 from spinemorph.atomic import atomic_path, atomic_write_text, prepare_output_dir
 from spinemorph.errors import InputError
+from spinemorph.stats import bland_altman, pearson, ratio
 
 
 # ----------------------------------------------------------------------------- prediction
@@ -77,46 +78,35 @@ def confusion_counts(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int
     return tp, fp, fn, int(p.size - tp - fp - fn)
 
 
-def _ratio(a: float, b: float) -> float:
-    return float(a) / float(b) if b else math.nan
-
-
 def pixel_metrics(tp: int, fp: int, fn: int, tn: int) -> dict:
     """Accuracy, precision, recall, F1 (= Dice) from pixel counts (NaN where undefined)."""
-    precision = _ratio(tp, tp + fp)
-    recall = _ratio(tp, tp + fn)
+    precision = ratio(tp, tp + fp)
+    recall = ratio(tp, tp + fn)
     return {
-        "accuracy": _ratio(tp + tn, tp + fp + fn + tn),
+        "accuracy": ratio(tp + tn, tp + fp + fn + tn),
         "precision": precision,
         "recall": recall,
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
     }
 
 
 def area_agreement(pred_mm2: Sequence[float], true_mm2: Sequence[float]) -> dict:
     """MAE, MSE, RMSE, Pearson r (and p) and Bland–Altman statistics of predicted vs true areas (mm²)."""
-    from scipy import stats
-
-    p = np.asarray(pred_mm2, dtype=float)
-    t = np.asarray(true_mm2, dtype=float)
-    d = p - t
-    n = int(d.size)
-    out = {
+    ba = bland_altman(pred_mm2, true_mm2)
+    d, n = ba["diff"], ba["n"]
+    r, p = pearson(pred_mm2, true_mm2)
+    return {
         "n_slices": n,
         "area_mae_mm2": float(np.mean(np.abs(d))) if n else math.nan,
         "area_mse_mm2": float(np.mean(d**2)) if n else math.nan,
         "area_rmse_mm2": float(np.sqrt(np.mean(d**2))) if n else math.nan,
-        "pearson_r": math.nan,
-        "pearson_p": math.nan,
-        "ba_mean_diff_mm2": float(np.mean(d)) if n else math.nan,
-        "ba_sd_mm2": float(np.std(d, ddof=1)) if n > 1 else math.nan,
+        "pearson_r": r,
+        "pearson_p": p,
+        "ba_mean_diff_mm2": ba["bias"],
+        "ba_sd_mm2": ba["sd"],
+        "ba_loa_low_mm2": ba["loa_low"],
+        "ba_loa_high_mm2": ba["loa_high"],
     }
-    out["ba_loa_low_mm2"] = out["ba_mean_diff_mm2"] - 1.96 * out["ba_sd_mm2"]
-    out["ba_loa_high_mm2"] = out["ba_mean_diff_mm2"] + 1.96 * out["ba_sd_mm2"]
-    if n >= 2 and np.ptp(p) > 0 and np.ptp(t) > 0:
-        res = stats.pearsonr(p, t)
-        out["pearson_r"], out["pearson_p"] = float(res[0]), float(res[1])
-    return out
 
 
 def evaluate_masks(

@@ -41,6 +41,7 @@ from scipy import stats
 
 from spinemorph.atomic import atomic_path, atomic_write_text
 from spinemorph.errors import InputError
+from spinemorph.stats import bland_altman, pearson, ratio  # bland_altman: also this module's public name
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,6 @@ def anova_mean_squares(ratings) -> dict:
     }
 
 
-def _ratio(num: float, den: float) -> float:
-    return float(num / den) if den != 0 else float("nan")
-
-
 def icc_all(ratings) -> dict:
     """All six Shrout & Fleiss / McGraw & Wong single and average forms.
 
@@ -95,12 +92,12 @@ def icc_all(ratings) -> dict:
     m = anova_mean_squares(ratings)
     n, k, msr, msc, mse, msw = m["n"], m["k"], m["MSR"], m["MSC"], m["MSE"], m["MSW"]
     return {
-        "ICC(1,1)": _ratio(msr - msw, msr + (k - 1) * msw),
-        "ICC(A,1)": _ratio(msr - mse, msr + (k - 1) * mse + k * (msc - mse) / n),
-        "ICC(C,1)": _ratio(msr - mse, msr + (k - 1) * mse),
-        "ICC(1,k)": _ratio(msr - msw, msr),
-        "ICC(A,k)": _ratio(msr - mse, msr + (msc - mse) / n),
-        "ICC(C,k)": _ratio(msr - mse, msr),
+        "ICC(1,1)": ratio(msr - msw, msr + (k - 1) * msw),
+        "ICC(A,1)": ratio(msr - mse, msr + (k - 1) * mse + k * (msc - mse) / n),
+        "ICC(C,1)": ratio(msr - mse, msr + (k - 1) * mse),
+        "ICC(1,k)": ratio(msr - msw, msr),
+        "ICC(A,k)": ratio(msr - mse, msr + (msc - mse) / n),
+        "ICC(C,k)": ratio(msr - mse, msr),
         "mean_squares": m,
     }
 
@@ -112,7 +109,7 @@ def icc_a1(ratings, alpha: float = 0.05) -> tuple[float, tuple[float, float]]:
     """
     m = anova_mean_squares(ratings)
     n, k, msr, msc, mse = m["n"], m["k"], m["MSR"], m["MSC"], m["MSE"]
-    icc = _ratio(msr - mse, msr + (k - 1) * mse + k * (msc - mse) / n)
+    icc = ratio(msr - mse, msr + (k - 1) * mse + k * (msc - mse) / n)
     if not np.isfinite(icc) or icc >= 1.0 or mse <= 0:
         return icc, (float("nan"), float("nan"))
     a = k * icc / (n * (1 - icc))
@@ -160,15 +157,6 @@ class AgreementStats:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
-def bland_altman(auto, manual) -> dict:
-    """Bias (mean of auto − manual), SD of the differences and 95 % limits of agreement (bias ± 1.96 SD)."""
-    a, m = np.asarray(auto, dtype=float), np.asarray(manual, dtype=float)
-    d = a - m
-    bias = float(d.mean())
-    sd = float(d.std(ddof=1)) if len(d) > 1 else float("nan")
-    return {"bias": bias, "sd": sd, "loa_low": bias - 1.96 * sd, "loa_high": bias + 1.96 * sd, "mean": (a + m) / 2, "diff": d}
-
-
 def compare_values(auto, manual, metric: str = "", unit: str | None = None) -> AgreementStats:
     """All agreement statistics of paired values.
 
@@ -186,12 +174,9 @@ def compare_values(auto, manual, metric: str = "", unit: str | None = None) -> A
         raise InputError(f"{metric or 'values'}: missing or non-finite values among the pairs")
     notes = []
     ba = bland_altman(a, m)
+    r, p = pearson(a, m)
     if np.ptp(a) == 0 or np.ptp(m) == 0:
-        r, p = float("nan"), float("nan")
         notes.append("Pearson undefined (constant values)")
-    else:
-        res = stats.pearsonr(a, m)
-        r, p = float(res.statistic), float(res.pvalue)
     if np.all(a - m == 0):
         w, wp = 0.0, 1.0
         notes.append("all differences are zero (Wilcoxon p set to 1)")
