@@ -63,6 +63,7 @@ from spinemorph.volume import (
     check_intensities,
     check_plane_resolution,
     read_volume,
+    resample_like,
     resample_to_grid,
     write_volume,
 )
@@ -209,8 +210,7 @@ def axial_grid(vol: Volume, slice_spacing_mm: float | None = None, pixel_mm: flo
 def reslice_to_axial(vol: Volume, slice_spacing_mm: float | None = None, pixel_mm: float | None = None,
                      interpolator: str = "linear") -> Volume:
     """Resample ``vol`` onto :func:`axial_grid` (linear for images, ``"nearest"`` for label maps)."""
-    g = axial_grid(vol, slice_spacing_mm, pixel_mm)
-    return resample_to_grid(vol, g["spacing_mm"], g["size_ijk"], g["origin_mm"], g["direction"], interpolator)
+    return _resample(vol, axial_grid(vol, slice_spacing_mm, pixel_mm), interpolator)
 
 
 def network_grid(axial: Volume, size: int = NETWORK_SIZE, fov_mm: float | None = None) -> dict:
@@ -243,8 +243,10 @@ def _anti_alias(axial: Volume, target_pixel_mm: float) -> Volume:
     return axial.with_array(ndimage.gaussian_filter(np.asarray(axial.array, np.float32), (0.0, sig_j, sig_i), mode="nearest"))
 
 
-def _resample(vol: Volume, grid: dict, interpolator: str = "linear") -> Volume:
-    return resample_to_grid(vol, grid["spacing_mm"], grid["size_ijk"], grid["origin_mm"], grid["direction"], interpolator)
+def _resample(vol: Volume, grid: dict, interpolator: str = "linear", default_value: float = 0.0) -> Volume:
+    """:func:`spinemorph.volume.resample_to_grid` onto a grid dict of :func:`axial_grid` / :func:`network_grid`."""
+    return resample_to_grid(vol, grid["spacing_mm"], grid["size_ijk"], grid["origin_mm"], grid["direction"], interpolator,
+                            default_value)
 
 
 @dataclasses.dataclass
@@ -293,8 +295,7 @@ def network_stack(image: Volume, *, axial_tolerance_deg: float = AXIAL_TOLERANCE
     axial = reslice_to_axial(src, slice_spacing_mm) if resliced else src
     grid = network_grid(axial, fov_mm=fov_mm)
     smoothed = _anti_alias(axial, grid["spacing_mm"][0])
-    net = resample_to_grid(smoothed, grid["spacing_mm"], grid["size_ijk"], grid["origin_mm"], grid["direction"],
-                           "linear", default_value=float("nan"))
+    net = _resample(smoothed, grid, "linear", default_value=float("nan"))
     arr = np.asarray(net.array, dtype=np.float32)
     # where the network grid has image data (padding and, for a resliced input, planes beyond it are excluded)
     coverage = np.isfinite(arr)
@@ -482,10 +483,10 @@ def segment_volume(
     report(0.92, "mapping the segmentation back onto the input grid")
     t0 = time.perf_counter()
     prob_net = net_img.with_array(prob)
-    prob_in = _resample(prob_net, _grid_of(image), "linear")
+    prob_in = resample_like(prob_net, image, "linear")
     mask = image.with_array((prob_in.array >= thr).astype(np.uint8))
     if resliced:
-        axial_prob = _resample(prob_net, _grid_of(axial), "linear")
+        axial_prob = resample_like(prob_net, axial, "linear")
         axial_mask = axial.with_array((axial_prob.array >= thr).astype(np.uint8))
     else:
         axial_mask = mask
@@ -514,10 +515,6 @@ def segment_volume(
         roi=roi_report,
         postprocess=str(post),
     )
-
-
-def _grid_of(vol: Volume) -> dict:
-    return {"spacing_mm": vol.spacing_mm, "size_ijk": vol.size_ijk, "origin_mm": vol.origin_mm, "direction": vol.direction}
 
 
 def segment_file(path: str | os.PathLike, series_uid: str | None = None, **kwargs) -> SegmentationResult:
