@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from spinemorph.errors import InputError
-from spinemorph.masks import label_components, largest_component, structure
+from spinemorph.masks import bounding_box, label_components, largest_component, structure
 
 
 def test_structures_are_the_documented_neighbourhoods():
@@ -58,3 +58,14 @@ def test_rejects_1d_and_4d():
         largest_component(np.ones(5, bool))
     with pytest.raises(InputError, match="2D or 3D"):
         label_components(np.ones((2, 2, 2, 2), bool))
+
+
+def test_bounding_box():
+    m = np.zeros((4, 6, 5), np.uint8)
+    m[1, 2, 3] = m[2, 4, 1] = 1
+    lo, hi = bounding_box(m)
+    assert lo.tolist() == [1, 2, 1] and hi.tolist() == [3, 5, 4]
+    lo2, hi2 = bounding_box(np.eye(3, dtype=bool))
+    assert lo2.tolist() == [0, 0] and hi2.tolist() == [3, 3]
+    with pytest.raises(InputError, match="empty"):
+        bounding_box(np.zeros((2, 2), bool))

@@ -101,6 +101,10 @@ def test_ras_export_and_file_formats(tmp_path):
         back = read_mesh(p)
         assert back.GetNumberOfPolys() == pd.GetNumberOfPolys()
         assert mesh_volume_mm3(back) == pytest.approx(mesh_volume_mm3(pd), rel=1e-3)
+    for coordinates in ("LPS", "RAS"):  # a VTP states its coordinate system in its field data
+        fd = read_mesh(write_mesh(pd, tmp_path / f"sphere_{coordinates}.vtp", coordinates=coordinates)).GetFieldData()
+        assert fd.GetAbstractArray("coordinate_system").GetValue(0) == coordinates
+    assert pd.GetFieldData().GetAbstractArray("coordinate_system") is None  # the input mesh is left as it was
     p = write_mesh(pd, tmp_path / "sphere_ras.stl", coordinates="RAS")
     assert np.allclose(mesh_points_lps(read_mesh(p)).mean(0), ras.mean(0), atol=1e-3)
     assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")]  # no temporary files left

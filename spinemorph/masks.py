@@ -1,4 +1,4 @@
-"""Binary mask helpers shared by the 2D (DSCA) and 3D (foramen) code: connected components.
+"""Binary mask helpers shared by the 2D (DSCA) and 3D (foramen) code: connected components, bounding box.
 
 Connectivity (``connectivity=``), for 2D and 3D arrays alike:
 
@@ -50,3 +50,20 @@ def largest_component(mask: np.ndarray, connectivity: str = "full") -> np.ndarra
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
     return lab == int(np.argmax(sizes))
+
+
+def bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index bounds ``lo`` (inclusive) and ``hi`` (exclusive) per array axis of the non-zero elements of ``mask``.
+
+    Any number of dimensions; an empty mask has no bounding box (:class:`~spinemorph.errors.InputError`).
+    """
+    m = np.asarray(mask)
+    if not m.any():
+        raise InputError("the mask is empty; it has no bounding box")
+    lo, hi = [], []
+    for ax in range(m.ndim):
+        other = tuple(a for a in range(m.ndim) if a != ax)
+        nz = np.flatnonzero(m.any(axis=other))
+        lo.append(int(nz[0]))
+        hi.append(int(nz[-1]) + 1)
+    return np.array(lo), np.array(hi)

@@ -22,10 +22,10 @@ import numpy as np
 import vtk
 from vtkmodules.util import numpy_support
 
-from FORAMEN3DLib.landmarks import bounding_box
 from spinemorph.atomic import atomic_path
 from spinemorph.errors import InputError, OutputError
 from spinemorph.labels import FORAMEN_LABELS
+from spinemorph.masks import bounding_box
 from spinemorph.volume import Volume
 
 MESH_FORMATS = (".stl", ".vtp", ".obj")
@@ -238,6 +238,21 @@ def to_ras(polydata: vtk.vtkPolyData) -> vtk.vtkPolyData:
     return out
 
 
+def _with_coordinate_system(polydata: vtk.vtkPolyData, coordinates: str) -> vtk.vtkPolyData:
+    """Shallow copy of ``polydata`` carrying a field-data string array ``coordinate_system`` (``"LPS"`` / ``"RAS"``)."""
+    out = vtk.vtkPolyData()
+    out.ShallowCopy(polydata)
+    fd = vtk.vtkFieldData()
+    fd.DeepCopy(polydata.GetFieldData())
+    fd.RemoveArray("coordinate_system")
+    sa = vtk.vtkStringArray()
+    sa.SetName("coordinate_system")
+    sa.InsertNextValue(coordinates)
+    fd.AddArray(sa)
+    out.SetFieldData(fd)
+    return out
+
+
 def write_mesh(polydata: vtk.vtkPolyData, path: str | os.PathLike, coordinates: str = "LPS") -> Path:
     """Write a mesh atomically as STL (binary), VTP or OBJ (format from the suffix).
 
@@ -248,7 +263,8 @@ def write_mesh(polydata: vtk.vtkPolyData, path: str | os.PathLike, coordinates: 
     path : path
         Output file ending in ``.stl``, ``.vtp`` or ``.obj``.
     coordinates : str
-        ``"LPS"`` (as is) or ``"RAS"`` (converted with :func:`to_ras`, for 3D Slicer).
+        ``"LPS"`` (as is) or ``"RAS"`` (converted with :func:`to_ras`, for 3D Slicer). Stated in the file: the STL
+        header, or the VTP field-data string array ``coordinate_system``.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -263,6 +279,7 @@ def write_mesh(polydata: vtk.vtkPolyData, path: str | os.PathLike, coordinates: 
             w.SetFileTypeToBinary()
             w.SetHeader(f"SpineMorph mesh, {coordinates.upper()} mm")
         elif suffix == ".vtp":
+            pd = _with_coordinate_system(pd, coordinates.upper())
             w = vtk.vtkXMLPolyDataWriter()
             w.SetDataModeToBinary()
         else:

@@ -11,8 +11,8 @@ import numpy as np
 
 from FORAMEN3DLib.planning_frame import AnatomicalFrame
 from FORAMEN3DLib.planning_geometry import _perpendicular_basis, _r, _unit
-from spinemorph.atomic import atomic_path
 from spinemorph.errors import InputError
+from spinemorph.polydata import polydata_from_triangles
 
 
 # ====================================================================== geometry for the GUI
@@ -45,53 +45,14 @@ def channel_mesh(entry_lps, target_lps, diameter_mm: float, n_sides: int = 32) -
     return pts, np.vstack([side1, side2, cap_a, cap_b]).astype(np.int64)
 
 
-def _polydata(points, triangles):
-    import vtk
-    from vtk.util import numpy_support
-
-    pd = vtk.vtkPolyData()
-    vp = vtk.vtkPoints()
-    vp.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(points, dtype=np.float64), deep=True))
-    pd.SetPoints(vp)
-    tri = np.asarray(triangles, dtype=np.int64)
-    offsets = np.arange(0, 3 * len(tri) + 1, 3, dtype=np.int64)
-    ca = vtk.vtkCellArray()
-    ca.SetData(
-        numpy_support.numpy_to_vtkIdTypeArray(offsets, deep=True),
-        numpy_support.numpy_to_vtkIdTypeArray(np.ascontiguousarray(tri.ravel()), deep=True),
-    )
-    pd.SetPolys(ca)
-    return pd
-
-
 def write_mesh(points_lps, triangles, path) -> Path:
-    """Write a triangle mesh atomically as ``.stl`` (binary) or ``.vtp``; coordinates are LPS mm.
+    """Write the triangle mesh ``points_lps`` ``(N, 3)`` (LPS mm) + ``triangles`` ``(M, 3)`` atomically as ``.stl``
+    (binary), ``.vtp`` or ``.obj`` (:func:`FORAMEN3DLib.meshes.write_mesh`: the STL header and the VTP field data
+    ``coordinate_system`` state ``LPS``; recent 3D Slicer versions read model files without a coordinate-system
+    marker as LPS, check this in Slicer before relying on it)."""
+    from FORAMEN3DLib.meshes import write_mesh as write_polydata
 
-    The VTP also carries a field-data string array ``coordinate_system`` = ``"LPS"``. (Recent 3D Slicer versions
-    read model files without a coordinate-system marker as LPS; check this in Slicer before relying on it.)
-    """
-    import vtk
-
-    path = Path(path)
-    pd = _polydata(points_lps, triangles)
-    suffix = path.suffix.lower()
-    if suffix == ".stl":
-        w = vtk.vtkSTLWriter()
-        w.SetFileTypeToBinary()
-    elif suffix == ".vtp":
-        sa = vtk.vtkStringArray()
-        sa.SetName("coordinate_system")
-        sa.InsertNextValue("LPS")
-        pd.GetFieldData().AddArray(sa)
-        w = vtk.vtkXMLPolyDataWriter()
-    else:
-        raise InputError(f"mesh file {path.name}: use .stl or .vtp")
-    with atomic_path(path) as tmp:
-        w.SetFileName(str(tmp))
-        w.SetInputData(pd)
-        if not w.Write():
-            raise OSError(f"vtk could not write {tmp}")
-    return path
+    return write_polydata(polydata_from_triangles(points_lps, triangles), path, "LPS")
 
 
 def reformat_planes(frame: AnatomicalFrame, entry_lps, target_lps) -> dict:
