@@ -575,6 +575,104 @@ def lateral_view(lm: Landmarks, side: str, x_mm: float, half_width_mm: float, pr
     return _view(lm.grid, side, x_mm, half_width_mm, lm.body_column, projection, lm.smooth_mm)
 
 
+@dataclasses.dataclass
+class SlabStack:
+    """Union-slab lateral views of one side, prepared once for the offset search (:func:`stack_view`).
+
+    The 3D Gaussian of :func:`_view` is separable: its in-plane part (``z'``, ``y'``) does not depend on which
+    slices form the slab, so it is applied once to every parasagittal slice of the searched range, on the window
+    around the seed only; the part along ``x'`` (within the slab, ``mode='nearest'`` at its faces) is a small
+    linear map applied per slab. A view from the stack equals ``_view(..., 'max')`` cropped to the window (up to
+    float rounding), at a fraction of the cost.
+    """
+
+    side: str
+    x_mm: np.ndarray
+    y_mm: np.ndarray
+    z_mm: np.ndarray
+    smooth_sigma_px: float
+    #: label → in-plane-smoothed fractions ``[slice, z', y']``; ("body", label) → the same for the body column part
+    smoothed: dict
+    #: label → unsmoothed body-column part ``[slice, z', y']`` with the Gaussian's margin (for ``body_max``)
+    raw_body: dict
+    #: the window within ``raw_body``
+    inner: tuple
+    frame: SpineFrame
+
+
+def slab_stack(lm: Landmarks, side: str, x_lo_mm: float, x_hi_mm: float, seed_yz, window_mm: float) -> SlabStack | None:
+    """:class:`SlabStack` of the slices ``x_lo_mm``-``x_hi_mm`` (frame ``x'``) within ``window_mm`` of ``seed_yz``
+    (the crop of the search views); None when the window is too small (use :func:`lateral_view` instead)."""
+    g = lm.grid
+    s = g.spacing_mm
+    ys, zs, xs = g.axis_mm("y"), g.axis_mm("z"), g.axis_mm("x")
+    cols = np.flatnonzero(np.abs(ys - seed_yz[0]) <= window_mm)
+    rows = np.flatnonzero(np.abs(zs - seed_yz[1]) <= window_mm)
+    xi = np.flatnonzero((xs >= x_lo_mm - 1e-6) & (xs <= x_hi_mm + 1e-6))
+    if len(cols) < 8 or len(rows) < 8 or len(xi) == 0:
+        return None
+    sig = float(lm.smooth_mm) / s
+    m = int(4.0 * sig + 0.5) + 1 if sig > 0 else 0  # margin: the Gaussian's support (truncate 4), exact inside
+    r0, r1 = max(rows[0] - m, 0), min(rows[-1] + 1 + m, g.shape[0])
+    c0, c1 = max(cols[0] - m, 0), min(cols[-1] + 1 + m, g.shape[1])
+    inner = (slice(rows[0] - r0, rows[-1] + 1 - r0), slice(cols[0] - c0, cols[-1] + 1 - c0))
+    col = lm.body_column[c0:c1, xi[0] : xi[-1] + 1].astype(np.float32)
+
+    def smooth2d(a):
+        if sig > 0:
+            a = ndi.gaussian_filter1d(a, sig, axis=0, mode="nearest")
+            a = ndi.gaussian_filter1d(a, sig, axis=1, mode="nearest")
+        return np.ascontiguousarray(np.moveaxis(a[inner], 2, 0))  # [slice, z', y']
+
+    smoothed, raw_body = {}, {}
+    for lab, f in g.fractions.items():
+        sub = f[r0:r1, c0:c1, xi[0] : xi[-1] + 1]
+        smoothed[lab] = smooth2d(sub)
+        if lab in (L4, L5):
+            prod = sub * col[None]
+            smoothed[("body", lab)] = smooth2d(prod)
+            raw_body[lab] = np.ascontiguousarray(np.moveaxis(prod, 2, 0))
+    return SlabStack(side, xs[xi], ys[cols], zs[rows], sig, smoothed, raw_body, inner, g.frame)
+
+
+def stack_view(st: SlabStack, x_mm: float, half_width_mm: float) -> LateralView:
+    """The union-slab (maximum projection) lateral view centred at ``x_mm`` from a :class:`SlabStack`."""
+    sel = np.flatnonzero(np.abs(st.x_mm - x_mm) <= half_width_mm + 1e-6)
+    if len(sel) == 0:
+        sel = np.array([int(np.argmin(np.abs(st.x_mm - x_mm)))])
+    sl = slice(sel[0], sel[-1] + 1)
+    n = len(sel)
+    if st.smooth_sigma_px > 0:
+        w = ndi.gaussian_filter1d(np.eye(n, dtype=np.float64), st.smooth_sigma_px, axis=0, mode="nearest").astype(np.float32)
+
+        def red(a):
+            return np.tensordot(w, a[sl], axes=(1, 0)).max(axis=0)  # out[k] = sum_j w[k, j] a[j], then the union
+    else:
+
+        def red(a):
+            return a[sl].max(axis=0)
+
+    fr = {lab: red(st.smoothed[lab]) for lab in (L4, DISC_L45, L5)}
+    body = {lab: red(st.smoothed[("body", lab)]) for lab in (L4, L5)}
+    body_max = {}
+    for lab in (L4, L5):
+        mx = st.raw_body[lab][sl].max(axis=0)
+        body_max[lab] = (ndi.gaussian_filter(mx, st.smooth_sigma_px, mode="nearest") if st.smooth_sigma_px > 0 else mx)[st.inner]
+    return LateralView(
+        side=st.side,
+        x_mm=float(x_mm),
+        half_width_mm=float(half_width_mm),
+        projection="max",
+        smooth_mm=float(st.smooth_sigma_px * (st.y_mm[1] - st.y_mm[0])),
+        y_mm=st.y_mm,
+        z_mm=st.z_mm,
+        fractions=fr,
+        body=body,
+        body_max=body_max,
+        frame=st.frame,
+    )
+
+
 def slab_candidates(lm: Landmarks, side: str, default_half_width_mm: float = 1.5) -> list[tuple[float, float, str]]:
     """Slabs (centre, half width, projection) tried in turn for one side's lateral view.
 
