@@ -13,6 +13,7 @@ import math
 import sys
 import time
 
+from spinemorph.commandline import add_command_group
 from spinemorph.device import DEVICE_CHOICES
 
 log = logging.getLogger(__name__)
@@ -52,20 +53,15 @@ examples:
 """
 
 
-def _print_help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
-
-
 def register(subparsers) -> None:
     """Add the ``dsca`` command group with its sub-commands to ``subparsers``."""
-    p = subparsers.add_parser(
+    _, sub = add_command_group(
+        subparsers,
         "dsca",
         help="dural sac cross-sectional area (DuralSacSeg): segment, train, evaluate",
         description="Dural sac cross-sectional area (DSCA) per axial slice: 2D segmentation, training and evaluation.",
+        dest="dsca_command",
     )
-    p.set_defaults(func=lambda args: _print_help(p))
-    sub = p.add_subparsers(dest="dsca_command", metavar="SUBCOMMAND", parser_class=type(p))
     add_segment_parser(sub)
     from DuralSacSegLib import cli_train
 

@@ -13,10 +13,11 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
-
 from spinemorph import labelmaps
+from spinemorph.argtypes import positive_float
 from spinemorph.atomic import atomic_write_bytes, atomic_write_text, prepare_output_dir
+from spinemorph.commandline import add_command_group
+from spinemorph.device import DEVICE_CHOICES
 from spinemorph.errors import InputError
 from spinemorph.labels import FORAMEN_LABELS
 from spinemorph.volume import Volume, read_volume, write_volume
@@ -67,12 +68,13 @@ outputs: agreement.json, agreement.csv, pairs.csv, agreement_<metric>.png (scatt
 
 def register(subparsers) -> None:
     """Add the ``foramen`` command group (measure, compare, and train / evaluate when available)."""
-    p = subparsers.add_parser(
+    _, sub = add_command_group(
+        subparsers,
         "foramen",
         help="L4-5 foramen: morphometry, agreement statistics, 3D segmentation training/evaluation",
         description="FORAMEN3D: L4-5 intervertebral foramen morphometry from a 3D label map or MR image.",
+        dest="foramen_command",
     )
-    sub = p.add_subparsers(dest="foramen_command", metavar="SUBCOMMAND", parser_class=type(p))
     _add_measure(sub)
     _add_compare(sub)
     try:
@@ -84,22 +86,6 @@ def register(subparsers) -> None:
     if seg is not None:
         seg.add_train_parser(sub)
         seg.add_evaluate_parser(sub)
-    p.set_defaults(func=lambda args: _no_subcommand(p))
-
-
-def _no_subcommand(parser) -> int:
-    parser.print_help()
-    return 2
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not np.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
-    return v
 
 
 def _add_measure(sub) -> None:
@@ -116,11 +102,11 @@ def _add_measure(sub) -> None:
     p.add_argument("--labels-only", action="store_true", help="INPUT must be a label map (refuse to segment it)")
     p.add_argument("--label-ids", metavar="L4,DISC,L5", help="label values of L4, the L4-5 disc and L5 in INPUT (default: recognised)")
     p.add_argument("--model", default="default", metavar="NAME|FILE", help="segmentation model for an image INPUT (default: default)")
-    p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"), help="device for segmentation (default auto)")
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="device for segmentation (default auto)")
     p.add_argument("--case", metavar="NAME", help="case name in the CSV (default: INPUT's file name)")
-    p.add_argument("--height-threshold-mm", type=_positive_float, default=15.0, help="flag height <= this (default 15)")
-    p.add_argument("--width-threshold-mm", type=_positive_float, default=8.0, help="flag width <= this (default 8)")
-    p.add_argument("--slab-mm", type=_positive_float, default=2.0, help="thickness of the lateral-view slab (union across it; default 2)")
+    p.add_argument("--height-threshold-mm", type=positive_float, default=15.0, help="flag height <= this (default 15)")
+    p.add_argument("--width-threshold-mm", type=positive_float, default=8.0, help="flag width <= this (default 8)")
+    p.add_argument("--slab-mm", type=positive_float, default=2.0, help="thickness of the lateral-view slab (union across it; default 2)")
     p.add_argument("--zone", choices=("pedicle", "entrance"), default="pedicle",
                    help="lateral view among equally closed slabs: nearest the pedicles (default) or most medial (entrance zone)")
     p.add_argument("--ras-meshes", action="store_true", help="write the meshes in RAS instead of LPS")

@@ -12,6 +12,8 @@ import json
 import sys
 
 from spinemorph.argtypes import positive_int
+from spinemorph.commandline import OneLineParser, run_command
+from spinemorph.device import DEVICE_CHOICES
 from spinemorph.errors import SpineMorphError
 
 TRAIN_HELP = """\
@@ -71,7 +73,7 @@ def add_evaluate_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--n", type=positive_int, default=None, help="number of cases (default 10 / 8 / 4)")
     p.add_argument("--seed", type=int, default=0, help="offset of the evaluation seeds (default 0)")
-    p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"), help="compute device")
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="compute device")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_evaluate)
@@ -106,16 +108,14 @@ def run_evaluate(args) -> int:
 
 def main(argv=None) -> int:
     """Stand-alone entry: ``python -m FORAMEN3DLib.cli_seg train|evaluate ...``."""
-    parser = argparse.ArgumentParser(prog="python -m FORAMEN3DLib.cli_seg", description="FORAMEN3D training / evaluation")
-    sub = parser.add_subparsers(dest="command", required=True)
+    prog = "python -m FORAMEN3DLib.cli_seg"
+    parser = OneLineParser(prog=prog, description="FORAMEN3D training / evaluation")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an internal error")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     add_train_parser(sub)
     add_evaluate_parser(sub)
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except SpineMorphError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run_command(args.func, args, verbose=args.verbose, program=prog)
 
 
 if __name__ == "__main__":
