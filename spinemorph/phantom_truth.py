@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from spinemorph.volume import Volume
 
-if TYPE_CHECKING:
-    from spinemorph.phantom import Phantom
 
 # ----------------------------------------------------------------------------------------------------- truth
 @dataclasses.dataclass
@@ -68,7 +65,7 @@ class ForamenTruth:
 
 @dataclasses.dataclass
 class PhantomTruth:
-    """Exact ground truth of a :class:`Phantom` (computed from the analytic geometry, never from a raster)."""
+    """Exact ground truth of a :class:`~spinemorph.phantom.Phantom` (computed from the analytic geometry, never from a raster)."""
 
     foramen: dict[str, ForamenTruth]
     posterior_disc_height_mm: float
@@ -76,7 +73,8 @@ class PhantomTruth:
     tilt_deg: float
     canal_axis_lps: np.ndarray
     sac_area_unindented_mm2: float
-    _phantom: Phantom = dataclasses.field(repr=False, default=None)
+    #: the :class:`spinemorph.phantom.Phantom` this belongs to (not imported here: the phantom module imports this one)
+    _phantom: object = dataclasses.field(repr=False, default=None)
 
     def canal_point_lps(self, s_mm: float) -> np.ndarray:
         """LPS point of the canal (dural sac) centreline at arc length ``s_mm`` (0 = mid L4-5 disc, + superior)."""
@@ -158,7 +156,8 @@ class BodyOutline:
     half_depth_mm: float
     skin_thickness_mm: float
     subcutaneous_fat_mm: float
-    _phantom: Phantom = dataclasses.field(repr=False, default=None)
+    #: the :class:`spinemorph.phantom.Phantom` this belongs to (not imported here: the phantom module imports this one)
+    _phantom: object = dataclasses.field(repr=False, default=None)
 
     def contains(self, points_lps) -> np.ndarray:
         """Boolean: points (…, 3) inside the skin surface."""
