@@ -366,7 +366,7 @@ def run_evaluation(
 ) -> dict:
     """Evaluate a model (catalogue name or weights file) on a data set and write the report.
 
-    ``data`` is a name of :data:`DATASETS` (its documented split, :data:`DuralSacSegLib.train.EVAL_SPECS`) or a spec
+    ``data`` is a name of :data:`DATASETS` (its documented split, :data:`DuralSacSegLib.slice_data.EVAL_SPECS`) or a spec
     dict for :func:`load_dataset`. ``cache_dir`` keeps generated slices for reuse (same slices either way: the
     generation is seeded). Returns the summary dict (also in ``metrics.json``), with ``model``, ``data`` and
     ``n_slices``.
