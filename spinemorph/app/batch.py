@@ -54,6 +54,7 @@ from urllib.parse import urlsplit
 
 from spinemorph.app.batch_summary import ROW_JSON, SUMMARY_CSV, SUMMARY_PARQUET, case_row, read_row, write_summary_table
 from spinemorph.atomic import atomic_write_text, prepare_output_dir
+from spinemorph.commandline import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL  # exit codes of the batch
 from spinemorph.errors import InputError, OutputError, SpineMorphError
 from spinemorph.volume import IMAGE_SUFFIXES
 
@@ -61,9 +62,6 @@ log = logging.getLogger(__name__)
 
 REPORT_JSON = "batch_report.json"
 REPORT_CSV = "batch_report.csv"
-
-#: exit codes (same values as :mod:`spinemorph.app.cli`)
-EXIT_OK, EXIT_FAILURE, EXIT_PARTIAL = 0, 1, 3
 
 #: lock file of the output folder (one batch at a time per folder)
 LOCK_FILE = ".batch.lock"
