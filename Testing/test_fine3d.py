@@ -201,3 +201,59 @@ def test_warm_start_continues_from_exported_weights(tmp_path):
     other = UNet3D(NetworkConfig(in_channels=4, out_channels=5, base_channels=4, depth=1, stem_stride=2, refine_channels=2))
     with pytest.raises(InputError, match="different network"):
         train_fine._warm_start(other, p, {"max_iterations": 100})
+
+
+def test_sac_end_gap_and_level_step_known_answers():
+    lab = np.zeros(fd.FINE_SHAPE, np.uint8)
+    fov = np.ones(fd.FINE_SHAPE, bool)
+    assert math.isnan(segment3d.sac_end_gap_mm(lab, fov))
+    lab[60:80, 10:110, 100:120] = fd.CANAL  # sac rows 10..109 of 144
+    assert segment3d.sac_end_gap_mm(lab, fov) == pytest.approx((143 - 109) * 0.8)
+    fov[:, 120:, :] = False  # the image ends at row 119: the gap is measured to the last imaged row
+    assert segment3d.sac_end_gap_mm(lab, fov) == pytest.approx((119 - 109) * 0.8)
+    lab[60:80, 110:144, 100:120] = fd.CANAL
+    assert segment3d.sac_end_gap_mm(lab, np.ones(fd.FINE_SHAPE, bool)) == 0.0
+
+
+def _sac_world(tmp_path, monkeypatch, sac_end_z):
+    """A 0.8 mm image whose bright column (the "dural sac") ends at LPS z = ``sac_end_z``; the network is replaced by
+    a threshold that labels the bright voxels as canal and fixed rows as L4 / L5, the locator by a fixed L4-5 centre
+    at z = 0."""
+    p = _tiny_fine_weights(tmp_path / "fine.pt")
+    loaded = models3d.load_model(p, "cpu")
+    arr = np.zeros((96, 400, 200), np.float32)  # k, j, i on CANONICAL_AXES (PIR): j inferior, z = -0.8 j + origin
+    origin = (0.0, 0.0, 160.0)
+    img = Volume(arr, (0.8, 0.8, 0.8), origin, CANONICAL_AXES)
+    j_end = int(round((origin[2] - sac_end_z) / 0.8))
+    arr[40:56, :j_end, 120:140] = 1.0
+    centre = img.index_to_lps((100.0, 200.0, 48.0))
+    assert abs(centre[2]) < 1e-6
+
+    def fake_net(loaded_, x, roi=None, overlap=0.25, backend="torch"):
+        out = np.zeros(x.shape, np.uint8)
+        out[x > 1.0] = fd.CANAL
+        out[40:100, 20:40, 20:80] = fd.L4
+        out[40:100, 60:80, 20:80] = fd.L5
+        return out
+
+    monkeypatch.setattr(segment3d, "fine_network_labels", fake_net)
+    monkeypatch.setattr(segment3d, "segment_preprocessed", lambda prep, *a, **k: (np.zeros((1,), np.uint8), None, {}))
+    monkeypatch.setattr(segment3d, "locate_l45", lambda prep, lab: centre)
+    return img, loaded
+
+
+def test_level_check_notes_a_sac_that_ends_high_and_changes_no_label(tmp_path, monkeypatch):
+    """The sac ends 40 mm above the crop's lower face (as when the crop sits one level low): a QC note, the crop and
+    labels stay; 25 mm (within what correct crops of training patients show) or a sac reaching the face: no note."""
+    lower_face_z = -(fd.FINE_OFFSET_MM[1] + 0.8 * (fd.FINE_SHAPE[1] - 1) / 2)  # disc at z = 0, j runs inferior
+    img, loaded = _sac_world(tmp_path, monkeypatch, lower_face_z + 40.0)
+    res = segment3d.segment_volume(img, loaded, "cpu")
+    assert len(res.qc) == 1 and "L5-S1" in res.qc[0]
+    gap = float(__import__("re").search(r"ends (\d+) mm above", res.qc[0]).group(1))
+    assert abs(gap - 40.0) <= 2.5  # the crop is snapped onto the 0.8 mm voxels (≤ 1 voxel) + the last sac row
+    off = segment3d.segment_volume(img, loaded, "cpu", fine_options={"level_check": False})
+    assert off.qc == () and np.array_equal(off.labels.array, res.labels.array)
+    assert off.crop_labels.origin_mm == res.crop_labels.origin_mm
+    for end in (lower_face_z + 25.0, lower_face_z - 20.0):
+        img2, loaded2 = _sac_world(tmp_path, monkeypatch, end)
+        assert segment3d.segment_volume(img2, loaded2, "cpu").qc == ()

@@ -168,6 +168,7 @@ class Segmentation3dResult:
     model_name: str
     device: str
     timings_s: dict
+    segmentation_qc: tuple = ()
 
     def info(self) -> dict:
         return {
@@ -181,6 +182,7 @@ class Segmentation3dResult:
             "input_spacing_mm": list(self.labels.spacing_mm),
             "input_axis_codes": self.labels.axis_codes(),
             "timings_s": {k: round(float(v), 4) for k, v in self.timings_s.items()},
+            "segmentation_qc": list(self.segmentation_qc),
         }
 
 
@@ -191,6 +193,7 @@ def run_3d(vol: Volume, source: CanalSource, reason: str, *, device: str = "auto
 
     t0 = time.perf_counter()
     timings = {}
+    seg_qc: tuple = ()
     if source.kind == "label map":
         labels, image, model_name, dev = vol, None, "none (input label map)", "cpu"
     else:
@@ -198,6 +201,7 @@ def run_3d(vol: Volume, source: CanalSource, reason: str, *, device: str = "auto
 
         seg = segment_volume(vol, model=source.model or "default", device=device, progress=progress)
         labels, image, model_name, dev = seg.labels, vol, seg.model_name, seg.device
+        seg_qc = tuple(getattr(seg, "qc", ()))
         timings["segment_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     kwargs = {} if scheme is None else {"scheme": scheme}
@@ -209,7 +213,7 @@ def run_3d(vol: Volume, source: CanalSource, reason: str, *, device: str = "auto
     timings["table_s"] = time.perf_counter() - t1
     timings["total_s"] = time.perf_counter() - t0
     mask = labels.with_array((np.asarray(labels.array) == source.canal_label).astype(np.uint8))
-    return Segmentation3dResult(mask, labels, image, table, source, reason, model_name, dev, timings)
+    return Segmentation3dResult(mask, labels, image, table, source, reason, model_name, dev, timings, seg_qc)
 
 
 def write_outputs_3d(result: Segmentation3dResult, out_dir, overwrite: bool = False, n_overlays: int = 4) -> dict:

@@ -1,16 +1,23 @@
 """Evaluation of a fine (5-class) FORAMEN3D model on patients never trained on.
 
-``python -m FORAMEN3DLib.evaluate_fine --model FILE|NAME --out DIR [--slabs] [--synth N]``
+``python -m FORAMEN3DLib.evaluate_fine --model FILE|NAME --out DIR [--slabs [--pred-dir D]] [--synth N
+[--synth-mode network|pipeline]]``
+
+Any FORAMEN3D model can be evaluated (the coarse default too: canal Dice is then undefined), so that models are
+compared on the same voxels.
 
 * ``--slabs``: the **real T2 SPACE slabs** of the held-out patients (:func:`spinemorph.spider.held_out_slab_patients`)
-  through the whole inference path (:func:`FORAMEN3DLib.segment3d.segment_volume`: coarse locator → fine crop →
-  sliding window → labels on the slab's own grid). Truth: the slab mask with L4 / L4-5 disc / L5 derived by
-  :func:`FORAMEN3DLib.fine_data.slab_labels` (the patient's own SPACE label volume, or counting up from the lowest
-  vertebral body); Dice per structure on the fully labelled voxels inside the imaged slab and inside the fine crop
-  (the slab's canal runs far beyond L4-5: only the part inside the crop is scored).
+  through the whole inference path (:func:`FORAMEN3DLib.segment3d.segment_volume`; for a fine model: coarse locator
+  → fine crop → sliding window → labels on the slab's own grid). Truth: the slab mask with L4 / L4-5 disc / L5
+  derived by :func:`FORAMEN3DLib.fine_data.slab_labels` (the patient's own SPACE label volume, or counting up from
+  the lowest vertebral body; per-level Dice undefined where neither works). Scored on the fully labelled voxels
+  inside the imaged slab and inside the fine crop placed on the **reference** L4-5 disc (:func:`reference_region`;
+  the slab's canal runs far beyond L4-5: only the part inside that crop is scored). ``disc_offset_mm``: S-I distance
+  of the predicted from the reference disc centroid (≈ 30-40 mm = a level mix-up).
 * ``--synth N``: N images per held-out label map synthesised (contrast T2) on the fine crop centred on the true L4-5
-  disc (no locator: the fine network alone), with the **posterior-arch Dice**: L4 ∪ L5 voxels posterior of the
-  anterior canal wall of their row (pedicles, articular processes, laminae, transverse and spinous processes).
+  disc; ``network`` mode (default for fine models): the fine network alone (no locator); ``pipeline`` mode: the crop
+  as an image through ``segment_volume`` (any model). With the **posterior-arch Dice**: L4 ∪ L5 voxels posterior of
+  the anterior canal wall of their row (pedicles, articular processes, laminae, transverse and spinous processes).
 
 Writes ``DIR/metrics.json`` (per case and mean) and prints a summary table.
 """
@@ -57,74 +64,162 @@ def posterior_arch_region(truth: np.ndarray) -> np.ndarray:
     return np.broadcast_to((i[None, :] >= wall[:, None])[None], truth.shape)
 
 
-def evaluate_synth(loaded, n: int, seed: int = 0) -> list[dict]:
+def has_canal_class(loaded) -> bool:
+    """True when the model segments the dural sac / canal (5 output classes)."""
+    return int(loaded.network.config.out_channels) > fd.CANAL
+
+
+def _score(row: dict, truth: np.ndarray, pred: np.ndarray, known: np.ndarray, canal: bool) -> None:
+    for c, name in FINE_CLASS_NAMES.items():
+        row[name] = _dice((truth == c) & known, (pred == c) & known) if (c != fd.CANAL or canal) else math.nan
+
+
+def _arch_dice(truth: np.ndarray, pred: np.ndarray, known: np.ndarray) -> float:
+    arch = posterior_arch_region(truth) & known
+    vt = ((truth == fd.L4) | (truth == fd.L5)) & arch
+    vp = ((pred == fd.L4) | (pred == fd.L5)) & arch
+    return _dice(vt, vp)
+
+
+def disc_offset_mm(vol, truth: np.ndarray, pred: np.ndarray) -> float:
+    """Superior-inferior distance (mm, + = the prediction lies inferior) between the predicted and the reference
+    L4-5 disc centroids on the grid of ``vol`` (NaN when either is missing). One level is about 30-40 mm: an
+    offset of that size is a level mix-up of the locator, not a boundary error."""
+    if not (truth == fd.DISC).any() or not (pred == fd.DISC).any():
+        return math.nan
+    t = vol.index_to_lps(np.argwhere(truth == fd.DISC).mean(0)[::-1])
+    p = vol.index_to_lps(np.argwhere(pred == fd.DISC).mean(0)[::-1])
+    return float(t[2] - p[2])  # LPS z points superior
+
+
+def evaluate_synth(loaded, n: int, seed: int = 0, mode: str = "network") -> list[dict]:
+    """Held-out label maps synthesised (contrast T2) on the fine crop centred on the true L4-5 disc.
+
+    ``mode="network"``: the fine network alone on that crop (no locator; fine models only). ``mode="pipeline"``:
+    the crop as an image volume through :func:`FORAMEN3DLib.segment3d.segment_volume` (any model: the coarse model's
+    single pass, or locator + fine network), scored on the same voxels: the like-for-like comparison of models."""
     from spinemorph import spider
 
+    from .segment3d import postprocess_labels, segment_volume
+
+    if mode not in ("network", "pipeline"):
+        raise SpineMorphError(f"synth mode must be network or pipeline, got {mode!r}")
+    canal = has_canal_class(loaded)
+    if mode == "network" and not canal:
+        raise SpineMorphError(f"{loaded.name} is not a fine model; use --synth-mode pipeline")
     rows = []
     for case in spider.held_out_mask_cases():
         for s in range(n):
             smp = fd.synthetic_sample(case, 2_000_000 + seed + s, 0.0, contrast="t2", allow_held_out=True)
             t0 = time.perf_counter()
-            probs = predict_crop(loaded.network, smp["x"], loaded.meta.get("infer_roi") or [96, 96, 96], 0.25,
-                                 device=loaded.device)
-            from .segment3d import postprocess_labels
-
-            pred = postprocess_labels(probs.argmax(0).astype(np.uint8), structures=(1, 2, 3, 4))
+            if mode == "network":
+                probs = predict_crop(loaded.network, smp["x"], loaded.meta.get("infer_roi") or [96, 96, 96], 0.25,
+                                     device=loaded.device)
+                pred = postprocess_labels(probs.argmax(0).astype(np.uint8), structures=(1, 2, 3, 4))
+            else:
+                pred = np.asarray(segment_volume(smp["grid"].volume(smp["x"]), loaded, "cpu").labels.array)
             dt = time.perf_counter() - t0
             truth = fd.definite_labels(smp["bits"])
             known = truth != 255
-            row = {"case": case, "seed": smp["meta"]["seed"], "source": "synth-heldout", "inference_s": dt}
-            for c, name in FINE_CLASS_NAMES.items():
-                row[name] = _dice((truth == c) & known, (pred == c) & known)
-            arch = posterior_arch_region(truth) & known
-            vt = ((truth == fd.L4) | (truth == fd.L5)) & arch
-            vp = ((pred == fd.L4) | (pred == fd.L5)) & arch
-            row["posterior arch"] = _dice(vt, vp)
+            row = {"case": case, "seed": smp["meta"]["seed"], "source": f"synth-heldout-{mode}", "inference_s": dt}
+            _score(row, truth, pred, known, canal)
+            row["posterior arch"] = _arch_dice(truth, pred, known)
+            row["disc_offset_mm"] = disc_offset_mm(smp["grid"].volume(truth), truth, pred)
             rows.append(row)
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     return rows
 
 
-def evaluate_slabs(model, device="cpu") -> list[dict]:
+def reference_region(image, mask, lab) -> np.ndarray:
+    """Scored voxels of a slab (bool, slab grid): the fine crop placed on the **reference** L4-5 disc centre (for a
+    patient whose levels cannot be derived: on the second-lowest disc, as :func:`fine_data.slab_sample` does).
+
+    The region depends on the reference only, so every model is scored on the same voxels and a locator error
+    shows as a lower Dice, not as a moved scoring window."""
     from spinemorph import spider
+
+
+    centre = lab.disc_center_lps
+    if centre is None:
+        dlab, dids, _ = fd._components_by_height(np.asarray(mask.array) == spider.SLAB_DISC, 100)
+        if not dids:
+            raise SpineMorphError("slab has no disc component")
+        centre = fd.label_center_lps(mask, dlab == dids[min(1, len(dids) - 1)])
+    grid = fd.fine_crop_grid(centre)
+    return _grid_region(image, grid.volume(np.zeros(grid.shape, np.uint8)))
+
+
+def _grid_region(image, crop) -> np.ndarray:
+    """Voxels of ``image``'s grid that lie inside the grid of the Volume ``crop`` (bool)."""
     from spinemorph.volume import resample_to_grid
 
     from .preprocess import _input_subgrid
-    from .segment3d import segment_volume
 
+    grid = fd.FineGrid(crop.origin_mm, crop.direction, crop.shape)
+    inside = np.zeros(image.shape, bool)
+    sub, (lo, hi) = _input_subgrid(image, grid)
+    if sub is not None:
+        ones = crop.with_array(np.ones(crop.shape, np.uint8))
+        r = resample_to_grid(ones, sub.spacing_mm, sub.size_ijk, sub.origin_mm, sub.direction, "nearest").array
+        inside[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]] = r.astype(bool)
+    return inside
+
+
+def evaluate_slabs(model, device="cpu", pred_dir: Path | None = None) -> list[dict]:
+    """Held-out real slabs through :func:`segment_volume` (any model), scored on :func:`reference_region`.
+
+    ``pred_dir``: write each prediction as ``<patient>.nrrd`` (labels on the slab grid) and the region the model
+    segmented (its fine crop, or the coarse window, on the slab grid) as ``region/<patient>.nrrd``, for
+    ``scripts/dsca3d_slabs.py --pred-dir DIR --region-dir DIR/region``."""
+    from spinemorph import spider
+    from spinemorph.volume import write_volume
+
+    from .segment3d import get_model, segment_volume
+
+    loaded = get_model(model, device)
+    canal = has_canal_class(loaded)
     rows = []
     for p in spider.held_out_slab_patients():
         image, mask = spider.load_slab(p)
         lab = fd.slab_labels(p, image, mask)
-        res = segment_volume(image.with_array(image.array.astype(np.float32)), model, device)
-        pred = res.labels.array
-        grid = fd.FineGrid(res.crop_labels.origin_mm, res.crop_labels.direction, res.crop_labels.shape)
-        inside = np.zeros(image.shape, bool)
-        sub, (lo, hi) = _input_subgrid(image, grid)
-        if sub is not None:
-            ones = grid.volume(np.ones(grid.shape, np.uint8))
-            r = resample_to_grid(ones, sub.spacing_mm, sub.size_ijk, sub.origin_mm, sub.direction, "nearest").array
-            inside[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]] = r.astype(bool)
+        res = segment_volume(image.with_array(image.array.astype(np.float32)), loaded, device)
+        pred = np.asarray(res.labels.array)
+        if pred_dir is not None:
+            (pred_dir / "region").mkdir(parents=True, exist_ok=True)
+            write_volume(res.labels, pred_dir / f"{p}.nrrd")
+            write_volume(image.with_array(_grid_region(image, res.crop_labels).astype(np.uint8)),
+                         pred_dir / "region" / f"{p}.nrrd")
         truth = fd.definite_labels(lab.bits)
-        known = (truth != 255) & inside
-        row = {"case": p, "source": "slab-heldout", "identity": lab.identity, "total_s": res.timings_s["total"]}
-        for c, name in FINE_CLASS_NAMES.items():
-            row[name] = _dice((truth == c) & known, (pred == c) & known)
-        # merged classes as in the slab mask (every vertebra / disc), inside the fine crop
+        known = (truth != 255) & reference_region(image, mask, lab)
+        row = {"case": p, "source": "slab-heldout", "identity": lab.identity, "total_s": res.timings_s["total"],
+               "qc": "; ".join(res.qc)}
+        _score(row, truth, pred, known, canal)
+        if lab.identity == "merged":  # levels not derived: per-level Dice undefined (not 0)
+            row.update({FINE_CLASS_NAMES[c]: math.nan for c in (fd.L4, fd.DISC, fd.L5)})
+        # merged classes as in the slab mask (every vertebra / disc), inside the scored region
         m = np.asarray(mask.array)
         row["vertebra (merged, L4+L5 rows)"] = _dice((m == spider.SLAB_VERTEBRA) & known & (truth > 0) & (truth < 4),
                                                      ((pred == 1) | (pred == 3)) & known & (truth > 0) & (truth < 4))
+        row["disc_offset_mm"] = disc_offset_mm(image, np.where(known, truth, 0), pred)
         rows.append(row)
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     return rows
+
+
+def _nanmean(values) -> float:
+    v = np.asarray(values, float)
+    return float(np.nanmean(v)) if np.isfinite(v).any() else math.nan
 
 
 def summarize(rows: list[dict]) -> dict:
     out: dict = {}
     for src in sorted({r["source"] for r in rows}):
         sel = [r for r in rows if r["source"] == src]
-        keys = [k for k in sel[0] if isinstance(sel[0][k], float) and not k.endswith("_s")]
-        out[src] = {k: float(np.nanmean([r[k] for r in sel])) for k in keys}
+        keys = [k for k in sel[0] if isinstance(sel[0][k], float) and not k.endswith(("_s", "_mm"))]
+        out[src] = {k: _nanmean([r[k] for r in sel]) for k in keys}
+        out[src]["n with levels"] = int(sum(np.isfinite(r.get("L4", math.nan)) for r in sel))
+        offs = [abs(r["disc_offset_mm"]) for r in sel if np.isfinite(r.get("disc_offset_mm", math.nan))]
+        out[src]["level mix-ups (|disc offset| > 15 mm)"] = int(sum(o > 15.0 for o in offs))
         bones = [out[src][n] for n in ("L4", "L4-5 disc", "L5") if n in out[src]]
         out[src]["mean L4/disc/L5"] = float(np.mean(bones)) if bones else math.nan
         out[src]["n"] = len(sel)
@@ -137,6 +232,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--slabs", action="store_true")
     ap.add_argument("--synth", type=int, default=0)
+    ap.add_argument("--synth-mode", choices=("network", "pipeline"), default=None,
+                    help="network: the fine network alone on the crop (default for fine models); pipeline: the whole "
+                         "segment_volume path (any model; the like-for-like comparison)")
+    ap.add_argument("--pred-dir", type=Path, default=None,
+                    help="with --slabs: write each slab prediction as <patient>.nrrd (for scripts/dsca3d_slabs.py)")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
     import torch
@@ -148,9 +248,10 @@ def main(argv=None) -> int:
         loaded = models3d.load_model(a.model, "cpu")
         rows = []
         if a.synth:
-            rows += evaluate_synth(loaded, a.synth)
+            mode = a.synth_mode or ("network" if has_canal_class(loaded) else "pipeline")
+            rows += evaluate_synth(loaded, a.synth, mode=mode)
         if a.slabs:
-            rows += evaluate_slabs(loaded)
+            rows += evaluate_slabs(loaded, pred_dir=a.pred_dir)
     except SpineMorphError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

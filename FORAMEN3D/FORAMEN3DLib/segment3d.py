@@ -50,6 +50,8 @@ class SegmentationResult:
         Seconds spent in ``preprocess``, ``load_model``, ``inference``, ``postprocess``, ``inverse``, ``total``.
     model_name : str
     device : str
+    qc : tuple of str
+        Review notes of the pipeline (fine models: the level check, :func:`segment_fine`); empty when none.
     """
 
     labels: Volume
@@ -57,6 +59,7 @@ class SegmentationResult:
     timings_s: dict
     model_name: str
     device: str
+    qc: tuple = ()
 
 
 # ---------------------------------------------------------------------- post-processing
@@ -245,49 +248,136 @@ def locate_l45(prep: Preprocessed, labels_padded: np.ndarray) -> np.ndarray:
     raise SpineMorphError("the locator found no L4-5 level in this image; give a sagittal or 3D lumbar MRI covering L3-S1")
 
 
+#: Level check of the fine pipeline (a QC note, never a correction). The dural sac (thecal sac) usually ends at
+#: S1-S2, at or below the lower face of a fine crop placed on the right L4-5 disc (53.6 mm below it). Measured with the
+#: fine model on the real slabs of 10 training patients (docs/performance.md, "level check"): crop on the reference
+#: L4-5 disc: the predicted sac ends 0-23 mm above that face in 9, 41 mm in one (162); crop one level low (on L5-S1,
+#: the locator's error on held-out patient 136): 33-65 mm in all 8 that were run. A sac that ends more than this far
+#: (mm) above the face (inside the image) gets the QC note; moving the crop automatically would have mislabelled 162.
+SAC_END_GAP_MM = 30.0
+
+
+def fine_network_labels(loaded: models3d.LoadedModel, x: np.ndarray, roi=None, overlap: float = 0.25,
+                        backend: str = "torch") -> np.ndarray:
+    """Argmax labels (uint8, ``x.shape``) of a fine crop: MONAI sliding-window inference (Gaussian blending of the
+    logits; argmax of blended logits = argmax of the softmax that :func:`train_fine.predict_crop` returns).
+
+    ``backend="onnx"``: ONNX Runtime runs each window (the network is exported once per process and ROI; the export
+    itself takes 10-15 s, see ``scripts/bench_fine3d.py``)."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from .train_fine import with_coordinates
+
+    roi = tuple(int(r) for r in (roi or loaded.meta.get("infer_roi") or (96, 96, 96)))
+    n_in = int(loaded.network.config.in_channels)
+    inp = with_coordinates(x, x.shape) if n_in == 4 else np.asarray(x, np.float32)[None]
+    xt = torch.from_numpy(np.ascontiguousarray(inp))[None].to(loaded.device)
+    if backend == "torch":
+        def predictor(t):
+            return loaded.network(t).float()
+    elif backend == "onnx":
+        sess = _onnx_session(loaded, roi)
+
+        def predictor(t):
+            return torch.from_numpy(sess(t.cpu().numpy()))
+    else:
+        raise ValueError(f"backend must be torch or onnx, got {backend!r}")
+    with torch.inference_mode():
+        logits = sliding_window_inference(xt, roi, 1, predictor, overlap=overlap, mode="gaussian")
+        return logits[0].argmax(0).to(torch.uint8).cpu().numpy()
+
+
+_ONNX: dict = {}
+
+
+def _onnx_session(loaded: models3d.LoadedModel, roi):
+    """ONNX Runtime predictor of ``loaded``'s network for windows of ``roi`` (cached per process)."""
+    import torch
+
+    from spinemorph.onnx_export import OnnxPredictor, export_onnx
+
+    key = (loaded.sha256 or str(loaded.path), tuple(roi))
+    if key not in _ONNX:
+        ex = torch.zeros((1, int(loaded.network.config.in_channels), *roi))
+        _ONNX.clear()
+        _ONNX[key] = OnnxPredictor(export_onnx(loaded.network.cpu(), ex), threads=torch.get_num_threads())
+    return _ONNX[key]
+
+
+def sac_end_gap_mm(labels: np.ndarray, fov: np.ndarray) -> float:
+    """Distance (mm) from the lowest row of the predicted dural sac to the lower face of the fine crop, or to the
+    lowest imaged row when the image ends inside the crop (array ``(k, j, i)``, j superior → inferior). 0 when the
+    sac reaches it; NaN when there is no sac."""
+    from . import fine_data as fd
+
+    rows = np.nonzero((labels == fd.CANAL).any(axis=(0, 2)))[0]
+    if len(rows) == 0:
+        return float("nan")
+    imaged = np.nonzero(fov.any(axis=(0, 2)))[0]
+    last = int(imaged.max()) if len(imaged) else labels.shape[1] - 1
+    return max(0.0, float(last - rows.max()) * fd.FINE_SPACING_MM)
+
+
 def segment_fine(
     image: Volume, prep: Preprocessed, loaded: models3d.LoadedModel, device="auto",
     progress: ProgressCallback | None = None, should_cancel: Callable[[], bool] | None = None,
-    locator=None, overlap: float = 0.25,
-) -> tuple[np.ndarray, Volume, dict]:
-    """Coarse-to-fine segmentation (see the module docstring): labels on the input grid, fine-crop labels, timings."""
+    locator=None, overlap: float = 0.25, backend: str = "torch", level_check: bool = True, roi=None,
+) -> tuple[np.ndarray, Volume, dict, tuple]:
+    """Coarse-to-fine segmentation (see the module docstring): labels on the input grid, fine-crop labels, timings,
+    QC notes.
+
+    **Level check** (``level_check``): the coarse locator can take the L5-S1 disc for L4-5 (real slab 136: the
+    fine network then labels L5 as L4 and S1 as L5) or L3-4 for L4-5; the fine network, which gets the crop
+    coordinates, follows it. When the predicted dural sac ends more than :data:`SAC_END_GAP_MM` above the crop's
+    lower face (inside the image), the QC notes ask to check the levels (the crop may sit one level low). The labels
+    are not changed, and a crop one level high is not detected.
+    """
     from spinemorph.volume import resample_to_grid
 
     from . import fine_data as fd
     from .preprocess import _input_subgrid
-    from .train_fine import predict_crop
 
     t: dict = {}
+    qc: list[str] = []
     t0 = time.perf_counter()
     loc_name = locator or loaded.meta.get("locator") or DEFAULT_LOCATOR
     coarse_padded, _, tc = segment_preprocessed(prep, loc_name, device, None, should_cancel)
     centre = locate_l45(prep, coarse_padded)
     t["locate"] = time.perf_counter() - t0
     _report(progress, 0.3, "fine segmentation")
-    _check_cancel(should_cancel)
-    t0 = time.perf_counter()
-    grid = fd.fine_crop_grid(centre, direction=prep.crop.direction)
-    if prep.crop.aligned:
-        # 0.8 mm input: snap the crop onto input voxels, so that resampling and pasting back are exact indexing
-        snapped = image.index_to_lps(np.round(image.lps_to_index(np.asarray(grid.origin_mm))))
-        grid = fd.FineGrid(tuple(float(v) for v in snapped), grid.direction, grid.shape)
     vol = image if np.issubdtype(image.array.dtype, np.floating) else image.with_array(image.array.astype(np.float32))
-    img = resample_to_grid(vol, grid.spacing_mm, grid.size_ijk, grid.origin_mm, grid.direction, "linear").array
-    fov = resample_to_grid(image.with_array(np.ones(image.shape, np.uint8)), grid.spacing_mm, grid.size_ijk,
-                           grid.origin_mm, grid.direction, "nearest").array.astype(bool)
-    x = fd.normalise(img, fov)
-    t["fine_preprocess"] = time.perf_counter() - t0
-    _check_cancel(should_cancel)
-    t0 = time.perf_counter()
-    roi = loaded.meta.get("infer_roi") or [96, 96, 96]
-    probs = predict_crop(loaded.network, x, roi, overlap, "fp32", device=loaded.device)
-    raw = probs.argmax(0).astype(np.uint8)
-    raw[~fov] = 0
-    t["inference"] = time.perf_counter() - t0
-    _check_cancel(should_cancel)
-    t0 = time.perf_counter()
-    labels = postprocess_labels(raw, structures=(1, 2, 3, 4))
-    t["postprocess"] = time.perf_counter() - t0
+    ones = image.with_array(np.ones(image.shape, np.uint8))
+
+    def run(centre_lps, shift_mm=(0.0, 0.0, 0.0)):
+        _check_cancel(should_cancel)
+        t0 = time.perf_counter()
+        grid = fd.fine_crop_grid(centre_lps, shift_mm, direction=prep.crop.direction)
+        if prep.crop.aligned:
+            # 0.8 mm input: snap the crop onto input voxels, so that resampling and pasting back are exact indexing
+            snapped = image.index_to_lps(np.round(image.lps_to_index(np.asarray(grid.origin_mm))))
+            grid = fd.FineGrid(tuple(float(v) for v in snapped), grid.direction, grid.shape)
+        img = resample_to_grid(vol, grid.spacing_mm, grid.size_ijk, grid.origin_mm, grid.direction, "linear").array
+        fov = resample_to_grid(ones, grid.spacing_mm, grid.size_ijk, grid.origin_mm, grid.direction,
+                               "nearest").array.astype(bool)
+        x = fd.normalise(img, fov)
+        t["fine_preprocess"] = t.get("fine_preprocess", 0.0) + time.perf_counter() - t0
+        _check_cancel(should_cancel)
+        t0 = time.perf_counter()
+        raw = fine_network_labels(loaded, x, roi, overlap, backend)
+        raw[~fov] = 0
+        t["inference"] = t.get("inference", 0.0) + time.perf_counter() - t0
+        _check_cancel(should_cancel)
+        t0 = time.perf_counter()
+        labels = postprocess_labels(raw, structures=(1, 2, 3, 4))
+        t["postprocess"] = t.get("postprocess", 0.0) + time.perf_counter() - t0
+        return grid, labels, fov
+
+    grid, labels, fov = run(centre)
+    gap = sac_end_gap_mm(labels, fov)
+    if level_check and np.isfinite(gap) and gap > SAC_END_GAP_MM:
+        qc.append(f"level check: the dural sac ends {gap:.0f} mm above the lower face of the L4-5 crop (expected: at "
+                  "or below it); the locator may have taken L5-S1 for L4-5 — check the level labels")
     _report(progress, 0.9, "mapping back to the input grid")
     t0 = time.perf_counter()
     out = np.zeros(image.shape, np.uint8)
@@ -297,7 +387,7 @@ def segment_fine(
         out[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]] = res.array
     t["inverse"] = time.perf_counter() - t0
     t["locator_model"] = tc.get("inference", 0.0)
-    return out, grid.volume(labels), t
+    return out, grid.volume(labels), t, tuple(qc)
 
 
 def segment_volume(
@@ -306,6 +396,7 @@ def segment_volume(
     device="auto",
     progress: ProgressCallback | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    fine_options: dict | None = None,
 ) -> SegmentationResult:
     """Segment L4 (1), the L4-5 disc (2) and L5 (3) in a lumbar MR volume.
 
@@ -322,6 +413,9 @@ def segment_volume(
     should_cancel : callable, optional
         Polled between steps and between network blocks; when it returns True the run stops with
         ``SpineMorphError("cancelled")``.
+    fine_options : dict, optional
+        Fine models only: keyword arguments of :func:`segment_fine` (``overlap``, ``roi``, ``backend``,
+        ``level_check``, ``locator``).
 
     Returns
     -------
@@ -340,11 +434,12 @@ def segment_volume(
     loaded = get_model(model, device)
     t_load = time.perf_counter() - t0
     if is_fine_model(loaded):
-        on_input, crop_vol, t = segment_fine(image, prep, loaded, device, progress, should_cancel)
+        on_input, crop_vol, t, qc = segment_fine(image, prep, loaded, device, progress, should_cancel,
+                                                 **(fine_options or {}))
         timings = {"preprocess": t_pre, "load_model": t_load, **t, "total": time.perf_counter() - t_start}
         _report(progress, 1.0, "done")
         return SegmentationResult(labels=image.with_array(on_input), crop_labels=crop_vol, timings_s=timings,
-                                  model_name=loaded.name, device=str(loaded.device))
+                                  model_name=loaded.name, device=str(loaded.device), qc=qc)
     padded, on_input, t = segment_preprocessed(prep, model, device, progress, should_cancel)
     timings = {"preprocess": t_pre, **t, "total": time.perf_counter() - t_start}
     _report(progress, 1.0, "done")
