@@ -321,3 +321,27 @@ def test_default_model_segments_a_phantom():
     # measured with the shipped weights: DSC 0.86-0.91 per structure; 0.7 checks that each structure is found
     for name in ("L4", "L4-5 disc", "L5"):
         assert m[name]["dsc"] > 0.7, (name, m[name])
+
+
+def test_install_model_keeps_the_dsca_marker_of_the_same_weights(tmp_path):
+    """Re-exporting the same weights keeps the catalogue's DSCA marker; other weights under that name are marked
+    not validated for DSCA (``dsca: false``), whatever the old entry said."""
+    from FORAMEN3DLib.network3d import NetworkConfig, UNet3D
+
+    cat = tmp_path / "catalog.json"
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    cfg = NetworkConfig(in_channels=1, out_channels=5, base_channels=2, depth=1)
+    torch.manual_seed(0)
+    models3d.save_weights(UNet3D(cfg), a)
+    models3d.save_weights(UNet3D(cfg), b)
+    models3d.install_model(a, "m", catalog=cat)
+    doc = json.loads(cat.read_text())
+    assert "dsca" not in doc["models"][0]
+    doc["models"][0].update({"dsca": True, "dsca_note": "validated"})
+    cat.write_text(json.dumps(doc))
+    entry = models3d.install_model(a, "m", catalog=cat)
+    assert entry["dsca"] is True and entry["dsca_note"] == "validated"
+    assert json.loads(cat.read_text())["models"][0]["dsca"] is True
+    entry = models3d.install_model(b, "m", catalog=cat)
+    assert entry["dsca"] is False and "not yet validated" in entry["dsca_note"]
+    assert [e["name"] for e in json.loads(cat.read_text())["models"]] == ["m"]

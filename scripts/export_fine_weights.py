@@ -5,6 +5,12 @@ validation so far) or, before the first validation, the model of ``RUN_DIR/check
 ``FORAMEN3D/Resources/Models/<name>.pt`` (replacing the previous file of that name), its catalogue entry (not the
 default) and ``<name>.md`` (card with the run's iteration, validation history and the held-out evaluation in
 ``RUN_DIR/eval_heldout/metrics.json`` when present).
+
+The catalogue's DSCA marker of the entry (``"dsca"``, ``"dsca_note"``) survives a re-export of the same weights
+(:func:`FORAMEN3DLib.models3d.install_model`); new weights are marked ``"dsca": false`` until
+``scripts/dsca3d_slabs.py`` has validated their canal class again. The entry stays the default when it was. Everything
+in the existing card from the line ``KEEP_MARKER`` on (hand-written evaluation sections) is kept below the regenerated
+part.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from FORAMEN3DLib.network3d import build_network
 
 from spinemorph.atomic import atomic_write_text
 from spinemorph.spider import SPIDER_ATTRIBUTION
+
+#: hand-written card sections below this line survive a re-export
+KEEP_MARKER = "<!-- sections below are kept by scripts/export_fine_weights.py -->"
 
 
 def main() -> int:
@@ -46,8 +55,15 @@ def main() -> int:
             how = f"latest checkpoint (iteration {state['iteration']}; no validation had run yet)"
         file_stem = a.name.replace("-", "_")
         entry = models3d.install_model(src, a.name, description=(
-            "Fine coarse-to-fine model (0.8 mm, 5 classes incl. dural sac; EARLY: training in progress): " + how),
+            "Fine coarse-to-fine model (0.8 mm, 5 classes incl. dural sac; CPU training run): " + how),
             card=file_stem + ".md", default=False)
+    cat = models3d.read_catalog()
+    is_default = cat.get("default") == a.name
+    card_path = models3d.MODELS_DIR / (file_stem + ".md")
+    old_card = card_path.read_text() if card_path.is_file() else ""
+    kept = old_card[old_card.index(KEEP_MARKER):] if KEEP_MARKER in old_card else ""
+    dsca_line = ("usable for DSCA from 3D (`\"dsca\": true` in the catalogue)" if entry.get("dsca") is True else
+                 "not used for DSCA from 3D (`\"dsca\": false` in the catalogue: " + entry.get("dsca_note", "") + ")")
     hist = (run / "history.csv").read_text() if (run / "history.csv").is_file() else "(no validation yet)\n"
     ev = run / "eval_heldout" / "metrics.json"
     if ev.is_file():
@@ -56,10 +72,11 @@ def main() -> int:
                    + json.dumps(evj["summary"], indent=1))
     else:
         ev_text = "(not evaluated)"
-    card = f"""# {a.name} — fine FORAMEN3D model (training in progress)
+    card = f"""# {a.name} — fine FORAMEN3D model (coarse-to-fine, 0.8 mm, 5 classes)
 
-**Status: early weights of a run that is still training** ({how}; exported by `scripts/export_fine_weights.py`).
-Not the default model: select it by name (`--model {a.name}`).
+**Status:** {how}; exported by `scripts/export_fine_weights.py`.
+{"The default FORAMEN3D model of the catalogue" if is_default else f"Not the default model: select it by name (`--model {a.name}`)"};
+{dsca_line}.
 
 * Task: L4 (1), L4-5 disc (2), L5 (3), dural sac / spinal canal (4) in a lumbar MR volume.
 * Pipeline (`FORAMEN3DLib.segment3d`, coarse-to-fine): the default coarse model locates the L4-5 disc; a 144×144×160
@@ -88,11 +105,14 @@ Not the default model: select it by name (`--model {a.name}`).
 
 Data: {SPIDER_ATTRIBUTION}
 """
-    atomic_write_text(models3d.MODELS_DIR / (file_stem + ".md"), card)
+    if kept:
+        card += "\n" + kept
+    atomic_write_text(card_path, card)
     if (run / "train.log").is_file():
         atomic_write_text(models3d.MODELS_DIR / (file_stem + "_train.log"), (run / "train.log").read_text())
     atomic_write_text(models3d.MODELS_DIR / "configs" / (file_stem + "_run_config.json"), json.dumps(cfg, indent=2))
     print(json.dumps(entry, indent=1))
+    print(f"DSCA marker: {entry.get('dsca', 'absent')}; default: {is_default}; kept card sections: {bool(kept)}")
     return 0
 
 

@@ -218,7 +218,9 @@ def install_model(weights: str | os.PathLike, name: str, description: str = "", 
     """Copy a weights file into the models folder as ``<name>.pt`` and add / replace its catalogue entry.
 
     The file is loaded first (it must be a valid FORAMEN3D weights file); the entry records its sha256 and size.
-    Returns the catalogue entry.
+    The previous entry's DSCA marker (``"dsca"``, ``"dsca_note"``: whether the canal class is validated for DSCA,
+    read by ``DuralSacSegLib.segment3d_path``) is kept when the weights are the same file (same sha256); new weights
+    get ``"dsca": false`` until they are validated again. Returns the catalogue entry.
     """
     src = Path(weights)
     blob = _read_weights(src)
@@ -242,6 +244,15 @@ def install_model(weights: str | os.PathLike, name: str, description: str = "", 
         "input_downsample": int(blob.get("input_downsample", 1)),
         "trained": {k: meta[k] for k in ("config", "seed", "fold", "epoch", "iteration", "val_dsc_mean") if k in meta},
     }
+    old = next((e for e in cat["models"] if e.get("name") == name), None)
+    if old is not None and "dsca" in old:
+        if old.get("sha256") == entry["sha256"]:
+            entry.update({k: old[k] for k in ("dsca", "dsca_note") if k in old})
+        else:
+            entry["dsca"] = False
+            entry["dsca_note"] = (f"weights replaced (sha256 {entry['sha256'][:12]}…): canal class not yet validated "
+                                  "for DSCA; set true once scripts/dsca3d_slabs.py meets per-plane MAE <= 15 mm2 on "
+                                  "held-out slabs")
     cat["models"] = [e for e in cat["models"] if e.get("name") != name] + [entry]
     if default or not cat.get("default"):
         cat["default"] = name
