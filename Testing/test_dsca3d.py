@@ -239,3 +239,36 @@ def test_phantom_3d_model_labels_levels_and_stenosis():
     assert abs(row.area_mm2 - exact) <= 10.0
     smallest = t.smallest_graded(1)[0]
     assert smallest.level == "L4-5" and smallest.stenosis == "absolute stenosis"
+
+
+def test_slab_script_region_restricts_the_scored_planes(tmp_path):
+    """scripts/dsca3d_slabs.py: the slab mask as "prediction" scores 0 mm² on every plane; with a region mask (the
+    part a fine 3D model segmented, here the upper half of the slab's rows) only planes centred inside it count."""
+    import importlib.util
+    import json as _json
+
+    from spinemorph import spider
+    from spinemorph.volume import write_volume
+
+    if spider.spider_root() is None:
+        pytest.skip("SPIDER data absent (../shared/data/spider); real-slab check skipped")
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("dsca3d_slabs", root / "scripts" / "dsca3d_slabs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--write-reference", str(tmp_path / "pred"), "--patients", "11"]) == 0
+    _, mask = spider.load_slab("11")
+    region = np.zeros(mask.shape, np.uint8)
+    region[:, : mask.shape[1] // 2] = 1
+    (tmp_path / "region").mkdir()
+    write_volume(mask.with_array(region), tmp_path / "region" / "11.nrrd")
+    args = ["--pred-dir", str(tmp_path / "pred"), "--patients", "11", "--step-mm", "2"]
+    assert mod.main([*args, "--out", str(tmp_path / "all")]) == 0
+    assert mod.main([*args, "--region-dir", str(tmp_path / "region"), "--out", str(tmp_path / "half")]) == 0
+    full = _json.loads((tmp_path / "all" / "dsca3d_slabs.json").read_text())["pooled"]
+    half = _json.loads((tmp_path / "half" / "dsca3d_slabs.json").read_text())["pooled"]
+    assert full["mae_in_slab_mm2"] == 0.0 and half["mae_in_slab_mm2"] == 0.0
+    assert 0 < half["n_planes"] < full["n_planes"]
+    z_half = [float(r["centre_z_mm"]) for r in __import__("csv").DictReader(open(tmp_path / "half" / "planes.csv"))]
+    z_cut = mask.index_to_lps((0, mask.shape[1] // 2, 0))[2]
+    assert min(z_half) > z_cut - 1.0  # rows run superior -> inferior: the upper half lies above the cut

@@ -3,6 +3,9 @@
 
     # the network's canal predictions, one file per patient: DIR/<patient>.nrrd|.nii.gz|.mha (any grid, LPS geometry)
     scripts/dsca3d_slabs.py --pred-dir DIR --out runs/dsca3d_slabs/model_x
+    # a fine 3D model's predictions (python -m FORAMEN3DLib.evaluate_fine --slabs --pred-dir DIR writes them and the
+    # region each model segmented, DIR/region/<patient>.nrrd): score only the planes inside that region
+    scripts/dsca3d_slabs.py --pred-dir DIR --region-dir DIR/region --out runs/dsca3d_slabs/fine
     # reference "predictions" written from the slab masks themselves (sanity and sensitivity checks)
     scripts/dsca3d_slabs.py --write-reference DIR/truth
     scripts/dsca3d_slabs.py --write-reference DIR/eroded --degrade erode
@@ -31,6 +34,9 @@ What is compared (``DuralSacSegLib.dsca3d``):
 - Patients: the held-out slab patients (``spinemorph.spider.HELD_OUT_SLAB_PATIENTS``) by default, never trained on;
   ``--patients all`` or a comma list otherwise.
 - Prediction label: ``--pred-label`` (default 4 = ``spinemorph.labels.CANAL``, the 5th class of the fine 3D model).
+- ``--region-dir``: a model that segments only a crop (the fine 3D model: 115 mm superior-inferior around the located
+  L4-5 disc, about L3-4 to S1) says nothing about the canal outside it. With ``DIR/<patient>.nrrd`` masks of the
+  segmented region, only planes whose centre lies inside the region (1 mm eroded) are scored.
 
 Writes ``OUT/dsca3d_slabs.json`` (summary + per patient) and ``OUT/planes.csv`` (every plane, both areas).
 """
@@ -99,7 +105,24 @@ def write_reference(out_dir: Path, patients: list[str], degrade: str, label: int
         print(f"wrote {path} ({degrade or 'truth'})")
 
 
-def evaluate(pred_dir: Path, patients: list[str], label: int, step_mm: float, pixel_mm: float) -> tuple[dict, list[dict]]:
+def _region_mask(region_dir: Path | None, patient: str, truth):
+    """The segmented region of ``patient`` on the slab grid (bool, eroded by one voxel), or None."""
+    from scipy import ndimage
+
+    from spinemorph.errors import InputError
+    from spinemorph.volume import read_volume, resample_like
+
+    if region_dir is None:
+        return None
+    path = _find_pred(region_dir, patient)
+    if path is None:
+        raise InputError(f"no region file for patient {patient} in {region_dir}")
+    reg = resample_like(read_volume(path), truth, interpolator="nearest")
+    return ndimage.binary_erosion(np.asarray(reg.array) > 0, border_value=0)
+
+
+def evaluate(pred_dir: Path, patients: list[str], label: int, step_mm: float, pixel_mm: float,
+             region_dir: Path | None = None) -> tuple[dict, list[dict]]:
     from DuralSacSegLib.dsca3d import FLAG_FOV, compute_dsca3d_table, fit_centreline
 
     from spinemorph.errors import InputError
@@ -120,6 +143,7 @@ def evaluate(pred_dir: Path, patients: list[str], label: int, step_mm: float, pi
             pred.origin_mm, truth.origin_mm, atol=1e-3) and np.allclose(pred.direction, truth.direction, atol=1e-4)
         if not same:  # restrict to the imaged slab: the prediction on the slab's own grid
             pred = resample_like(pred, truth, interpolator="nearest")
+        region = _region_mask(region_dir, p, truth)
         t0 = time.time()
         cl = fit_centreline(truth)
         tt = compute_dsca3d_table(truth, centreline=cl, step_mm=step_mm, pixel_mm=pixel_mm, span="whole")
@@ -133,6 +157,10 @@ def evaluate(pred_dir: Path, patients: list[str], label: int, step_mm: float, pi
             a_t, a_p = rt.area_mm2, (rp.area_mm2 if rp is not None else 0.0)
             if a_t <= 0 and a_p <= 0:
                 continue
+            if region is not None:
+                idx = np.round(truth.lps_to_index(np.asarray(rt.centre_lps))).astype(int)[::-1]  # k, j, i
+                if np.any(idx < 0) or np.any(idx >= np.asarray(region.shape)) or not region[tuple(idx)]:
+                    continue
             rows.append({"patient": p, "plane": rt.slice_index, "arc_mm": rt.position_mm,
                          "centre_x_mm": rt.centre_lps[0], "centre_y_mm": rt.centre_lps[1], "centre_z_mm": rt.centre_lps[2],
                          "normal_x": rt.normal_lps[0], "normal_y": rt.normal_lps[1], "normal_z": rt.normal_lps[2],
@@ -337,6 +365,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, help="output folder for --pred-dir (dsca3d_slabs.json, planes.csv)")
     ap.add_argument("--patients", default="held-out", help="'held-out' (default), 'all' or a comma list of ids")
     ap.add_argument("--pred-label", type=int, default=None, help="canal label of the prediction (default 4)")
+    ap.add_argument("--region-dir", type=Path, default=None,
+                    help="masks of the region each prediction covers (<patient>.nrrd); planes outside are not scored")
     ap.add_argument("--step-mm", type=float, default=1.0, help="plane spacing along the centreline (mm)")
     ap.add_argument("--pixel-mm", type=float, default=0.25, help="cross-section pixel size (mm)")
     ap.add_argument("--write-reference", type=Path, help="write the slab masks' canal as prediction files to this folder")
@@ -378,14 +408,14 @@ def main(argv=None) -> int:
             out_json = args.out / "dsca3d_slabs.json"
             if out_json.exists() and not args.overwrite:
                 raise SpineMorphError(f"{out_json} exists; pass --overwrite to replace it")
-            summary, planes = evaluate(args.pred_dir, patients, label, args.step_mm, args.pixel_mm)
+            summary, planes = evaluate(args.pred_dir, patients, label, args.step_mm, args.pixel_mm, args.region_dir)
             pooled = summary["pooled"]
             print(f"pooled: {pooled['n_planes']} planes ({pooled['n_complete']} complete) | in-slab MAE "
                   f"{pooled['mae_in_slab_mm2']:.2f} mm² (bias {pooled['bias_in_slab_mm2']:+.2f}) | complete MAE "
                   f"{pooled['mae_complete_mm2']:.2f} mm² (bias {pooled['bias_complete_mm2']:+.2f}) | criterion ≤ 15 mm²")
             args.out.mkdir(parents=True, exist_ok=True)
             doc = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-                   "pred_dir": str(args.pred_dir), "pred_label": label, "patients": patients,
+                   "pred_dir": str(args.pred_dir), "region_dir": str(args.region_dir) if args.region_dir else None, "pred_label": label, "patients": patients,
                    "step_mm": args.step_mm, "pixel_mm": args.pixel_mm,
                    "definitions": {"complete": "reference section does not reach the slab's faces (true DSCA)",
                                    "in_slab": "section area inside the imaged slab, clipped at its faces"},
