@@ -61,6 +61,10 @@ def test_agreement_with_manual_reader(measured_dir, spider_root):
     assert res["foraminal_width"].mae <= 1.1
     assert res["foraminal_area"].mean_abs_pct <= 10.5
     assert res["foraminal_width"].icc_a1 >= 0.85 and res["foraminal_area"].icc_a1 >= 0.88
+    # posterior disc height, corners = 45° points on the bone: 0.16 mm, ICC 0.999 (docs §7); with the wall / endplate
+    # line intersection (a point of the disc space) it was 1.76 mm, bias -1.8 mm
+    assert res["posterior_disc_height"].n == 4
+    assert res["posterior_disc_height"].mae <= 0.3 and abs(res["posterior_disc_height"].bias) <= 0.3
 
 
 def test_no_implausible_value_unflagged(measured_dir):

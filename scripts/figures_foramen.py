@@ -7,7 +7,9 @@
    foramen hole and its outline coloured by structure (roof, floor, anterior wall, SAP), height and width.
 3. ``foramen_rules_spider.png`` — the landmark rules on real masks: offset search and the chosen lateral view with
    notches, corner, SAP face, facet closure and the manual reader's points.
-4. ``foramen_phantom_accuracy.png`` — phantom (``spinemorph.phantom``) lateral views with the exact outline and
+4. ``foramen_pdh_spider.png`` — the posterior body corners of the posterior disc height (45° points on the bone)
+   on the midline view of the four SPIDER SPACE masks, with the manual reader's corners.
+5. ``foramen_phantom_accuracy.png`` — phantom (``spinemorph.phantom``) lateral views with the exact outline and
    the measured one, normal and foraminal-stenosis presets; prints the accuracy table.
 
 SPIDER data: van der Graaf JW et al., Sci Data 11, 264 (2024), CC BY 4.0.
@@ -205,6 +207,45 @@ def figure_rules(cases, out: Path) -> None:
     _save(fig, out / "foramen_rules_spider.png")
 
 
+def figure_pdh(cases, out: Path) -> None:
+    """Posterior disc height on real masks: the midline view with the 45° corner points on the bone (the bone point
+    nearest the intersection of the posterior wall and endplate lines; the rule), the line intersections themselves
+    (the previous rule, in the disc space off a rounded corner) and the manual reader's corners (projected)."""
+    import json
+
+    from FORAMEN3DLib import morphometry as M
+
+    root = spider.spider_root()
+    manual = json.loads((root / "foramen_manual.json").read_text()) if (root / "foramen_manual.json").is_file() else {}
+    fig, axes = plt.subplots(1, len(cases), figsize=(4.6 * len(cases), 5.0))
+    for a, case in zip(np.atleast_1d(axes), cases):
+        name = f"{case}_t2_SPACE"
+        labels = spider.remap_labels(spider.load_mask(name), name, target="foramen")
+        lm = find_landmarks(labels, slab_half_width_mm=1.0)
+        v = lm.midline_view
+        a.imshow(_rgb(v.fractions), origin="lower", extent=[v.y_mm[0], v.y_mm[-1], v.z_mm[0], v.z_mm[-1]])
+        b4, b5 = M._body_corner(v, L4, (1.0, -1.0), on_bone=True), M._body_corner(v, L5, (1.0, 1.0), on_bone=True)
+        i4, i5 = M._body_corner(v, L4, (1.0, -1.0)), M._body_corner(v, L5, (1.0, 1.0))
+        a.plot(*np.stack([b4, b5]).T, "-o", color="white", lw=2, ms=5,
+               label=f"45° bone points (rule): {np.linalg.norm(b4 - b5):.2f} mm")
+        a.plot(*np.stack([i4, i5]).T, "--s", color="tab:orange", lw=1.2, ms=5,
+               label=f"wall/endplate line intersections: {np.linalg.norm(i4 - i5):.2f} mm")
+        m = manual.get(case, {})
+        if "posterior_disc_height_points_mm" in m:
+            q = v.lps_to_yz(np.array(list(m["posterior_disc_height_points_mm"].values())))
+            a.plot(q[:, 0], q[:, 1], "kx", ms=10, mew=2, label=f"manual reader: {m['posterior_disc_height_mm']} mm")
+        c = 0.5 * (b4 + b5)
+        a.set_xlim(c[0] - 10, c[0] + 6)
+        a.set_ylim(c[1] - 9, c[1] + 9)
+        a.set_title(f"SPIDER {case}: midline, posterior disc height")
+        a.set_xlabel("y' anterior → posterior (mm)")
+        a.set_ylabel("z' (mm)")
+        a.legend(fontsize=7, loc="best")
+    fig.suptitle("Posterior body corners on real label maps (SPIDER, van der Graaf et al. 2024, CC BY 4.0)")
+    fig.tight_layout()
+    _save(fig, out / "foramen_pdh_spider.png")
+
+
 def _phantom_labels(ph, spacing=0.8, direction=PIR):
     D = np.asarray(direction, float)
     c = ph.canal_to_lps(np.array([0.0, 12.0, 0.0]))
@@ -274,6 +315,7 @@ def main(argv=None) -> int:
         figure_frame(labels, out, args.case)
         figure_steps(labels, out, args.case)
         figure_rules([("65", "left"), ("98", "right"), ("50", "left")], out)
+        figure_pdh(["18", "50", "65", "98"], out)
     else:
         print("SPIDER data not found: figures 1-2 skipped", file=sys.stderr)
     figure_phantom(out)
