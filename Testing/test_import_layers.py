@@ -43,11 +43,11 @@ CORE, DATA, COMPUTATION, APPLICATION, SLICER = 1, 2, 3, 4, 5
 LAYER_NAMES = {CORE: "core", DATA: "data", COMPUTATION: "computation", APPLICATION: "application", SLICER: "Slicer glue"}
 
 #: layer 1, the Slicer-free core: image IO and geometry, DICOM, label maps, masks, meshes (polydata), statistics,
-#: file digests, errors, atomic writes, intensity, device choice, run configuration, inference speed-ups (benchutil,
-#: onnx_export), command-line scaffolding (commandline, argtypes)
+#: file digests, errors, atomic writes, intensity, device choice, run configuration, CPU inference preparation
+#: (cpu_inference, onnx_export), measurement helpers (benchutil), command-line scaffolding (commandline, argtypes)
 CORE_MODULES = {
     "spinemorph", "spinemorph.argtypes", "spinemorph.atomic", "spinemorph.benchutil", "spinemorph.commandline",
-    "spinemorph.device", "spinemorph.dicomio", "spinemorph.errors", "spinemorph.files", "spinemorph.intensity",
+    "spinemorph.cpu_inference", "spinemorph.device", "spinemorph.dicomio", "spinemorph.errors", "spinemorph.files", "spinemorph.intensity",
     "spinemorph.labelmaps", "spinemorph.labels", "spinemorph.masks", "spinemorph.onnx_export", "spinemorph.polydata",
     "spinemorph.runconfig", "spinemorph.segio", "spinemorph.series", "spinemorph.stats", "spinemorph.volume",
 }

@@ -14,7 +14,7 @@ from DuralSacSegLib.networks import build_network
 
 from spinemorph.app.bench_networks import ARCHS_2D, Bf16Autocast
 from spinemorph.app.bench_networks import AutocastUNet as _AutocastUNet
-from spinemorph.benchutil import cpu_bf16_supported, optimize_for_inference
+from spinemorph.cpu_inference import cpu_bf16_supported, optimize_for_inference
 
 torch.set_num_threads(1)
 

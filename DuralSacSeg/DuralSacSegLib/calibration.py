@@ -82,7 +82,7 @@ def predict_planes(net, images: np.ndarray, device="cpu", batch_size: int = 4) -
         for s in range(0, len(images), 64):
             out[s : s + 64] = predict_probabilities(net, images[s : s + 64], device=dev, batch_size=batch_size)
         return out
-    from spinemorph.benchutil import optimize_for_inference
+    from spinemorph.cpu_inference import optimize_for_inference
 
     fast, _ = optimize_for_inference(net.eval())
     with torch.inference_mode():

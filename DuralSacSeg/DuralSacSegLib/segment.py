@@ -324,7 +324,7 @@ def make_model_predictor(model: str | os.PathLike | None = DEFAULT_MODEL, device
     net.eval()
     on_cpu = dev.type == "cpu"
     if on_cpu:  # BatchNorm folded into the convolutions + channels-last: same fp32 result, faster (docs/performance.md)
-        from spinemorph.benchutil import optimize_for_inference
+        from spinemorph.cpu_inference import optimize_for_inference
 
         net, _ = optimize_for_inference(net)
 

@@ -42,7 +42,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -54,6 +53,7 @@ from urllib.parse import urlsplit
 
 from spinemorph.app.batch_summary import ROW_JSON, SUMMARY_CSV, SUMMARY_PARQUET, case_row, read_row, write_summary_table
 from spinemorph.atomic import atomic_write_text, prepare_output_dir
+from spinemorph.benchutil import peak_rss_mb
 from spinemorph.commandline import EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL  # exit codes of the batch
 from spinemorph.errors import InputError, OutputError, SpineMorphError
 from spinemorph.volume import IMAGE_SUFFIXES
@@ -368,20 +368,6 @@ def _run_one(case: BatchCase, fn, out: Path, final: Path, overwrite: bool, keep_
         if staging.exists():
             _remove(staging)
     return CaseResult(case, OK, str(summary.get("note", "")), output=final, summary={**summary, "row": row})
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, MB."""
-    try:
-        import resource
-
-        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return kb / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
-    except ImportError:  # Windows
-        import psutil
-
-        info = psutil.Process().memory_info()
-        return getattr(info, "peak_wset", info.rss) / 2**20
 
 
 #: one case at a time per process: the case functions capture the process-wide stdout/stderr and share cached models

@@ -68,13 +68,12 @@ from spinemorph.app.bench_networks import (
 from spinemorph.app.bench_report import evaluate_targets, to_markdown
 from spinemorph.atomic import atomic_write_text, prepare_output_dir
 from spinemorph.benchutil import (
-    cpu_bf16_supported,
     machine_info,
-    optimize_for_inference,
     peak_rss_mb,
     run_child,
     time_interleaved,
 )
+from spinemorph.cpu_inference import cpu_bf16_supported, optimize_for_inference
 from spinemorph.errors import InputError
 
 log = logging.getLogger(__name__)

@@ -18,14 +18,13 @@ import numpy as np
 
 from spinemorph.benchutil import (
     count_flops,
-    cpu_bf16_supported,
     matmul_fn,
     matmul_peak_gflops,
-    optimize_for_inference,
     run_child,
     time_interleaved,
     time_median_s,
 )
+from spinemorph.cpu_inference import cpu_bf16_supported, optimize_for_inference
 from spinemorph.errors import ModelError
 
 log = logging.getLogger(__name__)
