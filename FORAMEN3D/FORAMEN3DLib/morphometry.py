@@ -110,6 +110,9 @@ SEARCH_STEP_MM = 0.5
 #: the searched slabs span the pedicle columns of L4 and L5 and this much medial of them (the entrance zone of the
 #: foramen, where a reader places the lateral view; design choice)
 ENTRANCE_ZONE_MM = 2.0
+#: the searched slabs reach at most this far lateral of the L4 pedicle column (design choice: the L4 pedicle is the
+#: foramen's roof; on the SPIDER masks every closed slab lies inside this bound)
+LATERAL_MARGIN_MM = 2.0
 #: half size of the lateral-view window around the seed used by the search (mm)
 VIEW_WINDOW_MM = 30.0
 #: longest straight facet closure from the SAP tip to the L4 articular process (design choice; the manual reference
@@ -958,8 +961,11 @@ def _search_offsets(lm: Landmarks, side: str, seed, half_width_mm: float, projec
     out = []
     # at the level of the pedicles: the L4 / L5 pedicle columns, widened medially by the entrance zone
     rel = [sgn * (x - lm.midline_x_mm) for v in ("L4", "L5") for x in lm.pedicles[(v, side)].x_range_mm]
+    rel4 = [sgn * (x - lm.midline_x_mm) for x in lm.pedicles[("L4", side)].x_range_mm]
     lo = max(SEARCH_OFFSETS_MM[0], min(rel) - ENTRANCE_ZONE_MM)
-    hi = min(SEARCH_OFFSETS_MM[1], max(rel))
+    # laterally no further than just past the L4 pedicle column: the roof of the foramen is the L4 pedicle (the L5
+    # column at its waist often takes in the transverse-process root and reaches 10 mm further out)
+    hi = min(SEARCH_OFFSETS_MM[1], max(rel), max(rel4) + LATERAL_MARGIN_MM)
     if hi < lo:
         lo, hi = SEARCH_OFFSETS_MM
     offs = np.arange(np.floor(lo / SEARCH_STEP_MM) * SEARCH_STEP_MM, hi + 1e-9, SEARCH_STEP_MM)
