@@ -61,6 +61,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import numpy as np
 from skimage.measure import regionprops
@@ -287,6 +288,12 @@ class DscaTable:
     centreline: dict = dataclasses.field(default_factory=dict)
     qc: dict = dataclasses.field(default_factory=dict)
 
+    #: words of :meth:`qc_summary_lines` (a table of other rows, e.g. perpendicular planes, sets its own)
+    QC_WORDS: ClassVar[dict[str, str]] = {
+        "row": "slice", "rows": "slices", "content": "mask", "implausible": "mask implausible as a dural sac"}
+    #: plain-language text of each QC flag in :meth:`qc_summary_lines`
+    QC_FLAG_TEXT: ClassVar[dict[str, str]] = FLAG_TEXT
+
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
         return len(self.rows)
@@ -328,17 +335,18 @@ class DscaTable:
 
     def qc_summary_lines(self) -> list[str]:
         """Plain-language QC lines for the console and reports (empty when no mask was flagged)."""
+        w, text = self.QC_WORDS, self.QC_FLAG_TEXT
         lines = []
         bad = self.not_graded_rows()
         if bad:
-            lines.append(f"{len(bad)} of {len(self.nonempty_rows())} slices with a mask were NOT graded for stenosis "
-                         "(mask implausible as a dural sac; check them): "
-                         + ", ".join(f"slice {r.slice_index} ({r.area_mm2:.1f} mm²: "
-                                     f"{'; '.join(FLAG_TEXT.get(f, f) for f in r.blocking_flags)})" for r in bad[:6])
+            lines.append(f"{len(bad)} of {len(self.nonempty_rows())} {w['rows']} with a {w['content']} were NOT graded for "
+                         f"stenosis ({w['implausible']}; check them): "
+                         + ", ".join(f"{w['row']} {r.slice_index} ({r.area_mm2:.1f} mm²: "
+                                     f"{'; '.join(text.get(f, f) for f in r.blocking_flags)})" for r in bad[:6])
                          + (" ..." if len(bad) > 6 else ""))
         jumps = [r.slice_index for r in self.rows if FLAG_JUMP in r.qc_flags]
         if jumps:
-            lines.append(f"area jumps against the neighbouring slices at slices {', '.join(map(str, jumps[:10]))}"
+            lines.append(f"area jumps against the neighbouring {w['rows']} at {w['rows']} {', '.join(map(str, jumps[:10]))}"
                          f"{' ...' if len(jumps) > 10 else ''} (graded, but check the outline)")
         return lines
 
