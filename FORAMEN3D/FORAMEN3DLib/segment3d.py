@@ -189,9 +189,12 @@ def predict_probabilities(
 
 def segment_preprocessed(
     prep: Preprocessed, model="default", device="auto", progress: ProgressCallback | None = None,
-    should_cancel: Callable[[], bool] | None = None,
-) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Post-processed labels on the padded grid and on the input grid, plus timings (no preprocessing)."""
+    should_cancel: Callable[[], bool] | None = None, inverse: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Post-processed labels on the padded grid and on the input grid, plus timings (no preprocessing).
+
+    ``inverse=False`` skips the mapping back to the input grid (``None`` instead; the fine pipeline's locator needs
+    the padded labels only)."""
     t = {}
     t0 = time.perf_counter()
     loaded = get_model(model, device)
@@ -206,6 +209,8 @@ def segment_preprocessed(
     t0 = time.perf_counter()
     labels = postprocess_labels(raw)
     t["postprocess"] = time.perf_counter() - t0
+    if not inverse:
+        return labels, None, t
     _report(progress, 0.9, "mapping back to the input grid")
     _check_cancel(should_cancel)
     t0 = time.perf_counter()
@@ -258,12 +263,13 @@ SAC_END_GAP_MM = 30.0
 
 
 def fine_network_labels(loaded: models3d.LoadedModel, x: np.ndarray, roi=None, overlap: float = 0.25,
-                        backend: str = "torch") -> np.ndarray:
+                        backend: str = "torch", precision: str = "fp32") -> np.ndarray:
     """Argmax labels (uint8, ``x.shape``) of a fine crop: MONAI sliding-window inference (Gaussian blending of the
     logits; argmax of blended logits = argmax of the softmax that :func:`train_fine.predict_crop` returns).
 
     ``backend="onnx"``: ONNX Runtime runs each window (the network is exported once per process and ROI; the export
-    itself takes 10-15 s, see ``scripts/bench_fine3d.py``)."""
+    itself takes 10-15 s, see ``scripts/bench_fine3d.py``). ``precision="bf16"``: torch bfloat16 autocast (CPU) /
+    float16 (CUDA)."""
     import torch
     from monai.inferers import sliding_window_inference
 
@@ -283,9 +289,13 @@ def fine_network_labels(loaded: models3d.LoadedModel, x: np.ndarray, roi=None, o
             return torch.from_numpy(sess(t.cpu().numpy()))
     else:
         raise ValueError(f"backend must be torch or onnx, got {backend!r}")
-    with torch.inference_mode():
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+    dev = xt.device.type
+    amp = torch.bfloat16 if dev == "cpu" else torch.float16
+    with torch.inference_mode(), torch.autocast(dev, dtype=amp, enabled=precision == "bf16" and backend == "torch"):
         logits = sliding_window_inference(xt, roi, 1, predictor, overlap=overlap, mode="gaussian")
-        return logits[0].argmax(0).to(torch.uint8).cpu().numpy()
+        return logits[0].float().argmax(0).to(torch.uint8).cpu().numpy()
 
 
 _ONNX: dict = {}
@@ -323,6 +333,7 @@ def segment_fine(
     image: Volume, prep: Preprocessed, loaded: models3d.LoadedModel, device="auto",
     progress: ProgressCallback | None = None, should_cancel: Callable[[], bool] | None = None,
     locator=None, overlap: float = 0.25, backend: str = "torch", level_check: bool = True, roi=None,
+    precision: str = "fp32",
 ) -> tuple[np.ndarray, Volume, dict, tuple]:
     """Coarse-to-fine segmentation (see the module docstring): labels on the input grid, fine-crop labels, timings,
     QC notes.
@@ -342,7 +353,7 @@ def segment_fine(
     qc: list[str] = []
     t0 = time.perf_counter()
     loc_name = locator or loaded.meta.get("locator") or DEFAULT_LOCATOR
-    coarse_padded, _, tc = segment_preprocessed(prep, loc_name, device, None, should_cancel)
+    coarse_padded, _, tc = segment_preprocessed(prep, loc_name, device, None, should_cancel, inverse=False)
     centre = locate_l45(prep, coarse_padded)
     t["locate"] = time.perf_counter() - t0
     _report(progress, 0.3, "fine segmentation")
@@ -364,7 +375,7 @@ def segment_fine(
         t["fine_preprocess"] = t.get("fine_preprocess", 0.0) + time.perf_counter() - t0
         _check_cancel(should_cancel)
         t0 = time.perf_counter()
-        raw = fine_network_labels(loaded, x, roi, overlap, backend)
+        raw = fine_network_labels(loaded, x, roi, overlap, backend, precision)
         raw[~fov] = 0
         t["inference"] = t.get("inference", 0.0) + time.perf_counter() - t0
         _check_cancel(should_cancel)
@@ -415,7 +426,7 @@ def segment_volume(
         ``SpineMorphError("cancelled")``.
     fine_options : dict, optional
         Fine models only: keyword arguments of :func:`segment_fine` (``overlap``, ``roi``, ``backend``,
-        ``level_check``, ``locator``).
+        ``precision``, ``level_check``, ``locator``).
 
     Returns
     -------

@@ -1,0 +1,147 @@
+#!/usr/bin/env python
+"""Where the time of the fine (coarse-to-fine) FORAMEN3D segmentation goes, and what cheap changes buy (issue 15).
+
+    scripts/bench_fine3d.py --out runs/bench_fine3d.json                 # held-out slab 166, 2 threads, 3 repeats
+    scripts/bench_fine3d.py --patient 98 --threads 1 --repeats 1 --variants default,onnx
+
+One image (a held-out real T2 SPACE slab, or ``--phantom``: the phantom imaged by the T2 SPACE simulation) goes through
+:func:`FORAMEN3DLib.segment3d.segment_volume` with the fine model (``--model``, default ``foramen3d-fine-cpu``) and,
+for comparison, the coarse default (``foramen3d-budget-cpu``). Stages (seconds, median over ``--repeats``; the first,
+warm-up call is not counted): ``preprocess`` (re-orientation, the coarse window), ``locate`` (the coarse locator:
+network + argmax + post-processing), ``fine_preprocess`` (resampling the fine crop), ``inference`` (sliding-window
+network on the 144×144×160 crop), ``postprocess`` (largest component / hole filling per class), ``inverse`` (pasting
+back), ``total``. Each variant's labels are compared with the default's (Dice per class, voxels that differ).
+
+Variants (``--variants``, comma list):
+
+* ``default``: the shipped settings (ROI 96³, overlap 0.25, Gaussian blending, torch);
+* ``overlap0``: overlap 0 (still 8 windows on a 144×144×160 crop: the number of windows does not change);
+* ``whole``: one window over the whole crop (padded to 160³; instance-norm statistics of the whole crop);
+* ``onnx``: ONNX Runtime for the windows (one export per process, its time is reported separately);
+* ``bf16``: torch bfloat16 autocast for the windows;
+* ``nolevelcheck``: without the level check (what the check costs when it does not trigger).
+
+Writes a JSON (``--out``) and prints a table. The numbers depend on the machine's load: run variants in one call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+VARIANTS = {
+    "default": {},
+    "overlap0": {"overlap": 0.0},
+    "whole": {"roi": (160, 160, 160)},
+    "onnx": {"backend": "onnx"},
+    "bf16": {"precision": "bf16"},
+    "nolevelcheck": {"level_check": False},
+}
+STAGES = ("preprocess", "locate", "fine_preprocess", "inference", "postprocess", "inverse", "total")
+
+
+def _image(patient: str | None):
+    if patient is None:
+        from spinemorph import acquisition, phantom
+
+        ph = phantom.make_phantom(seed=0, vary=False)
+        img = acquisition.acquire_space_t2(ph, seed=0).image
+        return "phantom (T2 SPACE simulation, seed 0)", img.with_array(np.asarray(img.array, np.float32))
+    from spinemorph import spider
+
+    image, _ = spider.load_slab(patient)
+    return f"held-out real T2 SPACE slab {patient}", image.with_array(image.array.astype(np.float32))
+
+
+def _dice(a, b) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 2.0 * float((a & b).sum()) / s if s else float("nan")
+
+
+def run(args) -> dict:
+    import torch
+    from FORAMEN3DLib import segment3d
+
+    torch.set_num_threads(args.threads)
+    what, image = _image(None if args.phantom else args.patient)
+    fine = segment3d.get_model(args.model, "cpu")
+    coarse = segment3d.get_model("foramen3d-budget-cpu", "cpu")
+    out = {"image": what, "shape": list(image.shape), "spacing_mm": list(image.spacing_mm), "model": args.model,
+           "threads": args.threads, "repeats": args.repeats, "machine": platform.processor() or platform.machine(),
+           "load_start": list(_load()), "variants": {}}
+    ref_labels = None
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for name in ["coarse", *names]:
+        if name != "coarse" and name not in VARIANTS:
+            raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+        opts = dict(VARIANTS.get(name, {}))
+        extra = {}
+        t0 = time.perf_counter()
+        model = coarse if name == "coarse" else fine
+        first = segment3d.segment_volume(image, model, "cpu", fine_options=opts or None)  # warm-up (ONNX export)
+        extra["first_call_s"] = time.perf_counter() - t0
+        runs = [first] if args.repeats == 0 else []
+        for _ in range(args.repeats):
+            runs.append(segment3d.segment_volume(image, model, "cpu", fine_options=opts or None))
+        med = {s: statistics.median(r.timings_s.get(s, 0.0) for r in runs) for s in STAGES}
+        lab = np.asarray(runs[-1].labels.array)
+        rec = {"timings_s": med, **extra, "qc": list(runs[-1].qc), "options": {k: list(v) if isinstance(v, tuple)
+                                                                                else v for k, v in opts.items()}}
+        if name == "default":
+            ref_labels = lab
+        if ref_labels is not None and name != "coarse":
+            rec["vs_default"] = {"differing_voxels": int((lab != ref_labels).sum()),
+                                 **{c: _dice(lab == k, ref_labels == k) for k, c in
+                                    ((1, "L4"), (2, "L4-5 disc"), (3, "L5"), (4, "canal"))}}
+        out["variants"][name] = rec
+        line = " ".join(f"{s} {med[s]:.2f}" for s in STAGES)
+        print(f"{name:>13}: {line}" + (f" | vs default: {rec['vs_default']}" if "vs_default" in rec else ""), flush=True)
+    out["load_end"] = list(_load())
+    return out
+
+
+def _load():
+    try:
+        import os
+
+        return os.getloadavg()
+    except OSError:
+        return (float("nan"),) * 3
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="foramen3d-fine-cpu")
+    ap.add_argument("--patient", default="166", help="held-out slab patient (default 166)")
+    ap.add_argument("--phantom", action="store_true", help="use the T2 SPACE phantom instead of a real slab")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--variants", default="default,overlap0,whole,onnx,nolevelcheck")
+    ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = ap.parse_args(argv)
+    from spinemorph.errors import SpineMorphError
+
+    try:
+        res = run(args)
+    except SpineMorphError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    res["command"] = " ".join(["scripts/bench_fine3d.py", *(argv if argv is not None else sys.argv[1:])])
+    if args.out:
+        from spinemorph.atomic import atomic_write_text
+
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, json.dumps(res, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
