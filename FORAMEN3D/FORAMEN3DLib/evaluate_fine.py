@@ -1,7 +1,7 @@
 """Evaluation of a fine (5-class) FORAMEN3D model on patients never trained on.
 
 ``python -m FORAMEN3DLib.evaluate_fine --model FILE|NAME --out DIR [--slabs [--pred-dir D]] [--synth N
-[--synth-mode network|pipeline]]``
+[--synth-mode network|pipeline]] [--locator-study] [--sac-end-study P1,P2,...]``
 
 Any FORAMEN3D model can be evaluated (the coarse default too: canal Dice is then undefined), so that models are
 compared on the same voxels.
@@ -18,6 +18,9 @@ compared on the same voxels.
   disc; ``network`` mode (default for fine models): the fine network alone (no locator); ``pipeline`` mode: the crop
   as an image through ``segment_volume`` (any model). With the **posterior-arch Dice**: L4 ∪ L5 voxels posterior of
   the anterior canal wall of their row (pedicles, articular processes, laminae, transverse and spinous processes).
+
+* ``--locator-study`` (:func:`locator_study`) and ``--sac-end-study`` (:func:`sac_end_study`): the level errors of the
+  coarse locator and the data behind the fine pipeline's level check.
 
 Writes ``DIR/metrics.json`` (per case and mean) and prints a summary table.
 """
@@ -206,6 +209,65 @@ def evaluate_slabs(model, device="cpu", pred_dir: Path | None = None) -> list[di
     return rows
 
 
+def locator_study(patients=None) -> list[dict]:
+    """Level errors of the coarse L4-5 locator on real slabs (``--locator-study``).
+
+    For every slab patient whose levels can be derived (:func:`fine_data.slab_labels`; training, validation and
+    held-out patients, labelled by ``split``: the coarse locator never saw a real image), the superior-inferior offset
+    (mm, + = inferior) of the located L4-5 disc centre from the reference one. One level is 30-40 mm."""
+    from spinemorph import spider
+
+    from .preprocess import preprocess_volume
+    from .segment3d import DEFAULT_LOCATOR, locate_l45, segment_preprocessed
+
+    rows = []
+    for p in patients or spider.list_slab_patients():
+        image, mask = spider.load_slab(p)
+        lab = fd.slab_labels(p, image, mask)
+        if lab.disc_center_lps is None:
+            continue
+        prep = preprocess_volume(image.with_array(image.array.astype(np.float32)))
+        padded, _, _ = segment_preprocessed(prep, DEFAULT_LOCATOR, "cpu", inverse=False)
+        d = prep.crop.direction
+        off = float((d.T @ (locate_l45(prep, padded) - np.asarray(lab.disc_center_lps)))[1])
+        split = "held-out" if p in spider.HELD_OUT_SLAB_PATIENTS else "training/validation"
+        rows.append({"case": p, "split": split, "identity": lab.identity, "disc_offset_mm": off})
+        print(json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in rows[-1].items()}), flush=True)
+    return rows
+
+
+def sac_end_study(loaded, patients) -> list[dict]:
+    """Where the fine model's dural sac ends in a crop on the reference L4-5 disc and in a crop on the lowest disc
+    (L5-S1: one level low), as :func:`FORAMEN3DLib.segment3d.sac_end_gap_mm` (``--sac-end-study``; training
+    patients: the level check's threshold is chosen on them)."""
+    from spinemorph import spider
+    from spinemorph.volume import resample_to_grid
+
+    from .segment3d import fine_network_labels, postprocess_labels, sac_end_gap_mm
+
+    rows = []
+    for p in patients:
+        image, mask = spider.load_slab(p)
+        image = image.with_array(image.array.astype(np.float32))
+        lab = fd.slab_labels(p, image, mask)
+        if lab.disc_center_lps is None:
+            continue
+        dlab, dids, _ = fd._components_by_height(np.asarray(mask.array) == spider.SLAB_DISC,
+                                                 int(200 / np.prod(mask.spacing_mm)))
+        row = {"case": p, "split": "held-out" if p in spider.HELD_OUT_SLAB_PATIENTS else "training/validation"}
+        for name, centre in (("reference", lab.disc_center_lps), ("one level low", fd.label_center_lps(mask, dlab == dids[0]))):
+            grid = fd.fine_crop_grid(centre)
+            img = resample_to_grid(image, grid.spacing_mm, grid.size_ijk, grid.origin_mm, grid.direction, "linear").array
+            fov = resample_to_grid(image.with_array(np.ones(image.shape, np.uint8)), grid.spacing_mm, grid.size_ijk,
+                                   grid.origin_mm, grid.direction, "nearest").array.astype(bool)
+            raw = fine_network_labels(loaded, fd.normalise(img, fov))
+            raw[~fov] = 0
+            row[f"gap_{name}_mm"] = sac_end_gap_mm(postprocess_labels(raw, structures=(1, 2, 3, 4)), fov)
+        rows.append(row)
+        print(json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    return rows
+
+
 def _nanmean(values) -> float:
     v = np.asarray(values, float)
     return float(np.nanmean(v)) if np.isfinite(v).any() else math.nan
@@ -238,6 +300,10 @@ def main(argv=None) -> int:
     ap.add_argument("--pred-dir", type=Path, default=None,
                     help="with --slabs: write each slab prediction as <patient>.nrrd (for scripts/dsca3d_slabs.py)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--locator-study", action="store_true",
+                    help="level errors of the coarse locator on every slab patient with derived levels")
+    ap.add_argument("--sac-end-study", default=None, metavar="P1,P2",
+                    help="where the fine model's dural sac ends in crops on the reference and on the L5-S1 disc")
     a = ap.parse_args(argv)
     import torch
 
@@ -252,6 +318,11 @@ def main(argv=None) -> int:
             rows += evaluate_synth(loaded, a.synth, mode=mode)
         if a.slabs:
             rows += evaluate_slabs(loaded, pred_dir=a.pred_dir)
+        studies = {}
+        if a.locator_study:
+            studies["locator"] = locator_study()
+        if a.sac_end_study:
+            studies["sac_end"] = sac_end_study(loaded, [p.strip() for p in a.sac_end_study.split(",") if p.strip()])
     except SpineMorphError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -259,7 +330,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows) if rows else {}
     atomic_write_text(out / "metrics.json", json.dumps({"model": str(a.model), "meta": loaded.meta, "summary": summary,
-                                                        "rows": rows}, indent=2, default=str))
+                                                        "rows": rows, "studies": studies}, indent=2, default=str))
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -255,10 +255,10 @@ def locate_l45(prep: Preprocessed, labels_padded: np.ndarray) -> np.ndarray:
 
 #: Level check of the fine pipeline (a QC note, never a correction). The dural sac (thecal sac) usually ends at
 #: S1-S2, at or below the lower face of a fine crop placed on the right L4-5 disc (53.6 mm below it). Measured with the
-#: fine model on the real slabs of 10 training patients (docs/performance.md, "level check"): crop on the reference
-#: L4-5 disc: the predicted sac ends 0-23 mm above that face in 9, 41 mm in one (162); crop one level low (on L5-S1,
-#: the locator's error on held-out patient 136): 33-65 mm in all 8 that were run. A sac that ends more than this far
-#: (mm) above the face (inside the image) gets the QC note; moving the crop automatically would have mislabelled 162.
+#: fine model on the real slabs of 9 training patients (docs/performance.md, "level check"): crop on the reference
+#: L4-5 disc: the predicted sac ends 0-23 mm above that face in 8, 41 mm in one (162); crop one level low (on L5-S1,
+#: the locator's error on held-out patient 136): 33-68 mm in all 9. A sac that ends more than this far (mm) above
+#: the face (inside the image) gets the QC note; moving the crop automatically would have mislabelled 162.
 SAC_END_GAP_MM = 30.0
 
 
