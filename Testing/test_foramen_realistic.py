@@ -154,7 +154,7 @@ def test_sap_face_is_the_contour_behind_the_notch_including_its_lower_part():
     15° from (-6, 1.6) to the notch at (0, 0); behind it the SAP face rising at 30° to (5, 2.89), then at 70° up to
     the tip; L4 corner at (-1, 7). Exact nearest face point: the corner's foot on the 30° part (width 6.56 mm); a
     45° cut would drop that part and give 7.05 mm on the steep part."""
-    from FORAMEN3DLib.morphometry import _nearest_on_runs, _sap_face
+    from FORAMEN3DLib.morphometry_outline import _nearest_on_runs, _sap_face
 
     from spinemorph.labels import L5
 

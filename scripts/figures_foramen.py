@@ -30,7 +30,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from FORAMEN3DLib.landmarks import find_landmarks  # noqa: E402
-from FORAMEN3DLib.morphometry import DISC_L45, FACET_BRIDGE, L4, L5, measure_foramen, occupancy  # noqa: E402
+from FORAMEN3DLib.morphometry import DISC_L45, L4, L5, measure_foramen  # noqa: E402
+from FORAMEN3DLib.morphometry_hole import FACET_BRIDGE, occupancy  # noqa: E402
 from FORAMEN3DLib.report3d import _rgb  # noqa: E402
 
 from spinemorph import phantom as phantom_mod  # noqa: E402
@@ -147,6 +148,8 @@ def figure_rules(cases, out: Path) -> None:
     import json
 
     from FORAMEN3DLib import morphometry as M
+    from FORAMEN3DLib import morphometry_hole as MH
+    from FORAMEN3DLib import morphometry_outline as MO
 
     root = spider.spider_root()
     manual = json.loads((root / "foramen_manual.json").read_text()) if (root / "foramen_manual.json").is_file() else {}
@@ -161,7 +164,7 @@ def figure_rules(cases, out: Path) -> None:
         offs, opens, ok = [], [], []
         for off, view, found in M._search_offsets(lm, side, seed, r.view.half_width_mm):
             try:
-                mv = M._measure_view(view, found, side)
+                mv = MO._measure_view(view, found, side)
             except Exception:  # noqa: BLE001 - a slab that cannot be measured is simply not plotted
                 continue
             offs.append(off)
@@ -182,7 +185,7 @@ def figure_rules(cases, out: Path) -> None:
         a.imshow(_rgb(v.fractions), origin="lower", extent=[v.y_mm[0], v.y_mm[-1], v.z_mm[0], v.z_mm[-1]])
         o = np.vstack([r.outline_yz, r.outline_yz[:1]])
         a.plot(o[:, 0], o[:, 1], color="tab:cyan", lw=1.2, label=f"outline, area {r.area.value:.0f} mm²")
-        sap = M._sap_face(r.outline_yz, M._vertex_labels(v, r.outline_yz, np.zeros(v.fractions[L4].shape, bool),
+        sap = MO._sap_face(r.outline_yz, MH._vertex_labels(v, r.outline_yz, np.zeros(v.fractions[L4].shape, bool),
                                                            np.zeros(v.fractions[L4].shape, bool))[0],
                           r.vertex_labels, r.width_yz[0], r.height_yz[1])
         a.plot(r.outline_yz[sap, 0], r.outline_yz[sap, 1], ".", color="magenta", ms=4, label="SAP anterior face")
@@ -213,7 +216,7 @@ def figure_pdh(cases, out: Path) -> None:
     (the previous rule, in the disc space off a rounded corner) and the manual reader's corners (projected)."""
     import json
 
-    from FORAMEN3DLib import morphometry as M
+    from FORAMEN3DLib import morphometry_outline as M
 
     root = spider.spider_root()
     manual = json.loads((root / "foramen_manual.json").read_text()) if (root / "foramen_manual.json").is_file() else {}

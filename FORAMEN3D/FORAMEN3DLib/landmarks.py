@@ -5,7 +5,8 @@ its posterior elements, as in the SPIDER masks), in any orientation and spacing.
 
 Method (see ``docs/foramen_method.md`` for figures):
 
-1. **Canal-aligned frame** (:func:`build_frame`): ``z'`` = normal of the L4-5 disc (smallest principal axis of the
+1. **Canal-aligned frame** (:func:`build_frame`; the ``"posterior-elements"`` rule of the one segment-frame
+   estimator, :mod:`FORAMEN3DLib.landmarks_frame`): ``z'`` = normal of the L4-5 disc (smallest principal axis of the
    disc's voxel cloud), oriented towards L4, averaged with the L5→L4 vertebral-body centroid axis; ``y'``
    (anterior → posterior) = direction from the disc centroid to the centroid of the posterior elements (vertebra
    voxels outside the extruded disc footprint), made perpendicular to ``z'``; ``x' = y' × z'`` (patient left for
@@ -40,47 +41,15 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 from skimage.morphology import disk
 
+from FORAMEN3DLib.landmarks_frame import SegmentFrame, _label_points, posterior_elements_frame, segment_frame
 from spinemorph.errors import InputError
 from spinemorph.labels import DISC_L45, L4, L5
 from spinemorph.volume import Volume
 
 SIDES = ("left", "right")
-
-#: minimum plausible structure volumes (mm³) below which the label map is rejected
-MIN_VERTEBRA_MM3 = 2000.0
-MIN_DISC_MM3 = 300.0
-#: at most this many voxel positions per structure are used for centroids and principal axes
-MAX_POINTS = 40000
-
-
-@dataclasses.dataclass(frozen=True)
-class SpineFrame:
-    """Canal-aligned frame at L4-5.
-
-    Attributes
-    ----------
-    origin_lps : numpy.ndarray
-        LPS position (mm) of the frame origin (the L4-5 disc centroid).
-    axes_lps : numpy.ndarray
-        3×3 matrix whose columns are the unit LPS directions of ``x'`` (left-right, towards patient left),
-        ``y'`` (anterior → posterior) and ``z'`` (inferior → superior, along the canal).
-    """
-
-    origin_lps: np.ndarray
-    axes_lps: np.ndarray
-
-    def to_frame(self, points_lps) -> np.ndarray:
-        """LPS points ``(..., 3)`` → frame coordinates ``(x', y', z')`` in mm."""
-        return (np.asarray(points_lps, dtype=float) - self.origin_lps) @ self.axes_lps
-
-    def to_lps(self, points_frame) -> np.ndarray:
-        """Frame coordinates ``(..., 3)`` → LPS points in mm."""
-        return np.asarray(points_frame, dtype=float) @ self.axes_lps.T + self.origin_lps
-
-    @property
-    def lateral_axis_lps(self) -> np.ndarray:
-        """Unit LPS direction of ``x'`` (the viewing direction of the lateral view)."""
-        return self.axes_lps[:, 0].copy()
+#: the canal-aligned frame of the morphometry: the one segment frame (:mod:`FORAMEN3DLib.landmarks_frame`), built
+#: with the ``"posterior-elements"`` axis rule (its former name)
+SpineFrame = SegmentFrame
 
 
 @dataclasses.dataclass
@@ -208,133 +177,18 @@ class Landmarks:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index bounds ``lo`` (inclusive) and ``hi`` (exclusive) per array axis of the True voxels of ``mask``."""
-    lo, hi = [], []
-    for ax in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != ax)
-        nz = np.flatnonzero(mask.any(axis=other))
-        lo.append(int(nz[0]))
-        hi.append(int(nz[-1]) + 1)
-    return np.array(lo), np.array(hi)
-
-
-def _label_points(labels: Volume) -> tuple[dict, Volume, dict]:
-    """LPS points of every voxel of labels 1-3 (array cropped to their bounding box first)."""
-    arr = np.asarray(labels.array)
-    if arr.ndim != 3:
-        raise InputError(f"label map must be 3D, got {arr.ndim}D")
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.all(np.isfinite(arr)) or not np.allclose(arr, np.round(arr)):
-            raise InputError("label map holds non-integer values; give a label map with 1 = L4, 2 = L4-5 disc, 3 = L5")
-        arr = np.round(arr).astype(np.int32)
-    fg = (arr >= 1) & (arr <= 3)
-    if not fg.any():
-        raise InputError("label map holds none of the labels 1 (L4), 2 (L4-5 disc), 3 (L5)")
-    lo, hi = bounding_box(fg)
-    crop = arr[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-    cvol = Volume(crop, labels.spacing_mm, labels.index_to_lps(lo[::-1]), labels.direction)
-    pts, counts = {}, {}
-    vv = labels.voxel_volume_mm3
-    names = {L4: "L4", DISC_L45: "L4-5 disc", L5: "L5"}
-    st = 2 if crop.size > 4_000_000 else 1  # every 2nd voxel along each axis is plenty for centroids and axes
-    sub = crop[::st, ::st, ::st]
-    for lab in (L4, DISC_L45, L5):
-        n_lab = int(np.count_nonzero(crop == lab))
-        vol_mm3 = n_lab * vv
-        need = MIN_DISC_MM3 if lab == DISC_L45 else MIN_VERTEBRA_MM3
-        if vol_mm3 < need:
-            raise InputError(
-                f"label {lab} ({names[lab]}) covers only {vol_mm3:.0f} mm³ (< {need:.0f} mm³); "
-                "the label map must hold L4 = 1, L4-5 disc = 2 and L5 = 3"
-            )
-        idx = np.argwhere(sub == lab) * st
-        step = max(1, len(idx) // MAX_POINTS)
-        pts[lab] = cvol.index_to_lps(idx[::step, ::-1].astype(float))
-        counts[lab] = n_lab
-    return pts, cvol, counts
-
-
-def _footprint_mask_2d(uv: np.ndarray, step: float, half: float) -> tuple[np.ndarray, float]:
-    n = int(np.ceil(2 * half / step)) + 1
-    g = np.zeros((n, n), bool)
-    ij = np.clip(np.round((uv + half) / step).astype(int), 0, n - 1)
-    g[ij[:, 1], ij[:, 0]] = True
-    g = ndi.binary_fill_holes(ndi.binary_closing(g, iterations=2))
-    return g, n
-
-
-def _plane_basis(n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    ref = np.eye(3)[int(np.argmin(np.abs(n)))]
-    a = np.cross(n, ref)
-    a /= np.linalg.norm(a)
-    return a, np.cross(n, a)
 
 
 def build_frame(labels: Volume) -> SpineFrame:
-    """Canal-aligned frame at L4-5 from the label geometry (see module docstring, step 1).
+    """Canal-aligned frame at L4-5 from the label geometry (module docstring, step 1): the ``"posterior-elements"``
+    rule of the one segment-frame estimator, :func:`FORAMEN3DLib.landmarks_frame.segment_frame`.
 
     Raises
     ------
     InputError
         Missing / tiny labels, or L4 and L5 not on opposite sides of the disc.
     """
-    pts, _, _ = _label_points(labels)
-    return _frame_from_points(pts)
-
-
-def _frame_from_points(pts: dict) -> SpineFrame:
-    disc = pts[DISC_L45]
-    c = disc.mean(0)
-    w, vecs = np.linalg.eigh(np.cov((disc - c).T))
-    n = vecs[:, 0]
-    c4, c5 = pts[L4].mean(0), pts[L5].mean(0)
-    if n @ (c4 - c5) < 0:
-        n = -n
-    if (c4 - c) @ n <= 0 or (c5 - c) @ n >= 0:
-        raise InputError("L4 (label 1) and L5 (label 3) are not on opposite sides of the L4-5 disc (label 2); check the labels")
-    if n[2] < -0.2:
-        raise InputError(
-            "L4 (label 1) lies below L5 (label 3) in patient coordinates; the labels are swapped or the image header's "
-            "orientation is wrong"
-        )
-    # disc footprint in the disc plane (1 mm raster)
-    a, b = _plane_basis(n)
-
-    def uv(p):
-        q = p - c
-        return np.stack([q @ a, q @ b], axis=1)
-
-    half = float(np.abs(uv(disc)).max() + 8.0)
-    fp, nfp = _footprint_mask_2d(uv(disc), 1.0, half)
-    fp = ndi.binary_dilation(fp, iterations=2)
-
-    def inside(p):
-        ij = np.round((uv(p) + half) / 1.0).astype(int)
-        ok = np.all((ij >= 0) & (ij < nfp), axis=1)
-        res = np.zeros(len(p), bool)
-        res[ok] = fp[ij[ok, 1], ij[ok, 0]]
-        return res
-
-    body4 = pts[L4][inside(pts[L4])]
-    body5 = pts[L5][inside(pts[L5])]
-    if len(body4) and len(body5):
-        axis = body4.mean(0) - body5.mean(0)
-        axis /= np.linalg.norm(axis)
-        if axis @ n > 0.7:  # bodies roughly aligned with the disc normal: average both estimates
-            n = n + axis
-            n /= np.linalg.norm(n)
-    vert = np.concatenate([pts[L4], pts[L5]])
-    post = vert[~inside(vert)]
-    if len(post) < 10:
-        raise InputError("no posterior elements found behind the vertebral bodies; the vertebra labels must include pedicles and arches")
-    y = post.mean(0) - c
-    y -= (y @ n) * n
-    if np.linalg.norm(y) < 1e-6:
-        raise InputError("cannot tell anterior from posterior: the posterior elements are centred on the disc")
-    y /= np.linalg.norm(y)
-    x = np.cross(y, n)
-    return SpineFrame(origin_lps=c, axes_lps=np.stack([x, y, n], axis=1))
+    return segment_frame(labels, "posterior-elements")
 
 
 def resample_to_frame(labels: Volume, frame: SpineFrame, spacing_mm: float = 0.5, bounds_mm=None, cvol=None) -> FrameGrid:
@@ -464,7 +318,7 @@ def find_landmarks(
     pts, cvol, counts = _label_points(labels)
     if smooth_mm is None:
         smooth_mm = min(0.5 * max(labels.spacing_mm), 1.0)
-    frame = _frame_from_points(pts)
+    frame = posterior_elements_frame(pts)
     q = {lab: frame.to_frame(p) for lab, p in pts.items()}
     allq = np.concatenate(list(q.values()))
     dq = q[DISC_L45]

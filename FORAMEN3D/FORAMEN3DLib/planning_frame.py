@@ -1,88 +1,30 @@
 """Anatomical frame at L4-5 (:class:`AnatomicalFrame`, :func:`anatomical_frame`: mid-sagittal mirror plane, disc
-normal) and the medial / craniocaudal angle conventions (:func:`direction_from_angles`, :func:`trajectory_angles`).
+normal; the ``"mirror-symmetry"`` rule of :mod:`FORAMEN3DLib.landmarks_frame`) and the medial / craniocaudal angle
+conventions (:func:`direction_from_angles`, :func:`trajectory_angles`).
 Part of :mod:`FORAMEN3DLib.planning` (conventions in its docstring).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
 
+from FORAMEN3DLib.landmarks_frame import SegmentFrame, segment_frame
 from FORAMEN3DLib.planning_config import _side_sign
-from FORAMEN3DLib.planning_geometry import _centroid, _check_labels, _label_points, _lookup_nearest, _r, _unit
-from spinemorph.errors import InputError
-from spinemorph.labels import DISC_L45, L4, L5
+from FORAMEN3DLib.planning_geometry import _unit
 from spinemorph.volume import Volume
 
-
 # ====================================================================== anatomical frame
-@dataclasses.dataclass(frozen=True, eq=False)
-class AnatomicalFrame:
-    """Patient frame at L4-5 (LPS vectors): origin on the mid-sagittal plane at the disc centre.
-
-    Attributes
-    ----------
-    origin_lps : (3,) array
-    x_axis, y_axis, z_axis : (3,) arrays
-        Unit vectors: left (mid-sagittal plane normal), posterior, cranial. Right-handed (x × y = z).
-    symmetry_score : float
-        Fraction of labelled voxels whose mirror image across the mid-sagittal plane carries the same label.
-    """
-
-    origin_lps: np.ndarray
-    x_axis: np.ndarray
-    y_axis: np.ndarray
-    z_axis: np.ndarray
-    symmetry_score: float = float("nan")
-
-    @property
-    def rotation(self) -> np.ndarray:
-        """3×3 matrix whose rows are the frame axes (LPS → frame components)."""
-        return np.stack([self.x_axis, self.y_axis, self.z_axis])
-
-    def to_frame(self, points_lps) -> np.ndarray:
-        """LPS points ``(..., 3)`` → frame coordinates (mm)."""
-        return (np.asarray(points_lps, dtype=float) - self.origin_lps) @ self.rotation.T
-
-    def to_lps(self, points_frame) -> np.ndarray:
-        """Frame coordinates ``(..., 3)`` → LPS points (mm)."""
-        return np.asarray(points_frame, dtype=float) @ self.rotation + self.origin_lps
-
-    def midline_distance_mm(self, points_lps) -> np.ndarray:
-        """Unsigned distance (mm) of LPS points from the mid-sagittal plane."""
-        return np.abs(self.to_frame(points_lps)[..., 0])
-
-    def as_dict(self) -> dict:
-        return {
-            "origin_lps": _r(self.origin_lps),
-            "x_axis_left": _r(self.x_axis, 6),
-            "y_axis_posterior": _r(self.y_axis, 6),
-            "z_axis_cranial": _r(self.z_axis, 6),
-            "symmetry_score": round(float(self.symmetry_score), 4),
-        }
-
-
-def _disc_normal(labels: Volume, l5_to_l4, max_points: int) -> np.ndarray:
-    """Cranial axis: the normal of the L4-5 disc (its least-variance principal axis), oriented towards L4.
-
-    Falls back to the L5 → L4 centroid direction when the disc is not clearly flat (smallest / middle principal
-    variance > 0.5) or its normal deviates more than 30° from that direction.
-    """
-    fallback = _unit(l5_to_l4)
-    pts = _label_points(labels, [DISC_L45], max_points)  # max_points None: every disc voxel
-    if len(pts) < 20:
-        return fallback
-    w, v = np.linalg.eigh(np.cov((pts - pts.mean(axis=0)).T))
-    n = v[:, 0] if v[:, 0] @ fallback >= 0 else -v[:, 0]
-    if w[0] > 0.5 * w[1] or n @ fallback < math.cos(math.radians(30.0)):
-        return fallback
-    return n
+#: the planner's frame: the one segment frame of FORAMEN3D (:mod:`FORAMEN3DLib.landmarks_frame`), built with the
+#: ``"mirror-symmetry"`` axis rule (its former name; ``AnatomicalFrame(origin, x, y, z, symmetry_score)`` still works)
+AnatomicalFrame = SegmentFrame
 
 
 def anatomical_frame(labels: Volume, midline: str = "symmetry", max_points: int = 12000) -> AnatomicalFrame:
-    """Anatomical frame at L4-5 from a label map (1 L4, 2 disc, 3 L5).
+    """Anatomical frame at L4-5 from a label map (1 L4, 2 disc, 3 L5): the ``"mirror-symmetry"`` rule of the one
+    segment-frame estimator (:func:`FORAMEN3DLib.landmarks_frame.segment_frame`); the frame records the rule and
+    any fallback in ``axis_rule``.
 
     Parameters
     ----------
@@ -98,45 +40,7 @@ def anatomical_frame(labels: Volume, midline: str = "symmetry", max_points: int 
     -------
     AnatomicalFrame
     """
-    _check_labels(labels)
-    c4 = _centroid(labels, [L4])
-    c5 = _centroid(labels, [L5])
-    cd = _centroid(labels, [DISC_L45])
-    centre = _centroid(labels, [L4, DISC_L45, L5])
-    pts = _label_points(labels, [L4, DISC_L45, L5], max_points)
-    lab = _lookup_nearest(labels, pts)
-    if np.linalg.norm(c4 - c5) < 1e-6:
-        raise InputError("L4 and L5 share one centroid; the label map cannot define the spine axis")
-    spine = _disc_normal(labels, c4 - c5, None)
-    n0 = np.array([1.0, 0.0, 0.0]) - spine[0] * spine
-    if np.linalg.norm(n0) < 0.3:
-        raise InputError("the L5→L4 axis runs left-right; the label map's orientation header is probably wrong")
-    n0 = _unit(n0)
-    y0 = _unit(np.cross(spine, n0))
-
-    def score(normal):
-        d = (pts - centre) @ normal
-        refl = pts - 2.0 * d[:, None] * normal[None, :]
-        return float(np.mean(_lookup_nearest(labels, refl) == lab))
-
-    best_n, best_s = n0, score(n0)
-    if midline == "symmetry":
-        # the mid-sagittal plane contains the cranial axis: search its rotation (yaw) about that axis;
-        # among near-best candidates (within 0.1 % of the points) take the smallest rotation
-        psi0 = 0.0
-        for half, step in ((20.0, 2.0), (2.0, 0.25)):
-            psis = psi0 + np.arange(-half, half + 1e-9, step)
-            cands = [math.cos(math.radians(p)) * n0 + math.sin(math.radians(p)) * y0 for p in psis]
-            scores = np.array([score(n) for n in cands])
-            near = np.flatnonzero(scores >= scores.max() - 1e-3)
-            i = int(near[np.argmin(np.abs(psis[near]))])
-            psi0 = float(psis[i])
-            best_n, best_s = _unit(cands[i]), float(scores[i])
-    x = best_n if best_n[0] >= 0 else -best_n
-    z = _unit(spine - (spine @ x) * x)
-    y = np.cross(z, x)
-    origin = cd - ((cd - centre) @ x) * x
-    return AnatomicalFrame(origin_lps=origin, x_axis=x, y_axis=y, z_axis=z, symmetry_score=best_s)
+    return segment_frame(labels, "mirror-symmetry", midline=midline, max_points=max_points)
 
 
 # ====================================================================== angles
