@@ -257,3 +257,24 @@ def test_level_check_notes_a_sac_that_ends_high_and_changes_no_label(tmp_path, m
     for end in (lower_face_z + 25.0, lower_face_z - 20.0):
         img2, loaded2 = _sac_world(tmp_path, monkeypatch, end)
         assert segment3d.segment_volume(img2, loaded2, "cpu").qc == ()
+
+
+def test_onnx_backend_same_labels_and_cached_export(tmp_path, monkeypatch):
+    """ONNX Runtime windows give the torch labels; the export is written once to the cache folder and reused."""
+    from spinemorph.onnx_export import onnx_available
+
+    if not onnx_available():
+        pytest.skip("onnx / onnxruntime not installed (optional)")
+    monkeypatch.setenv("SPINEMORPH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(segment3d, "_ONNX", {})
+    loaded = models3d.load_model(_tiny_fine_weights(tmp_path / "fine.pt"), "cpu")
+    x = np.random.default_rng(0).normal(size=(72, 72, 80)).astype(np.float32)
+    ref = segment3d.fine_network_labels(loaded, x, (64, 64, 64), 0.25, "torch")
+    got = segment3d.fine_network_labels(loaded, x, (64, 64, 64), 0.25, "onnx")
+    assert (got != ref).mean() < 1e-3
+    files = list((tmp_path / "cache" / "onnx").glob("*_64x64x64_*.onnx"))
+    assert len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    segment3d._ONNX.clear()
+    assert np.array_equal(segment3d.fine_network_labels(loaded, x, (64, 64, 64), 0.25, "onnx"), got)
+    assert files[0].stat().st_mtime_ns == stamp  # loaded from the cache, not exported again

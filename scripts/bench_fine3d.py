@@ -6,8 +6,9 @@
 
 One image (a held-out real T2 SPACE slab, or ``--phantom``: the phantom imaged by the T2 SPACE simulation) goes through
 :func:`FORAMEN3DLib.segment3d.segment_volume` with the fine model (``--model``, default ``foramen3d-fine-cpu``) and,
-for comparison, the coarse default (``foramen3d-budget-cpu``). Stages (seconds, median over ``--repeats``; the first,
-warm-up call is not counted): ``preprocess`` (re-orientation, the coarse window), ``locate`` (the coarse locator:
+for comparison, the coarse model (``foramen3d-budget-cpu``). Stages (seconds, median over ``--repeats``, which run
+round-robin over the variants so that a burst of load hits all alike; the first, warm-up call of each is not counted
+but reported as ``first_call_s``): ``preprocess`` (re-orientation, the coarse window), ``locate`` (the coarse locator:
 network + argmax + post-processing), ``fine_preprocess`` (resampling the fine crop), ``inference`` (sliding-window
 network on the 144×144×160 crop), ``postprocess`` (largest component / hole filling per class), ``inverse`` (pasting
 back), ``total``. Each variant's labels are compared with the default's (Dice per class, voxels that differ).
@@ -76,33 +77,41 @@ def run(args) -> dict:
     out = {"image": what, "shape": list(image.shape), "spacing_mm": list(image.spacing_mm), "model": args.model,
            "threads": args.threads, "repeats": args.repeats, "machine": platform.processor() or platform.machine(),
            "load_start": list(_load()), "variants": {}}
-    ref_labels = None
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    for name in ["coarse", *names]:
-        if name != "coarse" and name not in VARIANTS:
+    for name in names:
+        if name not in VARIANTS:
             raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
-        opts = dict(VARIANTS.get(name, {}))
-        extra = {}
-        t0 = time.perf_counter()
+    order = ["coarse", *names]
+
+    def call(name):
         model = coarse if name == "coarse" else fine
-        first = segment3d.segment_volume(image, model, "cpu", fine_options=opts or None)  # warm-up (ONNX export)
-        extra["first_call_s"] = time.perf_counter() - t0
-        runs = [first] if args.repeats == 0 else []
-        for _ in range(args.repeats):
-            runs.append(segment3d.segment_volume(image, model, "cpu", fine_options=opts or None))
-        med = {s: statistics.median(r.timings_s.get(s, 0.0) for r in runs) for s in STAGES}
-        lab = np.asarray(runs[-1].labels.array)
-        rec = {"timings_s": med, **extra, "qc": list(runs[-1].qc), "options": {k: list(v) if isinstance(v, tuple)
-                                                                                else v for k, v in opts.items()}}
-        if name == "default":
-            ref_labels = lab
+        return segment3d.segment_volume(image, model, "cpu", fine_options=dict(VARIANTS.get(name, {})) or None)
+
+    first, runs = {}, {n: [] for n in order}
+    for name in order:  # warm-up (model loading, ONNX export or cache load), not counted
+        t0 = time.perf_counter()
+        res = call(name)
+        first[name] = time.perf_counter() - t0
+        if args.repeats == 0:
+            runs[name].append(res)
+    for _ in range(args.repeats):  # round-robin: a burst of load hits every variant alike
+        for name in order:
+            runs[name].append(call(name))
+    ref_labels = np.asarray(runs["default"][-1].labels.array) if "default" in runs else None
+    for name in order:
+        med = {s: statistics.median(r.timings_s.get(s, 0.0) for r in runs[name]) for s in STAGES}
+        lab = np.asarray(runs[name][-1].labels.array)
+        opts = VARIANTS.get(name, {})
+        rec = {"timings_s": med, "first_call_s": first[name], "qc": list(runs[name][-1].qc),
+               "options": {k: list(v) if isinstance(v, tuple) else v for k, v in opts.items()}}
         if ref_labels is not None and name != "coarse":
             rec["vs_default"] = {"differing_voxels": int((lab != ref_labels).sum()),
                                  **{c: _dice(lab == k, ref_labels == k) for k, c in
                                     ((1, "L4"), (2, "L4-5 disc"), (3, "L5"), (4, "canal"))}}
         out["variants"][name] = rec
         line = " ".join(f"{s} {med[s]:.2f}" for s in STAGES)
-        print(f"{name:>13}: {line}" + (f" | vs default: {rec['vs_default']}" if "vs_default" in rec else ""), flush=True)
+        print(f"{name:>13}: {line} | first call {first[name]:.1f}"
+              + (f" | vs default: {rec['vs_default']}" if "vs_default" in rec else ""), flush=True)
     out["load_end"] = list(_load())
     return out
 
