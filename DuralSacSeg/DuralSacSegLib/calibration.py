@@ -72,7 +72,7 @@ def predict_planes(net, images: np.ndarray, device="cpu", batch_size: int = 4) -
     """Probabilities (float16 to save memory) of ``net`` on normalised planes ``(N, rows, cols)``.
 
     On the CPU the network is run as ``dsca segment`` runs it (BatchNorm folded, channels-last, one slice at a time:
-    :func:`spinemorph.benchutil.optimize_for_inference`; same fp32 result up to rounding, about 2x faster).
+    :func:`spinemorph.cpu_inference.optimize_for_inference`; same fp32 result up to rounding, about 2x faster).
     """
     import torch
 
