@@ -90,6 +90,7 @@ def test_fine_weights_load_and_declare_canal(tmp_path):
 
 def test_segment_volume_fine_round_trip(tmp_path, monkeypatch):
     """Coarse-to-fine path: labels come back on the input grid, inside the fine crop, with the 5 classes allowed."""
+    monkeypatch.setenv("SPINEMORPH_CACHE_DIR", str(tmp_path / "cache"))  # an ONNX export stays in the test's folder
     p = _tiny_fine_weights(tmp_path / "fine.pt")
     loaded = models3d.load_model(p, "cpu")
     rng = np.random.default_rng(0)
@@ -229,7 +230,7 @@ def _sac_world(tmp_path, monkeypatch, sac_end_z):
     centre = img.index_to_lps((100.0, 200.0, 48.0))
     assert abs(centre[2]) < 1e-6
 
-    def fake_net(loaded_, x, roi=None, overlap=0.25, backend="torch"):
+    def fake_net(loaded_, x, roi=None, overlap=0.25, backend="auto", precision="fp32"):
         out = np.zeros(x.shape, np.uint8)
         out[x > 1.0] = fd.CANAL
         out[40:100, 20:40, 20:80] = fd.L4

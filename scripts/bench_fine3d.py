@@ -15,7 +15,9 @@ back), ``total``. Each variant's labels are compared with the default's (Dice pe
 
 Variants (``--variants``, comma list):
 
-* ``default``: the shipped settings (ROI 96³, overlap 0.25, Gaussian blending, torch);
+* ``default``: the shipped settings (ROI 96³, overlap 0.25, Gaussian blending; ONNX Runtime when installed, else
+  torch);
+* ``torch``: the same with torch for the windows;
 * ``overlap0``: overlap 0 (still 8 windows on a 144×144×160 crop: the number of windows does not change);
 * ``whole``: one window over the whole crop (padded to 160³; instance-norm statistics of the whole crop);
 * ``onnx``: ONNX Runtime for the windows (one export per process, its time is reported separately);
@@ -39,6 +41,7 @@ import numpy as np
 
 VARIANTS = {
     "default": {},
+    "torch": {"backend": "torch"},
     "overlap0": {"overlap": 0.0},
     "whole": {"roi": (160, 160, 160)},
     "onnx": {"backend": "onnx"},

@@ -10,8 +10,10 @@ Fine models (weights whose ``meta["kind"]`` is ``"fine"``; 5 classes, 4th = dura
 (:func:`segment_fine`): the coarse model (``meta["locator"]``, default the catalogue's ``foramen3d-budget-cpu``)
 segments the volume as above and gives the L4-5 disc centre; the fine crop (:func:`FORAMEN3DLib.fine_data.fine_crop_grid`,
 144×144×160 voxels of 0.8 mm in the input's re-oriented directions, placed relative to that centre) is resampled
-from the input (linear), z-scored, segmented with MONAI sliding-window inference (Gaussian blending), post-processed
-and pasted back onto the input grid (nearest neighbour; exact for 0.8 mm inputs aligned with the crop).
+from the input (linear), z-scored, segmented with MONAI sliding-window inference (Gaussian blending; the windows run
+in ONNX Runtime when it is installed, else in torch: same labels, :func:`fine_network_labels`), post-processed and
+pasted back onto the input grid (nearest neighbour; exact for 0.8 mm inputs aligned with the crop). A level check
+adds a QC note (``SegmentationResult.qc``) when the crop probably sits one level low (:func:`segment_fine`).
 """
 
 from __future__ import annotations
@@ -263,12 +265,13 @@ SAC_END_GAP_MM = 30.0
 
 
 def fine_network_labels(loaded: models3d.LoadedModel, x: np.ndarray, roi=None, overlap: float = 0.25,
-                        backend: str = "torch", precision: str = "fp32") -> np.ndarray:
+                        backend: str = "auto", precision: str = "fp32") -> np.ndarray:
     """Argmax labels (uint8, ``x.shape``) of a fine crop: MONAI sliding-window inference (Gaussian blending of the
     logits; argmax of blended logits = argmax of the softmax that :func:`train_fine.predict_crop` returns).
 
     ``backend="onnx"``: ONNX Runtime runs each window (the export is cached on disk, :func:`_onnx_session`); on the
-    development CPU about 2× faster than torch with identical labels (``scripts/bench_fine3d.py``). ``precision="bf16"``: torch bfloat16 autocast (CPU) /
+    development CPU about 2× faster than torch with identical labels (``scripts/bench_fine3d.py``). ``"auto"``
+    (default): ONNX Runtime on a CPU when ``onnx`` and ``onnxruntime`` are installed, torch otherwise. ``precision="bf16"``: torch bfloat16 autocast (CPU) /
     float16 (CUDA)."""
     import torch
     from monai.inferers import sliding_window_inference
@@ -279,6 +282,10 @@ def fine_network_labels(loaded: models3d.LoadedModel, x: np.ndarray, roi=None, o
     n_in = int(loaded.network.config.in_channels)
     inp = with_coordinates(x, x.shape) if n_in == 4 else np.asarray(x, np.float32)[None]
     xt = torch.from_numpy(np.ascontiguousarray(inp))[None].to(loaded.device)
+    if backend == "auto":
+        from spinemorph.onnx_export import onnx_available
+
+        backend = "onnx" if (xt.device.type == "cpu" and precision == "fp32" and onnx_available()) else "torch"
     if backend == "torch":
         def predictor(t):
             return loaded.network(t).float()
@@ -356,7 +363,7 @@ def sac_end_gap_mm(labels: np.ndarray, fov: np.ndarray) -> float:
 def segment_fine(
     image: Volume, prep: Preprocessed, loaded: models3d.LoadedModel, device="auto",
     progress: ProgressCallback | None = None, should_cancel: Callable[[], bool] | None = None,
-    locator=None, overlap: float = 0.25, backend: str = "torch", level_check: bool = True, roi=None,
+    locator=None, overlap: float = 0.25, backend: str = "auto", level_check: bool = True, roi=None,
     precision: str = "fp32",
 ) -> tuple[np.ndarray, Volume, dict, tuple]:
     """Coarse-to-fine segmentation (see the module docstring): labels on the input grid, fine-crop labels, timings,
