@@ -203,6 +203,38 @@ def test_wide_gap_gives_bone_free_channel_with_known_clearance():
     assert bl.entry_midline_distance_mm == pytest.approx(br.entry_midline_distance_mm, abs=1e-6)
 
 
+def test_dural_sac_label_is_measured_and_never_crossed(tmp_path):
+    """A label map with the dural sac (label 4, the fine 3D model's fifth class): the sac volume in every channel is
+    reported, and a channel through the sac is neither bone-free nor the best one."""
+    lab = blocks_phantom(gap_mm=10.0)
+    a = lab.array.copy()
+    h = 1.0
+    zs, ys, xs = (np.asarray(lab.origin_mm)[ax] + h * np.arange(a.shape[2 - ax]) for ax in (2, 1, 0))
+    Z, Y, X = np.meshgrid(zs, ys, xs, indexing="ij")
+    # a slab of "sac" behind the disc in the plane of the gap: faces at |x| = 40, y = 10 and 25, |z| = 5
+    a[(np.abs(X) < 40) & (Y > 10) & (Y < 25) & (np.abs(Z) < 5)] = 4
+    res = P.plan(lab.with_array(a), image=body_image(), sides=("left",), config=P.PlanningConfig(diameter_mm=7.5, **FAST))
+    sw = res.sides["left"]
+    assert sw.dural_sac_mm3 is not None and sw.best.dural_sac_mm3 == 0.0
+    j0 = list(sw.craniocaudal_angles_deg).index(0.0)
+    for m in (20.0, 30.0, 40.0):  # channels in the gap plane cross the whole slab: volume = pi r^2 * 15 mm / cos(m)
+        i = list(sw.medial_angles_deg).index(m)
+        assert sw.dural_sac_mm3[i, j0] == pytest.approx(math.pi * 3.75**2 * 15.0 / math.cos(math.radians(m)), rel=0.03)
+        assert not sw.bone_free[i, j0]  # bone-free, but through the sac: not a corridor
+    assert sw.best.bone_mm3 == 0.0 and sw.best.clearance_mm == pytest.approx(1.25, abs=0.02)
+    rep = P.report_dict(res)
+    assert rep["sides"]["left"]["dural_sac_labelled"] is True
+    assert rep["sides"]["left"]["channels_through_dural_sac"] == int((sw.dural_sac_mm3 > 0.5).sum()) >= 3
+    assert "dural sac excluded" in rep["sides"]["left"]["criterion"]
+    rows = P.sweep_rows(res)
+    assert all(r["dural_sac_mm3"] != "" for r in rows)
+    # without label 4 the column is empty (not measured), not zero
+    plain = P.plan(lab, sides=("left",), config=P.PlanningConfig(**FAST))
+    assert plain.sides["left"].dural_sac_mm3 is None
+    assert {r["dural_sac_mm3"] for r in P.sweep_rows(plain)} == {""}
+    assert P.report_dict(plain)["sides"]["left"]["channels_through_dural_sac"] is None
+
+
 def test_narrow_gap_reports_foraminoplasty_and_minimal_bone():
     lab = blocks_phantom(gap_mm=6.0)
     res = P.plan(lab, image=body_image(), sides=("left",), config=P.PlanningConfig(diameter_mm=7.5, **FAST))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from spinemorph.errors import InputError
-from spinemorph.labels import DISC_L45, L4, L5
+from spinemorph.labels import CANAL, DISC_L45, L4, L5
 from spinemorph.volume import Volume
 
 
@@ -61,9 +61,10 @@ def _check_labels(labels: Volume) -> None:
     missing = [name for v, name in ((L4, "L4"), (DISC_L45, "L4-5 disc"), (L5, "L5")) if v not in present]
     if missing:
         raise InputError(f"label map lacks {', '.join(missing)} (labels 1 L4, 2 L4-5 disc, 3 L5); segment the study first")
-    extra = sorted(v for v in present - {0, L4, DISC_L45, L5})
+    extra = sorted(v for v in present - {0, L4, DISC_L45, L5, CANAL})
     if extra:
-        raise InputError(f"label map holds unexpected labels {extra[:6]}; expected 0 background, 1 L4, 2 L4-5 disc, 3 L5")
+        raise InputError(f"label map holds unexpected labels {extra[:6]}; expected 0 background, 1 L4, 2 L4-5 disc, 3 L5"
+                         ", optionally 4 dural sac")
 
 
 def _perpendicular_basis(u) -> tuple[np.ndarray, np.ndarray]:

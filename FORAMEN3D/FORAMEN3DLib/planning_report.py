@@ -21,7 +21,7 @@ from spinemorph.atomic import atomic_write_text
 _CSV_FIELDS = [
     "side", "medial_angle_deg", "craniocaudal_angle_deg", "entry_x_mm", "entry_y_mm", "entry_z_mm", "entry_on_skin",
     "entry_midline_distance_mm", "length_mm", "clearance_mm", "l4_mm3", "disc_mm3", "l5_mm3", "bone_mm3",
-    "approach_clearance_mm", "approach_bone_mm3", "bone_free", "best",
+    "approach_clearance_mm", "approach_bone_mm3", "dural_sac_mm3", "bone_free", "best",
 ]
 
 
@@ -49,6 +49,8 @@ def sweep_rows(result: PlanResult) -> list[dict]:
                     "bone_mm3": round(float(sw.bone_mm3[i, j]), 3),
                     "approach_clearance_mm": round(float(sw.approach_clearance_mm[i, j]), 4),
                     "approach_bone_mm3": round(float(sw.approach_bone_mm3[i, j]), 3),
+                    # empty when the label map has no dural sac (label 4): not measured, not zero
+                    "dural_sac_mm3": "" if sw.dural_sac_mm3 is None else round(float(sw.dural_sac_mm3[i, j]), 3),
                     "bone_free": int(bool(sw.bone_free[i, j])),
                     "best": int((i, j) == tuple(sw.best_index)),
                 })
@@ -86,6 +88,9 @@ def report_dict(result: PlanResult, inputs: dict | None = None) -> dict:
             "minimal_bone_mm3": round(float(np.min(np.where(valid, sw.scope_bone_mm3, np.inf))), 2),
             "minimal_channel_bone_mm3": round(float(np.min(np.where(valid, bone, np.inf))), 2),
             "minimal_approach_bone_mm3": round(float(np.min(np.where(valid, sw.approach_bone_mm3, np.inf))), 2),
+            "dural_sac_labelled": sw.dural_sac_mm3 is not None,
+            "channels_through_dural_sac": (None if sw.dural_sac_mm3 is None
+                                           else int((sw.dural_sac_mm3 > cfg.bone_tolerance_mm3).sum())),
             "entry_within_reference_band": bool(lo <= b.entry_midline_distance_mm <= hi) if b.entry_on_skin else None,
             "reformat_planes": reformat_planes(result.frame, b.entry_lps, b.target_lps),
         }

@@ -12,11 +12,12 @@ from scipy import ndimage
 
 from FORAMEN3DLib.planning_geometry import _perpendicular_basis
 from spinemorph.errors import InputError
-from spinemorph.labels import DISC_L45, L4, L5
+from spinemorph.labels import CANAL, DISC_L45, L4, L5
 from spinemorph.volume import Volume
 
 # ====================================================================== geometry engine
 _GOLDEN_ANGLE = math.pi * (3.0 - math.sqrt(5.0))
+N_COUNTED = CANAL + 1  # channel volumes are counted for labels 0..4 (4: dural sac, when the label map has it)
 
 
 def _sunflower(radius_mm: float, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
@@ -33,7 +34,7 @@ class PlanningScene:
     Parameters
     ----------
     labels : Volume
-        Foramen-task labels (1 L4, 2 disc, 3 L5); other structures are ignored.
+        Foramen-task labels (1 L4, 2 disc, 3 L5, optionally 4 dural sac); bone = 1 and 3.
     crop_margin_mm : float
         Margin kept around the labelled voxels.
     """
@@ -49,7 +50,7 @@ class PlanningScene:
         hi = np.minimum(nz.max(axis=0) + pad + 1, a.shape)
         crop = np.ascontiguousarray(a[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])
         if crop.min() < 0 or crop.max() > 255:
-            raise InputError(f"label map holds values outside 0-255 ({crop.min()}..{crop.max()}); expected 0 background, 1 L4, 2 L4-5 disc, 3 L5")
+            raise InputError(f"label map holds values outside 0-255 ({crop.min()}..{crop.max()}); expected 0 background, 1 L4, 2 L4-5 disc, 3 L5, 4 dural sac")
         crop = crop.astype(np.uint8)
         origin = labels.index_to_lps(lo[::-1].astype(float))
         self.labels = Volume(crop, labels.spacing_mm, tuple(origin), labels.direction)
@@ -182,7 +183,7 @@ class PlanningScene:
         ijk = s_idx + t[:, None, None] * d_idx + rc[..., None] * e1_idx + rs[..., None] * e2_idx
         labs = self._labels_at_index(ijk).ravel()
         w = math.pi * radius_mm**2 / len(rho) * dt
-        return np.bincount(labs, minlength=4)[:4] * w
+        return np.bincount(labs, minlength=N_COUNTED)[:N_COUNTED] * w
 
     def channel_volumes_mm3(
         self,
@@ -193,17 +194,17 @@ class PlanningScene:
         section_spacing_mm: float = 0.4,
         split_mm: float | None = None,
     ) -> np.ndarray:
-        """Volume (mm³) of each label 0..3 inside the cylinder of ``radius_mm`` from ``start_lps`` to ``end_lps``.
+        """Volume (mm³) of each label 0..4 inside the cylinder of ``radius_mm`` from ``start_lps`` to ``end_lps``.
 
-        With ``split_mm`` (distance from the start along the axis), returns a (2, 4) array: the part before the
+        With ``split_mm`` (distance from the start along the axis), returns a (2, 5) array: the part before the
         split (row 0) and after it (row 1), each sampled on its own so that the split is exact. Index 0
-        (background) only counts sample points near the labels; use indices 1-3.
+        (background) only counts sample points near the labels; use indices 1-3 (bone, disc) and 4 (dural sac).
         """
         start = np.asarray(start_lps, dtype=float)
         vec = np.asarray(end_lps, dtype=float) - start
         length = float(np.linalg.norm(vec))
         if length <= 0:
-            return np.zeros(4) if split_mm is None else np.zeros((2, 4))
+            return np.zeros(N_COUNTED) if split_mm is None else np.zeros((2, N_COUNTED))
         u = vec / length
         args = (radius_mm, axial_step_mm, section_spacing_mm)
         if split_mm is None:

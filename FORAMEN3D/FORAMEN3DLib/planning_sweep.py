@@ -12,10 +12,10 @@ import numpy as np
 from FORAMEN3DLib.planning_config import PlanningConfig, TargetOutsideBodyError, _side_sign
 from FORAMEN3DLib.planning_frame import AnatomicalFrame, anatomical_frame, direction_from_angles
 from FORAMEN3DLib.planning_geometry import _check_labels
-from FORAMEN3DLib.planning_scene import PlanningScene
+from FORAMEN3DLib.planning_scene import N_COUNTED, PlanningScene
 from FORAMEN3DLib.planning_targets import disc_posterior_third_target, foramen_centre_target
 from FORAMEN3DLib.planning_trajectory import Trajectory, _channel_metrics, evaluate_trajectory
-from spinemorph.labels import DISC_L45, L4, L5
+from spinemorph.labels import CANAL, DISC_L45, L4, L5
 from spinemorph.volume import Volume
 
 
@@ -49,6 +49,7 @@ class SideSweep:
     best: Trajectory
     foraminoplasty_needed: bool
     criterion: str
+    dural_sac_mm3: np.ndarray | None = None  # per channel; None when the label map has no dural sac (label 4)
 
     @property
     def bone_mm3(self) -> np.ndarray:
@@ -152,6 +153,7 @@ def plan(
     scene = PlanningScene(labels, cfg.crop_margin_mm)
     cropped = scene.labels  # every labelled voxel, less background: faster frame and target searches
     _check_labels(cropped)
+    has_sac = bool(np.any(np.asarray(cropped.array) == CANAL))
     frame = frame or anatomical_frame(cropped, cfg.midline)
     bodies = [] if body is None else (list(body) if isinstance(body, (list, tuple)) else [body])
     if not bodies and image is not None:
@@ -181,8 +183,8 @@ def plan(
             entries = target + lengths[:, None] * u
             on_skin = np.zeros(len(u), dtype=bool)
         n = len(u)
-        vols = np.zeros((n, 4))
-        app_vols = np.zeros((n, 4))
+        vols = np.zeros((n, N_COUNTED))
+        app_vols = np.zeros((n, N_COUNTED))
         clear = np.full(n, -np.inf)
         app_clear = np.full(n, -np.inf)
         for i in range(n):
@@ -192,6 +194,18 @@ def plan(
             vols[i], app_vols[i] = m["vols"], m["approach_vols"]
             clear[i], app_clear[i] = m["clearance"], m["approach_clearance"]
         valid = (lengths > 0).reshape(shape)
+        sac = vols[:, CANAL].reshape(shape) if has_sac else None
+        sac_note = ""
+        if has_sac:
+            # a channel through the dural sac is never the best one (nor bone-free): the sac is not a corridor
+            through_sac = sac > cfg.bone_tolerance_mm3
+            if np.any(valid & ~through_sac):
+                valid = valid & ~through_sac
+                sac_note = f" [{int(through_sac.sum())} channels through the dural sac excluded]"
+            else:
+                warnings.append(f"{side}: every swept channel crosses the dural sac (label 4); the best one is shown only "
+                                "for review")
+                sac_note = " [every channel crosses the dural sac]"
         bone = (vols[:, L4] + vols[:, L5]).reshape(shape)
         app_bone = (app_vols[:, L4] + app_vols[:, L5]).reshape(shape)
         scope_bone = app_bone if cfg.bone_scope == "approach" else bone
@@ -227,6 +241,7 @@ def plan(
             best_index=best_idx,
             best=best,
             foraminoplasty_needed=need,
-            criterion=crit + (" [bone counted from the entry to the disc surface]" if cfg.bone_scope == "approach" else " [bone counted along the whole channel to the target]"),
+            criterion=crit + (" [bone counted from the entry to the disc surface]" if cfg.bone_scope == "approach" else " [bone counted along the whole channel to the target]") + sac_note,
+            dural_sac_mm3=sac,
         )
     return PlanResult(frame=frame, config=cfg, sides=out, skin_available=bool(bodies), warnings=warnings)

@@ -14,7 +14,7 @@ from FORAMEN3DLib.planning_frame import AnatomicalFrame, trajectory_angles
 from FORAMEN3DLib.planning_geometry import _r
 from FORAMEN3DLib.planning_scene import PlanningScene
 from spinemorph.errors import InputError
-from spinemorph.labels import DISC_L45, L4, L5
+from spinemorph.labels import CANAL, DISC_L45, L4, L5
 
 
 # ====================================================================== trajectories
@@ -49,6 +49,7 @@ class Trajectory:
     approach_clearance_mm: float
     approach_l4_mm3: float
     approach_l5_mm3: float
+    dural_sac_mm3: float = 0.0  # volume of the dural sac (label 4) inside the channel; 0 when the map has no label 4
 
     @property
     def bone_mm3(self) -> float:
@@ -92,6 +93,7 @@ class Trajectory:
             "closest_bone_point_lps": _r(self.closest_bone_point_lps),
             "intersection_mm3": {"L4": round(self.l4_mm3, 2), "L4-5 disc": round(self.disc_mm3, 2), "L5": round(self.l5_mm3, 2)},
             "bone_mm3": round(self.bone_mm3, 2),
+            "dural_sac_mm3": round(self.dural_sac_mm3, 2),
             "approach": {
                 "docking_point_lps": _r(self.docking_point_lps),
                 "length_mm": round(self.approach_length_mm, 2),
@@ -172,4 +174,5 @@ def evaluate_trajectory(
         approach_clearance_mm=m["approach_clearance"],
         approach_l4_mm3=float(m["approach_vols"][L4]),
         approach_l5_mm3=float(m["approach_vols"][L5]),
+        dural_sac_mm3=float(m["vols"][CANAL]),
     )
