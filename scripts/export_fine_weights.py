@@ -79,7 +79,8 @@ def main() -> int:
 {dsca_line}.
 
 * Task: L4 (1), L4-5 disc (2), L5 (3), dural sac / spinal canal (4) in a lumbar MR volume.
-* Pipeline (`FORAMEN3DLib.segment3d`, coarse-to-fine): the default coarse model locates the L4-5 disc; a 144×144×160
+* Pipeline (`FORAMEN3DLib.segment3d`, coarse-to-fine): the coarse model named in the weights (`foramen3d-budget-cpu`)
+  locates the L4-5 disc; a 144×144×160
   crop of 0.8 mm voxels around it (canonical sagittal orientation) is segmented by MONAI sliding-window inference
   (ROI {cfg['infer_roi']}, Gaussian blending) and pasted back onto the input grid.
 * Network: 3D U-Net, strided stem + full-resolution refinement: `{json.dumps(cfg['network'])}`; input = image +
