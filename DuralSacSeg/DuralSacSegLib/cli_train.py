@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from spinemorph.argtypes import positive_int
+from spinemorph.device import DEVICE_CHOICES
 from spinemorph.errors import InputError
 
 TRAIN_EPILOG = """\
@@ -64,7 +65,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="number of epochs (overrides the configuration; with --resume: extend the run to this many epochs)")
     p.add_argument("--iterations-per-epoch", type=positive_int, metavar="N",
                    help="batches per epoch (overrides the configuration; default there: one pass over the training slices)")
-    p.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), help="compute device (default: configuration, auto)")
+    p.add_argument("--device", choices=DEVICE_CHOICES, help="compute device (default: configuration, auto)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for torch (overrides the configuration)")
     p.add_argument("--data-dir", metavar="DIR",
                    help="train on your own data: a folder of <case>_image.<ext> + <case>_mask.<ext> volumes "
@@ -129,7 +130,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=_evaluation_data, metavar="{" + ",".join(DATASETS) + "} or DIR",
                    help="evaluation data set, or a folder of <case>_image.<ext> + <case>_mask.<ext> volumes")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--device", default="cpu", choices=("auto", "cuda", "mps", "cpu"), help="compute device (default cpu: deterministic)")
+    p.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="compute device (default cpu: deterministic)")
     p.add_argument("--batch-size", type=positive_int, default=4, help="slices per forward pass (default 4)")
     p.add_argument("--overwrite", action="store_true", help="replace existing report files in DIR")
     p.add_argument("--cache-dir", metavar="DIR", help="keep the generated evaluation slices here for reuse (same slices either way)")

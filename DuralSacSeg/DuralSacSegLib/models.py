@@ -22,7 +22,6 @@ Files are read with ``torch.load(weights_only=True)``: no code is executed from 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from spinemorph.atomic import atomic_write_bytes
 from spinemorph.errors import ModelError, SpineMorphError
+from spinemorph.files import sha256_file as sha256_of
 
 #: folder of the embedded weights, catalogue and model cards
 MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
@@ -146,15 +146,6 @@ def list_models(path: str | os.PathLike | None = None) -> list[str]:
     names = list(catalog_entries(path))
     default = default_model_name(path)
     return [default] + [n for n in names if n != default]
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- save / read weights files

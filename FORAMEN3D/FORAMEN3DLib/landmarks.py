@@ -37,14 +37,14 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage as ndi
 from skimage.morphology import disk
 
 from FORAMEN3DLib.landmarks_frame import SegmentFrame, _label_points, posterior_elements_frame, segment_frame
 from spinemorph.errors import InputError
 from spinemorph.labels import DISC_L45, L4, L5
-from spinemorph.volume import Volume
+from spinemorph.masks import largest_component
+from spinemorph.volume import Volume, resample_to_grid
 
 SIDES = ("left", "right")
 #: the canal-aligned frame of the morphometry: the one segment frame (:mod:`FORAMEN3DLib.landmarks_frame`), built
@@ -205,7 +205,6 @@ def resample_to_frame(labels: Volume, frame: SpineFrame, spacing_mm: float = 0.5
         Frame-coordinate box ``[[x0, y0, z0], [x1, y1, z1]]``; default: the box of the labels.
     """
     src = cvol if cvol is not None else labels
-    img = src.to_sitk()
     if bounds_mm is None:
         pts, _, _ = _label_points(labels)
         q = frame.to_frame(np.concatenate(list(pts.values())))
@@ -214,30 +213,13 @@ def resample_to_frame(labels: Volume, frame: SpineFrame, spacing_mm: float = 0.5
     lo = bounds_mm[0]
     size = np.maximum(np.ceil((bounds_mm[1] - lo) / spacing_mm).astype(int) + 1, 2)
     origin = frame.to_lps(lo)
-    fr = {}
-    for lab in (L4, DISC_L45, L5):
-        ind = sitk.Cast(img == lab, sitk.sitkFloat32)
-        out = sitk.Resample(
-            ind,
-            [int(s) for s in size],
-            sitk.Transform(),
-            sitk.sitkLinear,
-            tuple(float(o) for o in origin),
-            (float(spacing_mm),) * 3,
-            tuple(frame.axes_lps.ravel()),
-            0.0,
-            sitk.sitkFloat32,
-        )
-        fr[lab] = sitk.GetArrayFromImage(out)
+    a = np.asarray(src.array)
+    fr = {
+        lab: resample_to_grid(src.with_array((a == lab).astype(np.float32)), (float(spacing_mm),) * 3, size, origin,
+                              frame.axes_lps, "linear").array
+        for lab in (L4, DISC_L45, L5)
+    }
     return FrameGrid(frame=frame, spacing_mm=float(spacing_mm), origin_frame_mm=lo, fractions=fr)
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    lab, n = ndi.label(mask)
-    if n <= 1:
-        return mask
-    sizes = ndi.sum(mask, lab, index=np.arange(1, n + 1))
-    return lab == (1 + int(np.argmax(sizes)))
 
 
 def _view(
@@ -331,7 +313,7 @@ def find_landmarks(
     fp = disc.any(axis=0)
     if not fp.any():
         raise InputError("the L4-5 disc (label 2) vanished on resampling; it is too thin to measure")
-    fp = _largest_component(ndi.binary_fill_holes(ndi.binary_closing(fp, iterations=2)))
+    fp = largest_component(ndi.binary_fill_holes(ndi.binary_closing(fp, iterations=2)), "face")
 
     f = max(1, int(round(1.5 / s)))  # coarse grid of about 1.5 mm for the morphological work
     cs = f * s
@@ -626,4 +608,4 @@ def _open_body(vert: np.ndarray, radius_vox: float) -> np.ndarray:
         return np.zeros_like(vert)
     opened = (ndi.distance_transform_edt(~core) <= radius_vox) & v
     opened = opened[pad:-pad, pad:-pad, pad:-pad]
-    return _largest_component(opened)
+    return largest_component(opened, "face")

@@ -14,7 +14,6 @@ from DuralSacSegLib.slicer_nodes import (  # noqa: F401 - shared glue
     useColumnTitlesAsHeader,
     volumeFromNode,
 )
-from vtk.util import numpy_support
 
 #: attribute holding a measurement markup's key (e.g. "left_height") on its markups node
 MARKUP_KEY_ATTRIBUTE = "FORAMEN3D.MeasurementKey"
@@ -57,16 +56,9 @@ def fillTableFromRows(tableNode, rows):
 
 def polyDataFromMesh(pointsRAS, triangles):
     """vtkPolyData from points ``(N, 3)`` (RAS) and triangles ``(M, 3)``."""
-    polyData = vtk.vtkPolyData()
-    points = vtk.vtkPoints()
-    points.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(pointsRAS, dtype=np.float64), deep=True))
-    polyData.SetPoints(points)
-    tri = np.asarray(triangles, dtype=np.int64).reshape(-1, 3)
-    cells = np.hstack([np.full((len(tri), 1), 3, dtype=np.int64), tri]).ravel()
-    cellArray = vtk.vtkCellArray()
-    cellArray.SetCells(len(tri), numpy_support.numpy_to_vtkIdTypeArray(cells, deep=True))
-    polyData.SetPolys(cellArray)
-    return polyData
+    from spinemorph.polydata import polydata_from_triangles
+
+    return polydata_from_triangles(pointsRAS, np.asarray(triangles, dtype=np.int64).reshape(-1, 3))
 
 
 def setModel(modelNode, name, polyData, color, opacity=1.0):

@@ -7,36 +7,17 @@ import logging
 
 import numpy as np
 
+from spinemorph.polydata import polydata_from_triangles, triangles_from_polydata
+
 log = logging.getLogger(__name__)
 
 
 def _as_vtk(mesh):
-    import vtk
-    from vtk.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray
-
-    if hasattr(mesh, "GetNumberOfPoints"):
-        return mesh
-    verts, faces = mesh
-    pts = vtk.vtkPoints()
-    pts.SetData(numpy_to_vtk(np.ascontiguousarray(verts, dtype=np.float64), deep=True))
-    faces = np.asarray(faces, dtype=np.int64)
-    cells = np.hstack([np.full((len(faces), 1), 3, dtype=np.int64), faces]).ravel()
-    ca = vtk.vtkCellArray()
-    ca.SetCells(len(faces), numpy_to_vtkIdTypeArray(cells, deep=True))
-    poly = vtk.vtkPolyData()
-    poly.SetPoints(pts)
-    poly.SetPolys(ca)
-    return poly
+    return mesh if hasattr(mesh, "GetNumberOfPoints") else polydata_from_triangles(*mesh)
 
 
 def _as_arrays(mesh):
-    if hasattr(mesh, "GetNumberOfPoints"):
-        from vtk.util.numpy_support import vtk_to_numpy
-
-        verts = vtk_to_numpy(mesh.GetPoints().GetData())
-        polys = vtk_to_numpy(mesh.GetPolys().GetData()).reshape(-1, 4)[:, 1:]
-        return verts, polys
-    return mesh
+    return triangles_from_polydata(mesh) if hasattr(mesh, "GetNumberOfPoints") else mesh
 
 
 def snapshot_vtk(meshes, size_px=(720, 540), view: str = "left-posterior-oblique") -> bytes:
