@@ -67,16 +67,10 @@ ALIASES = {
 }
 #: import cycles other work is still removing (issue 18): these edges are left out of the cycle check, and the
 #: test fails once one is gone, so that the list only shrinks. Keep it empty.
-KNOWN_CYCLE_EDGES: set[tuple[str, str]] = {
-    ("FORAMEN3DLib.evaluate3d", "FORAMEN3DLib.train3d"),  # issue 18: train3d <-> evaluate3d (being removed)
-    ("FORAMEN3DLib.train3d", "FORAMEN3DLib.evaluate3d"),  # issue 18
-}
+KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()
 #: private names one module library still takes from the other (issue 18): (importer, module, name); the test fails
 #: once one is gone. Keep it empty.
-KNOWN_PRIVATE_NAMES: set[tuple[str, str, str]] = {
-    # issue 18: the DSCA 3D path reads a 3D model's network settings; needs a public FORAMEN3DLib.models3d reader
-    ("DuralSacSegLib.segment3d_path", "FORAMEN3DLib.models3d", "_read_weights"),
-}
+KNOWN_PRIVATE_NAMES: set[tuple[str, str, str]] = set()
 #: upward imports still allowed (keep it empty; an entry needs a comment naming its issue)
 ALLOWED_UPWARD: set[tuple[str, str]] = set()
 

@@ -53,6 +53,7 @@ import io
 import math
 import os
 from collections.abc import Mapping
+from typing import ClassVar
 
 import numpy as np
 import SimpleITK as sitk
@@ -62,6 +63,7 @@ from scipy.interpolate import make_smoothing_spline
 from DuralSacSegLib import dsca as dsca2d
 from spinemorph.atomic import atomic_write_text
 from spinemorph.errors import InputError
+from spinemorph.masks import largest_component  # 26-connected ("full") in 3D; also this module's public name
 from spinemorph.volume import Volume
 
 #: spacing of the perpendicular planes along the centreline (mm)
@@ -162,16 +164,6 @@ def _foreground(mask: Volume, label: int | None) -> np.ndarray:
         what = f"label {label}" if label is not None else "foreground"
         raise InputError(f"canal mask has no {what} voxels; give the canal/dural sac label of the label map")
     return fg
-
-
-def largest_component(fg: np.ndarray) -> np.ndarray:
-    """The largest 26-connected component of a boolean 3D array."""
-    lab, n = ndimage.label(fg, structure=np.ones((3, 3, 3), bool))
-    if n <= 1:
-        return fg
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return lab == int(np.argmax(sizes))
 
 
 def fit_centreline(mask: Volume, *, label: int | None = None, band_mm: float = DEFAULT_BAND_MM,
@@ -310,6 +302,11 @@ class Dsca3dTable(dsca2d.DscaTable):
 
     span: str = "whole canal"
 
+    QC_WORDS: ClassVar[dict[str, str]] = {
+        "row": "plane", "rows": "planes", "content": "section",
+        "implausible": "section implausible as a dural sac or cut by the field of view"}
+    QC_FLAG_TEXT: ClassVar[dict[str, str]] = FLAG_TEXT_3D
+
     def _extra(self, r: PlaneMeasurement) -> dict:
         return {"normal_x": r.normal_lps[0], "normal_y": r.normal_lps[1], "normal_z": r.normal_lps[2],
                 "axial_area_mm2": r.axial_area_mm2, "axial_tilt_deg": r.axial_tilt_deg,
@@ -318,21 +315,6 @@ class Dsca3dTable(dsca2d.DscaTable):
     def axial_areas_mm2(self) -> np.ndarray:
         """Areas on the patient-axial planes through the plane centres (for comparison)."""
         return np.array([r.axial_area_mm2 for r in self.rows], dtype=float)
-
-    def qc_summary_lines(self) -> list[str]:
-        lines = []
-        bad = self.not_graded_rows()
-        if bad:
-            lines.append(f"{len(bad)} of {len(self.nonempty_rows())} planes with a section were NOT graded for stenosis "
-                         "(section implausible as a dural sac or cut by the field of view; check them): "
-                         + ", ".join(f"plane {r.slice_index} ({r.area_mm2:.1f} mm²: "
-                                     f"{'; '.join(FLAG_TEXT_3D.get(f, f) for f in r.blocking_flags)})" for r in bad[:6])
-                         + (" ..." if len(bad) > 6 else ""))
-        jumps = [r.slice_index for r in self.rows if dsca2d.FLAG_JUMP in r.qc_flags]
-        if jumps:
-            lines.append(f"area jumps against the neighbouring planes at planes {', '.join(map(str, jumps[:10]))}"
-                         f"{' ...' if len(jumps) > 10 else ''} (graded, but check the outline)")
-        return lines
 
     def as_columns(self) -> dict[str, list]:
         cols = super().as_columns()

@@ -104,7 +104,7 @@ def model_canal_status(model: str | os.PathLike | None) -> tuple[str, bool, str]
         if entry.get("dsca") is False:
             return name, False, f"3D model {name} is marked not usable for DSCA in the catalogue"
     else:
-        out_ch = int(dict(models3d._read_weights(Path(path))["network"]).get("out_channels", 0))
+        out_ch = int(dict(models3d.read_weights(Path(path))["network"]).get("out_channels", 0))
     if out_ch > CANAL:
         return name, True, f"3D model {name} has a canal class ({out_ch} classes)"
     return name, False, f"3D model {name} has no dural sac / canal class ({out_ch} classes: background, L4, disc, L5)"

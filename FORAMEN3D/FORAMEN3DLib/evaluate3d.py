@@ -110,16 +110,16 @@ def summarize(rows: list[dict]) -> dict:
 # ---------------------------------------------------------------------- data sets
 def iter_dataset(name: str, n: int | None = None, seed: int = 0) -> Iterator[tuple[str, Volume, Volume]]:
     """Yield ``(case_id, image, truth)`` for an evaluation data set (see the module docstring)."""
-    from . import train3d
+    from .samples3d import generate_cases
 
     if name not in DATASETS:
         raise InputError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     if name == "synthetic":
-        yield from train3d.generate_cases("spider-train", n or 10, EVAL_SEED_BASE + seed)
+        yield from generate_cases("spider-train", n or 10, EVAL_SEED_BASE + seed)
     elif name == "spider-heldout":
-        yield from train3d.generate_cases("spider-heldout", n or 8, EVAL_SEED_BASE + seed)
+        yield from generate_cases("spider-heldout", n or 8, EVAL_SEED_BASE + seed)
     else:
-        yield from train3d.generate_cases("phantom", n or 4, EVAL_SEED_BASE + seed)
+        yield from generate_cases("phantom", n or 4, EVAL_SEED_BASE + seed)
 
 
 # ---------------------------------------------------------------------- plots

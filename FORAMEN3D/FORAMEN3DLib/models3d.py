@@ -25,13 +25,13 @@ not fit the network they declare.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from spinemorph.atomic import atomic_path
 from spinemorph.errors import ModelError
+from spinemorph.files import sha256_file
 from spinemorph.labels import FORAMEN_CANAL_LABELS
 
 from .network3d import NetworkConfig, UNet3D
@@ -89,14 +89,6 @@ def list_models(path: str | os.PathLike | None = None) -> list[dict]:
     return list(read_catalog(path)["models"])
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def resolve_model(name_or_path: str | os.PathLike = "default", catalog: str | os.PathLike | None = None):
     """Map a catalogue name (or ``"default"``) or a file path to ``(name, path, expected_sha256 or None)``."""
     cat = read_catalog(catalog)
@@ -121,7 +113,7 @@ def resolve_model(name_or_path: str | os.PathLike = "default", catalog: str | os
     raise ModelError(f"unknown model {name!r}; known models: {known}; or give a .pt weights file")
 
 
-def _read_weights(path: Path) -> dict:
+def read_weights(path: Path) -> dict:
     import torch
 
     if not path.is_file():
@@ -189,7 +181,7 @@ def load_model(name_or_path: str | os.PathLike = "default", device="cpu", catalo
         raise ModelError(
             f"model file {path} is corrupted or was replaced (sha256 {digest[:12]}… ≠ catalogue {expected[:12]}…); reinstall it"
         )
-    blob = _read_weights(path)
+    blob = read_weights(path)
     net, down = build_from_blob(blob, path)
     dev = device if isinstance(device, torch.device) else select_device(str(device))
     return LoadedModel(name, net.to(dev), down, dict(blob.get("meta", {})), path, digest, dev)
@@ -223,7 +215,7 @@ def install_model(weights: str | os.PathLike, name: str, description: str = "", 
     get ``"dsca": false`` until they are validated again. Returns the catalogue entry.
     """
     src = Path(weights)
-    blob = _read_weights(src)
+    blob = read_weights(src)
     build_from_blob(blob, src)
     cat_path = Path(catalog) if catalog else CATALOG_PATH
     cat = read_catalog(cat_path)

@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from spinemorph.errors import SpineMorphError
 from spinemorph.labels import FORAMEN_LABELS
+from spinemorph.masks import largest_component  # 26-connected ("full") in 3D; also this module's public name
 from spinemorph.volume import Volume
 
 from . import models3d
@@ -65,16 +66,6 @@ class SegmentationResult:
 
 
 # ---------------------------------------------------------------------- post-processing
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Largest 26-connected component of a boolean mask (empty stays empty)."""
-    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    if n <= 1:
-        return mask.astype(bool)
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return lab == int(np.argmax(sizes))
-
-
 def postprocess_labels(labels: np.ndarray, structures=tuple(FORAMEN_LABELS)) -> np.ndarray:
     """Keep the largest connected component of each structure and fill its holes (3D).
 

@@ -371,9 +371,9 @@ def save_fine_weights(net, path: Path, meta: dict) -> str:
 
 def _warm_start(net, path: Path, cfg: dict) -> int:
     """Load exported weights into ``net`` (architecture must equal the run's) and return their iteration."""
-    from .models3d import _read_weights
+    from .models3d import read_weights
 
-    blob = _read_weights(path)
+    blob = read_weights(path)
     if dict(blob["network"]) != net.config.to_dict():
         raise InputError(f"{path} holds a different network ({blob['network']}) than this run's config "
                          f"({net.config.to_dict()}); use a matching config")
