@@ -18,13 +18,7 @@ from DuralSacSegLib.networks import (  # noqa: E402
 
 from spinemorph.errors import ModelError  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # Testing/conftest.py
 
 
 @pytest.mark.parametrize("name", sorted(NETWORKS))

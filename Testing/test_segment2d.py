@@ -326,7 +326,7 @@ def test_cli_help_lists_segment(capsys):
 
 
 # ---------------------------------------------------------------------------- the real network code path
-def test_segment_with_a_weights_file_runs_the_network(tmp_path):
+def test_segment_with_a_weights_file_runs_the_network(tmp_path, one_torch_thread):
     """An (untrained) U-Net weights file: load_model, inference_mode batches at 320×320, mask on the input grid."""
     torch = pytest.importorskip("torch")
     from DuralSacSegLib.models import save_weights
@@ -335,12 +335,7 @@ def test_segment_with_a_weights_file_runs_the_network(tmp_path):
     torch.manual_seed(0)
     weights = save_weights(tmp_path / "unet_random.pt", build_network("unet"), "unet")
     truth = cylinder(make_grid((2, 60, 50), (0.7, 0.7, 4.0)), A_MM, B_MM)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        res = segment_volume(image_of(truth), model=str(weights), device="cpu", batch_size=2)
-    finally:
-        torch.set_num_threads(threads)
+    res = segment_volume(image_of(truth), model=str(weights), device="cpu", batch_size=2)
     assert res.model_name == "unet_random.pt" and res.device == "cpu"
     assert res.mask.shape == truth.shape and set(np.unique(res.mask.array)) <= {0, 1}
     assert len(res.table) == 2

@@ -386,32 +386,6 @@ def test_trajectory_rows():
     assert rows["L4 in channel"] == (1.25, "mm3") and rows["side"] == ("left", "")
 
 
-def test_plan_with_skin_fallback(monkeypatch):
-    from FORAMEN3DLib import markup_model, planning
-
-    calls = []
-
-    class Result:
-        warnings = ["no image"]
-
-    def fake_plan(labels, image=None, sides=(), config=None, frame=None):
-        calls.append(image)
-        if image is not None:
-            raise planning.TargetOutsideBodyError("left: the target lies outside the body mask of the image; check that image and labels overlap")
-        return Result()
-
-    monkeypatch.setattr(planning, "plan", fake_plan)
-    result = markup_model.plan_with_skin_fallback("labels", "image", "left")
-    assert calls == ["image", None] and result.warnings[0].startswith("skin not found")
-
-    def other_error(*a, **k):
-        raise InputError("label map is empty; nothing to plan against")
-
-    monkeypatch.setattr(planning, "plan", other_error)
-    with pytest.raises(InputError, match="empty"):
-        markup_model.plan_with_skin_fallback("labels", "image", "left")
-
-
 # ====================================================================== sample data
 def test_sample_study_generated_once(tmp_path):
     t0 = time.perf_counter()

@@ -31,13 +31,7 @@ from DuralSacSegLib.train import (  # noqa: E402
 from spinemorph.errors import InputError, ModelError, OutputError  # noqa: E402
 from spinemorph.intensity import normalize_percentile  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # Testing/conftest.py
 
 
 # ----------------------------------------------------------------------------- loss
