@@ -6,6 +6,7 @@ holds the exact analytic dural sac area of every axial slice.
 
 import os
 import tempfile
+import time
 
 import numpy as np
 import slicer
@@ -22,6 +23,37 @@ def skipUnlessDependencies(test, requester):
         slicer_dependencies.ensureDependencies(slicer_dependencies.requirementsPath(), requester=requester)
     except slicer_dependencies.DependenciesUnavailable as exc:
         test.skipTest(str(exc))
+
+
+#: longest wait for one segmentation process of a panel test (CPU)
+RUN_TIMEOUT_S = 900
+
+
+def openPanelOnSample(test, moduleName, sampleName):
+    """The start of a panel (widget) test: skip ``test`` unless the dependencies are there, load the phantom sample
+    ``sampleName`` (``slicer_sampledata.AXIAL_T1`` / ``SPACE_T2``), open module ``moduleName`` and select the volume
+    and the CPU in its parameter node. Returns ``(widget, volumeNode, study)``."""
+    from DuralSacSegLib.slicer_parameters import ComputeDevice  # shared by both modules' parameter nodes
+
+    skipUnlessDependencies(test, moduleName)
+    volumeNode, study = slicer_sampledata.loadSample(sampleName, requester=moduleName)
+    slicer.util.selectModule(moduleName)
+    widget = getattr(slicer.modules, moduleName + "Widget")
+    widget._parameterNode.inputVolume = volumeNode
+    widget._parameterNode.device = ComputeDevice.CPU
+    return widget, volumeNode, study
+
+
+def waitForRun(controller, timeout=RUN_TIMEOUT_S):
+    """Process Qt events (the QTimer polls the worker) until the controller's run has ended; after ``timeout`` s the
+    run is cancelled and an AssertionError raised."""
+    deadline = time.time() + timeout
+    while controller.currentProcess is not None:
+        if time.time() > deadline:
+            controller.cancelRun()
+            raise AssertionError(f"the segmentation process did not end within {timeout} s")
+        slicer.app.processEvents()
+        time.sleep(0.02)
 
 
 def run_self_test(test, logic):

@@ -6,24 +6,9 @@ test processes events until the run has ended. A DSCA row is clicked through the
 missing when the dependencies are absent under ``--testing`` (nothing is installed then).
 """
 
-import time
 import unittest
 
 import slicer
-
-#: longest wait for one segmentation process (CPU)
-RUN_TIMEOUT_S = 900
-
-
-def waitForRun(controller, timeout=RUN_TIMEOUT_S):
-    """Process Qt events (the QTimer polls the worker) until the controller's run has ended."""
-    deadline = time.time() + timeout
-    while controller.currentProcess is not None:
-        if time.time() > deadline:
-            controller.cancelRun()
-            raise AssertionError(f"the segmentation process did not end within {timeout} s")
-        slicer.app.processEvents()
-        time.sleep(0.02)
 
 
 class DuralSacSegWidgetTest(unittest.TestCase):
@@ -32,16 +17,10 @@ class DuralSacSegWidgetTest(unittest.TestCase):
 
     def test_panel_apply_click_recompute_cancel(self):
         from DuralSacSegLib import slicer_sampledata
-        from DuralSacSegLib.slicer_parameters import ComputeDevice
-        from DuralSacSegLib.slicer_selftest import skipUnlessDependencies
+        from DuralSacSegLib.slicer_selftest import openPanelOnSample, waitForRun
 
-        skipUnlessDependencies(self, "DuralSacSeg")
-        volumeNode, _study = slicer_sampledata.loadSample(slicer_sampledata.AXIAL_T1, requester="DuralSacSeg")
-        slicer.util.selectModule("DuralSacSeg")
-        widget = slicer.modules.DuralSacSegWidget
+        widget, volumeNode, _study = openPanelOnSample(self, "DuralSacSeg", slicer_sampledata.AXIAL_T1)
         pn = widget._parameterNode
-        pn.inputVolume = volumeNode
-        pn.device = ComputeDevice.CPU
         self.assertTrue(widget.ui.applyButton.enabled)
         self.assertEqual(widget.ui.modelComboBox.currentData, pn.model)
 

@@ -4,7 +4,6 @@ Apply runs the 3D segmentation in a separate process (QTimer polling); the test 
 Skipped with the list of what is missing when the dependencies are absent under ``--testing``.
 """
 
-import time
 import unittest
 
 import slicer
@@ -16,24 +15,16 @@ class FORAMEN3DWidgetTest(unittest.TestCase):
 
     def test_panel_apply_live_markups_and_planning(self):
         from DuralSacSegLib import slicer_sampledata
-        from DuralSacSegLib.slicer_selftest import skipUnlessDependencies
-        from FORAMEN3DLib import markup_model, slicer_nodes
-        from FORAMEN3DLib.slicer_parameters import ComputeDevice
+        from DuralSacSegLib.slicer_selftest import openPanelOnSample, waitForRun
 
-        skipUnlessDependencies(self, "FORAMEN3D")
+        widget, volumeNode, study = openPanelOnSample(self, "FORAMEN3D", slicer_sampledata.SPACE_T2)
+        from FORAMEN3DLib import markup_model, slicer_nodes
+
         from spinemorph.segio import read_seg_nrrd
 
-        volumeNode, study = slicer_sampledata.loadSample(slicer_sampledata.SPACE_T2, requester="FORAMEN3D")
-        slicer.util.selectModule("FORAMEN3D")
-        widget = slicer.modules.FORAMEN3DWidget
         pn = widget._parameterNode
-        pn.inputVolume = volumeNode
-        pn.device = ComputeDevice.CPU
         widget.controller.onApply()
-        deadline = time.time() + 900
-        while widget.controller.currentProcess is not None and time.time() < deadline:
-            slicer.app.processEvents()  # the QTimer polls the worker
-            time.sleep(0.02)
+        waitForRun(widget.controller)
         self.assertIsNone(widget.controller.currentProcess)
         self.assertIsNotNone(pn.outputSegmentation)
         self.assertTrue(widget.ui.suggestButton.enabled)
