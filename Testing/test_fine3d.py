@@ -14,6 +14,7 @@ from FORAMEN3DLib import models3d, segment3d, train_fine
 from FORAMEN3DLib.network3d import NetworkConfig, UNet3D
 from FORAMEN3DLib.preprocess import CANONICAL_AXES, preprocess_volume
 
+from spinemorph.errors import SpineMorphError
 from spinemorph.volume import Volume
 
 
@@ -230,7 +231,7 @@ def _sac_world(tmp_path, monkeypatch, sac_end_z):
     centre = img.index_to_lps((100.0, 200.0, 48.0))
     assert abs(centre[2]) < 1e-6
 
-    def fake_net(loaded_, x, roi=None, overlap=0.25, backend="auto", precision="fp32"):
+    def fake_net(loaded_, x, roi=None, overlap=0.25, backend="auto", precision="fp32", canal_threshold=None):
         out = np.zeros(x.shape, np.uint8)
         out[x > 1.0] = fd.CANAL
         out[40:100, 20:40, 20:80] = fd.L4
@@ -279,3 +280,110 @@ def test_onnx_backend_same_labels_and_cached_export(tmp_path, monkeypatch):
     segment3d._ONNX.clear()
     assert np.array_equal(segment3d.fine_network_labels(loaded, x, (64, 64, 64), 0.25, "onnx"), got)
     assert files[0].stat().st_mtime_ns == stamp  # loaded from the cache, not exported again
+
+
+def test_canal_threshold_decision_known_answers():
+    """Class 4 only where its softmax probability reaches the threshold; a weak sac voxel takes the best other class
+    (here L5 = 3); argmax when None."""
+    lg = np.zeros((5, 1, 1, 4), np.float32)
+    lg[:, 0, 0, 0] = [0, 0, 0, 0, 5]  # strong sac: p4 = e^5 / (e^5 + 4) = 0.974
+    lg[:, 0, 0, 1] = [0, 0, 0, 1.0, 1.2]  # weak sac: argmax 4, p4 = e^1.2 / (3 + e + e^1.2) = 0.367; next best L5
+    lg[:, 0, 0, 2] = [0, 0, 3, 0, 0]  # disc
+    lg[:, 0, 0, 3] = [2.0, 0, 0, 0, 1.9]  # background wins the argmax anyway
+    p4 = np.exp(lg[4, 0, 0]) / np.exp(lg[:, 0, 0]).sum(0)
+    assert p4[0] == pytest.approx(0.9738, abs=1e-3) and p4[1] == pytest.approx(0.3673, abs=1e-3)
+    assert segment3d.decide_fine_labels(lg, None)[0, 0].tolist() == [4, 4, 2, 0]
+    assert segment3d.decide_fine_labels(lg, 0.3)[0, 0].tolist() == [4, 4, 2, 0]
+    assert segment3d.decide_fine_labels(lg, 0.5)[0, 0].tolist() == [4, 3, 2, 0]
+    # above p4 of the strong voxel: it becomes background (logits of classes 0-3 tie at 0: the first wins)
+    assert segment3d.decide_fine_labels(lg, 0.98)[0, 0].tolist() == [0, 3, 2, 0]
+    for bad in (0.0, 1.0, -0.2, "x"):
+        with pytest.raises(SpineMorphError, match="canal_threshold"):
+            segment3d.decide_fine_labels(lg, bad)
+
+
+def test_canal_threshold_is_read_from_the_catalogue_and_used(tmp_path, monkeypatch):
+    """A catalogue entry's ``canal_threshold`` reaches the loaded model and the fine network's decision; a weights
+    file given by path has no setting (argmax); fine_options can override it."""
+    p = _tiny_fine_weights(tmp_path / "fine.pt")
+    cat = tmp_path / "catalog.json"
+    entry = models3d.install_model(p, "tiny-fine", catalog=cat)
+    models3d.update_entry("tiny-fine", {"canal_threshold": 0.7}, catalog=cat)
+    loaded = models3d.load_model("tiny-fine", "cpu", catalog=cat)
+    assert loaded.settings == {"canal_threshold": 0.7} and segment3d.model_canal_threshold(loaded) == 0.7
+    assert entry["sha256"] == loaded.sha256
+    # re-installing the same weights keeps the setting
+    models3d.install_model(p, "tiny-fine", catalog=cat)
+    assert models3d.load_model("tiny-fine", "cpu", catalog=cat).settings["canal_threshold"] == 0.7
+    assert segment3d.model_canal_threshold(models3d.load_model(p, "cpu")) is None
+    img, _ = _sac_world(tmp_path, monkeypatch, -100.0)
+    seen = []
+    fake = segment3d.fine_network_labels
+
+    def spy(loaded_, x, roi=None, overlap=0.25, backend="auto", precision="fp32", canal_threshold=None):
+        seen.append(canal_threshold)
+        return fake(loaded_, x, roi, overlap, backend, precision)
+
+    monkeypatch.setattr(segment3d, "fine_network_labels", spy)
+    res = segment3d.segment_volume(img, loaded, "cpu")
+    assert seen == [0.7] and res.canal_threshold == 0.7 and res.locator == "coarse model"
+    res = segment3d.segment_volume(img, loaded, "cpu", fine_options={"canal_threshold": None})
+    assert seen[-1] is None and res.canal_threshold is None
+
+
+def test_hand_placed_l45_point_centres_the_crop_and_skips_the_locator(tmp_path, monkeypatch):
+    """``l45_point`` (LPS mm) replaces the coarse locator: the crop's centre is the point + the crop offset (to
+    within the 0.8 mm snapping), the locator never runs, the result says "manual point"; a point outside the image
+    is one clear error; a single-pass model refuses the point."""
+    from spinemorph.errors import InputError
+
+    img, loaded = _sac_world(tmp_path, monkeypatch, -100.0)
+
+    def no_locator(*a, **k):
+        raise AssertionError("the coarse locator must not run with a hand-placed point")
+
+    monkeypatch.setattr(segment3d, "segment_preprocessed", no_locator)
+    point = np.asarray(img.index_to_lps((110.0, 180.0, 40.0)))
+    res = segment3d.segment_volume(img, loaded, "cpu", l45_point=tuple(point))
+    assert res.locator == "manual point"
+    assert np.allclose(res.l45_centre_lps, point, atol=1e-3)
+    cv = res.crop_labels
+    mid = cv.index_to_lps((np.asarray(cv.size_ijk) - 1) / 2.0)
+    expected = point + np.asarray(cv.direction).reshape(3, 3) @ np.asarray(fd.FINE_OFFSET_MM)
+    assert np.all(np.abs(mid - expected) <= 0.4 + 1e-6)  # snapped onto the input's 0.8 mm voxels
+    outside = img.index_to_lps((110.0, 180.0, 200.0))  # k = 200 > 95: beyond the image
+    with pytest.raises(InputError, match="outside the image") as exc:
+        segment3d.segment_volume(img, loaded, "cpu", l45_point=tuple(outside))
+    assert "\n" not in str(exc.value)
+    with pytest.raises(InputError, match="three"):
+        segment3d.segment_volume(img, loaded, "cpu", l45_point=(1.0, 2.0))
+    coarse = models3d.LoadedModel("coarse", loaded.network, 2, {}, loaded.path, "", loaded.device)
+    with pytest.raises(InputError, match="one pass"):
+        segment3d.segment_volume(img, coarse, "cpu", l45_point=tuple(point))
+
+
+def test_segment_cli_l45_point_ras_and_json(tmp_path, monkeypatch):
+    """``foramen segment --l45-point X,Y,Z [--ras]``: RAS is converted to LPS; segmentation.json records the locator."""
+    from FORAMEN3DLib import cli_seg
+
+    from spinemorph.volume import write_volume
+
+    got = {}
+
+    def fake_segment(vol, model="default", device="auto", l45_point=None, **k):
+        got["point"] = l45_point
+        return segment3d.SegmentationResult(vol.with_array(np.zeros(vol.shape, np.uint8)), vol, {"total": 0.1}, "m",
+                                            "cpu", (), "manual point" if l45_point else "coarse model",
+                                            tuple(l45_point) if l45_point else (0.0, 0.0, 0.0), None)
+
+    monkeypatch.setattr(segment3d, "segment_volume", fake_segment)
+    img = Volume(np.zeros((8, 9, 10), np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    write_volume(img, tmp_path / "img.nrrd")
+    assert cli_seg.main(["segment", str(tmp_path / "img.nrrd"), "--out", str(tmp_path / "o"),
+                         "--l45-point", "1.5,-2,3", "--ras"]) == 0
+    assert got["point"] == (-1.5, 2.0, 3.0)
+    doc = json.loads((tmp_path / "o" / "segmentation.json").read_text())
+    assert doc["locator"] == "manual point" and doc["l45_point_given"]["coordinates"] == "RAS"
+    assert doc["l45_centre_lps"] == [-1.5, 2.0, 3.0]
+    with pytest.raises(SystemExit):
+        cli_seg.main(["segment", str(tmp_path / "img.nrrd"), "--out", str(tmp_path / "o2"), "--l45-point", "1,2"])

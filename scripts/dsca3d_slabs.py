@@ -121,52 +121,70 @@ def _region_mask(region_dir: Path | None, patient: str, truth):
     return ndimage.binary_erosion(np.asarray(reg.array) > 0, border_value=0)
 
 
+def reference_planes(patient: str, step_mm: float = 1.0, pixel_mm: float = 0.25):
+    """``(truth canal Volume, centreline, reference table)`` of a slab patient: the planes every prediction of that
+    patient is measured on."""
+    from DuralSacSegLib.dsca3d import compute_dsca3d_table, fit_centreline
+
+    truth = _truth(patient)
+    cl = fit_centreline(truth)
+    return truth, cl, compute_dsca3d_table(truth, centreline=cl, step_mm=step_mm, pixel_mm=pixel_mm, span="whole")
+
+
+def score_prediction(patient: str, truth, cl, tt, pred, region=None, step_mm: float = 1.0,
+                     pixel_mm: float = 0.25) -> list[dict]:
+    """Per-plane rows of a canal prediction (0/1 Volume, any grid) on the reference planes ``tt`` of ``truth``
+    (:func:`reference_planes`); ``region`` (bool, slab grid): only planes centred inside it are scored."""
+    from DuralSacSegLib.dsca3d import FLAG_FOV, compute_dsca3d_table
+
+    from spinemorph.volume import resample_like
+
+    same = pred.shape == truth.shape and np.allclose(pred.spacing_mm, truth.spacing_mm, atol=1e-4) and np.allclose(
+        pred.origin_mm, truth.origin_mm, atol=1e-3) and np.allclose(pred.direction, truth.direction, atol=1e-4)
+    if not same:  # restrict to the imaged slab: the prediction on the slab's own grid
+        pred = resample_like(pred, truth, interpolator="nearest")
+    if np.any(np.asarray(pred.array)):
+        tp = compute_dsca3d_table(pred, centreline=cl, step_mm=step_mm, pixel_mm=pixel_mm, span="whole")
+        prow = tp.rows
+    else:
+        prow = [None] * len(tt.rows)
+    rows = []
+    for rt, rp in zip(tt.rows, prow):
+        a_t, a_p = rt.area_mm2, (rp.area_mm2 if rp is not None else 0.0)
+        if a_t <= 0 and a_p <= 0:
+            continue
+        if region is not None:
+            idx = np.round(truth.lps_to_index(np.asarray(rt.centre_lps))).astype(int)[::-1]  # k, j, i
+            if np.any(idx < 0) or np.any(idx >= np.asarray(region.shape)) or not region[tuple(idx)]:
+                continue
+        rows.append({"patient": patient, "plane": rt.slice_index, "arc_mm": rt.position_mm,
+                     "centre_x_mm": rt.centre_lps[0], "centre_y_mm": rt.centre_lps[1], "centre_z_mm": rt.centre_lps[2],
+                     "normal_x": rt.normal_lps[0], "normal_y": rt.normal_lps[1], "normal_z": rt.normal_lps[2],
+                     "truth_area_mm2": a_t, "pred_area_mm2": a_p, "error_mm2": a_p - a_t,
+                     "complete": bool(a_t > 0 and FLAG_FOV not in rt.qc_flags),
+                     "truth_flags": ";".join(rt.qc_flags), "pred_flags": ";".join(rp.qc_flags) if rp else "empty"})
+    return rows
+
+
 def evaluate(pred_dir: Path, patients: list[str], label: int, step_mm: float, pixel_mm: float,
              region_dir: Path | None = None) -> tuple[dict, list[dict]]:
-    from DuralSacSegLib.dsca3d import FLAG_FOV, compute_dsca3d_table, fit_centreline
-
     from spinemorph.errors import InputError
-    from spinemorph.volume import read_volume, resample_like
+    from spinemorph.volume import read_volume
 
     per_patient, planes = {}, []
     for p in patients:
         path = _find_pred(pred_dir, p)
         if path is None:
             raise InputError(f"no prediction for patient {p} in {pred_dir} (expected {p}.nrrd / .nii.gz / .mha)")
-        truth = _truth(p)
         pred = read_volume(path)
         pa = np.asarray(pred.array)
         if not np.any(pa == label):
             raise InputError(f"prediction {path} has no voxel with the canal label {label}; set --pred-label")
         pred = pred.with_array((pa == label).astype(np.uint8))
-        same = pred.shape == truth.shape and np.allclose(pred.spacing_mm, truth.spacing_mm, atol=1e-4) and np.allclose(
-            pred.origin_mm, truth.origin_mm, atol=1e-3) and np.allclose(pred.direction, truth.direction, atol=1e-4)
-        if not same:  # restrict to the imaged slab: the prediction on the slab's own grid
-            pred = resample_like(pred, truth, interpolator="nearest")
-        region = _region_mask(region_dir, p, truth)
         t0 = time.time()
-        cl = fit_centreline(truth)
-        tt = compute_dsca3d_table(truth, centreline=cl, step_mm=step_mm, pixel_mm=pixel_mm, span="whole")
-        if np.any(np.asarray(pred.array)):
-            tp = compute_dsca3d_table(pred, centreline=cl, step_mm=step_mm, pixel_mm=pixel_mm, span="whole")
-            prow = tp.rows
-        else:
-            prow = [None] * len(tt.rows)
-        rows = []
-        for rt, rp in zip(tt.rows, prow):
-            a_t, a_p = rt.area_mm2, (rp.area_mm2 if rp is not None else 0.0)
-            if a_t <= 0 and a_p <= 0:
-                continue
-            if region is not None:
-                idx = np.round(truth.lps_to_index(np.asarray(rt.centre_lps))).astype(int)[::-1]  # k, j, i
-                if np.any(idx < 0) or np.any(idx >= np.asarray(region.shape)) or not region[tuple(idx)]:
-                    continue
-            rows.append({"patient": p, "plane": rt.slice_index, "arc_mm": rt.position_mm,
-                         "centre_x_mm": rt.centre_lps[0], "centre_y_mm": rt.centre_lps[1], "centre_z_mm": rt.centre_lps[2],
-                         "normal_x": rt.normal_lps[0], "normal_y": rt.normal_lps[1], "normal_z": rt.normal_lps[2],
-                         "truth_area_mm2": a_t, "pred_area_mm2": a_p, "error_mm2": a_p - a_t,
-                         "complete": bool(a_t > 0 and FLAG_FOV not in rt.qc_flags),
-                         "truth_flags": ";".join(rt.qc_flags), "pred_flags": ";".join(rp.qc_flags) if rp else "empty"})
+        truth, cl, tt = reference_planes(p, step_mm, pixel_mm)
+        region = _region_mask(region_dir, p, truth)
+        rows = score_prediction(p, truth, cl, tt, pred, region, step_mm, pixel_mm)
         planes += rows
         per_patient[p] = _scores(rows) | {"prediction": str(path), "seconds": round(time.time() - t0, 1),
                                           "centreline_length_mm": round(cl.length_mm, 1)}

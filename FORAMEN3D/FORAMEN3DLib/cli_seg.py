@@ -1,8 +1,8 @@
-"""Command-line parsers of ``spinemorph foramen train`` and ``spinemorph foramen evaluate``.
+"""Command-line parsers of ``spinemorph foramen train``, ``evaluate`` and ``segment``.
 
-The ``foramen`` command group (:mod:`FORAMEN3DLib.cli`) adds them with :func:`add_train_parser` and
-:func:`add_evaluate_parser`. ``python -m FORAMEN3DLib.cli_seg train|evaluate ...`` runs the same two commands
-stand-alone (used by ``scripts/train_foramen_embedded.sh``).
+The ``foramen`` command group (:mod:`FORAMEN3DLib.cli`) adds them with :func:`add_train_parser`,
+:func:`add_evaluate_parser` and :func:`add_segment_parser`. ``python -m FORAMEN3DLib.cli_seg train|evaluate|segment
+...`` runs the same commands stand-alone (used by ``scripts/train_foramen_embedded.sh``).
 """
 
 from __future__ import annotations
@@ -46,6 +46,88 @@ dsc_boxplot.png and overlay_<case>.png.
 example:
   spinemorph foramen evaluate --model default --data spider-heldout --out eval/heldout
 """
+
+
+SEGMENT_HELP = """\
+Segment L4, the L4-5 disc, L5 (and, with the fine model, the dural sac) in a lumbar MR image; no morphometry.
+
+The fine model (the default, foramen3d-fine-cpu) segments a crop around L4-5. The crop is centred on the L4-5 disc
+found by the coarse locator model, or, with --l45-point, on a point you place: use it when the locator took the wrong
+disc (the labels come out one level off; check the level labels on every image). The point is the centre of the L4-5
+disc in LPS millimetres (DICOM / ITK patient coordinates: x to the patient's left, y posterior, z superior); a point
+read in 3D Slicer is RAS: pass it with --ras (x and y are negated).
+
+DIR receives labels.nrrd (0 background, 1 L4, 2 L4-5 disc, 3 L5, 4 dural sac) and segmentation.json (model, device,
+locator: "coarse model" or "manual point", L4-5 centre in LPS mm, dural-sac decision, QC notes, timings).
+
+examples:
+  spinemorph foramen segment t2_space.nrrd --out seg/
+  spinemorph foramen segment t2_space.nrrd --out seg/ --l45-point 1.5,-12.0,-310.4          (LPS mm)
+  spinemorph foramen segment t2_space.nrrd --out seg/ --l45-point -1.5,12.0,-310.4 --ras    (a Slicer fiducial)
+"""
+
+
+def parse_point(text: str) -> tuple[float, float, float]:
+    """``type=`` of ``--l45-point``: three finite numbers ``X,Y,Z`` (a usage error names the bad value)."""
+    import math
+
+    parts = [p for p in text.replace(";", ",").split(",") if p.strip()]
+    try:
+        vals = tuple(float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers X,Y,Z in mm, got {text!r}") from None
+    if len(vals) != 3 or not all(math.isfinite(v) for v in vals):
+        raise argparse.ArgumentTypeError(f"expected three finite numbers X,Y,Z in mm, got {text!r}")
+    return vals
+
+
+def add_segment_parser(sub) -> argparse.ArgumentParser:
+    """Add the ``segment`` parser (with ``func``) to an argparse sub-parsers object."""
+    p = sub.add_parser("segment", help="segment L4 / disc / L5 / dural sac of an MR image (optionally at a hand-placed L4-5 point)",
+                       description=SEGMENT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", metavar="INPUT", help="MR image (.nrrd, .nii/.nii.gz, .mha, DICOM folder)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--model", default="default", metavar="NAME|FILE", help="segmentation model (default: default)")
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="compute device (default auto)")
+    p.add_argument("--l45-point", type=parse_point, default=None, metavar="X,Y,Z",
+                   help="centre of the L4-5 disc in LPS mm (with --ras: RAS mm); overrides the coarse locator "
+                        "(coarse-to-fine models only)")
+    p.add_argument("--ras", action="store_true", help="--l45-point is given in RAS (3D Slicer) instead of LPS")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
+    p.set_defaults(func=run_segment)
+    return p
+
+
+def run_segment(args) -> int:
+    from spinemorph.atomic import atomic_write_text, prepare_output_dir
+    from spinemorph.errors import InputError
+    from spinemorph.volume import read_volume, write_volume
+
+    from .segment3d import segment_volume
+
+    if args.ras and args.l45_point is None:
+        raise InputError("--ras applies to --l45-point; give the point too")
+    out = prepare_output_dir(args.out, args.overwrite, ["labels.nrrd", "segmentation.json"])
+    vol = read_volume(args.input)
+    point = None
+    if args.l45_point is not None:
+        x, y, z = args.l45_point
+        point = (-x, -y, z) if args.ras else (x, y, z)
+    res = segment_volume(vol, model=args.model, device=args.device, l45_point=point)
+    write_volume(res.labels, out / "labels.nrrd")
+    doc = {"input": str(args.input), "model": res.model_name, "device": res.device, "locator": res.locator,
+           "l45_centre_lps": list(res.l45_centre_lps) if res.l45_centre_lps is not None else None,
+           "l45_point_given": {"value": list(args.l45_point), "coordinates": "RAS" if args.ras else "LPS"}
+           if args.l45_point is not None else None,
+           "canal_threshold": res.canal_threshold, "qc": list(res.qc),
+           "timings_s": {k: round(float(v), 3) for k, v in res.timings_s.items()}}
+    atomic_write_text(out / "segmentation.json", json.dumps(doc, indent=2) + "\n")
+    where = f" (locator: {res.locator}" + (f", L4-5 centre LPS {tuple(round(v, 1) for v in res.l45_centre_lps)})"
+                                           if res.l45_centre_lps else ")") if res.locator else ""
+    print(f"segmented with {res.model_name}{where} in {res.timings_s.get('total', 0.0):.1f} s; outputs in {out}")
+    for note in res.qc:
+        print(f"QC: {note}")
+    return 0
 
 
 def add_train_parser(sub) -> argparse.ArgumentParser:
@@ -109,11 +191,12 @@ def run_evaluate(args) -> int:
 def main(argv=None) -> int:
     """Stand-alone entry: ``python -m FORAMEN3DLib.cli_seg train|evaluate ...``."""
     prog = "python -m FORAMEN3DLib.cli_seg"
-    parser = OneLineParser(prog=prog, description="FORAMEN3D training / evaluation")
+    parser = OneLineParser(prog=prog, description="FORAMEN3D training / evaluation / segmentation")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an internal error")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     add_train_parser(sub)
     add_evaluate_parser(sub)
+    add_segment_parser(sub)
     args = parser.parse_args(argv)
     return run_command(args.func, args, verbose=args.verbose, program=prog)
 

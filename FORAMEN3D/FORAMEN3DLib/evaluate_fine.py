@@ -1,6 +1,7 @@
 """Evaluation of a fine (5-class) FORAMEN3D model on patients never trained on.
 
-``python -m FORAMEN3DLib.evaluate_fine --model FILE|NAME --out DIR [--slabs [--pred-dir D]] [--synth N
+``python -m FORAMEN3DLib.evaluate_fine --model FILE|NAME --out DIR [--slabs [--pred-dir D] [--patients P1,P2]
+[--l45-point reference]] [--synth N
 [--synth-mode network|pipeline]] [--locator-study] [--sac-end-study P1,P2,...]``
 
 Any FORAMEN3D model can be evaluated (the coarse default too: canal Dice is then undefined), so that models are
@@ -168,8 +169,13 @@ def _grid_region(image, crop) -> np.ndarray:
     return inside
 
 
-def evaluate_slabs(model, device="cpu", pred_dir: Path | None = None) -> list[dict]:
+def evaluate_slabs(model, device="cpu", pred_dir: Path | None = None, patients=None,
+                   l45_point: str | None = None) -> list[dict]:
     """Held-out real slabs through :func:`segment_volume` (any model), scored on :func:`reference_region`.
+
+    ``patients``: a subset of the held-out slab patients (default all). ``l45_point="reference"``: the crop is
+    centred on the **reference** L4-5 disc centroid of the slab mask, as a reader's hand-placed point would be
+    (``segment_volume(..., l45_point=...)``; fine models only; the coarse locator does not run).
 
     ``pred_dir``: write each prediction as ``<patient>.nrrd`` (labels on the slab grid) and the region the model
     segmented (its fine crop, or the coarse window, on the slab grid) as ``region/<patient>.nrrd``, for
@@ -182,10 +188,22 @@ def evaluate_slabs(model, device="cpu", pred_dir: Path | None = None) -> list[di
     loaded = get_model(model, device)
     canal = has_canal_class(loaded)
     rows = []
-    for p in spider.held_out_slab_patients():
+    held = spider.held_out_slab_patients()
+    if patients:
+        unknown = [p for p in patients if p not in held]
+        if unknown:
+            raise SpineMorphError(f"--patients: {', '.join(unknown)} not held-out slab patients ({', '.join(held)})")
+    if l45_point not in (None, "reference"):
+        raise SpineMorphError(f"--l45-point must be 'reference', got {l45_point!r}")
+    for p in patients or held:
         image, mask = spider.load_slab(p)
         lab = fd.slab_labels(p, image, mask)
-        res = segment_volume(image.with_array(image.array.astype(np.float32)), loaded, device)
+        point = None
+        if l45_point == "reference":
+            if lab.disc_center_lps is None:
+                raise SpineMorphError(f"patient {p}: levels not derivable, no reference L4-5 disc for --l45-point")
+            point = tuple(float(v) for v in lab.disc_center_lps)
+        res = segment_volume(image.with_array(image.array.astype(np.float32)), loaded, device, l45_point=point)
         pred = np.asarray(res.labels.array)
         if pred_dir is not None:
             (pred_dir / "region").mkdir(parents=True, exist_ok=True)
@@ -195,7 +213,9 @@ def evaluate_slabs(model, device="cpu", pred_dir: Path | None = None) -> list[di
         truth = fd.definite_labels(lab.bits)
         known = (truth != 255) & reference_region(image, mask, lab)
         row = {"case": p, "source": "slab-heldout", "identity": lab.identity, "total_s": res.timings_s["total"],
-               "qc": "; ".join(res.qc)}
+               "qc": "; ".join(res.qc), "locator": res.locator,
+               "l45_centre_lps": list(res.l45_centre_lps) if res.l45_centre_lps is not None else None,
+               "canal_threshold": res.canal_threshold}
         _score(row, truth, pred, known, canal)
         if lab.identity == "merged":  # levels not derived: per-level Dice undefined (not 0)
             row.update({FINE_CLASS_NAMES[c]: math.nan for c in (fd.L4, fd.DISC, fd.L5)})
@@ -299,6 +319,11 @@ def main(argv=None) -> int:
                          "segment_volume path (any model; the like-for-like comparison)")
     ap.add_argument("--pred-dir", type=Path, default=None,
                     help="with --slabs: write each slab prediction as <patient>.nrrd (for scripts/dsca3d_slabs.py)")
+    ap.add_argument("--patients", default=None, metavar="P1,P2",
+                    help="with --slabs: only these held-out slab patients (default all)")
+    ap.add_argument("--l45-point", choices=("reference",), default=None,
+                    help="with --slabs: centre the fine crop on the reference L4-5 disc centroid (a hand-placed point) "
+                         "instead of the coarse locator's answer")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--locator-study", action="store_true",
                     help="level errors of the coarse locator on every slab patient with derived levels")
@@ -317,7 +342,8 @@ def main(argv=None) -> int:
             mode = a.synth_mode or ("network" if has_canal_class(loaded) else "pipeline")
             rows += evaluate_synth(loaded, a.synth, mode=mode)
         if a.slabs:
-            rows += evaluate_slabs(loaded, pred_dir=a.pred_dir)
+            pts = [p.strip() for p in a.patients.split(",") if p.strip()] if a.patients else None
+            rows += evaluate_slabs(loaded, pred_dir=a.pred_dir, patients=pts, l45_point=a.l45_point)
         studies = {}
         if a.locator_study:
             studies["locator"] = locator_study()

@@ -59,6 +59,10 @@ class LoadedModel:
     path : Path
     sha256 : str
     device : torch.device
+    settings : dict
+        Inference settings stored in the catalogue entry (:data:`ENTRY_SETTINGS`, e.g. ``canal_threshold``: the
+        dural-sac decision of a fine model, chosen on validation patients by ``scripts/dsca3d_calibrate.py``); empty
+        for a weights file given by path.
     """
 
     name: str
@@ -68,6 +72,12 @@ class LoadedModel:
     path: Path
     sha256: str
     device: object
+    settings: dict = dataclasses.field(default_factory=dict)
+
+
+#: catalogue-entry fields that are inference settings of the weights (copied into :attr:`LoadedModel.settings`, kept
+#: by :func:`install_model` for the same weights)
+ENTRY_SETTINGS = ("canal_threshold", "canal_decision")
 
 
 def read_catalog(path: str | os.PathLike | None = None) -> dict:
@@ -184,7 +194,11 @@ def load_model(name_or_path: str | os.PathLike = "default", device="cpu", catalo
     blob = read_weights(path)
     net, down = build_from_blob(blob, path)
     dev = device if isinstance(device, torch.device) else select_device(str(device))
-    return LoadedModel(name, net.to(dev), down, dict(blob.get("meta", {})), path, digest, dev)
+    settings = {}
+    if expected:  # a catalogue entry (its sha256 matched): its inference settings apply to these weights
+        entry = next((e for e in read_catalog(catalog)["models"] if e.get("name") == name), {})
+        settings = {k: entry[k] for k in ENTRY_SETTINGS if k in entry}
+    return LoadedModel(name, net.to(dev), down, dict(blob.get("meta", {})), path, digest, dev, settings)
 
 
 def save_weights(net: UNet3D, path: str | os.PathLike, input_downsample: int = 1, meta: dict | None = None) -> str:
@@ -211,8 +225,9 @@ def install_model(weights: str | os.PathLike, name: str, description: str = "", 
 
     The file is loaded first (it must be a valid FORAMEN3D weights file); the entry records its sha256 and size.
     The previous entry's DSCA marker (``"dsca"``, ``"dsca_note"``: whether the canal class is validated for DSCA,
-    read by ``DuralSacSegLib.segment3d_path``) is kept when the weights are the same file (same sha256); new weights
-    get ``"dsca": false`` until they are validated again. Returns the catalogue entry.
+    read by ``DuralSacSegLib.segment3d_path``) and its inference settings (:data:`ENTRY_SETTINGS`, chosen for those
+    weights) are kept when the weights are the same file (same sha256); new weights get ``"dsca": false`` and no
+    settings until they are validated / calibrated again. Returns the catalogue entry.
     """
     src = Path(weights)
     blob = read_weights(src)
@@ -237,6 +252,8 @@ def install_model(weights: str | os.PathLike, name: str, description: str = "", 
         "trained": {k: meta[k] for k in ("config", "seed", "fold", "epoch", "iteration", "val_dsc_mean") if k in meta},
     }
     old = next((e for e in cat["models"] if e.get("name") == name), None)
+    if old is not None and old.get("sha256") == entry["sha256"]:
+        entry.update({k: old[k] for k in ENTRY_SETTINGS if k in old})
     if old is not None and "dsca" in old:
         if old.get("sha256") == entry["sha256"]:
             entry.update({k: old[k] for k in ("dsca", "dsca_note") if k in old})
@@ -248,6 +265,20 @@ def install_model(weights: str | os.PathLike, name: str, description: str = "", 
     cat["models"] = [e for e in cat["models"] if e.get("name") != name] + [entry]
     if default or not cat.get("default"):
         cat["default"] = name
+    with atomic_path(cat_path) as tmp:
+        tmp.write_text(json.dumps(cat, indent=2) + "\n")
+    return entry
+
+
+def update_entry(name: str, fields: dict, catalog: str | os.PathLike | None = None) -> dict:
+    """Set ``fields`` in the catalogue entry ``name`` (atomic rewrite; e.g. the ``canal_threshold`` chosen by
+    ``scripts/dsca3d_calibrate.py``). Raises :class:`ModelError` for a name that is not in the catalogue."""
+    cat_path = Path(catalog) if catalog else CATALOG_PATH
+    cat = read_catalog(cat_path)
+    entry = next((e for e in cat["models"] if e.get("name") == name), None)
+    if entry is None:
+        raise ModelError(f"{name!r} is not a catalogue model; give a catalogue name")
+    entry.update(json.loads(json.dumps(fields, default=float)))
     with atomic_path(cat_path) as tmp:
         tmp.write_text(json.dumps(cat, indent=2) + "\n")
     return entry

@@ -55,6 +55,14 @@ class SegmentationResult:
     device : str
     qc : tuple of str
         Review notes of the pipeline (fine models: the level check, :func:`segment_fine`); empty when none.
+    locator : str
+        Fine models: where the crop centre came from, ``"coarse model"`` (the coarse locator) or ``"manual point"``
+        (``l45_point``); ``""`` for single-pass models.
+    l45_centre_lps : tuple or None
+        Fine models: the L4-5 centre (LPS mm) the crop was placed on.
+    canal_threshold : float or None
+        Fine models: the dural-sac decision used (None = argmax of the classes; a number = class 4 only where its
+        softmax probability is at least that, :func:`decide_fine_labels`).
     """
 
     labels: Volume
@@ -63,6 +71,9 @@ class SegmentationResult:
     model_name: str
     device: str
     qc: tuple = ()
+    locator: str = ""
+    l45_centre_lps: tuple | None = None
+    canal_threshold: float | None = None
 
 
 # ---------------------------------------------------------------------- post-processing
@@ -255,10 +266,11 @@ def locate_l45(prep: Preprocessed, labels_padded: np.ndarray) -> np.ndarray:
 SAC_END_GAP_MM = 30.0
 
 
-def fine_network_labels(loaded: models3d.LoadedModel, x: np.ndarray, roi=None, overlap: float = 0.25,
+def fine_network_logits(loaded: models3d.LoadedModel, x: np.ndarray, roi=None, overlap: float = 0.25,
                         backend: str = "auto", precision: str = "fp32") -> np.ndarray:
-    """Argmax labels (uint8, ``x.shape``) of a fine crop: MONAI sliding-window inference (Gaussian blending of the
-    logits; argmax of blended logits = argmax of the softmax that :func:`train_fine.predict_crop` returns).
+    """Blended logits (float32 ``(classes, *x.shape)``) of a fine crop: MONAI sliding-window inference (Gaussian
+    blending of the logits; the argmax of blended logits = argmax of the softmax that :func:`train_fine.predict_crop`
+    returns).
 
     ``backend="onnx"``: ONNX Runtime runs each window (the export is cached on disk, :func:`_onnx_session`); on the
     development CPU about 2× faster than torch with identical labels (``scripts/bench_fine3d.py``). ``"auto"``
@@ -293,7 +305,52 @@ def fine_network_labels(loaded: models3d.LoadedModel, x: np.ndarray, roi=None, o
     amp = torch.bfloat16 if dev == "cpu" else torch.float16
     with torch.inference_mode(), torch.autocast(dev, dtype=amp, enabled=precision == "bf16" and backend == "torch"):
         logits = sliding_window_inference(xt, roi, 1, predictor, overlap=overlap, mode="gaussian")
-        return logits[0].float().argmax(0).to(torch.uint8).cpu().numpy()
+        return logits[0].float().cpu().numpy()
+
+
+def check_canal_threshold(value) -> float | None:
+    """``None`` (argmax) or a probability in (0, 1); anything else raises :class:`SpineMorphError`."""
+    if value is None:
+        return None
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise SpineMorphError(f"canal_threshold must be a probability between 0 and 1 or null, got {value!r}") from None
+    if not 0.0 < t < 1.0:
+        raise SpineMorphError(f"canal_threshold must be a probability between 0 and 1 (exclusive), got {t:g}")
+    return t
+
+
+def decide_fine_labels(logits: np.ndarray, canal_threshold: float | None = None) -> np.ndarray:
+    """Labels (uint8) of a fine crop's blended logits ``(classes, ...)``.
+
+    ``canal_threshold`` None: the argmax over the classes. A number ``t``: the dural sac (class 4) only where its
+    softmax probability is ≥ ``t``; a voxel whose argmax is 4 with a lower probability takes the best of the other
+    classes (background, L4, disc, L5). Why a threshold: with five classes the argmax can give the sac to a voxel at
+    p = 0.3 on its rim (partial volume of sac, bone and epidural fat), and the measured sac was too large by about a
+    rim (``docs/dsca3d.md``); ``t`` is chosen on validation patients (``scripts/dsca3d_calibrate.py``)."""
+    import torch
+
+    from . import fine_data as fd
+
+    lg = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))
+    with torch.inference_mode():
+        lab = lg.argmax(0).to(torch.uint8)
+        t = check_canal_threshold(canal_threshold)
+        if t is not None and lg.shape[0] > fd.CANAL:
+            p4 = torch.softmax(lg, 0)[fd.CANAL]
+            weak = (lab == fd.CANAL) & (p4 < t)
+            if bool(weak.any()):
+                others = torch.cat([lg[: fd.CANAL], lg[fd.CANAL + 1 :]]).argmax(0).to(torch.uint8)
+                others = torch.where(others >= fd.CANAL, others + 1, others).to(torch.uint8)
+                lab = torch.where(weak, others, lab)
+        return lab.numpy()
+
+
+def fine_network_labels(loaded: models3d.LoadedModel, x: np.ndarray, roi=None, overlap: float = 0.25,
+                        backend: str = "auto", precision: str = "fp32", canal_threshold: float | None = None) -> np.ndarray:
+    """Labels (uint8, ``x.shape``) of a fine crop: :func:`fine_network_logits` → :func:`decide_fine_labels`."""
+    return decide_fine_labels(fine_network_logits(loaded, x, roi, overlap, backend, precision), canal_threshold)
 
 
 _ONNX: dict = {}
@@ -351,14 +408,89 @@ def sac_end_gap_mm(labels: np.ndarray, fov: np.ndarray) -> float:
     return max(0.0, float(last - rows.max()) * fd.FINE_SPACING_MM)
 
 
+#: ``canal_threshold`` default of :func:`segment_fine`: the loaded model's own setting (its catalogue entry)
+MODEL_SETTING = "model"
+
+
+def check_l45_point(image: Volume, point_lps) -> np.ndarray:
+    """A hand-placed L4-5 centre as an LPS array; :class:`InputError` (one line) when it is not three finite numbers
+    or lies outside the image (more than half a voxel beyond its outer voxel centres)."""
+    from spinemorph.errors import InputError
+
+    try:
+        pt = np.asarray(point_lps, dtype=float).reshape(3)
+    except (TypeError, ValueError):
+        raise InputError(f"the L4-5 point must be three numbers X,Y,Z (LPS mm), got {point_lps!r}") from None
+    if not np.all(np.isfinite(pt)):
+        raise InputError(f"the L4-5 point must be three finite numbers (LPS mm), got {point_lps!r}")
+    ijk = np.asarray(image.lps_to_index(pt), float)
+    size = np.asarray(image.size_ijk, float)
+    if np.any(ijk < -0.5) or np.any(ijk > size - 0.5):
+        corners = np.array([image.index_to_lps(np.array(c, float)) for c in
+                            [(0, 0, 0), tuple(np.asarray(image.size_ijk) - 1)]])
+        lo, hi = corners.min(0), corners.max(0)
+        raise InputError(
+            f"the L4-5 point ({pt[0]:.1f}, {pt[1]:.1f}, {pt[2]:.1f}) LPS mm lies outside the image (LPS extent "
+            f"x {lo[0]:.1f}..{hi[0]:.1f}, y {lo[1]:.1f}..{hi[1]:.1f}, z {lo[2]:.1f}..{hi[2]:.1f} mm); give the point "
+            "in LPS millimetres (RAS: negate x and y)")
+    return pt
+
+
+def fine_crop_input(image: Volume, prep: Preprocessed, centre_lps, shift_mm=(0.0, 0.0, 0.0)):
+    """``(grid, x, fov)`` of the fine crop placed relative to ``centre_lps``: the crop grid (snapped onto the input
+    voxels for a 0.8 mm input, so that resampling and pasting back are exact indexing), the z-scored crop image and
+    the imaged-voxel mask."""
+    from spinemorph.volume import resample_to_grid
+
+    from . import fine_data as fd
+
+    vol = image if np.issubdtype(image.array.dtype, np.floating) else image.with_array(image.array.astype(np.float32))
+    grid = fd.fine_crop_grid(centre_lps, shift_mm, direction=prep.crop.direction)
+    if prep.crop.aligned:
+        snapped = image.index_to_lps(np.round(image.lps_to_index(np.asarray(grid.origin_mm))))
+        grid = fd.FineGrid(tuple(float(v) for v in snapped), grid.direction, grid.shape)
+    img = resample_to_grid(vol, grid.spacing_mm, grid.size_ijk, grid.origin_mm, grid.direction, "linear").array
+    ones = image.with_array(np.ones(image.shape, np.uint8))
+    fov = resample_to_grid(ones, grid.spacing_mm, grid.size_ijk, grid.origin_mm, grid.direction,
+                           "nearest").array.astype(bool)
+    return grid, fd.normalise(img, fov), fov
+
+
+def paste_to_input(image: Volume, grid, labels: np.ndarray) -> np.ndarray:
+    """Fine-crop labels mapped onto the input grid (nearest neighbour; 0 outside the crop)."""
+    from spinemorph.volume import resample_to_grid
+
+    from .preprocess import _input_subgrid
+
+    out = np.zeros(image.shape, np.uint8)
+    sub, (lo, hi) = _input_subgrid(image, grid)
+    if sub is not None:
+        res = resample_to_grid(grid.volume(labels), sub.spacing_mm, sub.size_ijk, sub.origin_mm, sub.direction, "nearest")
+        out[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]] = res.array
+    return out
+
+
+def model_canal_threshold(loaded: models3d.LoadedModel) -> float | None:
+    """The dural-sac decision stored with the model (catalogue entry ``"canal_threshold"``, or the weights' meta);
+    None = argmax."""
+    value = getattr(loaded, "settings", {}).get("canal_threshold", loaded.meta.get("canal_threshold"))
+    return check_canal_threshold(value)
+
+
 def segment_fine(
     image: Volume, prep: Preprocessed, loaded: models3d.LoadedModel, device="auto",
     progress: ProgressCallback | None = None, should_cancel: Callable[[], bool] | None = None,
     locator=None, overlap: float = 0.25, backend: str = "auto", level_check: bool = True, roi=None,
-    precision: str = "fp32",
-) -> tuple[np.ndarray, Volume, dict, tuple]:
+    precision: str = "fp32", l45_point=None, canal_threshold=MODEL_SETTING,
+) -> tuple[np.ndarray, Volume, dict, tuple, dict]:
     """Coarse-to-fine segmentation (see the module docstring): labels on the input grid, fine-crop labels, timings,
-    QC notes.
+    QC notes, and ``info`` (``locator``: ``"coarse model"`` or ``"manual point"``, ``l45_centre_lps``,
+    ``canal_threshold``).
+
+    ``l45_point``: a hand-placed L4-5 disc centre (LPS mm, inside the image): the crop is centred there and the
+    coarse locator does not run (what a reader does when the locator takes the wrong level). ``canal_threshold``:
+    the dural-sac decision (:func:`decide_fine_labels`); default: the model's own setting
+    (:func:`model_canal_threshold`), ``None`` = argmax.
 
     **Level check** (``level_check``): the coarse locator can take the L5-S1 disc for L4-5 (real slab 136: the
     fine network then labels L5 as L4 and S1 as L5) or L3-4 for L4-5; the fine network, which gets the crop
@@ -366,61 +498,46 @@ def segment_fine(
     lower face (inside the image), the QC notes ask to check the levels (the crop may sit one level low). The labels
     are not changed, and a crop one level high is not detected.
     """
-    from spinemorph.volume import resample_to_grid
-
-    from . import fine_data as fd
-    from .preprocess import _input_subgrid
-
     t: dict = {}
     qc: list[str] = []
+    thr = model_canal_threshold(loaded) if canal_threshold == MODEL_SETTING else check_canal_threshold(canal_threshold)
     t0 = time.perf_counter()
-    loc_name = locator or loaded.meta.get("locator") or DEFAULT_LOCATOR
-    coarse_padded, _, tc = segment_preprocessed(prep, loc_name, device, None, should_cancel, inverse=False)
-    centre = locate_l45(prep, coarse_padded)
+    tc: dict = {}
+    if l45_point is not None:
+        centre = check_l45_point(image, l45_point)
+        where = "manual point"
+    else:
+        loc_name = locator or loaded.meta.get("locator") or DEFAULT_LOCATOR
+        coarse_padded, _, tc = segment_preprocessed(prep, loc_name, device, None, should_cancel, inverse=False)
+        centre = locate_l45(prep, coarse_padded)
+        where = "coarse model"
     t["locate"] = time.perf_counter() - t0
     _report(progress, 0.3, "fine segmentation")
-    vol = image if np.issubdtype(image.array.dtype, np.floating) else image.with_array(image.array.astype(np.float32))
-    ones = image.with_array(np.ones(image.shape, np.uint8))
-
-    def run(centre_lps, shift_mm=(0.0, 0.0, 0.0)):
-        _check_cancel(should_cancel)
-        t0 = time.perf_counter()
-        grid = fd.fine_crop_grid(centre_lps, shift_mm, direction=prep.crop.direction)
-        if prep.crop.aligned:
-            # 0.8 mm input: snap the crop onto input voxels, so that resampling and pasting back are exact indexing
-            snapped = image.index_to_lps(np.round(image.lps_to_index(np.asarray(grid.origin_mm))))
-            grid = fd.FineGrid(tuple(float(v) for v in snapped), grid.direction, grid.shape)
-        img = resample_to_grid(vol, grid.spacing_mm, grid.size_ijk, grid.origin_mm, grid.direction, "linear").array
-        fov = resample_to_grid(ones, grid.spacing_mm, grid.size_ijk, grid.origin_mm, grid.direction,
-                               "nearest").array.astype(bool)
-        x = fd.normalise(img, fov)
-        t["fine_preprocess"] = t.get("fine_preprocess", 0.0) + time.perf_counter() - t0
-        _check_cancel(should_cancel)
-        t0 = time.perf_counter()
-        raw = fine_network_labels(loaded, x, roi, overlap, backend, precision)
-        raw[~fov] = 0
-        t["inference"] = t.get("inference", 0.0) + time.perf_counter() - t0
-        _check_cancel(should_cancel)
-        t0 = time.perf_counter()
-        labels = postprocess_labels(raw, structures=(1, 2, 3, 4))
-        t["postprocess"] = t.get("postprocess", 0.0) + time.perf_counter() - t0
-        return grid, labels, fov
-
-    grid, labels, fov = run(centre)
+    _check_cancel(should_cancel)
+    t0 = time.perf_counter()
+    grid, x, fov = fine_crop_input(image, prep, centre)
+    t["fine_preprocess"] = time.perf_counter() - t0
+    _check_cancel(should_cancel)
+    t0 = time.perf_counter()
+    raw = fine_network_labels(loaded, x, roi, overlap, backend, precision, canal_threshold=thr)
+    raw[~fov] = 0
+    t["inference"] = time.perf_counter() - t0
+    _check_cancel(should_cancel)
+    t0 = time.perf_counter()
+    labels = postprocess_labels(raw, structures=(1, 2, 3, 4))
+    t["postprocess"] = time.perf_counter() - t0
     gap = sac_end_gap_mm(labels, fov)
     if level_check and np.isfinite(gap) and gap > SAC_END_GAP_MM:
         qc.append(f"level check: the dural sac ends {gap:.0f} mm above the lower face of the L4-5 crop (expected: at "
-                  "or below it); the locator may have taken L5-S1 for L4-5 — check the level labels")
+                  "or below it); the locator may have taken L5-S1 for L4-5 — check the level labels"
+                  + (" (the crop is centred on the hand-placed L4-5 point)" if l45_point is not None else ""))
     _report(progress, 0.9, "mapping back to the input grid")
     t0 = time.perf_counter()
-    out = np.zeros(image.shape, np.uint8)
-    sub, (lo, hi) = _input_subgrid(image, grid)
-    if sub is not None:
-        res = resample_to_grid(grid.volume(labels), sub.spacing_mm, sub.size_ijk, sub.origin_mm, sub.direction, "nearest")
-        out[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]] = res.array
+    out = paste_to_input(image, grid, labels)
     t["inverse"] = time.perf_counter() - t0
     t["locator_model"] = tc.get("inference", 0.0)
-    return out, grid.volume(labels), t, tuple(qc)
+    info = {"locator": where, "l45_centre_lps": tuple(round(float(v), 3) for v in centre), "canal_threshold": thr}
+    return out, grid.volume(labels), t, tuple(qc), info
 
 
 def segment_volume(
@@ -430,6 +547,7 @@ def segment_volume(
     progress: ProgressCallback | None = None,
     should_cancel: Callable[[], bool] | None = None,
     fine_options: dict | None = None,
+    l45_point=None,
 ) -> SegmentationResult:
     """Segment L4 (1), the L4-5 disc (2) and L5 (3) in a lumbar MR volume.
 
@@ -448,7 +566,11 @@ def segment_volume(
         ``SpineMorphError("cancelled")``.
     fine_options : dict, optional
         Fine models only: keyword arguments of :func:`segment_fine` (``overlap``, ``roi``, ``backend``,
-        ``precision``, ``level_check``, ``locator``).
+        ``precision``, ``level_check``, ``locator``, ``canal_threshold``).
+    l45_point : sequence of 3 floats, optional
+        Fine models only: a hand-placed L4-5 disc centre in **LPS** millimetres (RAS: negate x and y). The fine crop
+        is centred there instead of on the coarse locator's answer (``result.locator == "manual point"``). A point
+        outside the image, or a single-pass model, raises :class:`~spinemorph.errors.InputError`.
 
     Returns
     -------
@@ -467,12 +589,17 @@ def segment_volume(
     loaded = get_model(model, device)
     t_load = time.perf_counter() - t0
     if is_fine_model(loaded):
-        on_input, crop_vol, t, qc = segment_fine(image, prep, loaded, device, progress, should_cancel,
-                                                 **(fine_options or {}))
+        on_input, crop_vol, t, qc, info = segment_fine(image, prep, loaded, device, progress, should_cancel,
+                                                       l45_point=l45_point, **(fine_options or {}))
         timings = {"preprocess": t_pre, "load_model": t_load, **t, "total": time.perf_counter() - t_start}
         _report(progress, 1.0, "done")
         return SegmentationResult(labels=image.with_array(on_input), crop_labels=crop_vol, timings_s=timings,
-                                  model_name=loaded.name, device=str(loaded.device), qc=qc)
+                                  model_name=loaded.name, device=str(loaded.device), qc=qc, **info)
+    if l45_point is not None:
+        from spinemorph.errors import InputError
+
+        raise InputError(f"an L4-5 point places the crop of a coarse-to-fine model; {loaded.name} segments the whole "
+                         "image in one pass (use the fine model, e.g. --model foramen3d-fine-cpu)")
     padded, on_input, t = segment_preprocessed(prep, model, device, progress, should_cancel)
     timings = {"preprocess": t_pre, **t, "total": time.perf_counter() - t_start}
     _report(progress, 1.0, "done")
