@@ -236,6 +236,8 @@ def _run_segment_3d(args: argparse.Namespace, image, source, reason: str, has_le
         print("warning: no plane could be graded for stenosis (see qc_flags / stenosis_note in dsca.csv)", file=sys.stderr)
     for line in table.qc_summary_lines():
         print(f"QC: {line}")
+    for note in result.segmentation_qc:  # the 3D model's notes on its segmentation (dsca.json segmentation_qc)
+        print(f"QC: {note}")
     for lv in table.levels:
         if lv.slice_index < 0:
             print(f"level {lv.level}: outside the measured planes")
