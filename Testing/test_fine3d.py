@@ -387,3 +387,19 @@ def test_segment_cli_l45_point_ras_and_json(tmp_path, monkeypatch):
     assert doc["l45_centre_lps"] == [-1.5, 2.0, 3.0]
     with pytest.raises(SystemExit):
         cli_seg.main(["segment", str(tmp_path / "img.nrrd"), "--out", str(tmp_path / "o2"), "--l45-point", "1,2"])
+
+
+def test_dsca3d_calibrate_refuses_held_out_patients(capsys):
+    """scripts/dsca3d_calibrate.py chooses on validation patients only: a held-out test patient is refused before
+    anything runs."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("dsca3d_calibrate", root / "scripts" / "dsca3d_calibrate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--patients", "191,136", "--out", "unused.json"]) == 1
+    assert "held-out test patients 136" in capsys.readouterr().err
+    cfg = json.loads(mod.FINE_CONFIG.read_text())
+    assert set(cfg["val_patients"]) == {"191", "241", "22", "146"}

@@ -169,6 +169,9 @@ class Segmentation3dResult:
     device: str
     timings_s: dict
     segmentation_qc: tuple = ()
+    #: how the 3D model placed its crop and decided the canal (fine models: ``locator``, ``l45_centre_lps``,
+    #: ``canal_threshold`` of :class:`FORAMEN3DLib.segment3d.SegmentationResult`); empty for a label map
+    model_settings: dict = dataclasses.field(default_factory=dict)
 
     def info(self) -> dict:
         return {
@@ -183,6 +186,7 @@ class Segmentation3dResult:
             "input_axis_codes": self.labels.axis_codes(),
             "timings_s": {k: round(float(v), 4) for k, v in self.timings_s.items()},
             "segmentation_qc": list(self.segmentation_qc),
+            **({"model_settings": self.model_settings} if self.model_settings else {}),
         }
 
 
@@ -194,6 +198,7 @@ def run_3d(vol: Volume, source: CanalSource, reason: str, *, device: str = "auto
     t0 = time.perf_counter()
     timings = {}
     seg_qc: tuple = ()
+    settings: dict = {}
     if source.kind == "label map":
         labels, image, model_name, dev = vol, None, "none (input label map)", "cpu"
     else:
@@ -202,6 +207,10 @@ def run_3d(vol: Volume, source: CanalSource, reason: str, *, device: str = "auto
         seg = segment_volume(vol, model=source.model or "default", device=device, progress=progress)
         labels, image, model_name, dev = seg.labels, vol, seg.model_name, seg.device
         seg_qc = tuple(getattr(seg, "qc", ()))
+        if getattr(seg, "locator", ""):
+            cen = seg.l45_centre_lps
+            settings = {"locator": seg.locator, "l45_centre_lps": list(cen) if cen is not None else None,
+                        "canal_threshold": seg.canal_threshold}
         timings["segment_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     kwargs = {} if scheme is None else {"scheme": scheme}
@@ -213,7 +222,7 @@ def run_3d(vol: Volume, source: CanalSource, reason: str, *, device: str = "auto
     timings["table_s"] = time.perf_counter() - t1
     timings["total_s"] = time.perf_counter() - t0
     mask = labels.with_array((np.asarray(labels.array) == source.canal_label).astype(np.uint8))
-    return Segmentation3dResult(mask, labels, image, table, source, reason, model_name, dev, timings, seg_qc)
+    return Segmentation3dResult(mask, labels, image, table, source, reason, model_name, dev, timings, seg_qc, settings)
 
 
 def write_outputs_3d(result: Segmentation3dResult, out_dir, overwrite: bool = False, n_overlays: int = 4) -> dict:

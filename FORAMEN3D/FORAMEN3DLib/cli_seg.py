@@ -55,7 +55,8 @@ The fine model (the default, foramen3d-fine-cpu) segments a crop around L4-5. Th
 found by the coarse locator model, or, with --l45-point, on a point you place: use it when the locator took the wrong
 disc (the labels come out one level off; check the level labels on every image). The point is the centre of the L4-5
 disc in LPS millimetres (DICOM / ITK patient coordinates: x to the patient's left, y posterior, z superior); a point
-read in 3D Slicer is RAS: pass it with --ras (x and y are negated).
+read in 3D Slicer is RAS: pass it with --ras (x and y are negated). Write --l45-point=X,Y,Z (with "=") when X is
+negative.
 
 DIR receives labels.nrrd (0 background, 1 L4, 2 L4-5 disc, 3 L5, 4 dural sac) and segmentation.json (model, device,
 locator: "coarse model" or "manual point", L4-5 centre in LPS mm, dural-sac decision, QC notes, timings).
@@ -63,7 +64,7 @@ locator: "coarse model" or "manual point", L4-5 centre in LPS mm, dural-sac deci
 examples:
   spinemorph foramen segment t2_space.nrrd --out seg/
   spinemorph foramen segment t2_space.nrrd --out seg/ --l45-point 1.5,-12.0,-310.4          (LPS mm)
-  spinemorph foramen segment t2_space.nrrd --out seg/ --l45-point -1.5,12.0,-310.4 --ras    (a Slicer fiducial)
+  spinemorph foramen segment t2_space.nrrd --out seg/ --l45-point=-1.5,12.0,-310.4 --ras    (a Slicer fiducial, RAS)
 """
 
 
