@@ -23,22 +23,9 @@ AnatomicalFrame = SegmentFrame
 
 def anatomical_frame(labels: Volume, midline: str = "symmetry", max_points: int = 12000) -> AnatomicalFrame:
     """Anatomical frame at L4-5 from a label map (1 L4, 2 disc, 3 L5): the ``"mirror-symmetry"`` rule of the one
-    segment-frame estimator (:func:`FORAMEN3DLib.landmarks_frame.segment_frame`); the frame records the rule and
-    any fallback in ``axis_rule``.
-
-    Parameters
-    ----------
-    labels : Volume
-        Foramen-task label map, any orientation and spacing.
-    midline : str
-        ``"symmetry"``: the mid-sagittal plane contains the cranial axis (disc normal) and the centroid of the
-        labelled voxels; its rotation about the cranial axis is the one whose mirror reflection best reproduces
-        the labels (±20° in 2° steps, then ±2° in 0.25° steps, on ``max_points`` labelled voxels chosen at random
-        with seed 0; among scores within 0.1 % of the best, the smallest rotation). ``"axis"``: plane through the centroid normal to LPS x.
-
-    Returns
-    -------
-    AnatomicalFrame
+    segment-frame estimator (:func:`FORAMEN3DLib.landmarks_frame.segment_frame`; parameters as
+    :func:`FORAMEN3DLib.landmarks_frame.mirror_symmetry_frame`); the frame records the rule and any fallback in
+    ``axis_rule``.
     """
     return segment_frame(labels, "mirror-symmetry", midline=midline, max_points=max_points)
 
