@@ -62,9 +62,9 @@ DIR receives labels.nrrd (0 background, 1 L4, 2 L4-5 disc, 3 L5, 4 dural sac) an
 locator: "coarse model" or "manual point", L4-5 centre in LPS mm, dural-sac decision, QC notes, timings).
 
 examples:
-  spinemorph foramen segment t2_space.nrrd --out seg/
-  spinemorph foramen segment t2_space.nrrd --out seg/ --l45-point 1.5,-12.0,-310.4          (LPS mm)
-  spinemorph foramen segment t2_space.nrrd --out seg/ --l45-point=-1.5,12.0,-310.4 --ras    (a Slicer fiducial, RAS)
+  python -m FORAMEN3DLib.cli_seg segment t2_space.nrrd --out seg/
+  python -m FORAMEN3DLib.cli_seg segment t2_space.nrrd --out seg/ --l45-point 1.5,-12.0,-310.4          (LPS mm)
+  python -m FORAMEN3DLib.cli_seg segment t2_space.nrrd --out seg/ --l45-point=-1.5,12.0,-310.4 --ras    (a Slicer fiducial, RAS)
 """
 
 
