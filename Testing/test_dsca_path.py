@@ -153,3 +153,25 @@ def test_path_3d_with_coarse_model_is_one_error_line(tmp_path, fake_2d_model, ca
     assert code == 0 and "path: 2D" in printed and "no dural sac / canal class" in printed
     seg = json.loads((out / "dsca.json").read_text())["segmentation"]
     assert seg["path"] == "2d" and "foramen3d-budget-cpu" in seg["path_reason"] and seg["resliced_to_axial"]
+
+
+def test_path_3d_from_a_model_records_its_locator_and_canal_decision(monkeypatch):
+    """The 3D path run on a fine model's segmentation records how the crop was placed and the sac decided
+    (``dsca.json`` ``segmentation.model_settings``); the areas are those of the model's canal."""
+    from DuralSacSegLib import segment3d_path as sp
+    from FORAMEN3DLib import segment3d
+
+    labels = five_class_map()
+
+    def fake_segment(vol, model="default", device="auto", progress=None, **k):
+        return segment3d.SegmentationResult(labels, labels, {"total": 0.1}, "fine-x", "cpu", (), "manual point",
+                                            (1.0, 2.0, 3.0), 0.6)
+
+    monkeypatch.setattr(segment3d, "segment_volume", fake_segment)
+    src = sp.CanalSource("model", CANAL, "test model with a canal class", model="fine-x")
+    res = sp.run_3d(labels.with_array(np.asarray(labels.array, np.float32)), src, "test")
+    info = res.info()
+    assert info["model"] == "fine-x"
+    assert info["model_settings"] == {"locator": "manual point", "l45_centre_lps": [1.0, 2.0, 3.0], "canal_threshold": 0.6}
+    clean = [r for r in res.table.rows if not r.qc_flags]
+    assert clean and abs(np.median([r.area_mm2 for r in clean]) - math.pi * R_MM**2) < 3.6
