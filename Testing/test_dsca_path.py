@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import types
 
 import numpy as np
 import pytest
@@ -175,3 +176,32 @@ def test_path_3d_from_a_model_records_its_locator_and_canal_decision(monkeypatch
     assert info["model_settings"] == {"locator": "manual point", "l45_centre_lps": [1.0, 2.0, 3.0], "canal_threshold": 0.6}
     clean = [r for r in res.table.rows if not r.qc_flags]
     assert clean and abs(np.median([r.area_mm2 for r in clean]) - math.pi * R_MM**2) < 3.6
+
+
+def test_path_3d_prints_the_segmentation_qc_notes(tmp_path, monkeypatch, capsys):
+    """The 3D model's QC notes (SegmentationResult.qc) reach dsca.json and the console, one "QC:" line each."""
+    from DuralSacSegLib import segment3d_path
+    from FORAMEN3DLib import segment3d
+
+    notes = ("level check: the dural sac ends 30 mm above the lower face of the L4-5 crop (test note)",
+             "second note (test)")
+    labels = five_class_map()
+    calls = []
+
+    def fake_segment_volume(vol, model="default", device="auto", progress=None, **kwargs):
+        calls.append(model)
+        return types.SimpleNamespace(labels=labels, model_name="fake-fine", device="cpu", qc=notes)
+
+    monkeypatch.setattr(segment3d, "segment_volume", fake_segment_volume)
+    # a model with a canal class (the embedded fine model is marked not usable for DSCA in the catalogue for now)
+    monkeypatch.setattr(segment3d_path, "model_canal_status", lambda model: ("fake-fine", True, "fake canal class"))
+    img = image_of(cylinder(make_grid((60, 40, 40), (1.0, 1.0, 1.0)), 10.0, 7.0))
+    sag = Volume(np.ascontiguousarray(np.transpose(img.array, (2, 1, 0))), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0),
+                 np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]).T)
+    src = write_volume(sag, tmp_path / "space.nrrd")
+    out = tmp_path / "out"
+    assert cli.main(["dsca", "segment", str(src), "--out", str(out), "--path", "3d", "--overlays", "0"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(calls) == 1
+    assert [line for line in printed if line.startswith("QC: ") and "test" in line] == [f"QC: {n}" for n in notes]
+    assert json.loads((out / "dsca.json").read_text())["segmentation"]["segmentation_qc"] == list(notes)

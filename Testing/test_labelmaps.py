@@ -92,3 +92,42 @@ def test_cli_routes_spider_numbering_without_segmenting(tmp_path, monkeypatch):
     write_volume(vol.with_array(np.where(vol.array > 0, 7, 0).astype(np.int16)), bad)
     assert main(["foramen", "measure", str(bad), "--out", str(tmp_path / "o2"), "--no-meshes"]) == 1
     assert not (tmp_path / "o2" / "measurements.json").exists()
+
+
+def test_cli_measure_passes_a_hand_placed_l45_point(tmp_path, monkeypatch, capsys):
+    """`foramen measure IMAGE --l45-point` hands the point (RAS converted to LPS) to the segmenter, records the
+    locator, and refuses the point for a label map; `foramen segment` is a command of the `spinemorph` CLI."""
+    import json
+    import types
+
+    import FORAMEN3DLib.segment3d as seg3d
+
+    from spinemorph import phantom
+    from spinemorph.app.cli import main
+    from spinemorph.volume import write_volume
+
+    labels, _ = phantom.realistic_foramen_phantom("realistic", 0.7, supersample=1)
+    image = labels.with_array((labels.array * 37.5 + np.linspace(0, 1, labels.array.size).reshape(labels.array.shape))
+                              .astype(np.float32))  # not a label map: many distinct values
+    img_path = write_volume(image, tmp_path / "img.nrrd")
+    calls = []
+
+    def fake_segment_volume(vol, model="default", device="auto", progress=None, l45_point=None, **kw):
+        calls.append(l45_point)
+        return types.SimpleNamespace(labels=labels, model_name="fake", device="cpu", locator="manual point",
+                                     qc=("test note",), timings_s={"total": 0.0})
+
+    monkeypatch.setattr(seg3d, "segment_volume", fake_segment_volume)
+    out = tmp_path / "o"
+    assert main(["foramen", "measure", str(img_path), "--out", str(out), "--no-meshes",
+                 "--l45-point=-10.5,20,30", "--ras"]) == 0
+    assert calls == [(10.5, -20.0, 30.0)]
+    seg = json.loads((out / "measurements.json").read_text())["segmentation"]
+    assert seg["locator"] == "manual point" and seg["qc"] == ["test note"]
+    lab_path = write_volume(labels, tmp_path / "lab.nrrd")
+    assert main(["foramen", "measure", str(lab_path), "--out", str(tmp_path / "o2"), "--l45-point", "1,2,3"]) == 1
+    assert "label map" in capsys.readouterr().err
+    assert main(["foramen", "measure", str(img_path), "--out", str(tmp_path / "o3"), "--ras"]) == 1
+    with pytest.raises(SystemExit) as exc:
+        main(["foramen", "segment", "--help"])
+    assert exc.value.code == 0 and "--l45-point" in capsys.readouterr().out

@@ -26,3 +26,15 @@ def positive_float(text: str) -> float:
     if not math.isfinite(v) or v <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
     return v
+
+
+def point_mm(text: str) -> tuple[float, float, float]:
+    """``type=`` of a 3D point option: three finite numbers ``X,Y,Z`` in mm (a usage error names the bad value)."""
+    parts = [p for p in text.replace(";", ",").split(",") if p.strip()]
+    try:
+        vals = tuple(float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers X,Y,Z in mm, got {text!r}") from None
+    if len(vals) != 3 or not all(math.isfinite(v) for v in vals):
+        raise argparse.ArgumentTypeError(f"expected three finite numbers X,Y,Z in mm, got {text!r}")
+    return vals

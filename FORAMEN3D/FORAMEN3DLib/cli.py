@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from spinemorph import labelmaps
-from spinemorph.argtypes import positive_float
+from spinemorph.argtypes import point_mm, positive_float
 from spinemorph.atomic import atomic_write_bytes, atomic_write_text, prepare_output_dir
 from spinemorph.commandline import add_command_group
 from spinemorph.device import DEVICE_CHOICES
@@ -84,6 +84,7 @@ def register(subparsers) -> None:
             raise
         seg = None
     if seg is not None:
+        seg.add_segment_parser(sub)
         seg.add_train_parser(sub)
         seg.add_evaluate_parser(sub)
 
@@ -103,6 +104,10 @@ def _add_measure(sub) -> None:
     p.add_argument("--label-ids", metavar="L4,DISC,L5", help="label values of L4, the L4-5 disc and L5 in INPUT (default: recognised)")
     p.add_argument("--model", default="default", metavar="NAME|FILE", help="segmentation model for an image INPUT (default: default)")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="device for segmentation (default auto)")
+    p.add_argument("--l45-point", type=point_mm, default=None, metavar="X,Y,Z",
+                   help="image INPUT: centre of the L4-5 disc in LPS mm (with --ras: RAS mm), overrides the coarse "
+                        "locator when it took the wrong level (write it as --l45-point=X,Y,Z when X is negative)")
+    p.add_argument("--ras", action="store_true", help="--l45-point is given in RAS (3D Slicer) instead of LPS")
     p.add_argument("--case", metavar="NAME", help="case name in the CSV (default: INPUT's file name)")
     p.add_argument("--height-threshold-mm", type=positive_float, default=15.0, help="flag height <= this (default 15)")
     p.add_argument("--width-threshold-mm", type=positive_float, default=8.0, help="flag width <= this (default 8)")
@@ -165,6 +170,10 @@ def run_measure(args) -> int:
     label_ids = labelmaps.parse_label_ids(args.label_ids) if args.label_ids else None
     values = labelmaps.distinct_values(vol)
     scheme = None
+    if args.ras and args.l45_point is None:
+        raise InputError("--ras applies to --l45-point; give the point too")
+    if values is not None and args.l45_point is not None:
+        raise InputError(f"{args.input} is a label map: --l45-point places the crop of a segmentation; drop it")
     if values is not None:  # a label map: never segmented
         scheme = labelmaps.detect_scheme(values, label_ids)
         labels = labelmaps.to_foramen_labels(vol, scheme)
@@ -178,9 +187,16 @@ def run_measure(args) -> int:
         from FORAMEN3DLib.segment3d import segment_volume
 
         log.info("segmenting %s (model %s, device %s)", args.input, args.model, args.device)
-        seg = segment_volume(vol, model=args.model, device=args.device)
+        point = None
+        if args.l45_point is not None:
+            x, y, z = args.l45_point
+            point = (-x, -y, z) if args.ras else (x, y, z)
+        seg = segment_volume(vol, model=args.model, device=args.device, l45_point=point)
         labels = seg.labels
-        seg_info = {"model": str(args.model), "timings_s": {k: round(float(v), 3) for k, v in getattr(seg, "timings_s", {}).items()}}
+        seg_info = {"model": str(args.model), "timings_s": {k: round(float(v), 3) for k, v in getattr(seg, "timings_s", {}).items()},
+                    "locator": getattr(seg, "locator", None), "qc": list(getattr(seg, "qc", ()) or ())}
+        for note in seg_info["qc"]:
+            log.warning("QC: %s", note)
     thresholds = Thresholds(height_mm=args.height_threshold_mm, width_mm=args.width_threshold_mm)
     t0 = time.perf_counter()
     result = measure_foramen(labels, thresholds=thresholds, slab_half_width_mm=args.slab_mm / 2, zone=args.zone)

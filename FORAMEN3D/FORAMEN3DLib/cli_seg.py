@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from spinemorph.argtypes import positive_int
+from spinemorph.argtypes import point_mm, positive_int
 from spinemorph.commandline import OneLineParser, run_command
 from spinemorph.device import DEVICE_CHOICES
 from spinemorph.errors import SpineMorphError
@@ -68,20 +68,6 @@ examples:
 """
 
 
-def parse_point(text: str) -> tuple[float, float, float]:
-    """``type=`` of ``--l45-point``: three finite numbers ``X,Y,Z`` (a usage error names the bad value)."""
-    import math
-
-    parts = [p for p in text.replace(";", ",").split(",") if p.strip()]
-    try:
-        vals = tuple(float(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three numbers X,Y,Z in mm, got {text!r}") from None
-    if len(vals) != 3 or not all(math.isfinite(v) for v in vals):
-        raise argparse.ArgumentTypeError(f"expected three finite numbers X,Y,Z in mm, got {text!r}")
-    return vals
-
-
 def add_segment_parser(sub) -> argparse.ArgumentParser:
     """Add the ``segment`` parser (with ``func``) to an argparse sub-parsers object."""
     p = sub.add_parser("segment", help="segment L4 / disc / L5 / dural sac of an MR image (optionally at a hand-placed L4-5 point)",
@@ -90,7 +76,7 @@ def add_segment_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--model", default="default", metavar="NAME|FILE", help="segmentation model (default: default)")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="compute device (default auto)")
-    p.add_argument("--l45-point", type=parse_point, default=None, metavar="X,Y,Z",
+    p.add_argument("--l45-point", type=point_mm, default=None, metavar="X,Y,Z",
                    help="centre of the L4-5 disc in LPS mm (with --ras: RAS mm); overrides the coarse locator "
                         "(coarse-to-fine models only)")
     p.add_argument("--ras", action="store_true", help="--l45-point is given in RAS (3D Slicer) instead of LPS")
