@@ -132,7 +132,7 @@ class FORAMEN3DLogic(slicer_logic.FORAMEN3DLogicBase):
         return FORAMEN3DParameterNode(super().getParameterNode())
 
     def process(self, inputVolume, model="default", device="auto", outputSegmentation=None, measurementTable=None,
-                progress=None, shouldCancel=None, showResult=True, measure=True):
+                progress=None, shouldCancel=None, showResult=True, measure=True, l45PointNode=None):
         """Segment L4 / L4-5 disc / L5, build the surface models and measure both foramina.
 
         Blocking. The network runs in a separate process (``spinemorph.inference_worker`` with Slicer's Python); torch
@@ -143,10 +143,12 @@ class FORAMEN3DLogic(slicer_logic.FORAMEN3DLogicBase):
         :param outputSegmentation, measurementTable: nodes to fill (created when None).
         :param progress: ``progress(fraction, message)``; ``shouldCancel()`` returning True stops the run.
         :param measure: also measure the foramina (markups + Metric/Side/Value/Unit/Flag table).
+        :param l45PointNode: optional point list whose first point is the L4-5 disc centre (when the model takes the
+            wrong level); the locator used and the QC notes are logged.
         :return: ``(segmentationNode, measurementTableNode)``; ``self.measurementRows(case)`` gives the table rows.
         """
         return self._process(inputVolume, model, device, outputSegmentation, measurementTable, progress, shouldCancel,
-                             showResult, measure)
+                             showResult, measure, l45PointNode)
 
 
 class FORAMEN3DTest(ScriptedLoadableModuleTest):

@@ -332,7 +332,7 @@ def test_console_process_runs_the_worker_and_blocks(monkeypatch, module):
     nodes = importlib.import_module(f"{module}Lib.slicer_nodes")
     monkeypatch.setattr(nodes, "volumeFromNode", lambda node: "image")
     runs, shown = [], []
-    result = types.SimpleNamespace(device="cpu")
+    result = types.SimpleNamespace(device="cpu", locator="", l45_centre_lps=None, qc=())  # InferenceResult's fields
 
     def run(self, progress=None, shouldCancel=None):
         runs.append((self.task, self.image, self.model, self.device, self.wholeSlices, progress, shouldCancel))
@@ -444,3 +444,119 @@ def test_worker_error_line_survives_a_pipe_that_cannot_encode_the_message(tmp_pa
     lines = raw.getvalue().decode("cp1252").splitlines()
     errors = [m for m in map(iw.parse_line, lines) if m.kind == "error"]
     assert code == 1 and len(errors) == 1 and "input.nrrd" in errors[0].data["message"]
+
+
+# ====================================================================== hand-placed L4-5 point (foramen)
+def test_worker_command_carries_the_l45_point():
+    cmd = iw.worker_command("py", "foramen", "in.nrrd", "out", device="cpu", l45_point=(-12.5, 3, 40.125))
+    assert cmd[-1] == "--l45-point=-12.5,3.0,40.125"  # '=' form: the negative first value is not taken for an option
+    args = iw.build_parser().parse_args(cmd[4:])
+    assert args.l45_point == "-12.5,3.0,40.125"
+    assert "--l45-point" not in " ".join(iw.worker_command("py", "foramen", "in.nrrd", "out"))  # old command kept
+    with pytest.raises(ValueError, match="foramen task only"):
+        iw.worker_command("py", "dsca", "in.nrrd", "out", l45_point=(1, 2, 3))
+    for bad in ((1.0, 2.0), (1.0, float("nan"), 2.0), "1,x,3", "1,2"):
+        with pytest.raises(ValueError, match="three finite numbers"):
+            iw.worker_command("py", "foramen", "in.nrrd", "out", l45_point=bad)
+
+
+def _fake_foramen_run(monkeypatch, tmp_path):
+    """A tiny input image and a stand-in ``segment_volume`` that records its ``l45_point`` (no network)."""
+    from FORAMEN3DLib import segment3d
+
+    from spinemorph.volume import Volume, write_volume
+
+    image = Volume(np.zeros((6, 8, 10), np.float32), spacing_mm=(1.0, 1.0, 1.0))
+    write_volume(image, tmp_path / "in.nrrd")
+    calls = []
+
+    def fake_segment_volume(vol, model="default", device="auto", progress=None, l45_point=None, **kwargs):
+        calls.append(l45_point)
+        labels = vol.with_array(np.zeros(vol.shape, np.uint8))
+        manual = l45_point is not None
+        return segment3d.SegmentationResult(labels, labels, {"total": 0.1}, "fine-x", "cpu",
+                                            ("level check: the dural sac ends 40 mm above",) if not manual else (),
+                                            "manual point" if manual else "coarse model",
+                                            tuple(l45_point) if manual else (1.5, 2.5, 3.5))
+
+    monkeypatch.setattr(segment3d, "segment_volume", fake_segment_volume)
+    return calls
+
+
+def _main(argv):
+    import io
+
+    stream = io.StringIO()
+    code = iw.main(argv, stream=stream)
+    return code, [iw.parse_line(line) for line in stream.getvalue().splitlines()]
+
+
+def test_worker_passes_the_l45_point_and_reports_locator_centre_and_qc(monkeypatch, tmp_path):
+    calls = _fake_foramen_run(monkeypatch, tmp_path)
+    out = tmp_path / "out"
+    code, messages = _main(["foramen", "--input", str(tmp_path / "in.nrrd"), "--output-dir", str(out),
+                            "--device", "cpu", "--l45-point=-10.5,20,30.25"])
+    assert code == 0 and calls == [(-10.5, 20.0, 30.25)]  # LPS, as given: the worker does not flip it
+    done, = [m for m in messages if m.kind == "done"]
+    assert done.data["locator"] == "manual point" and done.data["l45_centre_lps"] == [-10.5, 20.0, 30.25]
+    assert done.data["qc"] == []
+    result = iw.read_result("foramen", out)
+    assert result.locator == "manual point" and result.l45_centre_lps == (-10.5, 20.0, 30.25) and result.qc == ()
+    # without a point: the coarse locator, its centre and the QC note come back the same way
+    code, messages = _main(["foramen", "--input", str(tmp_path / "in.nrrd"), "--output-dir", str(out), "--device", "cpu"])
+    result = iw.read_result("foramen", out)
+    assert code == 0 and calls[-1] is None and result.locator == "coarse model"
+    assert result.l45_centre_lps == (1.5, 2.5, 3.5) and result.qc == ("level check: the dural sac ends 40 mm above",)
+    # a result.json of an older worker (no such keys) still reads
+    old = iw.InferenceResult("foramen", None, None, {"model": "m", "device": "cpu"})
+    assert (old.locator, old.l45_centre_lps, old.qc) == ("", None, ())
+
+
+@pytest.mark.parametrize("argv_tail, words", [
+    (["foramen", "--l45-point=1,2"], "three finite numbers"),
+    (["foramen", "--l45-point=1,inf,2"], "three finite numbers"),
+    (["dsca", "--l45-point=1,2,3"], "foramen task only"),
+])
+def test_worker_refuses_a_bad_l45_point_with_one_error_line(monkeypatch, tmp_path, argv_tail, words):
+    calls = _fake_foramen_run(monkeypatch, tmp_path)
+    task, option = argv_tail
+    code, messages = _main([task, "--input", str(tmp_path / "in.nrrd"), "--output-dir", str(tmp_path / "out"), option])
+    errors = [m for m in messages if m.kind == "error"]
+    assert code == 1 and len(errors) == 1 and words in errors[0].data["message"] and "\n" not in errors[0].data["message"]
+    assert not errors[0].data["cancelled"] and calls == [] and not any(m.kind == "done" for m in messages)
+
+
+def _disc_centre_lps(labels_volume):
+    """Centroid (LPS mm) of the L4-5 disc (label 2) of the phantom's exact label map."""
+    ijk = np.argwhere(labels_volume.array == 2).mean(axis=0)[::-1]  # array axes are (k, j, i)
+    return tuple(float(v) for v in labels_volume.index_to_lps(ijk))
+
+
+@pytest.mark.slow
+def test_foramen_worker_with_a_hand_placed_point_on_the_phantom(slicer_process, study):
+    """Real worker, real default model: the point (the exact disc centre, LPS) reaches ``segment_volume`` — the
+    result says "manual point" and is centred there — and the segmentation still meets the phantom's acceptance;
+    a point outside the image comes back as one clear error."""
+    from FORAMEN3DLib import markup_model
+    from FORAMEN3DLib.morphometry import measure_foramen
+
+    from spinemorph.errors import SpineMorphError
+    from spinemorph.segio import read_seg_nrrd
+
+    true_labels, _ = read_seg_nrrd(study["space_foramen_seg"])
+    point = _disc_centre_lps(true_labels)
+    image = _foramen_image(study)
+    process = slicer_process.InferenceProcess("foramen", image, device="cpu", launcher=_popen, python=sys.executable,
+                                              l45Point=point)
+    result = process.run()
+    assert result.locator == "manual point"
+    np.testing.assert_allclose(result.l45_centre_lps, point, atol=1e-3)
+    state = markup_model.MeasurementState(measure_foramen(result.labels))
+    assert acc.foramen_failures(result.labels.array, true_labels.array, state.values,
+                                study["truth"]["truth"]["foramen"]) == []
+    far = (point[0] + 1000.0, point[1], point[2])
+    process = slicer_process.InferenceProcess("foramen", image, device="cpu", launcher=_popen, python=sys.executable,
+                                              l45Point=far)
+    with pytest.raises(SpineMorphError, match="outside the image") as info:
+        process.run()
+    assert "\n" not in str(info.value) and "LPS" in str(info.value)

@@ -469,3 +469,166 @@ def test_surface_models_are_ras(foramen_labels):
         ras = numpy_support.vtk_to_numpy(polydata_ras.GetPoints().GetData())
         np.testing.assert_allclose(ras, lps_to_ras(mesh_points_lps(info.polydata)), atol=1e-4)
         assert info.volume_ratio == pytest.approx(1.0, abs=0.05)
+
+
+# ====================================================================== FORAMEN3D: hand-placed L4-5 disc centre
+class _PointList:
+    """Stand-in vtkMRMLMarkupsFiducialNode: a name and RAS control points."""
+
+    def __init__(self, name, points_ras):
+        self.name, self.points_ras = name, points_ras
+
+    def GetName(self):
+        return self.name
+
+
+class _Label:
+    def __init__(self):
+        self.visible, self.text = False, ""
+
+    def setMRMLTableNode(self, node):
+        self.table = node
+
+
+@pytest.fixture
+def foramen_glue(monkeypatch):
+    """FORAMEN3D's Slicer glue on the stand-in ``slicer`` (Slicer 5.10), control points read from ``_PointList``."""
+    import importlib
+    import sys
+
+    from slicer_standin import StandIn, purge_glue
+
+    StandIn((5, 10)).install(monkeypatch)
+    monkeypatch.setattr(sys.modules["slicer.util"], "arrayFromMarkupsControlPoints",
+                        lambda node: np.array(node.points_ras, float).reshape(-1, 3), raising=False)
+    yield importlib.import_module("FORAMEN3DLib.slicer_logic")
+    purge_glue()
+
+
+def test_l45_point_is_the_first_control_point_in_lps(foramen_glue):
+    node = _PointList("L4-5 disc centre", [(10.0, -20.0, 30.5), (1.0, 2.0, 3.0)])
+    assert foramen_glue.l45PointLPS(node) == (-10.0, 20.0, 30.5)  # RAS -> LPS: x and y negated, z kept
+    assert foramen_glue.l45PointLPS(None) is None  # nothing selected: the coarse locator finds the level
+    with pytest.raises(InputError, match="'empty list' has no point"):
+        foramen_glue.l45PointLPS(_PointList("empty list", []))
+
+
+def test_l45_point_reaches_the_worker_command(foramen_glue, monkeypatch):
+    """Panel / console -> ``InferenceProcess`` -> the worker's command line, in LPS."""
+    import subprocess
+    import sys
+
+    from DuralSacSegLib import slicer_process
+    from FORAMEN3DLib import slicer_nodes
+
+    image = Volume(np.zeros((4, 5, 6), np.float32), spacing_mm=(1.0, 1.0, 1.0))
+    monkeypatch.setattr(slicer_nodes, "volumeFromNode", lambda node: image)
+    launched = []
+
+    def launcher(args, env):  # a worker that answers at once with one error line
+        launched.append(args)
+        code = "print('SPINEMORPH_ERROR {\"message\": \"stop here\", \"cancelled\": false}'); raise SystemExit(1)"
+        return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    monkeypatch.setattr(slicer_process, "_launchConsoleProcess", launcher)
+    monkeypatch.setattr(slicer_process, "pythonSlicerExecutable", lambda: "PythonSlicer")
+    logic = foramen_glue.FORAMEN3DLogicBase()
+    monkeypatch.setattr(logic, "ensureDependencies", lambda: None)
+    process = logic.inferenceProcess("volume", "default", "cpu", _PointList("p", [(10.0, -20.0, 30.5)]))
+    assert process.task == "foramen" and process.l45Point == (-10.0, 20.0, 30.5)
+    with pytest.raises(SpineMorphError, match="stop here"):
+        process.run()
+    assert launched[0][-1] == "--l45-point=-10.0,20.0,30.5"
+    with pytest.raises(SpineMorphError, match="stop here"):
+        logic.inferenceProcess("volume", "default", "cpu").run()  # no point list selected
+    assert not any(a.startswith("--l45-point") for a in launched[1])
+
+
+def test_console_run_logs_the_locator_and_qc(foramen_glue, monkeypatch, caplog):
+    import logging
+
+    from DuralSacSegLib import slicer_process
+    from FORAMEN3DLib import slicer_nodes
+
+    from spinemorph.app.inference_worker import InferenceResult
+
+    monkeypatch.setattr(slicer_nodes, "volumeFromNode", lambda node: "image")
+    info = {"device": "cpu", "locator": "manual point", "l45_centre_lps": [-10.0, 20.0, 30.5],
+            "qc": ["level check: the dural sac ends 41 mm above the lower face of the L4-5 crop"]}
+    seen = []
+
+    def run(self, progress=None, shouldCancel=None):
+        seen.append(self.l45Point)
+        return InferenceResult("foramen", None, None, info)
+
+    monkeypatch.setattr(slicer_process.InferenceProcess, "run", run)
+    logic = foramen_glue.FORAMEN3DLogicBase()
+    monkeypatch.setattr(logic, "ensureDependencies", lambda: None)
+    monkeypatch.setattr(logic, "showResult", lambda *args: ("segmentation", "table"))
+    with caplog.at_level(logging.INFO):
+        out = logic._process("volume", "default", "cpu", None, None, None, None, False, True,
+                             l45PointNode=_PointList("p", [(10.0, -20.0, 30.5)]))
+    assert out == ("segmentation", "table") and seen == [(-10.0, 20.0, 30.5)]
+    assert "FORAMEN3D: L4-5 level from the manual point (crop centre R 10.0, A -20.0, S 30.5 mm)" in caplog.text
+    assert "FORAMEN3D: QC: level check: the dural sac ends 41 mm" in caplog.text
+    # an older worker's info (no locator / QC keys): nothing to add
+    assert foramen_glue.segmentationNotes(InferenceResult("foramen", None, None, {"device": "cpu"})) == []
+
+
+def test_panel_passes_the_point_and_shows_the_locator(foramen_glue, monkeypatch):
+    import types
+
+    from FORAMEN3DLib import slicer_widget
+
+    from spinemorph.app.inference_worker import InferenceResult
+
+    ui = types.SimpleNamespace(**{n: _Label() for n in ("progressBar", "cancelButton", "deviceWarningLabel",
+                                                        "statusLabel", "measurementTableView")})
+    point = _PointList("L4-5 disc centre", [(10.0, -20.0, 30.5)])
+    pn = types.SimpleNamespace(model="default", device=types.SimpleNamespace(value="cpu"), inputVolume="volume",
+                               l45Point=point, outputSegmentation=None, measurementTable=None)
+    calls = []
+
+    class Logic:
+        markupNodes = {}
+        measurementState = types.SimpleNamespace(summary_text=lambda: "left: ok; right: ok")
+        logSegmentationNotes = staticmethod(foramen_glue.FORAMEN3DLogicBase.logSegmentationNotes)
+
+        def ensureDependencies(self):
+            pass
+
+        def inferenceProcess(self, inputVolume, model="default", device="auto", l45PointNode=None):
+            calls.append((inputVolume, model, device, l45PointNode))
+            return "process"
+
+        def showResult(self, inputVolume, result, segmentation, table):
+            return "segmentation", "table"
+
+    controller = slicer_widget.FORAMEN3DController(ui, Logic(), lambda: pn, lambda node: None)
+    finishers = []
+    monkeypatch.setattr(controller, "startAsyncRun", lambda process, finish, title: finishers.append(finish), raising=False)
+    controller.onApply()
+    assert calls == [("volume", "default", "cpu", point)]
+    info = {"locator": "coarse model", "l45_centre_lps": [-10.0, 20.0, 30.5], "qc": ["check the level labels"]}
+    finishers[0](InferenceResult("foramen", None, None, info))
+    assert ui.statusLabel.text.split("\n") == [
+        "left: ok; right: ok", "L4-5 level from the coarse model (crop centre R 10.0, A -20.0, S 30.5 mm)",
+        "QC: check the level labels"]
+    assert pn.outputSegmentation == "segmentation" and pn.measurementTable == "table"
+
+
+def test_foramen_ui_has_the_optional_l45_point_selector():
+    root = ET.parse(ROOT / "FORAMEN3D" / "Resources" / "UI" / "FORAMEN3D.ui").getroot()
+    combo = next(w for w in root.iter("widget") if w.get("name") == "l45PointSelector")
+    assert combo.get("class") == "qMRMLNodeComboBox"
+    assert combo.find("property[@name='SlicerParameterName']").findtext("string") == "l45Point"
+    assert [s.text for s in combo.find("property[@name='nodeTypes']").iter("string")] == ["vtkMRMLMarkupsFiducialNode"]
+    assert combo.find("property[@name='noneEnabled']").findtext("bool") == "true"
+    label = next(w for w in root.iter("widget") if w.get("name") == "l45PointLabel")
+    assert label.find("property[@name='text']").findtext("string") == "L4-5 disc centre (optional):"
+    connections = {(c.findtext("receiver"), c.findtext("slot")) for c in root.iter("connection")}
+    assert {("l45PointSelector", "setMRMLScene(vtkMRMLScene*)"), ("l45PointPlaceWidget", "setMRMLScene(vtkMRMLScene*)"),
+            ("l45PointPlaceWidget", "setCurrentNode(vtkMRMLNode*)")} <= connections  # the combo lists the scene's lists
+    assert "l45Point" in _wrapper_fields("FORAMEN3D")
+    text = (ROOT / "FORAMEN3D" / "FORAMEN3DLib" / "slicer_parameters.py").read_text()
+    assert "l45Point: vtkMRMLMarkupsFiducialNode" in text

@@ -68,12 +68,16 @@ class InferenceProcess:
 
     :param task: "dsca" or "foramen". :param image: input ``spinemorph.volume.Volume`` (LPS).
     :param model, device, wholeSlices: worker options.
+    :param l45Point: ``foramen`` only: a hand-placed L4-5 disc centre, three numbers in **LPS** mm (None: the coarse
+        locator finds it); the result's ``locator``, ``l45_centre_lps`` and ``qc`` say what was used.
     :param launcher: ``launcher(args, env) -> Popen`` (default: ``slicer.util.launchConsoleProcess``); tests inject one.
     :param python: interpreter (default: :func:`pythonSlicerExecutable`).
     """
 
-    def __init__(self, task, image, model=None, device="auto", wholeSlices=False, launcher=None, python=None):
+    def __init__(self, task, image, model=None, device="auto", wholeSlices=False, launcher=None, python=None,
+                 l45Point=None):
         self.task, self.image, self.model, self.device, self.wholeSlices = task, image, model, device, wholeSlices
+        self.l45Point = l45Point  # checked by worker_command (ValueError naming it)
         self.launcher = launcher or _launchConsoleProcess
         self.python = python
         self.proc = None
@@ -98,7 +102,8 @@ class InferenceProcess:
             inputPath = os.path.join(self.folder, INPUT_NAME)
             write_volume(self.image, inputPath)
             args = worker_command(self.python or pythonSlicerExecutable(), self.task, inputPath,
-                                  os.path.join(self.folder, "out"), self.model, self.device, self.wholeSlices)
+                                  os.path.join(self.folder, "out"), self.model, self.device, self.wholeSlices,
+                                  l45_point=self.l45Point)
             logging.info(f"SpineMorph: starting {' '.join(args)}")
             self.proc = self.launcher(args, workerEnvironment())
         except BaseException:

@@ -22,6 +22,41 @@ from FORAMEN3DLib import slicer_nodes
 CHANNEL_COLOR = (0.2, 0.9, 0.4)
 
 
+def l45PointLPS(markupsNode):
+    """The hand-placed L4-5 disc centre: the first control point of ``markupsNode`` (a point list; Slicer stores RAS)
+    as LPS mm (x and y negated), or None when no node is selected (the coarse locator then finds the level).
+
+    A selected point list without a point is an ``InputError`` (the user meant to place one)."""
+    from spinemorph.errors import InputError
+    from spinemorph.gui_support import ras_to_lps
+
+    if markupsNode is None:
+        return None
+    points = slicer_nodes.markupPointsRAS(markupsNode)
+    if len(points) == 0:
+        raise InputError(f"the L4-5 disc centre point list '{markupsNode.GetName()}' has no point; place one point at "
+                         "the centre of the L4-5 disc, or set 'L4-5 disc centre' to None to let the model find it")
+    if len(points) > 1:
+        logging.info(f"FORAMEN3D: '{markupsNode.GetName()}' has {len(points)} points; the first one is the L4-5 centre")
+    return tuple(float(v) for v in ras_to_lps(points[0]))
+
+
+def segmentationNotes(result):
+    """Lines saying where the fine crop was centred (the locator used, the centre in RAS mm as Slicer shows it) and
+    the segmentation's QC notes (``result``: ``slicer_process`` ``InferenceResult``)."""
+    from spinemorph.gui_support import lps_to_ras
+
+    lines = []
+    if result.locator:
+        where = f"L4-5 level from the {result.locator}"
+        if result.l45_centre_lps is not None:
+            r, a, s = (float(v) for v in lps_to_ras(result.l45_centre_lps))
+            where += f" (crop centre R {r:.1f}, A {a:.1f}, S {s:.1f} mm)"
+        lines.append(where)
+    lines += [f"QC: {note}" for note in result.qc]
+    return lines
+
+
 class FORAMEN3DLogicBase(ScriptedLoadableModuleLogic, SceneCacheMixin):
     """Implementation of ``FORAMEN3DLogic`` (the module file's class derives from this one)."""
 
@@ -48,24 +83,35 @@ class FORAMEN3DLogicBase(ScriptedLoadableModuleLogic, SceneCacheMixin):
         slicer_dependencies.ensureDependencies(slicer_dependencies.requirementsPath(), requester="FORAMEN3D")
 
     # ------------------------------------------------------------------ segmentation
-    def inferenceProcess(self, inputVolume, model="default", device="auto"):
+    def inferenceProcess(self, inputVolume, model="default", device="auto", l45PointNode=None):
         """The segmentation of ``inputVolume`` as a separate process (``slicer_process.InferenceProcess``, not started):
-        torch runs in the worker, never in Slicer's process."""
+        torch runs in the worker, never in Slicer's process. ``l45PointNode``: optional point list whose first point
+        (RAS) is the L4-5 disc centre, passed to the worker in LPS (:func:`l45PointLPS`)."""
         from spinemorph.errors import InputError
 
         if inputVolume is None:
             raise InputError("no input volume selected; load a sagittal or 3D lumbar MR series (T2 SPACE) and select it")
         self.ensureDependencies()
+        l45Point = l45PointLPS(l45PointNode)
         image = slicer_nodes.volumeFromNode(inputVolume)
-        return slicer_process.InferenceProcess("foramen", image, model=model, device=device)
+        return slicer_process.InferenceProcess("foramen", image, model=model, device=device, l45Point=l45Point)
 
     def _process(self, inputVolume, model, device, outputSegmentation, measurementTable, progress, shouldCancel,
-                 showResult, measure):
+                 showResult, measure, l45PointNode=None):
         startTime = time.time()
-        result = self.inferenceProcess(inputVolume, model, device).run(progress, shouldCancel)
+        result = self.inferenceProcess(inputVolume, model, device, l45PointNode).run(progress, shouldCancel)
         nodes = self.showResult(inputVolume, result, outputSegmentation, measurementTable, showResult, measure)
         logging.info(f"FORAMEN3D: segmentation done in {time.time() - startTime:.1f} s on {result.device}")
+        self.logSegmentationNotes(result)
         return nodes
+
+    @staticmethod
+    def logSegmentationNotes(result):
+        """The locator used and the QC notes in the log; returns the lines (:func:`segmentationNotes`)."""
+        lines = segmentationNotes(result)
+        for line in lines:
+            logging.info(f"FORAMEN3D: {line}")
+        return lines
 
     def showResult(self, inputVolume, result, outputSegmentation=None, measurementTable=None, showResult=True,
                    measure=True):

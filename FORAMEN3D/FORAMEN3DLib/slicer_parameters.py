@@ -6,6 +6,7 @@ from typing import Annotated
 
 from DuralSacSegLib.slicer_parameters import ComputeDevice  # noqa: F401 - shared with DuralSacSeg
 from slicer import (
+    vtkMRMLMarkupsFiducialNode,
     vtkMRMLMarkupsLineNode,
     vtkMRMLModelNode,
     vtkMRMLScalarVolumeNode,
@@ -40,6 +41,8 @@ class FORAMEN3DParameterNode:
     inputVolume - sagittal / 3D lumbar MR volume (best: 3D T2 SPACE).
     model - catalogue name of the embedded 3D model ("default") or the imported-file marker; weightsFile - user .pt file.
     device - compute device.
+    l45Point - optional point list: its first point is the L4-5 disc centre placed by hand (when the model takes the
+    wrong level); None: the coarse locator finds it.
     outputSegmentation - L4 / L4-5 disc / L5 segments; measurementTable - Metric / Side / Value / Unit / Flag.
     trajectoryLine - entry (point 1) and target (point 2) of the working channel; channelModel - its cylinder.
     side, target, diameterMm - trajectory planning settings (channel 6-8 mm, default 7.5 mm).
@@ -49,6 +52,7 @@ class FORAMEN3DParameterNode:
     model: str = "default"
     weightsFile: pathlib.Path
     device: ComputeDevice = ComputeDevice.AUTO
+    l45Point: vtkMRMLMarkupsFiducialNode
     outputSegmentation: vtkMRMLSegmentationNode
     measurementTable: vtkMRMLTableNode
     trajectoryLine: vtkMRMLMarkupsLineNode

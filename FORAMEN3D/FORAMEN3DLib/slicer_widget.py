@@ -76,7 +76,8 @@ class FORAMEN3DController(ModelComboMixin, ComputeControllerMixin):
             self.logic.ensureDependencies()
             model = self.resolvedModel()
             inputVolume = pn.inputVolume
-            process = self.logic.inferenceProcess(inputVolume, model=model, device=pn.device.value)
+            process = self.logic.inferenceProcess(inputVolume, model=model, device=pn.device.value,
+                                                  l45PointNode=pn.l45Point)
             self.ui.statusLabel.text = "Segmenting L4 / L4-5 disc / L5 in a separate process…"
             self.startAsyncRun(process, lambda result: self._showResult(inputVolume, result), "FORAMEN3D failed.")
 
@@ -85,6 +86,9 @@ class FORAMEN3DController(ModelComboMixin, ComputeControllerMixin):
         segNode, tableNode = self.logic.showResult(inputVolume, result, pn.outputSegmentation, pn.measurementTable)
         pn.outputSegmentation, pn.measurementTable = segNode, tableNode
         self._afterMeasure()
+        notes = self.logic.logSegmentationNotes(result)  # the locator used and the QC notes, also in the log
+        if notes:
+            self.ui.statusLabel.text = "\n".join([self.ui.statusLabel.text, *notes])
 
     def onRemeasure(self):
         pn = self._parameterNode()

@@ -4,6 +4,7 @@
 do): the panel writes the input volume to a temporary folder, starts ::
 
     PythonSlicer -m spinemorph.inference_worker dsca|foramen --input IN.nrrd --output-dir DIR [--model M] [--device D]
+                 [--l45-point=X,Y,Z]
 
 and reads its standard output line by line while the GUI stays responsive; Cancel kills the process; a crash of torch
 ends the worker, not Slicer; torch is imported only here. The same command works from any Python with the project
@@ -16,7 +17,10 @@ Protocol (one line each, ``PREFIX <json>``; any other line is log text):
   does not stop the worker; Cancel kills this pid as well;
 - ``SPINEMORPH_DEVICE {"device": "cpu", "warning": "..."}`` once the device is chosen;
 - ``SPINEMORPH_PROGRESS {"fraction": 0.42, "message": "..."}`` during the run;
-- ``SPINEMORPH_DONE {...result info...}`` after the outputs are written (exit status 0);
+- ``SPINEMORPH_DONE {...result info...}`` after the outputs are written (exit status 0); for ``foramen`` the info also
+  holds ``locator`` (``"manual point"`` / ``"coarse model"``; ``""`` for a single-pass model), ``l45_centre_lps`` (the
+  crop centre used, LPS mm, or null) and ``qc`` (a list of QC notes, possibly empty) — readers that do not know these
+  keys ignore them;
 - ``SPINEMORPH_ERROR {"message": "...", "cancelled": false}`` on a failure (exit status 1; usage errors: 2).
 
 Outputs in ``--output-dir`` (written atomically; :func:`read_result` reads them back):
@@ -25,6 +29,10 @@ Outputs in ``--output-dir`` (written atomically; :func:`read_result` reads them 
   the core computed; read only by the process that started the worker, from its own temporary folder), ``result.json``;
 - ``foramen``: ``labels.nrrd`` (0 background, 1 L4, 2 L4-5 disc, 3 L5 on the input grid), ``result.json``.
 
+``--l45-point=X,Y,Z`` (``foramen`` only, optional): a hand-placed L4-5 disc centre in **LPS** millimetres (Slicer's
+RAS: negate x and y); the fine model's crop is centred there instead of on the coarse locator's answer. A malformed
+point, a point outside the image or a point given to ``dsca`` ends the run with one ``SPINEMORPH_ERROR`` line.
+
 This module imports only the standard library at import time (the Slicer glue imports it for the protocol helpers).
 """
 
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pickle
 import sys
@@ -79,17 +88,42 @@ def parse_line(line: str) -> Message:
 
 
 def worker_command(python: str, task: str, input_path, output_dir, model: str | None = None, device: str = "auto",
-                   whole_slices: bool = False) -> list[str]:
-    """Command line that runs the worker with interpreter ``python`` (Slicer: the ``PythonSlicer`` executable)."""
+                   whole_slices: bool = False, l45_point=None) -> list[str]:
+    """Command line that runs the worker with interpreter ``python`` (Slicer: the ``PythonSlicer`` executable).
+
+    ``l45_point``: optional hand-placed L4-5 disc centre (LPS mm, ``foramen`` only), passed as ``--l45-point=X,Y,Z``
+    (the ``=`` form: a negative first coordinate is not taken for an option)."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    point = None
+    if l45_point is not None:
+        if task != "foramen":
+            raise ValueError(f"an L4-5 point applies to the foramen task only, not {task!r}")
+        point = _point_values(l45_point)
+        if point is None:
+            raise ValueError(f"the L4-5 point must be three finite numbers X,Y,Z (LPS mm), got {l45_point!r}")
     cmd = [str(python), "-u", "-m", "spinemorph.inference_worker", task, "--input", str(input_path),
            "--output-dir", str(output_dir), "--device", str(device)]
     if model:
         cmd += ["--model", str(model)]
     if whole_slices:
         cmd.append("--whole-slices")
+    if point is not None:
+        cmd.append("--l45-point=" + ",".join(repr(v) for v in point))
     return cmd
+
+
+def _point_values(point) -> tuple[float, float, float] | None:
+    """Three finite floats from a sequence or an ``"X,Y,Z"`` string; None when it is not that."""
+    if isinstance(point, str):
+        point = [p for p in point.replace(";", ",").split(",") if p.strip()]
+    try:
+        values = tuple(float(v) for v in point)
+    except (TypeError, ValueError):
+        return None
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        return None
+    return values
 
 
 def python_path_for_worker(*package_dirs, existing: str | None = None) -> str:
@@ -122,6 +156,20 @@ class InferenceResult:
     @property
     def device(self) -> str:
         return str(self.info.get("device", ""))
+
+    # ``foramen``: where the fine crop was centred, and the segmentation's QC notes (absent from older workers)
+    @property
+    def locator(self) -> str:
+        return str(self.info.get("locator") or "")
+
+    @property
+    def l45_centre_lps(self) -> tuple | None:
+        centre = self.info.get("l45_centre_lps")
+        return tuple(float(v) for v in centre) if centre else None
+
+    @property
+    def qc(self) -> tuple:
+        return tuple(str(n) for n in self.info.get("qc") or ())
 
 
 def read_result(task: str, output_dir) -> InferenceResult:
@@ -193,10 +241,28 @@ def _run_foramen(args, image, emit: _Emitter) -> dict:
 
     from spinemorph.volume import write_volume
 
-    result = segment_volume(image, model=args.model or "default", device=args.device, progress=emit.progress)
+    result = segment_volume(image, model=args.model or "default", device=args.device, progress=emit.progress,
+                            l45_point=args.l45_point)
     write_volume(result.labels, Path(args.output_dir) / "labels.nrrd")
+    centre = result.l45_centre_lps
     return {"model": result.model_name, "device": result.device,
-            "timings_s": {k: round(float(v), 4) for k, v in result.timings_s.items()}}
+            "timings_s": {k: round(float(v), 4) for k, v in result.timings_s.items()},
+            "locator": result.locator, "l45_centre_lps": None if centre is None else [float(v) for v in centre],
+            "qc": [str(note) for note in result.qc]}
+
+
+def _check_l45_point(args) -> None:
+    """Replace the ``--l45-point`` text by three floats (``InputError``, one line, when it is not usable here)."""
+    if args.l45_point is None:
+        return
+    from spinemorph.errors import InputError
+
+    if args.task != "foramen":
+        raise InputError(f"--l45-point applies to the foramen task only, not {args.task}")
+    point = _point_values(args.l45_point)
+    if point is None:
+        raise InputError(f"--l45-point must be three finite numbers X,Y,Z in LPS mm, got {args.l45_point!r}")
+    args.l45_point = point
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
     p.add_argument("--whole-slices", action="store_true", help="dsca: run every whole slice (no canal window)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--l45-point", default=None, metavar="X,Y,Z",
+                   help="foramen: hand-placed L4-5 disc centre in LPS mm (write --l45-point=X,Y,Z)")
     return p
 
 
@@ -221,6 +289,7 @@ def main(argv=None, stream=None) -> int:
         from spinemorph.gui_support import resolve_device
         from spinemorph.volume import read_volume
 
+        _check_l45_point(args)  # before anything slow
         if args.threads > 0:
             import torch
 
