@@ -191,7 +191,8 @@ def run_measure(args) -> int:
         if args.l45_point is not None:
             x, y, z = args.l45_point
             point = (-x, -y, z) if args.ras else (x, y, z)
-        seg = segment_volume(vol, model=args.model, device=args.device, l45_point=point)
+        extra = {} if point is None else {"l45_point": point}  # only coarse-to-fine models take a point
+        seg = segment_volume(vol, model=args.model, device=args.device, **extra)
         labels = seg.labels
         seg_info = {"model": str(args.model), "timings_s": {k: round(float(v), 3) for k, v in getattr(seg, "timings_s", {}).items()},
                     "locator": getattr(seg, "locator", None), "qc": list(getattr(seg, "qc", ()) or ())}
