@@ -38,3 +38,23 @@ def point_mm(text: str) -> tuple[float, float, float]:
     if len(vals) != 3 or not all(math.isfinite(v) for v in vals):
         raise argparse.ArgumentTypeError(f"expected three finite numbers X,Y,Z in mm, got {text!r}")
     return vals
+
+
+def add_l45_point_options(parser: argparse.ArgumentParser) -> None:
+    """``--l45-point X,Y,Z`` and ``--ras``: a hand-placed L4-5 disc centre for the coarse-to-fine 3D segmentation."""
+    parser.add_argument("--l45-point", type=point_mm, default=None, metavar="X,Y,Z",
+                        help="centre of the L4-5 disc in LPS mm (with --ras: RAS mm); overrides the coarse locator when "
+                             "it took the wrong level (coarse-to-fine models only; write --l45-point=X,Y,Z when X < 0)")
+    parser.add_argument("--ras", action="store_true", help="--l45-point is given in RAS (3D Slicer) instead of LPS")
+
+
+def l45_point_lps(args) -> tuple[float, float, float] | None:
+    """The ``--l45-point`` of parsed ``args`` in LPS mm (None when not given); ``--ras`` alone is an input error."""
+    from spinemorph.errors import InputError
+
+    if args.ras and args.l45_point is None:
+        raise InputError("--ras applies to --l45-point; give the point too")
+    if args.l45_point is None:
+        return None
+    x, y, z = args.l45_point
+    return (-x, -y, z) if args.ras else (x, y, z)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from spinemorph import labelmaps
-from spinemorph.argtypes import point_mm, positive_float
+from spinemorph.argtypes import add_l45_point_options, l45_point_lps, positive_float
 from spinemorph.atomic import atomic_write_bytes, atomic_write_text, prepare_output_dir
 from spinemorph.commandline import add_command_group
 from spinemorph.device import DEVICE_CHOICES
@@ -104,10 +104,7 @@ def _add_measure(sub) -> None:
     p.add_argument("--label-ids", metavar="L4,DISC,L5", help="label values of L4, the L4-5 disc and L5 in INPUT (default: recognised)")
     p.add_argument("--model", default="default", metavar="NAME|FILE", help="segmentation model for an image INPUT (default: default)")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="device for segmentation (default auto)")
-    p.add_argument("--l45-point", type=point_mm, default=None, metavar="X,Y,Z",
-                   help="image INPUT: centre of the L4-5 disc in LPS mm (with --ras: RAS mm), overrides the coarse "
-                        "locator when it took the wrong level (write it as --l45-point=X,Y,Z when X is negative)")
-    p.add_argument("--ras", action="store_true", help="--l45-point is given in RAS (3D Slicer) instead of LPS")
+    add_l45_point_options(p)  # image INPUT only
     p.add_argument("--case", metavar="NAME", help="case name in the CSV (default: INPUT's file name)")
     p.add_argument("--height-threshold-mm", type=positive_float, default=15.0, help="flag height <= this (default 15)")
     p.add_argument("--width-threshold-mm", type=positive_float, default=8.0, help="flag width <= this (default 8)")
@@ -170,8 +167,7 @@ def run_measure(args) -> int:
     label_ids = labelmaps.parse_label_ids(args.label_ids) if args.label_ids else None
     values = labelmaps.distinct_values(vol)
     scheme = None
-    if args.ras and args.l45_point is None:
-        raise InputError("--ras applies to --l45-point; give the point too")
+    point = l45_point_lps(args)
     if values is not None and args.l45_point is not None:
         raise InputError(f"{args.input} is a label map: --l45-point places the crop of a segmentation; drop it")
     if values is not None:  # a label map: never segmented
@@ -187,10 +183,6 @@ def run_measure(args) -> int:
         from FORAMEN3DLib.segment3d import segment_volume
 
         log.info("segmenting %s (model %s, device %s)", args.input, args.model, args.device)
-        point = None
-        if args.l45_point is not None:
-            x, y, z = args.l45_point
-            point = (-x, -y, z) if args.ras else (x, y, z)
         extra = {} if point is None else {"l45_point": point}  # only coarse-to-fine models take a point
         seg = segment_volume(vol, model=args.model, device=args.device, **extra)
         labels = seg.labels

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from spinemorph.argtypes import point_mm, positive_int
+from spinemorph.argtypes import add_l45_point_options, l45_point_lps, positive_int
 from spinemorph.commandline import OneLineParser, run_command
 from spinemorph.device import DEVICE_CHOICES
 from spinemorph.errors import SpineMorphError
@@ -76,10 +76,7 @@ def add_segment_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--model", default="default", metavar="NAME|FILE", help="segmentation model (default: default)")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="compute device (default auto)")
-    p.add_argument("--l45-point", type=point_mm, default=None, metavar="X,Y,Z",
-                   help="centre of the L4-5 disc in LPS mm (with --ras: RAS mm); overrides the coarse locator "
-                        "(coarse-to-fine models only)")
-    p.add_argument("--ras", action="store_true", help="--l45-point is given in RAS (3D Slicer) instead of LPS")
+    add_l45_point_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
     p.set_defaults(func=run_segment)
     return p
@@ -87,19 +84,13 @@ def add_segment_parser(sub) -> argparse.ArgumentParser:
 
 def run_segment(args) -> int:
     from spinemorph.atomic import atomic_write_text, prepare_output_dir
-    from spinemorph.errors import InputError
     from spinemorph.volume import read_volume, write_volume
 
     from .segment3d import segment_volume
 
-    if args.ras and args.l45_point is None:
-        raise InputError("--ras applies to --l45-point; give the point too")
+    point = l45_point_lps(args)
     out = prepare_output_dir(args.out, args.overwrite, ["labels.nrrd", "segmentation.json"])
     vol = read_volume(args.input)
-    point = None
-    if args.l45_point is not None:
-        x, y, z = args.l45_point
-        point = (-x, -y, z) if args.ras else (x, y, z)
     res = segment_volume(vol, model=args.model, device=args.device, l45_point=point)
     write_volume(res.labels, out / "labels.nrrd")
     doc = {"input": str(args.input), "model": res.model_name, "device": res.device, "locator": res.locator,
