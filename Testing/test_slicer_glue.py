@@ -201,8 +201,9 @@ def test_segment_terminologies():
 
     assert parse_terminology_entry(table_model.DURAL_SAC_TERMINOLOGY)["type"].value == "18545000"
     codes = {seg_id: parse_terminology_entry(t)["type"].value for _v, seg_id, _n, _c, t in markup_model.SEGMENTS}
-    assert codes == {"L4": "11994002", "L4-5_disc": "360499006", "L5": "49668003"}
-    assert [v for v, *_ in markup_model.SEGMENTS] == [1, 2, 3]
+    assert codes == {"L4": "11994002", "L4-5_disc": "360499006", "L5": "49668003", "Dural_sac": "18545000"}
+    # the fine default model's dural sac (label 4) becomes a segment too, optional for older segmentations
+    assert [v for v, *_ in markup_model.SEGMENTS] == [1, 2, 3, 4] and markup_model.OPTIONAL_SEGMENT_IDS == {"Dural_sac"}
 
 
 # ====================================================================== DuralSacSeg panel logic
@@ -632,3 +633,42 @@ def test_foramen_ui_has_the_optional_l45_point_selector():
     assert "l45Point" in _wrapper_fields("FORAMEN3D")
     text = (ROOT / "FORAMEN3D" / "FORAMEN3DLib" / "slicer_parameters.py").read_text()
     assert "l45Point: vtkMRMLMarkupsFiducialNode" in text
+
+
+def test_labels_from_segmentation_takes_the_optional_dural_sac(foramen_glue, monkeypatch):
+    """The dural sac segment (label 4 of the fine model) goes into the label map planning and measurement read; a
+    segmentation without it (4-class model, older scene) still works; a missing required segment is one clear error."""
+    import sys
+
+    from FORAMEN3DLib import markup_model, slicer_nodes
+
+    ref = Volume(np.zeros((4, 4, 5), np.uint8), (1.0, 1.0, 1.0))
+    masks = {sid: np.zeros((4, 4, 5), np.uint8) for _v, sid, *_r in markup_model.SEGMENTS}
+    for value, sid, *_r in markup_model.SEGMENTS:
+        masks[sid][value - 1, 0, 0] = 1
+
+    class _Segmentation:
+        def __init__(self, ids):
+            self.ids = set(ids)
+
+        def GetSegment(self, sid):
+            return object() if sid in self.ids else None
+
+    class _SegNode:
+        def __init__(self, ids):
+            self.seg = _Segmentation(ids)
+
+        def GetSegmentation(self):
+            return self.seg
+
+    monkeypatch.setattr(slicer_nodes, "volumeFromNode", lambda node: ref)
+    monkeypatch.setattr(sys.modules["slicer.util"], "arrayFromSegmentBinaryLabelmap",
+                        lambda node, sid, refnode: masks[sid], raising=False)
+    all_ids = [sid for _v, sid, *_r in markup_model.SEGMENTS]
+    args = (markup_model.SEGMENTS, markup_model.OPTIONAL_SEGMENT_IDS)
+    full = slicer_nodes.labelsFromSegmentation(_SegNode(all_ids), None, *args)
+    assert [int(full.array[k, 0, 0]) for k in range(4)] == [1, 2, 3, 4]
+    no_sac = slicer_nodes.labelsFromSegmentation(_SegNode(all_ids[:3]), None, *args)
+    assert set(np.unique(no_sac.array).tolist()) == {0, 1, 2, 3}
+    with pytest.raises(InputError, match="L4-5 disc"):
+        slicer_nodes.labelsFromSegmentation(_SegNode(["L4", "L5", "Dural_sac"]), None, *args)

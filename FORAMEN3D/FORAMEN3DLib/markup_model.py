@@ -15,7 +15,7 @@ nodes, models); everything that decides *what* is shown lives here and is tested
 - :func:`layout_xml`: the FORAMEN3D view layout (3D view + one lateral reformat per side + the trajectory reformat).
 - :func:`slice_to_ras`: 4×4 SliceToRAS of a reformat from an origin and two in-plane axes; :func:`lateral_view_plane`
   and :func:`trajectory_plane` give those for a side's lateral view and for a planned channel.
-- :data:`SEGMENTS`: segment IDs, names, colours and standard terminology of L4, the L4-5 disc and L5.
+- :data:`SEGMENTS`: segment IDs, names, colours and standard terminology of L4, the L4-5 disc, L5 and the dural sac.
 """
 
 from __future__ import annotations
@@ -41,12 +41,18 @@ METRICS = {"height": ("foraminal_height", "mm"), "width": ("foraminal_width", "m
 _L4 = Code("SCT", "11994002", "L4 vertebra")
 _L5 = Code("SCT", "49668003", "L5 vertebra")
 _DISC = Code("SCT", "360499006", "Intervertebral disc")
-#: (label value, segment ID, name, RGB, terminology)
+#: dural sac: the code DuralSacSeg uses (SCT 18545000 "Dura mater", in SpineMorph.term.json)
+_SAC = Code("SCT", "18545000", "Dura mater")
+#: (label value, segment ID, name, RGB, terminology); the dural sac (label 4) comes from the fine 5-class model and is
+#: an obstacle for trajectory planning; it is optional (see OPTIONAL_SEGMENT_IDS)
 SEGMENTS = (
     (1, "L4", "L4", COLORS["L4"], terminology_entry(_L4)),
     (2, "L4-5_disc", "L4-5 disc", COLORS["L4-5 disc"], terminology_entry(_DISC)),
     (3, "L5", "L5", COLORS["L5"], terminology_entry(_L5)),
+    (4, "Dural_sac", "dural sac", COLORS["dural sac"], terminology_entry(_SAC)),
 )
+#: segments a segmentation may lack (made with the 4-class coarse model, or by hand): not an error when missing
+OPTIONAL_SEGMENT_IDS = frozenset({"Dural_sac"})
 
 
 @dataclasses.dataclass

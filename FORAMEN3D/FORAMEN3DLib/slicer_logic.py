@@ -155,7 +155,8 @@ class FORAMEN3DLogicBase(ScriptedLoadableModuleLogic, SceneCacheMixin):
         self.ensureDependencies()
         self._planningInputs = None
         if labels is None:
-            labels = slicer_nodes.labelsFromSegmentation(segmentationNode, inputVolume, markup_model.SEGMENTS)
+            labels = slicer_nodes.labelsFromSegmentation(segmentationNode, inputVolume, markup_model.SEGMENTS,
+                                                          markup_model.OPTIONAL_SEGMENT_IDS)
             self.updateSurfaceModels(inputVolume, labels)
         self.morphometry = measure_foramen(labels)
         self.measurementState = markup_model.MeasurementState(self.morphometry)
@@ -210,7 +211,8 @@ class FORAMEN3DLogicBase(ScriptedLoadableModuleLogic, SceneCacheMixin):
         from FORAMEN3DLib.planning import PlanningScene, anatomical_frame
 
         if self._planningInputs is None:
-            labels = slicer_nodes.labelsFromSegmentation(segmentationNode, inputVolume, markup_model.SEGMENTS)
+            labels = slicer_nodes.labelsFromSegmentation(segmentationNode, inputVolume, markup_model.SEGMENTS,
+                                                          markup_model.OPTIONAL_SEGMENT_IDS)
             self._planningInputs = (labels, PlanningScene(labels), anatomical_frame(labels))
         return self._planningInputs
 

@@ -19,14 +19,18 @@ from DuralSacSegLib.slicer_nodes import (  # noqa: F401 - shared glue
 MARKUP_KEY_ATTRIBUTE = "FORAMEN3D.MeasurementKey"
 
 
-def labelsFromSegmentation(segmentationNode, referenceVolumeNode, segments):
-    """Core label Volume (values of ``segments``) on the grid of ``referenceVolumeNode``, after manual edits too."""
+def labelsFromSegmentation(segmentationNode, referenceVolumeNode, segments, optionalIds=()):
+    """Core label Volume (values of ``segments``) on the grid of ``referenceVolumeNode``, after manual edits too.
+
+    Segments whose ID is in ``optionalIds`` may be missing (e.g. the dural sac of a 4-class segmentation)."""
     from spinemorph.errors import InputError
 
     reference = volumeFromNode(referenceVolumeNode)
     out = np.zeros(reference.array.shape, dtype=np.uint8)
     segmentation = segmentationNode.GetSegmentation() if segmentationNode else None
     for labelValue, segmentId, name, _rgb, _terminology in segments:
+        if segmentation is not None and segmentation.GetSegment(segmentId) is None and segmentId in optionalIds:
+            continue
         if segmentation is None or segmentation.GetSegment(segmentId) is None:
             raise InputError(f"segment '{name}' is missing; run Apply first (keep the segments L4, L4-5 disc, L5)")
         try:

@@ -53,7 +53,8 @@ def run_self_test(test, logic):
     from spinemorph import phantom_acceptance
 
     truthLabels, _segments = read_seg_nrrd(study["space_foramen_seg"])
-    predicted = slicer_nodes.labelsFromSegmentation(segNode, volumeNode, markup_model.SEGMENTS)
+    predicted = slicer_nodes.labelsFromSegmentation(segNode, volumeNode, markup_model.SEGMENTS,
+                                                     markup_model.OPTIONAL_SEGMENT_IDS)
     logic.measure(volumeNode, segNode, showResult=False)
     failures = phantom_acceptance.foramen_failures(predicted.array, truthLabels.array, logic.measurementState.values,
                                                    study["truth"]["truth"]["foramen"])
