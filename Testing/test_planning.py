@@ -228,6 +228,13 @@ def test_dural_sac_label_is_measured_and_never_crossed(tmp_path):
     assert "dural sac excluded" in rep["sides"]["left"]["criterion"]
     rows = P.sweep_rows(res)
     assert all(r["dural_sac_mm3"] != "" for r in rows)
+    # a channel part outside the labels counts zero for every label 0..4 (regression: a 4-wide zero row broke the
+    # split on the real SPIDER masks with their spinal canal as label 4)
+    from FORAMEN3DLib.planning_scene import PlanningScene
+
+    scene = PlanningScene(lab.with_array(a), 5.0)
+    far = scene.channel_volumes_mm3((400.0, 0.0, 0.0), (300.0, 0.0, 0.0), 3.75, split_mm=50.0)
+    assert far.shape == (2, 5) and not far.any()
     # without label 4 the column is empty (not measured), not zero
     plain = P.plan(lab, sides=("left",), config=P.PlanningConfig(**FAST))
     assert plain.sides["left"].dural_sac_mm3 is None

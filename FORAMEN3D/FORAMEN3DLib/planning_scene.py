@@ -163,8 +163,8 @@ class PlanningScene:
         return (t0, t1) if t1 > t0 else None
 
     def _cylinder_counts(self, start, u, t_lo, t_hi, radius_mm, axial_step_mm, section_spacing_mm) -> np.ndarray:
-        """Volume (mm³) per label 0..3 of the cylinder part start + t u, t in [t_lo, t_hi]."""
-        out = np.zeros(4)
+        """Volume (mm³) per label 0..4 (4: dural sac) of the cylinder part start + t u, t in [t_lo, t_hi]."""
+        out = np.zeros(N_COUNTED)
         seg = self._segment_in_labels(start, u, t_lo, t_hi, radius_mm)
         if seg is None:
             return out
