@@ -63,6 +63,9 @@ class SegmentationResult:
     canal_threshold : float or None
         Fine models: the dural-sac decision used (None = argmax of the classes; a number = class 4 only where its
         softmax probability is at least that, :func:`decide_fine_labels`).
+    inference : dict or None
+        What ran the (fine) network (:func:`inference_record`): ``backend`` (``"onnxruntime"`` / ``"torch"``),
+        ``threads``, ``precision``, ``device``.
     """
 
     labels: Volume
@@ -74,6 +77,7 @@ class SegmentationResult:
     locator: str = ""
     l45_centre_lps: tuple | None = None
     canal_threshold: float | None = None
+    inference: dict | None = None
 
 
 # ---------------------------------------------------------------------- post-processing
@@ -266,6 +270,42 @@ def locate_l45(prep: Preprocessed, labels_padded: np.ndarray) -> np.ndarray:
 SAC_END_GAP_MM = 30.0
 
 
+def resolve_fine_backend(device_type: str, backend: str = "auto", precision: str = "fp32") -> str:
+    """The window backend :func:`fine_network_logits` uses: ``"onnx"`` or ``"torch"`` (``"auto"``: ONNX Runtime on a
+    CPU at fp32 when ``onnx`` and ``onnxruntime`` are installed, torch otherwise)."""
+    if backend == "auto":
+        from spinemorph.onnx_export import onnx_available
+
+        return "onnx" if (device_type == "cpu" and precision == "fp32" and onnx_available()) else "torch"
+    return backend
+
+
+def _device_type(device) -> str:
+    import torch
+
+    return torch.device(device).type
+
+
+def inference_record(device, backend: str, precision: str = "fp32") -> dict:
+    """What ran the network, for the result's ``inference`` (and ``segmentation.json``): ``backend``
+    (``"onnxruntime"`` or ``"torch"``), ``threads`` (intra-op threads: ``torch.get_num_threads()``, which the ONNX
+    Runtime session also gets), ``precision`` (``"fp32"``, ``"bf16 autocast"`` on a CPU, ``"fp16 autocast"`` on CUDA;
+    ONNX Runtime always fp32) and ``device``. ``backend``: ``"onnx"`` / ``"torch"`` (already resolved)."""
+    import torch
+
+    dev = torch.device(device).type
+    if backend == "onnx":
+        prec = "fp32"
+    elif precision == "bf16":
+        prec = "bf16 autocast" if dev == "cpu" else "fp16 autocast"
+    elif precision == "fp16 autocast":
+        prec = precision
+    else:
+        prec = "fp32"
+    return {"backend": "onnxruntime" if backend == "onnx" else "torch", "threads": int(torch.get_num_threads()),
+            "precision": prec, "device": str(device)}
+
+
 def fine_network_logits(loaded: models3d.LoadedModel, x: np.ndarray, roi=None, overlap: float = 0.25,
                         backend: str = "auto", precision: str = "fp32") -> np.ndarray:
     """Blended logits (float32 ``(classes, *x.shape)``) of a fine crop: MONAI sliding-window inference (Gaussian
@@ -285,10 +325,7 @@ def fine_network_logits(loaded: models3d.LoadedModel, x: np.ndarray, roi=None, o
     n_in = int(loaded.network.config.in_channels)
     inp = with_coordinates(x, x.shape) if n_in == 4 else np.asarray(x, np.float32)[None]
     xt = torch.from_numpy(np.ascontiguousarray(inp))[None].to(loaded.device)
-    if backend == "auto":
-        from spinemorph.onnx_export import onnx_available
-
-        backend = "onnx" if (xt.device.type == "cpu" and precision == "fp32" and onnx_available()) else "torch"
+    backend = resolve_fine_backend(xt.device.type, backend, precision)
     if backend == "torch":
         def predictor(t):
             return loaded.network(t).float()
@@ -536,7 +573,9 @@ def segment_fine(
     out = paste_to_input(image, grid, labels)
     t["inverse"] = time.perf_counter() - t0
     t["locator_model"] = tc.get("inference", 0.0)
-    info = {"locator": where, "l45_centre_lps": tuple(round(float(v), 3) for v in centre), "canal_threshold": thr}
+    info = {"locator": where, "l45_centre_lps": tuple(round(float(v), 3) for v in centre), "canal_threshold": thr,
+            "inference": inference_record(loaded.device, resolve_fine_backend(_device_type(loaded.device), backend, precision),
+                                          precision)}
     return out, grid.volume(labels), t, tuple(qc), info
 
 
@@ -610,4 +649,5 @@ def segment_volume(
         timings_s=timings,
         model_name=loaded.name,
         device=str(loaded.device),
+        inference=inference_record(loaded.device, "torch", "fp16 autocast" if _device_type(loaded.device) == "cuda" else "fp32"),
     )
