@@ -8,6 +8,15 @@ orientation. Its foramen (lateral view, any slab through the pedicles) is the po
 
 (y, z in mm), so height = roof + 5, width = y_sap - 17 (corner (17, 5) to the SAP front face) and
 area = (y_sap - 17) * (roof + 5) + (31 - y_sap) * (roof - sap_top).
+
+The posterior rims of the bodies at the disc (L4 posteroinferior, L5 posterosuperior, along their whole width) are
+rounded with radius ``BODY_RIM_RADIUS_MM`` (r), as on real bodies, and the disc fills what the rounding removes (the
+annulus attaches at the rim): the union of L4, disc and L5 (the foramen outline) is the same polygon, so height and
+area stay exact. The L4 posterior wall meets the disc on the foramen outline somewhere between z = 5 (the sharp corner
+of the endplate and wall lines) and z = 5 + r (the arc's tangent point, where the disc sliver ends); every SAP front
+face rises at least to 5 + r, so the width from any point of that stretch of the wall y = 17 is y_sap - 17 (exact).
+The 45° point of a rounded corner (the posterior disc height's corner) is the arc point nearest the sharp corner:
+r (1 - 1/sqrt 2) inside it along both y and z, so the posterior disc height is 10 + 2 r (1 - 1/sqrt 2).
 """
 
 from __future__ import annotations
@@ -31,6 +40,14 @@ from FORAMEN3DLib.morphometry import (
 from spinemorph.errors import InputError
 from spinemorph.volume import Volume, resample_like
 
+#: radius of the rounded posterior rims of the box phantom's bodies at the disc (mm; real rims: ~1.5-3 mm)
+BODY_RIM_RADIUS_MM = 1.5
+#: the 45° point of a rim rounded with radius r lies r (1 - 1/sqrt 2) inside the sharp corner along y and along z
+RIM_45_INSET_MM = BODY_RIM_RADIUS_MM * (1.0 - 1.0 / np.sqrt(2.0))
+#: exact 45° corner points (y, z) of the box phantom: L4 posteroinferior, L5 posterosuperior; posterior disc height
+PDH_CORNERS_YZ = np.array([[17.0 - RIM_45_INSET_MM, 5.0 + RIM_45_INSET_MM], [17.0 - RIM_45_INSET_MM, -5.0 - RIM_45_INSET_MM]])
+PDH_TRUTH_MM = 10.0 + 2.0 * RIM_45_INSET_MM
+
 
 @dataclasses.dataclass
 class BoxSide:
@@ -44,6 +61,8 @@ class BoxSide:
 
     @property
     def width_mm(self):
+        # the L4 corner of the width lies on the wall y = 17 at z in [5, 5 + r], all below the SAP top (checked)
+        assert self.sap_top_z_mm >= 5.0 + BODY_RIM_RADIUS_MM
         return self.sap_front_y_mm - 17.0
 
     @property
@@ -90,11 +109,34 @@ def _overlap_1d(edges: np.ndarray, a: float, b: float) -> np.ndarray:
     return (hi - lo) / np.diff(edges)
 
 
+def _rim_cut_fraction(y_edges: np.ndarray, z_edges: np.ndarray, z_plate: float, sz: float, r: float, n: int = 48):
+    """Fraction of each (z, y) cell inside the corner cut of a rim rounded with radius ``r``: the square
+    [17 - r, 17] x (between the endplate ``z_plate`` and ``z_plate + sz r``) less the quarter disc of radius r about
+    (17 - r, z_plate + sz r); ``sz`` +1 for the L4 inferior rim (the body lies above), -1 for the L5 superior rim.
+    Midpoint rule with n x n points per cell (only cells touching the square are sampled)."""
+    out = np.zeros((len(z_edges) - 1, len(y_edges) - 1))
+    if r <= 0:
+        return out
+    cy, cz = 17.0 - r, z_plate + sz * r
+    z_lo, z_hi = sorted((z_plate, cz))
+    jy = np.flatnonzero((y_edges[1:] > cy) & (y_edges[:-1] < 17.0))
+    iz = np.flatnonzero((z_edges[1:] > z_lo) & (z_edges[:-1] < z_hi))
+    t = (np.arange(n) + 0.5) / n
+    for i in iz:
+        zz = z_edges[i] + t * (z_edges[i + 1] - z_edges[i])
+        for j in jy:
+            yy = y_edges[j] + t * (y_edges[j + 1] - y_edges[j])
+            Y, Z = np.meshgrid(yy, zz)
+            cut = (Y >= cy) & (Y <= 17.0) & (Z >= z_lo) & (Z <= z_hi) & ((Y - cy) ** 2 + (Z - cz) ** 2 > r * r)
+            out[i, j] = cut.mean()
+    return out
+
+
 def box_phantom(left=None, right=None, rot_deg=(0, 0, 0), center=(5.0, -3.0, 12.0), spacing=0.6, direction=None, margin=4.0):
     """Rasterise the box phantom on a grid of any orientation.
 
-    Exact partial-volume fractions of every label are computed on a fine (0.2 mm) grid aligned with the boxes
-    (separable 1D overlaps), placed in LPS with rotation ``rot_deg`` and ``center``, linearly resampled
+    Exact partial-volume fractions of every label are computed on a fine (0.3 mm) grid aligned with the boxes
+    (separable 1D overlaps; the rounded rim cuts by 48 x 48 point sampling per cell), placed in LPS with rotation ``rot_deg`` and ``center``, linearly resampled
     (SimpleITK) onto the target grid, and each voxel gets the label of largest fraction.
     """
     left, right = left or BoxSide(), right or BoxSide()
@@ -109,7 +151,15 @@ def box_phantom(left=None, right=None, rot_deg=(0, 0, 0), center=(5.0, -3.0, 12.
     for val, (x0, x1, y0, y1, z0, z1) in boxes:
         ox, oy, oz = _overlap_1d(edges[0], x0, x1), _overlap_1d(edges[1], y0, y1), _overlap_1d(edges[2], z0, z1)
         fr[val] += (oz[:, None, None] * oy[None, :, None] * ox[None, None, :]).astype(np.float32)
-    fr = np.minimum(fr, 1.0)
+    # rounded posterior rims at the disc: the cut leaves the body and joins the disc (no other box of L4 / L5 reaches
+    # into the cut squares, so the subtraction is exact)
+    ox = _overlap_1d(edges[0], -22.0, 22.0)
+    for val, z_plate, sz in ((1, 5.0, 1.0), (3, -5.0, -1.0)):
+        cut = _rim_cut_fraction(edges[1], edges[2], z_plate, sz, BODY_RIM_RADIUS_MM)
+        cut3 = (cut[:, :, None] * ox[None, None, :]).astype(np.float32)
+        fr[val] -= cut3
+        fr[2] += cut3
+    fr = np.clip(fr, 0.0, 1.0)
     D = np.eye(3) if direction is None else np.asarray(direction, float)
     corners = np.array([[x, y, z] for _, bx in boxes for x in bx[:2] for y in bx[2:4] for z in bx[4:]])
     g = (corners @ R.T + t) @ D
@@ -126,8 +176,9 @@ def box_phantom(left=None, right=None, rot_deg=(0, 0, 0), center=(5.0, -3.0, 12.
     return target.with_array(lab.astype(np.uint8)), R, t
 
 
-#: posterior disc height on phantoms with sharp (box) body corners: the 45° bone point of a raster-rounded sharp
-#: corner lies up to ~0.35 mm inside the bone per corner (measured: 0.04-0.70 mm on the four phantom grids)
+#: posterior disc height on the procedural phantom (spinemorph.phantom), whose body corners are still sharp: the 45°
+#: bone point of a raster-rounded sharp corner lies up to ~0.35 mm inside the bone per corner (measured: 0.15-0.70 mm
+#: on its four grids). The box phantom here has rounded rims and exact 45° points: 0.5 mm.
 PDH_SHARP_CORNER_TOL_MM = 0.75
 PIR = np.array([[0, 0, -1], [1, 0, 0], [0, -1, 0]], float)  # columns: i -> P, j -> I, k -> R (SPIDER SPACE)
 
@@ -137,6 +188,15 @@ def _check(res, side: str, truth: BoxSide, area_rel: float = 0.05):
     assert abs(r.height.value - truth.height_mm) <= 0.5, (side, r.height.value, truth.height_mm)
     assert abs(r.width.value - truth.width_mm) <= 0.5, (side, r.width.value, truth.width_mm)
     assert abs(r.area.value - truth.area_mm2) <= area_rel * truth.area_mm2, (side, r.area.value, truth.area_mm2)
+
+
+def _check_pdh_corners(res, R, t, tol_mm: float = 0.3):
+    """The posterior disc height's corner points lie within ``tol_mm`` of the exact 45° points of the rounded rims
+    (in the box frame: y, z), on the midline (|x| small)."""
+    p = (np.asarray(res.posterior_disc_height.points_lps) - t) @ R
+    err = np.linalg.norm(p[:, 1:] - PDH_CORNERS_YZ, axis=1)
+    assert np.all(err <= tol_mm), (p, PDH_CORNERS_YZ, err)
+    assert np.all(np.abs(p[:, 0]) <= 3.0), p
 
 
 @pytest.fixture(scope="module")
@@ -149,10 +209,10 @@ def test_box_phantom_axis_aligned(normal_lps):
     vol, R, t, res = normal_lps
     _check(res, "left", BoxSide())
     _check(res, "right", BoxSide(sap_front_y_mm=24.0))
-    # posterior disc height: corners (17, 5) and (17, -5). The corner rule is the 45° point on the bone surface (the
-    # bone point nearest the wall / endplate intersection), right for rounded real corners; the raster rounds these
-    # sharp box corners by about a voxel, which moves each point up to ~0.35 mm into the bone
-    assert abs(res.posterior_disc_height.value - 10.0) <= PDH_SHARP_CORNER_TOL_MM
+    # posterior disc height: the 45° points of the rounded rims (the bone point nearest the wall / endplate
+    # intersection), r (1 - 1/sqrt 2) inside the sharp corners (17, 5) and (17, -5)
+    assert abs(res.posterior_disc_height.value - PDH_TRUTH_MM) <= 0.5
+    _check_pdh_corners(res, R, t)
     # frame: x' = patient left, y' = posterior, z' = superior
     ax = res.landmarks.frame.axes_lps
     assert np.allclose(ax, np.eye(3), atol=0.03)
@@ -217,7 +277,7 @@ def test_flags_thresholds_configurable():
 
 def test_stenotic_phantom_tilted_pir_grid():
     """Foraminal stenosis (low pedicle, SAP overgrowth), lordotic tilt + rotation, SPIDER-like PIR grid."""
-    left = BoxSide(roof_z_mm=9.0, sap_front_y_mm=23.0, sap_top_z_mm=6.0)
+    left = BoxSide(roof_z_mm=9.0, sap_front_y_mm=23.0, sap_top_z_mm=6.5)
     right = BoxSide(roof_z_mm=11.0, sap_front_y_mm=22.5, sap_top_z_mm=8.0)
     vol, R, t = box_phantom(left, right, rot_deg=(14.0, -6.0, 9.0), direction=PIR, spacing=0.55)
     assert vol.axis_codes() == "PIR"
@@ -226,16 +286,50 @@ def test_stenotic_phantom_tilted_pir_grid():
     elapsed = time.perf_counter() - t0
     # the lateral view is the union across a 2 mm slab (as a reader does on fragmented masks): with the frame
     # recovered to within a few degrees of this rotated phantom, every boundary moves up to ~0.2 mm into the foramen,
-    # which on this small (108 mm²) stenotic foramen costs about 5-6 % of the area (docs/foramen_method.md, section 6)
+    # which on this small (104 mm²) stenotic foramen costs about 5-6 % of the area (docs/foramen_method.md, section 6)
     _check(res, "left", left, area_rel=0.065)
     _check(res, "right", right, area_rel=0.065)
     assert res.sides["left"].area.value < left.area_mm2  # the bias has a known sign
     assert res.sides["left"].flagged and res.sides["right"].flagged
-    assert abs(res.posterior_disc_height.value - 10.0) <= 0.5
+    assert abs(res.posterior_disc_height.value - PDH_TRUTH_MM) <= 0.5
+    _check_pdh_corners(res, R, t)
     # frame recovers the rotation: z' = R e_z, y' = R e_y
     ax = res.landmarks.frame.axes_lps
     assert np.dot(ax[:, 2], R[:, 2]) > 0.999 and np.dot(ax[:, 1], R[:, 1]) > 0.995
     assert elapsed < 20.0  # the offset search measures up to ~45 slabs per side (a few seconds on a quiet core)
+
+
+def test_rim_cut_area_is_exact():
+    """The rounded-rim cut of the box phantom has the analytic area r² (1 - π/4) in every (y, z) section."""
+    fine = 0.3
+    y_edges = np.arange(-21.0, 62.0 + fine / 2, fine)
+    z_edges = np.arange(-36.0, 36.0 + fine / 2, fine)
+    for z_plate, sz in ((5.0, 1.0), (-5.0, -1.0)):
+        cut = _rim_cut_fraction(y_edges, z_edges, z_plate, sz, BODY_RIM_RADIUS_MM)
+        area = cut.sum() * fine * fine
+        assert area == pytest.approx(BODY_RIM_RADIUS_MM**2 * (1.0 - np.pi / 4.0), rel=2e-3)
+    # the 45° inset: the arc point nearest the sharp corner (17, 5) lies r (1 - 1/sqrt 2) inside it along y and z
+    r = BODY_RIM_RADIUS_MM
+    ang = np.linspace(-np.pi / 2, 0.0, 90001)  # the quarter arc about (17 - r, 5 + r) from the endplate to the wall
+    arc = np.stack([17.0 - r + r * np.cos(ang), 5.0 + r + r * np.sin(ang)], axis=1)
+    nearest = arc[np.argmin(np.linalg.norm(arc - [17.0, 5.0], axis=1))]
+    assert np.allclose(nearest, PDH_CORNERS_YZ[0], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "rot_deg,direction,spacing",
+    [((-8.0, 4.0, -12.0), PIR, 0.8), ((5.0, 10.0, -20.0), _rotation((8.0, -5.0, 20.0)), 0.5)],
+)
+def test_rounded_rim_45_degree_points(rot_deg, direction, spacing):
+    """On rotated SPIDER-like (PIR 0.8 mm) and oblique (0.5 mm) grids: the posterior disc height within 0.5 mm of
+    the exact 10 + 2 r (1 - 1/sqrt 2) and each 45° corner point within 0.3 mm of the analytic point; foramen height /
+    width / area of both sides exact as without the rounding."""
+    vol, R, t = box_phantom(rot_deg=rot_deg, direction=direction, spacing=spacing)
+    res = measure_foramen(vol)
+    assert abs(res.posterior_disc_height.value - PDH_TRUTH_MM) <= 0.5
+    _check_pdh_corners(res, R, t)
+    _check(res, "left", BoxSide())
+    _check(res, "right", BoxSide())
 
 
 def test_bad_labels_raise_one_line_errors():
