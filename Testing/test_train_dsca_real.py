@@ -240,3 +240,74 @@ def test_phantom_guard_refuses_a_strip_only_threshold():
                                         current=(0.9, "none"))
     assert guarded["threshold"] == 0.9 and guarded["phantom_bias_mm2"] == pytest.approx(0.0)
     assert next(r for r in rows if r["threshold"] == 0.5)["phantom_bias_mm2"] == pytest.approx(64.0)
+
+
+def _fake_run(tmp_path, sha_override=None):
+    """A finished run folder as scripts/train_dsca_real.sh leaves it (tiny numbers, real weights format)."""
+    from DuralSacSegLib import models
+    from DuralSacSegLib.networks import build_network
+
+    run = tmp_path / "runs" / "dsca_real_unet"
+    (run / "fold0").mkdir(parents=True)
+    (run / "eval").mkdir()
+    torch.manual_seed(0)
+    best = models.save_weights(run / "fold0" / "best.pt", build_network("unet"), "unet",
+                               config={"loss": {"pos_weight": 20.0}})
+    sha = sha_override or models.sha256_of(best)
+    cfg = json.loads((models.MODELS_DIR / "configs" / "real_cpu.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "architecture": "unet"}))
+    (run / "fold0" / "history.csv").write_text("epoch,train_loss,val_loss,seconds,iterations,val_dice\n"
+                                              "1,0.7,0.6,1800,150,0.65\n2,0.4,0.5,1800,150,0.80\n3,0.3,0.55,1800,150,0.78\n")
+    chosen = {"threshold": 0.9, "postprocess": "track", "mean_dice": 0.85, "area_mae_mm2": 20.0}
+    (run / "calibration.json").write_text(json.dumps({
+        "weights_sha256": sha, "validation_patients": ["1", "2"], "n_planes": 96, "chosen": chosen,
+        "current": {"threshold": 20 / 21, "postprocess": "none", "mean_dice": 0.84, "area_mae_mm2": 22.0}}))
+    real = {"n_planes": 241, "n_patients": 7, "mean_dice": 0.88, "median_dice": 0.93, "area_mae_mm2": 21.0,
+            "pearson_r": 0.86, "ba_mean_diff_mm2": -1.0, "patients": ["11", "41"], "row_step": 16,
+            "per_patient": {"11": {"mean_dice": 0.9}}, "whole_sac_planes": {"n_planes": 19, "mean_dice": 0.9}}
+    (run / "eval" / "evaluation.json").write_text(json.dumps({
+        "weights_sha256": sha, "threshold": 0.9, "postprocess": "track", "command": "scripts/dsca_evaluate.py ...",
+        "threshold_source": "x", "real_slabs_strip": real,
+        "phantom_study": {"n_slices": 64, "dsca_bias_mm2": 2.5, "area_mae_mm2": 9.0}}))
+    return run
+
+
+def test_embed_real_run_writes_entry_and_card(tmp_path):
+    """scripts/embed_dsca_real.py copies the weights byte for byte, stores the calibrated decision, the training record
+    and the held-out numbers; the card is written from the same files; the default is left alone."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from DuralSacSegLib import models
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import embed_dsca_real
+
+    dest = tmp_path / "Models"
+    dest.mkdir()
+    shutil.copyfile(models.MODELS_DIR / "catalog.json", dest / "catalog.json")
+    default = json.loads((dest / "catalog.json").read_text())["default"]
+    run = _fake_run(tmp_path)
+    assert embed_dsca_real.main([str(run), "--dest", str(dest)]) == 0
+    cat = json.loads((dest / "catalog.json").read_text())
+    e = next(m for m in cat["models"] if m["name"] == "dsca-unet")
+    assert e["sha256"] == models.sha256_of(run / "fold0" / "best.pt") == models.sha256_of(dest / "dsca_unet.pt")
+    assert e["decision"]["threshold"] == 0.9 and e["decision"]["postprocess"] == "track"
+    assert e["iterations"] == 450 and e["epochs"] == 3 and e["best_epoch"] == 2 and e["train_wall_hours"] == 1.5
+    assert e["metrics"]["real-slabs, held-out, inside the strip"]["mean_dice"] == 0.88
+    assert cat["default"] == default and len(cat["models"]) == 3
+    card = (dest / "dsca_unet.md").read_text()
+    assert e["sha256"] in card and "| 2 | 0.4000 | 0.5000 | 0.800 | 1800 |" in card and "0.880" in card
+
+
+def test_embed_real_run_refuses_numbers_of_other_weights(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import embed_dsca_real
+
+    run = _fake_run(tmp_path, sha_override="0" * 64)
+    with pytest.raises(SystemExit, match="other|not on"):
+        embed_dsca_real.main([str(run), "--dest", str(tmp_path)])

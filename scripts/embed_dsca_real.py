@@ -1,0 +1,226 @@
+#!/usr/bin/env python
+"""Embed a finished real-image DSCA training run (issue 16) as a DuralSacSeg catalogue model, from measured files only.
+
+    scripts/embed_dsca_real.py RUN [--dry-run]
+
+``RUN`` is a run folder of ``scripts/train_dsca_real.sh`` (e.g. ``../dsca_train_wt/runs/dsca_real_unet``) holding
+
+* ``fold0/best.pt`` — the best-validation weights (SpineMorph weights format, float16),
+* ``fold0/history.csv`` and ``config.json`` — the training record,
+* ``calibration.json`` — the decision threshold and post-processing chosen on the validation split of *training*
+  patients (``scripts/dsca_calibrate.py``),
+* ``eval/evaluation.json`` — the held-out evaluation with that decision (``scripts/dsca_evaluate.py``).
+
+Both JSON files must name the SHA-256 of ``best.pt`` (else the script refuses: they would describe other weights).
+The weights are copied byte for byte to ``DuralSacSeg/Resources/Models/dsca_<architecture>.pt`` (replacing the
+catalogue entry ``dsca-<architecture>``), the entry gets the calibrated ``decision``, the training record and the
+held-out metrics, and the model card ``dsca_<architecture>.md`` is rewritten from those files (nothing typed by hand).
+The catalogue default is not changed here: ``scripts/dsca_select_default.py ... --write-catalog`` chooses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LABEL = {"multiresunet": "MultiResUNet", "unet": "U-Net", "attention_unet": "Attention U-Net"}
+
+
+def _load(run: Path) -> dict:
+    from DuralSacSegLib import models
+
+    best = run / "fold0" / "best.pt"
+    for p in (best, run / "config.json", run / "fold0" / "history.csv", run / "calibration.json",
+              run / "eval" / "evaluation.json"):
+        if not p.is_file():
+            raise SystemExit(f"error: {p} is missing: finish the run (scripts/train_dsca_real.sh) before embedding")
+    sha = models.sha256_of(best)
+    calib = json.loads((run / "calibration.json").read_text(encoding="utf-8"))
+    ev = json.loads((run / "eval" / "evaluation.json").read_text(encoding="utf-8"))
+    for name, doc in (("calibration.json", calib), ("eval/evaluation.json", ev)):
+        if doc.get("weights_sha256") != sha:
+            raise SystemExit(f"error: {name} was measured on weights {doc.get('weights_sha256', '?')[:12]}…, not on "
+                             f"{best} ({sha[:12]}…): re-run it")
+    c = calib["chosen"]
+    if abs(float(ev["threshold"]) - float(c["threshold"])) > 1e-6 or ev.get("postprocess") != c["postprocess"]:
+        raise SystemExit("error: the evaluation did not use the calibrated decision: re-run scripts/dsca_evaluate.py "
+                         f"--threshold {c['threshold']} --postprocess {c['postprocess']}")
+    with open(run / "fold0" / "history.csv", newline="", encoding="utf-8") as f:
+        history = list(csv.DictReader(f))
+    ckpt = models.read_weights_file(best)
+    return {"best": best, "sha": sha, "calib": calib, "eval": ev, "history": history,
+            "config": json.loads((run / "config.json").read_text(encoding="utf-8")), "arch": str(ckpt["architecture"]),
+            "ckpt_config": dict(ckpt.get("config") or {})}
+
+
+def _entry(d: dict, dest: Path, old: dict) -> dict:
+    from DuralSacSegLib.networks import build_network, count_parameters
+
+    arch, cfg, hist, c, ev = d["arch"], d["config"], d["history"], d["calib"]["chosen"], d["eval"]
+    best_row = max(hist, key=lambda h: float(h["val_dice"]))
+    real, ph = ev.get("real_slabs_strip") or {}, ev.get("phantom_study") or {}
+    keys_real = ("n_planes", "n_patients", "mean_dice", "median_dice", "area_mae_mm2", "area_rmse_mm2", "pearson_r",
+                 "ba_mean_diff_mm2", "ba_loa_low_mm2", "ba_loa_high_mm2", "patients", "row_step")
+    keys_ph = ("n_slices", "dsca_bias_mm2", "dsca_bias_percent", "area_mae_mm2", "ideal_mask_bias_mm2", "slices_graded")
+    metrics = {"real-slabs, held-out, inside the strip": {k: real.get(k) for k in keys_real},
+               "phantom study": {k: ph.get(k) for k in keys_ph}}
+    if ev.get("synthetic"):
+        s = ev["synthetic"]
+        metrics["synthetic, held-out"] = {k: s.get(k) for k in ("n_slices", "mean_slice_dice", "f1", "area_mae_mm2",
+                                                                 "pearson_r", "ba_mean_diff_mm2")}
+    warm = (d["ckpt_config"].get("init_weights") or cfg.get("init_weights"))
+    return {
+        "name": f"dsca-{arch.replace('_', '-')}",
+        "architecture": arch,
+        "description": f"{LABEL[arch]} dural sac segmentation trained on real T2 SPACE slab planes of training "
+                       "patients (loss inside the imaged strip) and synthetic axial planes (style v2), CPU, issue 16",
+        "weights": f"dsca_{arch}.pt",
+        "sha256": d["sha"],
+        "bytes": (dest / f"dsca_{arch}.pt").stat().st_size,
+        "parameters": count_parameters(build_network(arch)),
+        "input_size": list(cfg.get("input_size", [320, 320])),
+        "normalization": old.get("normalization", "percentile_0.5_99.5_per_slice"),
+        "threshold": round(float(c["threshold"]), 6),
+        "threshold_rule": "chosen on the validation split of training patients (decision below, scripts/dsca_calibrate.py)",
+        "decision": {
+            "threshold": round(float(c["threshold"]), 6), "postprocess": c["postprocess"],
+            "chosen_on": f"validation split of training slab patients {', '.join(d['calib']['validation_patients'])} "
+                         "(scripts/dsca_calibrate.py)",
+            "validation_mean_dice": c["mean_dice"], "validation_area_mae_mm2": c["area_mae_mm2"],
+            "previous_threshold": d["calib"]["current"]["threshold"],
+            "previous_postprocess": d["calib"]["current"]["postprocess"],
+        },
+        "training_config": "configs/real_cpu.json",
+        "seed": cfg.get("seed"),
+        "iterations": sum(int(h["iterations"]) for h in hist),
+        "epochs": len(hist),
+        "best_epoch": int(best_row["epoch"]),
+        "best_validation_dice": float(best_row["val_dice"]),
+        "train_wall_hours": round(sum(float(h["seconds"]) for h in hist) / 3600, 2),
+        "threads": cfg.get("num_threads"),
+        "warm_start": warm,
+        "card": f"dsca_{arch}.md",
+        "metrics": metrics,
+        "metrics_command": ev.get("command"),
+    }
+
+
+def _card(d: dict, e: dict) -> str:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from dsca_card_section import section
+
+    from spinemorph.spider import HELD_OUT_SLAB_PATIENTS, SPIDER_ATTRIBUTION
+
+    arch, cfg, hist = d["arch"], d["config"], d["history"]
+    rows = "\n".join(f"| {h['epoch']} | {float(h['train_loss']):.4f} | {float(h['val_loss']):.4f} | "
+                     f"{float(h['val_dice']):.3f} | {float(h['seconds']):.0f} |" for h in hist)
+    val = ", ".join(d["calib"]["validation_patients"])
+    return f"""# Model card: `{e['name']}` ({LABEL[arch]})
+
+Dural sac segmentation of axial lumbar MR slices (1 channel in, 1 logit out), the network of DuralSacSeg's
+`{e['name']}` catalogue entry. Weights `{e['weights']}` (float16, {e['bytes'] / 1e6:.1f} MB, SHA-256 `{e['sha256']}`),
+{e['parameters']:,} parameters, architecture `{arch}` (`DuralSacSegLib.networks`). Written by
+`scripts/embed_dsca_real.py` from the run's files (every number below comes from them).
+
+**Status: trained on real images (issue 16), CPU budget.** {e['iterations']} iterations of batch 8 ({e['epochs']} epochs,
+{e['train_wall_hours']:.1f} h wall on {e['threads']} threads of a shared 2-core CPU), one fold — the source recipe is 20 epochs ×
+5 folds on clinical axial T1 images, which are not available here. The source method's reported MultiResUNet figures
+(r 0.9917, MAE 17.9–23.7 mm², F1 0.945) were measured on those images and are not comparable to the numbers below.
+
+## Intended use
+Research use: per-slice dural sac cross-sectional area (DSCA) from axial lumbar MRI via `spinemorph dsca segment` or
+the DuralSacSeg Slicer module; check every mask visually (QC flags mark implausible slices, which are never graded).
+Not a medical device.
+
+## Input
+Axial slice placed on a 320 × 320 grid (field of view padded to a square, aspect kept), intensities normalised per
+slice with `spinemorph.intensity.normalize_percentile` (0.5–99.5 percentiles → [0, 1]); output: sigmoid, mask at the
+calibrated decision threshold {e['decision']['threshold']:.4f} with post-processing `{e['decision']['postprocess']}`.
+
+## Inference
+`dsca segment` (and the Slicer module) run the network on whole 320 × 320 slices only to locate the canal and on a
+128 × 128 window around it on the others (`DuralSacSegLib.roi`); `--crop-px 0` / "Whole slices" runs every slice whole.
+
+## Training data (`configs/real_cpu.json`)
+Mixed 50/50 per crop: (1) every canal plane (every 4th PNG row, 0.6 mm pixels on the 320 grid) of the **real** T2 SPACE
+slabs of the training patients minus the validation split, with the loss limited to the imaged strip (the slabs are
+12–23 mm wide left-right); (2) 800 synthetic axial planes (style v2: nerve roots, epidural fat, texture) generated from
+the SPIDER label maps of training patients and from phantoms. Held-out patients ({', '.join(HELD_OUT_SLAB_PATIENTS)})
+are never used for training, checkpoint choice or calibration. Checkpoint choice: mean Dice inside the strip on the
+validation patients {val} (96 planes, every 16th row).
+
+SPIDER data: {SPIDER_ATTRIBUTION}
+
+## Recipe
+Weighted binary cross-entropy (positive weight {cfg['loss']['pos_weight']:g}), Adam (lr {cfg['optimizer']['lr']:g}),
+batch {cfg['batch_size']}; random {cfg['crop']['size']} × {cfg['crop']['size']} crops
+({100 * (1 - cfg['crop']['negative_fraction']):.0f} % containing the dural sac), left-right flips, random gamma
+{cfg['augment']['gamma'][0]}–{cfg['augment']['gamma'][1]}; {cfg['iterations_per_epoch']} iterations per epoch, best-validation
+checkpoint (epoch {e['best_epoch']}, validation Dice {e['best_validation_dice']:.3f}).
+{'Warm start: ' + str(e['warm_start']) + '.' if e['warm_start'] else 'Trained from scratch (seed ' + str(e['seed']) + ').'}
+Resumable run: `scripts/train_dsca_real.sh start` (state every epoch and every 5 minutes).
+
+| epoch | train loss | validation loss | validation Dice | seconds |
+|---|---|---|---|---|
+{rows}
+
+(Epoch 1 includes generating the data cache; epoch times vary with the other work on the shared machine.)
+
+## Limitations
+- The only real MR images here are sagittal T2 SPACE slabs resliced to axial planes (narrow strips); no clinical axial
+  T1/T2 series was available for training or testing. Validate on your own axial series before relying on it.
+- One fold, a CPU budget; the issue's targets (held-out real Dice ≥ 0.90, area MAE ≤ 15 mm², r ≥ 0.95) are compared
+  in the section below — read it before trusting an area.
+
+{section(d['eval'], d['calib'])}"""
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--dest", type=Path, default=ROOT / "DuralSacSeg" / "Resources" / "Models")
+    ap.add_argument("--dry-run", action="store_true", help="print the entry and card, change nothing")
+    args = ap.parse_args(argv)
+    from DuralSacSegLib import models
+
+    from spinemorph.atomic import atomic_write_text
+
+    d = _load(args.run)
+    cat_path = args.dest / "catalog.json"
+    cat = json.loads(cat_path.read_text(encoding="utf-8"))
+    name = f"dsca-{d['arch'].replace('_', '-')}"
+    idx = next((i for i, m in enumerate(cat["models"]) if m["name"] == name), None)
+    old = cat["models"][idx] if idx is not None else {}
+    weights = args.dest / f"dsca_{d['arch']}.pt"
+    if args.dry_run:  # measure the entry on a copy outside the repository
+        where = Path(os.environ.get("TMPDIR", "/tmp"))
+        shutil.copyfile(d["best"], where / weights.name)
+        entry = _entry(d, where, old)
+        print(json.dumps(entry, indent=2))
+        print(_card(d, entry))
+        return 0
+    tmp = args.dest / f".{weights.name}.tmp"
+    shutil.copyfile(d["best"], tmp)
+    os.replace(tmp, weights)  # atomic: temporary file in the same folder
+    if models.sha256_of(weights) != d["sha"]:
+        raise SystemExit("error: the copied weights differ from the run's best.pt")
+    entry = _entry(d, args.dest, old)
+    if idx is None:
+        cat["models"].append(entry)
+    else:
+        cat["models"][idx] = entry
+    atomic_write_text(cat_path, json.dumps(cat, indent=2) + "\n")
+    atomic_write_text(args.dest / entry["card"], _card(d, entry))
+    print(f"embedded {name}: {weights} ({d['sha'][:12]}…), decision {entry['decision']['threshold']} / "
+          f"{entry['decision']['postprocess']}, card {entry['card']}; the default is chosen by scripts/dsca_select_default.py")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
