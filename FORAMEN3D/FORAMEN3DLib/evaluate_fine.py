@@ -2,7 +2,7 @@
 
 ``python -m FORAMEN3DLib.evaluate_fine --model FILE|NAME --out DIR [--slabs [--pred-dir D] [--patients P1,P2]
 [--l45-point reference]] [--synth N
-[--synth-mode network|pipeline]] [--locator-study] [--sac-end-study P1,P2,...]``
+[--synth-mode network|pipeline]] [--locator-study [--count] [--split train|held-out|all]] [--sac-end-study P1,P2,...]``
 
 Any FORAMEN3D model can be evaluated (the coarse default too: canal Dice is then undefined), so that models are
 compared on the same voxels.
@@ -21,7 +21,9 @@ compared on the same voxels.
   the anterior canal wall of their row (pedicles, articular processes, laminae, transverse and spinous processes).
 
 * ``--locator-study`` (:func:`locator_study`) and ``--sac-end-study`` (:func:`sac_end_study`): the level errors of the
-  coarse locator and the data behind the fine pipeline's level check.
+  coarse locator and the data behind the fine pipeline's level check. ``--count``: also the disc-counting locator
+  (:mod:`FORAMEN3DLib.locator`) through ``segment_volume``; ``--split train`` (training and validation patients: the
+  counting rules were chosen on these only), ``held-out`` or ``all``.
 
 Writes ``DIR/metrics.json`` (per case and mean) and prints a summary table.
 """
@@ -229,16 +231,41 @@ def evaluate_slabs(model, device="cpu", pred_dir: Path | None = None, patients=N
     return rows
 
 
-def locator_study(patients=None) -> list[dict]:
-    """Level errors of the coarse L4-5 locator on real slabs (``--locator-study``).
+#: a located L4-5 centre this far (mm, superior-inferior) from the reference disc is a level error (one level is
+#: 30-40 mm)
+LEVEL_ERROR_MM = 15.0
 
-    For every slab patient whose levels can be derived (:func:`fine_data.slab_labels`; training, validation and
-    held-out patients, labelled by ``split``: the coarse locator never saw a real image), the superior-inferior offset
-    (mm, + = inferior) of the located L4-5 disc centre from the reference one. One level is 30-40 mm."""
+
+def study_patients(split: str) -> list[str]:
+    """Slab patients of a split for the locator study: ``"train"`` (training and validation: rules are chosen on
+    these), ``"held-out"`` or ``"all"``."""
+    from spinemorph import spider
+
+    if split == "train":
+        return spider.train_slab_patients()
+    if split == "held-out":
+        return spider.held_out_slab_patients()
+    if split == "all":
+        return spider.list_slab_patients()
+    raise SpineMorphError(f"split must be train, held-out or all, got {split!r}")
+
+
+def locator_study(patients=None, count_model=None) -> list[dict]:
+    """Level errors of the L4-5 locator on real slabs (``--locator-study``).
+
+    For every slab patient whose levels can be derived (:func:`fine_data.slab_labels`; labelled by ``split``), the
+    superior-inferior offset (mm, + = inferior) of the coarse locator's L4-5 centre from the reference disc centre
+    (``disc_offset_mm``) and its level error (``level``: the offset in levels, 0 = right, + = low). With
+    ``count_model`` (a fine model) also the **disc count** (:mod:`FORAMEN3DLib.locator`, the whole
+    ``segment_volume`` path with ``locator_mode="count"``): ``count_offset_mm``, ``count_level``, the walk, whether
+    it fell back to the coarse answer, and the QC notes."""
     from spinemorph import spider
 
     from .preprocess import preprocess_volume
-    from .segment3d import DEFAULT_LOCATOR, locate_l45, segment_preprocessed
+    from .segment3d import DEFAULT_LOCATOR, locate_l45, segment_preprocessed, segment_volume
+
+    def level(off: float) -> int:
+        return 0 if abs(off) < LEVEL_ERROR_MM else int(np.sign(off)) * max(1, int(round(abs(off) / 35.0)))
 
     rows = []
     for p in patients or spider.list_slab_patients():
@@ -246,13 +273,28 @@ def locator_study(patients=None) -> list[dict]:
         lab = fd.slab_labels(p, image, mask)
         if lab.disc_center_lps is None:
             continue
-        prep = preprocess_volume(image.with_array(image.array.astype(np.float32)))
-        padded, _, _ = segment_preprocessed(prep, DEFAULT_LOCATOR, "cpu", inverse=False)
+        img = image.with_array(image.array.astype(np.float32))
+        prep = preprocess_volume(img)
         d = prep.crop.direction
-        off = float((d.T @ (locate_l45(prep, padded) - np.asarray(lab.disc_center_lps)))[1])
+        ref = np.asarray(lab.disc_center_lps)
         split = "held-out" if p in spider.HELD_OUT_SLAB_PATIENTS else "training/validation"
-        rows.append({"case": p, "split": split, "identity": lab.identity, "disc_offset_mm": off})
-        print(json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in rows[-1].items()}), flush=True)
+        if count_model is None:
+            padded, _, _ = segment_preprocessed(prep, DEFAULT_LOCATOR, "cpu", inverse=False)
+            off = float((d.T @ (locate_l45(prep, padded) - ref))[1])
+            row = {"case": p, "split": split, "identity": lab.identity, "disc_offset_mm": off, "level": level(off)}
+        else:
+            t0 = time.perf_counter()
+            res = segment_volume(img, count_model, "cpu", fine_options={"locator_mode": "count"})
+            det = res.locator_details or {}
+            off = float((d.T @ (np.asarray(det["coarse_centre_lps"]) - ref))[1])
+            coff = float((d.T @ (np.asarray(res.l45_centre_lps) - ref))[1])
+            row = {"case": p, "split": split, "identity": lab.identity, "disc_offset_mm": off, "level": level(off),
+                   "count_offset_mm": coff, "count_level": level(coff), "locator": res.locator,
+                   "walk": [w["kind"] for w in det.get("walk", [])], "reason": det.get("reason"),
+                   "walk_steps": det.get("walk", []),
+                   "qc": list(res.qc), "total_s": time.perf_counter() - t0}
+        rows.append(row)
+        print(json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     return rows
 
 
@@ -327,6 +369,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--locator-study", action="store_true",
                     help="level errors of the coarse locator on every slab patient with derived levels")
+    ap.add_argument("--count", action="store_true",
+                    help="with --locator-study: also the disc count (locator_mode='count') through segment_volume")
+    ap.add_argument("--split", choices=("train", "held-out", "all"), default="all",
+                    help="with --locator-study: the slab patients studied (rules are chosen on train only)")
     ap.add_argument("--sac-end-study", default=None, metavar="P1,P2",
                     help="where the fine model's dural sac ends in crops on the reference and on the L5-S1 disc")
     a = ap.parse_args(argv)
@@ -346,7 +392,12 @@ def main(argv=None) -> int:
             rows += evaluate_slabs(loaded, pred_dir=a.pred_dir, patients=pts, l45_point=a.l45_point)
         studies = {}
         if a.locator_study:
-            studies["locator"] = locator_study()
+            studies["locator"] = locator_study(study_patients(a.split), loaded if a.count else None)
+            lr = studies["locator"]
+            studies["locator_summary"] = {"n": len(lr), "coarse level errors": [r["case"] for r in lr if r["level"]]}
+            if a.count:
+                studies["locator_summary"]["count level errors"] = [r["case"] for r in lr if r["count_level"]]
+            print(json.dumps(studies["locator_summary"]))
         if a.sac_end_study:
             studies["sac_end"] = sac_end_study(loaded, [p.strip() for p in a.sac_end_study.split(",") if p.strip()])
     except SpineMorphError as exc:

@@ -56,8 +56,9 @@ class SegmentationResult:
     qc : tuple of str
         Review notes of the pipeline (fine models: the level check, :func:`segment_fine`); empty when none.
     locator : str
-        Fine models: where the crop centre came from, ``"coarse model"`` (the coarse locator) or ``"manual point"``
-        (``l45_point``); ``""`` for single-pass models.
+        Fine models: where the crop centre came from, ``"coarse model"`` (the coarse locator), ``"disc count"``
+        (``locator_mode="count"``, :mod:`FORAMEN3DLib.locator`) or ``"manual point"`` (``l45_point``); ``""`` for
+        single-pass models.
     l45_centre_lps : tuple or None
         Fine models: the L4-5 centre (LPS mm) the crop was placed on.
     canal_threshold : float or None
@@ -66,6 +67,9 @@ class SegmentationResult:
     inference : dict or None
         What ran the (fine) network (:func:`inference_record`): ``backend`` (``"onnxruntime"`` / ``"torch"``),
         ``threads``, ``precision``, ``device``.
+    locator_details : dict or None
+        Fine models with ``locator_mode="count"``: the disc count's walk (:class:`FORAMEN3DLib.locator.CountResult`),
+        its account and the coarse model's centre; None otherwise.
     """
 
     labels: Volume
@@ -78,6 +82,7 @@ class SegmentationResult:
     l45_centre_lps: tuple | None = None
     canal_threshold: float | None = None
     inference: dict | None = None
+    locator_details: dict | None = None
 
 
 # ---------------------------------------------------------------------- post-processing
@@ -384,6 +389,17 @@ def decide_fine_labels(logits: np.ndarray, canal_threshold: float | None = None)
         return lab.numpy()
 
 
+def disc_softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax probability (float32) of the L4-5 disc class of a fine crop's blended logits ``(classes, ...)``."""
+    import torch
+
+    from . import fine_data as fd
+
+    with torch.inference_mode():
+        lg = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))
+        return torch.softmax(lg, 0)[fd.DISC].numpy().copy()
+
+
 def fine_network_labels(loaded: models3d.LoadedModel, x: np.ndarray, roi=None, overlap: float = 0.25,
                         backend: str = "auto", precision: str = "fp32", canal_threshold: float | None = None) -> np.ndarray:
     """Labels (uint8, ``x.shape``) of a fine crop: :func:`fine_network_logits` → :func:`decide_fine_labels`."""
@@ -443,6 +459,20 @@ def sac_end_gap_mm(labels: np.ndarray, fov: np.ndarray) -> float:
     imaged = np.nonzero(fov.any(axis=(0, 2)))[0]
     last = int(imaged.max()) if len(imaged) else labels.shape[1] - 1
     return max(0.0, float(last - rows.max()) * fd.FINE_SPACING_MM)
+
+
+#: ``locator_mode`` of :func:`segment_fine`: ``"coarse"`` (the coarse model's L4-5) or ``"count"`` (walk down the
+#: discs with the fine network from the coarse answer, :mod:`FORAMEN3DLib.locator`)
+LOCATOR_MODES = ("coarse", "count")
+#: the disc count and the coarse model disagree by a level when their L4-5 centres lie this far apart (S-I, mm; one
+#: level is 30-40 mm)
+LEVEL_DISAGREE_MM = 15.0
+
+
+def level_shift_mm(prep: Preprocessed, a_lps, b_lps) -> float:
+    """Superior-inferior distance (mm) from ``a_lps`` to ``b_lps`` along the crop's row axis (+ = b inferior)."""
+    d = np.asarray(prep.crop.direction, float)
+    return float((d.T @ (np.asarray(b_lps, float) - np.asarray(a_lps, float)))[1])
 
 
 #: ``canal_threshold`` default of :func:`segment_fine`: the loaded model's own setting (its catalogue entry)
@@ -518,7 +548,7 @@ def segment_fine(
     image: Volume, prep: Preprocessed, loaded: models3d.LoadedModel, device="auto",
     progress: ProgressCallback | None = None, should_cancel: Callable[[], bool] | None = None,
     locator=None, overlap: float = 0.25, backend: str = "auto", level_check: bool = True, roi=None,
-    precision: str = "fp32", l45_point=None, canal_threshold=MODEL_SETTING,
+    precision: str = "fp32", l45_point=None, canal_threshold=MODEL_SETTING, locator_mode: str = "coarse",
 ) -> tuple[np.ndarray, Volume, dict, tuple, dict]:
     """Coarse-to-fine segmentation (see the module docstring): labels on the input grid, fine-crop labels, timings,
     QC notes, and ``info`` (``locator``: ``"coarse model"`` or ``"manual point"``, ``l45_centre_lps``,
@@ -535,11 +565,41 @@ def segment_fine(
     lower face (inside the image), the QC notes ask to check the levels (the crop may sit one level low). The labels
     are not changed, and a crop one level high is not detected.
     """
-    t: dict = {}
+    from . import locator as count_locator
+
+    if locator_mode not in LOCATOR_MODES:
+        raise SpineMorphError(f"locator_mode must be one of {', '.join(LOCATOR_MODES)}, got {locator_mode!r}")
+    t: dict = {"fine_preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
     qc: list[str] = []
+    extra: dict = {}
     thr = model_canal_threshold(loaded) if canal_threshold == MODEL_SETTING else check_canal_threshold(canal_threshold)
+
+    def run_crop(c, disc_probability: bool = False) -> count_locator.Crop:
+        _check_cancel(should_cancel)
+        t0 = time.perf_counter()
+        g, xx, fv = fine_crop_input(image, prep, c)
+        t["fine_preprocess"] += time.perf_counter() - t0
+        _check_cancel(should_cancel)
+        t0 = time.perf_counter()
+        pdisc = None
+        if disc_probability:  # the counting locator asks for the disc probability too (same labels)
+            logits = fine_network_logits(loaded, xx, roi, overlap, backend, precision)
+            r = decide_fine_labels(logits, thr)
+            pdisc = disc_softmax(logits)
+            pdisc[~fv] = 0.0
+        else:
+            r = fine_network_labels(loaded, xx, roi, overlap, backend, precision, canal_threshold=thr)
+        r[~fv] = 0
+        t["inference"] += time.perf_counter() - t0
+        _check_cancel(should_cancel)
+        t0 = time.perf_counter()
+        lab = postprocess_labels(r, structures=(1, 2, 3, 4))
+        t["postprocess"] += time.perf_counter() - t0
+        return count_locator.Crop(np.asarray(c, float), lab, g, fv, pdisc)
+
     t0 = time.perf_counter()
     tc: dict = {}
+    crop = None
     if l45_point is not None:
         centre = check_l45_point(image, l45_point)
         where = "manual point"
@@ -548,21 +608,31 @@ def segment_fine(
         coarse_padded, _, tc = segment_preprocessed(prep, loc_name, device, None, should_cancel, inverse=False)
         centre = locate_l45(prep, coarse_padded)
         where = "coarse model"
-    t["locate"] = time.perf_counter() - t0
+        if locator_mode == "count":
+            _report(progress, 0.3, "counting the levels")
+            counted = count_locator.count_walk(centre, lambda c: run_crop(c, disc_probability=True))
+            extra = {"locator_details": {"mode": "count", "walk": counted.steps(), "reason": counted.reason,
+                                         "coarse_centre_lps": [round(float(v), 3) for v in centre]}}
+            if counted.crop is None:
+                qc.append(f"disc count failed ({counted.reason}); the crop is centred on the coarse model's L4-5 — "
+                          "check the level labels")
+                crop = next((c for c in counted.walk if np.allclose(c.centre_lps, centre)), None)
+            else:
+                crop = counted.crop
+                where = "disc count"
+                shift = level_shift_mm(prep, centre, crop.centre_lps)
+                if abs(shift) >= LEVEL_DISAGREE_MM:
+                    n = max(1, round(abs(shift) / 35.0))
+                    qc.append(f"levels: the disc count put L4-5 {abs(shift):.0f} mm {'below' if shift > 0 else 'above'} "
+                              f"the coarse model's L4-5 (about {'one level' if n == 1 else f'{n} levels'}); the count "
+                              f"was used ({counted.reason}) — check the level labels")
+                centre = crop.centre_lps
+    t["locate"] = time.perf_counter() - t0 - (t["fine_preprocess"] + t["inference"] + t["postprocess"])
     _report(progress, 0.3, "fine segmentation")
     _check_cancel(should_cancel)
-    t0 = time.perf_counter()
-    grid, x, fov = fine_crop_input(image, prep, centre)
-    t["fine_preprocess"] = time.perf_counter() - t0
-    _check_cancel(should_cancel)
-    t0 = time.perf_counter()
-    raw = fine_network_labels(loaded, x, roi, overlap, backend, precision, canal_threshold=thr)
-    raw[~fov] = 0
-    t["inference"] = time.perf_counter() - t0
-    _check_cancel(should_cancel)
-    t0 = time.perf_counter()
-    labels = postprocess_labels(raw, structures=(1, 2, 3, 4))
-    t["postprocess"] = time.perf_counter() - t0
+    if crop is None:
+        crop = run_crop(centre)
+    grid, fov, labels = crop.grid, crop.fov, crop.labels
     gap = sac_end_gap_mm(labels, fov)
     if level_check and np.isfinite(gap) and gap > SAC_END_GAP_MM:
         qc.append(f"level check: the dural sac ends {gap:.0f} mm above the lower face of the L4-5 crop (expected: at "
@@ -575,7 +645,7 @@ def segment_fine(
     t["locator_model"] = tc.get("inference", 0.0)
     info = {"locator": where, "l45_centre_lps": tuple(round(float(v), 3) for v in centre), "canal_threshold": thr,
             "inference": inference_record(loaded.device, resolve_fine_backend(_device_type(loaded.device), backend, precision),
-                                          precision)}
+                                          precision), **extra}
     return out, grid.volume(labels), t, tuple(qc), info
 
 

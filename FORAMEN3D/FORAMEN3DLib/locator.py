@@ -1,0 +1,176 @@
+"""Counting L4-5 locator of the coarse-to-fine pipeline (``locator_mode="count"`` of
+:func:`FORAMEN3DLib.segment3d.segment_fine`).
+
+The coarse locator (:func:`FORAMEN3DLib.segment3d.locate_l45`) trusts the level identity of a 3.2 mm model that sees a
+144 mm window: on the real slabs of the training / validation patients it was a level off in 7 of 21. This locator
+does not trust one answer: it **walks down the spine disc by disc with the fine network and stops below the lowest
+disc** (the sacrum has none), then counts one disc up:
+
+1. the first fine crop is centred on the coarse answer;
+2. each crop is asked whether a disc lies at the position it was placed on (:func:`disc_presence`: the fine
+   network's disc probability there, not its labels — centred on L5-S1 the network often moves its L4-5 *label* a
+   level up, but its disc probability at the centre stays high; centred in the sacrum it is near 0);
+3. while the answer is yes, the next centre is one vertebra lower (the crop's disc centre mirrored through the
+   centroid of its L5: :func:`next_disc_below`);
+4. the first crop without a disc lies in the sacrum: the crop before it is on L5-S1 and the one before that on L4-5
+   (when the walk holds only one disc, L4-5 is re-centred one vertebra higher: :func:`next_disc_above`).
+
+The fine crop on the L4-5 found is the segmentation (no extra run when the walk already holds it). A walk costs 2-4
+fine crops (the coarse locator: 1 crop). A transitional vertebra (a lumbarised S1 with a disc below it, a sacralised
+L5) shifts the count like any count from the sacrum. The thresholds were chosen on the training / validation
+patients' slabs only (``python -m FORAMEN3DLib.evaluate_fine --locator-study --count --split train``, model card
+"Counting locator").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+#: fine-crop classes of L4, the L4-5 disc and L5 (fine_data's numbering)
+_L4, _DISC, _L5 = 1, 2, 3
+#: disc presence: the mean of the highest disc probabilities (this volume, mm³) ...
+PRESENCE_VOLUME_MM3 = 1000.0
+#: ... inside a window around the crop's disc position: ± this far superior-inferior (mm) ...
+PRESENCE_HALF_HEIGHT_MM = 7.0
+#: ... and ± this far anterior-posterior (mm) ...
+PRESENCE_HALF_DEPTH_MM = 20.0
+#: ... at least this: a disc lies there (training slabs: on L5-S1 and above 0.77-1.0 except one degenerated L5-S1,
+#: in the sacrum one level below L5-S1 ≤ 0.12)
+PRESENCE_MIN = 0.5
+#: a step shorter than this or longer than :data:`MAX_STEP_MM` (mm, superior-inferior) is not one level (the crop's
+#: labels sat a level off its centre); the walk then steps by the previous step, or by :data:`DEFAULT_STEP_MM`
+MIN_STEP_MM = 15.0
+MAX_STEP_MM = 55.0
+#: one lumbar level (vertebral body + disc), mm, when nothing better is known
+DEFAULT_STEP_MM = 35.0
+#: at most this many steps down from the coarse answer (the coarse locator was at most two levels high)
+MAX_STEPS_DOWN = 4
+
+
+@dataclasses.dataclass
+class Crop:
+    """One fine crop of the walk: the disc position it was placed on (LPS), its labels and disc probability on the
+    crop grid (``FineGrid``), the imaged-voxel mask, and what the walk made of it."""
+
+    centre_lps: np.ndarray
+    labels: np.ndarray
+    grid: object
+    fov: np.ndarray
+    disc_probability: np.ndarray | None = None
+    presence: float = float("nan")
+    kind: str = ""
+
+
+def _grid_volume(grid):
+    return grid if hasattr(grid, "index_to_lps") else grid.volume(np.zeros(grid.shape, np.uint8))
+
+
+def _si_axis(grid) -> np.ndarray:
+    """Unit LPS vector of the crop's row axis (j: superior → inferior)."""
+    return np.asarray(_grid_volume(grid).direction, float)[:, 1]
+
+
+def disc_presence(disc_probability: np.ndarray, grid, centre_lps) -> float:
+    """Mean of the highest disc probabilities (:data:`PRESENCE_VOLUME_MM3`) in the window around ``centre_lps``
+    (:data:`PRESENCE_HALF_HEIGHT_MM`, :data:`PRESENCE_HALF_DEPTH_MM`, every slice); 0 when the window lies outside
+    the crop. ``disc_probability`` ``(k, j, i)`` on ``grid``."""
+    vol = _grid_volume(grid)
+    sp = np.asarray(vol.spacing_mm, float)
+    i, j, _ = np.round(np.asarray(vol.lps_to_index(np.asarray(centre_lps, float)), float)).astype(int)
+    hj, hi = int(round(PRESENCE_HALF_HEIGHT_MM / sp[1])), int(round(PRESENCE_HALF_DEPTH_MM / sp[0]))
+    p = np.asarray(disc_probability)
+    win = p[:, max(j - hj, 0) : max(j + hj + 1, 0), max(i - hi, 0) : max(i + hi + 1, 0)].ravel()
+    if win.size == 0:
+        return 0.0
+    n = max(1, min(win.size, int(round(PRESENCE_VOLUME_MM3 / float(np.prod(sp))))))
+    return float(np.partition(win, win.size - n)[win.size - n :].mean())
+
+
+def structure_centre_lps(labels: np.ndarray, grid, value: int) -> np.ndarray | None:
+    """LPS centroid of class ``value`` in a crop (None when absent)."""
+    idx = np.argwhere(np.asarray(labels) == value)
+    if len(idx) == 0:
+        return None
+    return np.asarray(_grid_volume(grid).index_to_lps(idx.mean(0)[::-1]), float)
+
+
+def _mirror(crop: Crop, body: int, sign: float, previous_step: float | None) -> np.ndarray:
+    """The next disc centre above (``sign`` -1) or below (+1): the crop's disc centroid mirrored through the
+    centroid of its ``body``; when that is no step (labels a level off the centre, or missing), the previous step or
+    :data:`DEFAULT_STEP_MM` along the crop's superior-inferior axis."""
+    axis = _si_axis(crop.grid)
+    d = structure_centre_lps(crop.labels, crop.grid, _DISC)
+    v = structure_centre_lps(crop.labels, crop.grid, body)
+    if d is not None and v is not None:
+        nxt = 2.0 * v - d
+        step = float(axis @ (nxt - crop.centre_lps)) * sign
+        if MIN_STEP_MM <= step <= MAX_STEP_MM:
+            return nxt
+    return crop.centre_lps + sign * float(previous_step or DEFAULT_STEP_MM) * axis
+
+
+def next_disc_below(crop: Crop, previous_step: float | None = None) -> np.ndarray:
+    """Centre of the next disc below a crop's disc (mirrored through the crop's L5, :func:`_mirror`)."""
+    return _mirror(crop, _L5, 1.0, previous_step)
+
+
+def next_disc_above(crop: Crop, previous_step: float | None = None) -> np.ndarray:
+    """Centre of the disc above a crop's disc (mirrored through the crop's L4, :func:`_mirror`)."""
+    return _mirror(crop, _L4, -1.0, previous_step)
+
+
+@dataclasses.dataclass
+class CountResult:
+    """Outcome of :func:`count_walk`: the crop on the L4-5 disc found (None when the count failed), every crop of
+    the walk in order, and a one-line account."""
+
+    crop: Crop | None
+    walk: list
+    reason: str
+
+    def steps(self) -> list[dict]:
+        """The walk as JSON-ready dicts (centre LPS, disc presence, what the walk made of the crop)."""
+        return [{"centre_lps": [round(float(v), 2) for v in c.centre_lps], "disc_presence": round(float(c.presence), 3),
+                 "kind": c.kind} for c in self.walk]
+
+
+def count_walk(start_lps, run_crop: Callable[[np.ndarray], Crop], max_steps: int = MAX_STEPS_DOWN) -> CountResult:
+    """Walk down from ``start_lps`` (the coarse answer) as the module docstring says. ``run_crop(centre)`` runs the
+    fine network on a crop placed on the disc position ``centre`` and returns a :class:`Crop` with its labels and
+    ``disc_probability``."""
+    walk: list[Crop] = []
+
+    def run(centre) -> Crop:
+        c = run_crop(np.asarray(centre, float))
+        c.presence = disc_presence(c.disc_probability, c.grid, c.centre_lps)
+        c.kind = "disc" if c.presence >= PRESENCE_MIN else "no disc"
+        walk.append(c)
+        return c
+
+    first = run(start_lps)
+    if first.kind != "disc":
+        return CountResult(None, walk, "no disc at the coarse locator's centre: the count cannot start")
+    discs = [first]
+    step = None
+    for _ in range(max_steps):
+        cur = discs[-1]
+        nxt = run(next_disc_below(cur, step))
+        if nxt.kind == "disc":
+            step = float(_si_axis(cur.grid) @ (nxt.centre_lps - cur.centre_lps))
+            discs.append(nxt)
+            continue
+        # below the lowest disc: the last disc is L5-S1, the one before it L4-5
+        discs[-1].kind = "disc (L5-S1)"
+        if len(discs) >= 2:
+            discs[-2].kind = "disc (L4-5)"
+            return CountResult(discs[-2], walk, f"{len(discs)} discs walked down to the sacrum; L4-5 is the one above "
+                                                "the lowest")
+        up = run(next_disc_above(cur, step))
+        if up.kind != "disc":
+            return CountResult(None, walk, "no disc above the lowest disc: the count failed")
+        up.kind = "disc (L4-5)"
+        return CountResult(up, walk, "the coarse answer is the lowest disc (L5-S1); L4-5 is the one above it")
+    return CountResult(None, walk, f"still a disc {max_steps} steps below the coarse answer: the count failed")
