@@ -101,6 +101,11 @@ def test_disc_presence_and_steps_known_answers():
     assert locator.disc_presence(p, grid, (0.0, 0.0, 0.0)) == pytest.approx(0.97)
     assert locator.disc_presence(p, grid, (0.0, 0.0, -17.0)) == pytest.approx(0.01)  # mid-body: no disc
     assert locator.disc_presence(p, grid, (0.0, 0.0, 500.0)) == 0.0  # outside the crop
+    fov = np.ones(grid.shape, bool)
+    assert locator.disc_presence(p, grid, (0.0, 0.0, 0.0), fov) == pytest.approx(0.97)
+    z = _row_z(grid)
+    fov[:, z < 3.0, :] = False  # the image ends 3 mm above the disc centre: most of the window is not imaged
+    assert locator.disc_presence(p, grid, (0.0, 0.0, 0.0), fov) == 0.0
     lab = fake_fine_labels(grid, 0.0)
     crop = locator.Crop(np.zeros(3), lab, grid, np.ones(grid.shape, bool), p)
     assert locator.next_disc_below(crop)[2] == pytest.approx(-35.0, abs=1.0)

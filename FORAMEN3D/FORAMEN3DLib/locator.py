@@ -10,8 +10,9 @@ disc** (the sacrum has none), then counts one disc up:
 2. each crop is asked whether a disc lies at the position it was placed on (:func:`disc_presence`: the fine
    network's disc probability there, not its labels — centred on L5-S1 the network often moves its L4-5 *label* a
    level up, but its disc probability at the centre stays high; centred in the sacrum it is near 0);
-3. while the answer is yes, the next centre is one vertebra lower (the crop's disc centre mirrored through the
-   centroid of its L5: :func:`next_disc_below`);
+3. while the answer is yes, the next centre is one level lower: the last disc-to-disc step (disc centres refined on
+   the disc probability, :func:`refined_disc_lps`), or for the first step the crop's disc centre mirrored through
+   the centroid of its L5 (:func:`next_disc_below`);
 4. the first crop without a disc lies in the sacrum: the crop before it is on L5-S1 and the one before that on L4-5
    (when the walk holds only one disc, L4-5 is re-centred one vertebra higher: :func:`next_disc_above`).
 
@@ -33,13 +34,17 @@ import numpy as np
 _L4, _DISC, _L5 = 1, 2, 3
 #: disc presence: the mean of the highest disc probabilities (this volume, mm³) ...
 PRESENCE_VOLUME_MM3 = 1000.0
-#: ... inside a window around the crop's disc position: ± this far superior-inferior (mm) ...
-PRESENCE_HALF_HEIGHT_MM = 7.0
+#: ... inside a window around the crop's disc position: ± this far superior-inferior (mm; a step may miss the disc
+#: by a few mm) ...
+PRESENCE_HALF_HEIGHT_MM = 10.0
 #: ... and ± this far anterior-posterior (mm) ...
 PRESENCE_HALF_DEPTH_MM = 20.0
 #: ... at least this: a disc lies there (training slabs: on L5-S1 and above 0.77-1.0 except one degenerated L5-S1,
 #: in the sacrum one level below L5-S1 ≤ 0.12)
 PRESENCE_MIN = 0.5
+#: a crop whose presence window is imaged on less than this fraction of its voxels lies beyond the image's end:
+#: "no disc" (the network's output at the border of the field of view is no evidence of a disc)
+PRESENCE_MIN_IMAGED = 0.5
 #: a step shorter than this or longer than :data:`MAX_STEP_MM` (mm, superior-inferior) is not one level (the crop's
 #: labels sat a level off its centre); the walk then steps by the previous step, or by :data:`DEFAULT_STEP_MM`
 MIN_STEP_MM = 15.0
@@ -62,6 +67,7 @@ class Crop:
     disc_probability: np.ndarray | None = None
     presence: float = float("nan")
     kind: str = ""
+    disc_lps: np.ndarray | None = None  # the disc's own centre (refined_disc_lps) when a disc is present
 
 
 def _grid_volume(grid):
@@ -73,20 +79,47 @@ def _si_axis(grid) -> np.ndarray:
     return np.asarray(_grid_volume(grid).direction, float)[:, 1]
 
 
-def disc_presence(disc_probability: np.ndarray, grid, centre_lps) -> float:
+def disc_presence(disc_probability: np.ndarray, grid, centre_lps, fov: np.ndarray | None = None) -> float:
     """Mean of the highest disc probabilities (:data:`PRESENCE_VOLUME_MM3`) in the window around ``centre_lps``
     (:data:`PRESENCE_HALF_HEIGHT_MM`, :data:`PRESENCE_HALF_DEPTH_MM`, every slice); 0 when the window lies outside
-    the crop. ``disc_probability`` ``(k, j, i)`` on ``grid``."""
+    the crop or, with ``fov`` (imaged voxels of the crop), is imaged on less than :data:`PRESENCE_MIN_IMAGED` of
+    its slices' voxels. ``disc_probability`` ``(k, j, i)`` on ``grid``."""
     vol = _grid_volume(grid)
     sp = np.asarray(vol.spacing_mm, float)
     i, j, _ = np.round(np.asarray(vol.lps_to_index(np.asarray(centre_lps, float)), float)).astype(int)
     hj, hi = int(round(PRESENCE_HALF_HEIGHT_MM / sp[1])), int(round(PRESENCE_HALF_DEPTH_MM / sp[0]))
+    sl = (slice(None), slice(max(j - hj, 0), max(j + hj + 1, 0)), slice(max(i - hi, 0), max(i + hi + 1, 0)))
     p = np.asarray(disc_probability)
-    win = p[:, max(j - hj, 0) : max(j + hj + 1, 0), max(i - hi, 0) : max(i + hi + 1, 0)].ravel()
+    win = p[sl]
+    if fov is not None and win.size:
+        f = np.asarray(fov, bool)
+        slices = f.any(axis=(1, 2))  # the slab's imaged slices (a narrow slab leaves the outer slices empty)
+        inside = f[sl][slices]
+        if inside.size == 0 or inside.mean() < PRESENCE_MIN_IMAGED:
+            return 0.0
+        win = win[slices]
+    win = win.ravel()
     if win.size == 0:
         return 0.0
     n = max(1, min(win.size, int(round(PRESENCE_VOLUME_MM3 / float(np.prod(sp))))))
     return float(np.partition(win, win.size - n)[win.size - n :].mean())
+
+
+def refined_disc_lps(disc_probability: np.ndarray, grid, centre_lps) -> np.ndarray:
+    """The disc's own centre near a crop's disc position: the probability-weighted centroid of the voxels with disc
+    probability ≥ 0.5 in the presence window (:func:`disc_presence`); ``centre_lps`` when there are none."""
+    vol = _grid_volume(grid)
+    sp = np.asarray(vol.spacing_mm, float)
+    i, j, _ = np.round(np.asarray(vol.lps_to_index(np.asarray(centre_lps, float)), float)).astype(int)
+    hj, hi = int(round(PRESENCE_HALF_HEIGHT_MM / sp[1])), int(round(PRESENCE_HALF_DEPTH_MM / sp[0]))
+    j0, i0 = max(j - hj, 0), max(i - hi, 0)
+    win = np.asarray(disc_probability)[:, j0 : max(j + hj + 1, 0), i0 : max(i + hi + 1, 0)]
+    w = np.where(win >= 0.5, win, 0.0)
+    if w.size == 0 or w.sum() <= 0:
+        return np.asarray(centre_lps, float)
+    kk, jj, ii = np.indices(w.shape)
+    idx = np.array([(ii * w).sum() + i0 * w.sum(), (jj * w).sum() + j0 * w.sum(), (kk * w).sum()]) / w.sum()
+    return np.asarray(vol.index_to_lps(idx), float)
 
 
 def structure_centre_lps(labels: np.ndarray, grid, value: int) -> np.ndarray | None:
@@ -145,8 +178,10 @@ def count_walk(start_lps, run_crop: Callable[[np.ndarray], Crop], max_steps: int
 
     def run(centre) -> Crop:
         c = run_crop(np.asarray(centre, float))
-        c.presence = disc_presence(c.disc_probability, c.grid, c.centre_lps)
+        c.presence = disc_presence(c.disc_probability, c.grid, c.centre_lps, c.fov)
         c.kind = "disc" if c.presence >= PRESENCE_MIN else "no disc"
+        if c.kind == "disc":
+            c.disc_lps = refined_disc_lps(c.disc_probability, c.grid, c.centre_lps)
         walk.append(c)
         return c
 
@@ -157,9 +192,12 @@ def count_walk(start_lps, run_crop: Callable[[np.ndarray], Crop], max_steps: int
     step = None
     for _ in range(max_steps):
         cur = discs[-1]
-        nxt = run(next_disc_below(cur, step))
+        # one level down: the last disc-to-disc step once two discs are known (a full level: it passes the remnant
+        # of the S1-S2 disc that a vertebra-sized step from L5-S1 lands on), else mirrored through the crop's L5
+        nxt_centre = cur.disc_lps + step if step is not None else next_disc_below(cur)
+        nxt = run(nxt_centre)
         if nxt.kind == "disc":
-            step = float(_si_axis(cur.grid) @ (nxt.centre_lps - cur.centre_lps))
+            step = nxt.disc_lps - cur.disc_lps
             discs.append(nxt)
             continue
         # below the lowest disc: the last disc is L5-S1, the one before it L4-5
@@ -168,7 +206,7 @@ def count_walk(start_lps, run_crop: Callable[[np.ndarray], Crop], max_steps: int
             discs[-2].kind = "disc (L4-5)"
             return CountResult(discs[-2], walk, f"{len(discs)} discs walked down to the sacrum; L4-5 is the one above "
                                                 "the lowest")
-        up = run(next_disc_above(cur, step))
+        up = run(next_disc_above(cur))
         if up.kind != "disc":
             return CountResult(None, walk, "no disc above the lowest disc: the count failed")
         up.kind = "disc (L4-5)"

@@ -14,6 +14,9 @@ from the input (linear), z-scored, segmented with MONAI sliding-window inference
 in ONNX Runtime when it is installed, else in torch: same labels, :func:`fine_network_labels`), post-processed and
 pasted back onto the input grid (nearest neighbour; exact for 0.8 mm inputs aligned with the crop). A level check
 adds a QC note (``SegmentationResult.qc``) when the crop probably sits one level low (:func:`segment_fine`).
+``locator_mode="count"`` (option) walks down the discs with the fine network from the coarse answer to the sacrum
+and counts one disc up (:mod:`FORAMEN3DLib.locator`); a QC note says when it disagrees with the coarse model by a
+level. ``SegmentationResult.inference`` records what ran the network (ONNX Runtime or torch, threads, precision).
 """
 
 from __future__ import annotations
@@ -559,6 +562,13 @@ def segment_fine(
     the dural-sac decision (:func:`decide_fine_labels`); default: the model's own setting
     (:func:`model_canal_threshold`), ``None`` = argmax.
 
+    ``locator_mode``: ``"coarse"`` (default: the crop on the coarse model's L4-5) or ``"count"`` (walk down the discs
+    with the fine network from the coarse answer until a crop finds no disc, :func:`FORAMEN3DLib.locator.count_walk`;
+    2-4 fine crops instead of 1; ``info["locator"] = "disc count"``, the walk in ``info["locator_details"]``; a QC
+    note when the count and the coarse model lie a level apart (:data:`LEVEL_DISAGREE_MM`), and when the count
+    fails: the crop then stays on the coarse answer, ``locator`` ``"coarse model"``). A hand-placed ``l45_point``
+    wins over both.
+
     **Level check** (``level_check``): the coarse locator can take the L5-S1 disc for L4-5 (real slab 136: the
     fine network then labels L5 as L4 and S1 as L5) or L3-4 for L4-5; the fine network, which gets the crop
     coordinates, follows it. When the predicted dural sac ends more than :data:`SAC_END_GAP_MM` above the crop's
@@ -675,7 +685,7 @@ def segment_volume(
         ``SpineMorphError("cancelled")``.
     fine_options : dict, optional
         Fine models only: keyword arguments of :func:`segment_fine` (``overlap``, ``roi``, ``backend``,
-        ``precision``, ``level_check``, ``locator``, ``canal_threshold``).
+        ``precision``, ``level_check``, ``locator``, ``canal_threshold``, ``locator_mode``).
     l45_point : sequence of 3 floats, optional
         Fine models only: a hand-placed L4-5 disc centre in **LPS** millimetres (RAS: negate x and y). The fine crop
         is centred there instead of on the coarse locator's answer (``result.locator == "manual point"``). A point
