@@ -370,11 +370,13 @@ def test_segment_cli_l45_point_ras_and_json(tmp_path, monkeypatch):
 
     got = {}
 
-    def fake_segment(vol, model="default", device="auto", l45_point=None, **k):
-        got["point"] = l45_point
+    def fake_segment(vol, model="default", device="auto", l45_point=None, fine_options=None, **k):
+        got["point"], got["fine"] = l45_point, fine_options
         return segment3d.SegmentationResult(vol.with_array(np.zeros(vol.shape, np.uint8)), vol, {"total": 0.1}, "m",
                                             "cpu", (), "manual point" if l45_point else "coarse model",
-                                            tuple(l45_point) if l45_point else (0.0, 0.0, 0.0), None)
+                                            tuple(l45_point) if l45_point else (0.0, 0.0, 0.0), None,
+                                            inference={"backend": "onnxruntime", "threads": 2, "precision": "fp32",
+                                                       "device": "cpu"})
 
     monkeypatch.setattr(segment3d, "segment_volume", fake_segment)
     img = Volume(np.zeros((8, 9, 10), np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
@@ -384,7 +386,10 @@ def test_segment_cli_l45_point_ras_and_json(tmp_path, monkeypatch):
     assert got["point"] == (-1.5, 2.0, 3.0)
     doc = json.loads((tmp_path / "o" / "segmentation.json").read_text())
     assert doc["locator"] == "manual point" and doc["l45_point_given"]["coordinates"] == "RAS"
-    assert doc["l45_centre_lps"] == [-1.5, 2.0, 3.0]
+    assert doc["l45_centre_lps"] == [-1.5, 2.0, 3.0] and got["fine"] is None
+    assert doc["inference"] == {"backend": "onnxruntime", "threads": 2, "precision": "fp32", "device": "cpu"}
+    assert cli_seg.main(["segment", str(tmp_path / "img.nrrd"), "--out", str(tmp_path / "o3"), "--locator", "count"]) == 0
+    assert got["fine"] == {"locator_mode": "count"} and got["point"] is None
     with pytest.raises(SystemExit):
         cli_seg.main(["segment", str(tmp_path / "img.nrrd"), "--out", str(tmp_path / "o2"), "--l45-point", "1,2"])
 

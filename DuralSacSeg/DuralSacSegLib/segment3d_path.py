@@ -210,7 +210,7 @@ def run_3d(vol: Volume, source: CanalSource, reason: str, *, device: str = "auto
         if getattr(seg, "locator", ""):
             cen = seg.l45_centre_lps
             settings = {"locator": seg.locator, "l45_centre_lps": list(cen) if cen is not None else None,
-                        "canal_threshold": seg.canal_threshold}
+                        "canal_threshold": seg.canal_threshold, "inference": getattr(seg, "inference", None)}
         timings["segment_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     kwargs = {} if scheme is None else {"scheme": scheme}

@@ -187,7 +187,8 @@ def run_measure(args) -> int:
         seg = segment_volume(vol, model=args.model, device=args.device, **extra)
         labels = seg.labels
         seg_info = {"model": str(args.model), "timings_s": {k: round(float(v), 3) for k, v in getattr(seg, "timings_s", {}).items()},
-                    "locator": getattr(seg, "locator", None), "qc": list(getattr(seg, "qc", ()) or ())}
+                    "locator": getattr(seg, "locator", None), "inference": getattr(seg, "inference", None),
+                    "qc": list(getattr(seg, "qc", ()) or ())}
         for note in seg_info["qc"]:
             log.warning("QC: %s", note)
     thresholds = Thresholds(height_mm=args.height_threshold_mm, width_mm=args.width_threshold_mm)

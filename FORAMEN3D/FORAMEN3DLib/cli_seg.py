@@ -59,7 +59,12 @@ read in 3D Slicer is RAS: pass it with --ras (x and y are negated). Write --l45-
 negative.
 
 DIR receives labels.nrrd (0 background, 1 L4, 2 L4-5 disc, 3 L5, 4 dural sac) and segmentation.json (model, device,
-locator: "coarse model" or "manual point", L4-5 centre in LPS mm, dural-sac decision, QC notes, timings).
+locator: "coarse model", "disc count" or "manual point", L4-5 centre in LPS mm, dural-sac decision, the inference
+backend that ran the network (ONNX Runtime or torch, threads, precision), QC notes, timings).
+
+--locator count walks down the discs with the fine network to the sacrum and counts one disc up (an option: on the
+21 training/validation slab patients it erred on 8, the coarse model on 7; both locators disagreeing by a level
+raises a QC note either way — see the model card foramen3d_fine_cpu.md, "Counting locator").
 
 examples:
   python -m FORAMEN3DLib.cli_seg segment t2_space.nrrd --out seg/
@@ -77,6 +82,8 @@ def add_segment_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", metavar="NAME|FILE", help="segmentation model (default: default)")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="compute device (default auto)")
     add_l45_point_options(p)
+    p.add_argument("--locator", default="coarse", choices=("coarse", "count"),
+                   help="how the fine model finds L4-5 without --l45-point (default coarse; see above)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
     p.set_defaults(func=run_segment)
     return p
@@ -91,13 +98,15 @@ def run_segment(args) -> int:
     point = l45_point_lps(args)
     out = prepare_output_dir(args.out, args.overwrite, ["labels.nrrd", "segmentation.json"])
     vol = read_volume(args.input)
-    res = segment_volume(vol, model=args.model, device=args.device, l45_point=point)
+    fine = {"locator_mode": args.locator} if getattr(args, "locator", "coarse") != "coarse" else None
+    res = segment_volume(vol, model=args.model, device=args.device, l45_point=point, fine_options=fine)
     write_volume(res.labels, out / "labels.nrrd")
     doc = {"input": str(args.input), "model": res.model_name, "device": res.device, "locator": res.locator,
            "l45_centre_lps": list(res.l45_centre_lps) if res.l45_centre_lps is not None else None,
            "l45_point_given": {"value": list(args.l45_point), "coordinates": "RAS" if args.ras else "LPS"}
            if args.l45_point is not None else None,
-           "canal_threshold": res.canal_threshold, "qc": list(res.qc),
+           "canal_threshold": res.canal_threshold, "inference": res.inference,
+           "locator_details": res.locator_details, "qc": list(res.qc),
            "timings_s": {k: round(float(v), 3) for k, v in res.timings_s.items()}}
     atomic_write_text(out / "segmentation.json", json.dumps(doc, indent=2) + "\n")
     where = f" (locator: {res.locator}" + (f", L4-5 centre LPS {tuple(round(v, 1) for v in res.l45_centre_lps)})"
