@@ -167,6 +167,25 @@ def test_postprocess_track_removes_the_stray_blob_and_keeps_the_canal():
     assert table.rows[4].qc_flags == (dsca.FLAG_EMPTY,)
 
 
+def test_postprocess_track_keeps_the_sac_beyond_a_stenosis():
+    """A sac whose mask breaks at a tight stenosis (an empty slice, then a narrow, shifted piece) stays whole below it;
+    a blob of the same size one sac diameter beside the line is still removed."""
+    a = np.zeros((12, 120, 120), bool)
+    for k in range(12):
+        a[k][_ellipse(60 + k, 60, 10, 8)] = True  # the canal drifts 1 px per slice
+    a[5] = False  # the mask breaks at the stenosis
+    a[6] = False
+    a[6][_ellipse(66, 60, 4, 3)] = True  # a thin sac right at the stenosis, not touching slice 7's piece
+    a[7] = False
+    a[7][_ellipse(67, 63, 6, 5)] = True
+    a[9:11][:, _ellipse(68, 100, 6, 6)] = True  # a stray blob 40 px beside the canal on slices 9-10
+    out = postprocess_masks(a, "track")
+    for k in (0, 4, 6, 7, 8, 11):
+        assert out[k].sum() == a[k].sum() - (_ellipse(68, 100, 6, 6).sum() if k in (9, 10) else 0), k
+    assert not out[9:11, 60:80, 92:110].any() and out[9:11].any()
+    assert not out[5].any()
+
+
 def test_postprocess_fill_and_probabilities():
     ring = _ellipse(60, 60, 16, 12) & ~_ellipse(60, 60, 3, 3)
     filled = postprocess_masks(ring, "fill")

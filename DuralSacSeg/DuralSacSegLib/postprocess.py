@@ -5,9 +5,13 @@ false positives: CSF-bright cysts, bowel, fluid in a facet joint ...) and a hole
 flow void, never "no sac". The operations:
 
 - ``"largest2d"``: per slice, keep only the largest 8-connected component;
-- ``"track"``: keep the 3D component (26-connected across neighbouring slices of a stack) with the largest volume —
-  the canal runs through the whole stack, a stray blob does not — then, per slice, the largest 2D piece of it. Slices
-  whose only foreground lies off that 3D component become empty. On a single slice this equals ``"largest2d"``;
+- ``"track"``: the canal track is the 3D component (26-connected across neighbouring slices of a stack) with the
+  largest volume — the canal runs through the whole stack, a stray blob does not. Other 3D components are kept when
+  they continue that track: every slice of theirs has its centre within one sac diameter (the equivalent diameter of
+  the track's mean cross-section) of the straight line fitted through the track's slice centres. That keeps the sac
+  on the far side of a tight stenosis, where a thin mask can break the 3D connection (the phantom study's central
+  stenosis lost every slice below it without this rule). Then, per slice, the largest 2D piece. Slices whose only
+  foreground lies off the track become empty. On a single slice this equals ``"largest2d"``;
 - ``fill_holes``: fill enclosed holes per slice (``scipy.ndimage.binary_fill_holes``).
 
 Whether any of it is used is decided on a validation split of *training* patients
@@ -58,7 +62,7 @@ def postprocess_masks(masks: np.ndarray, spec: str | None) -> np.ndarray:
         return m[0] if single else m
     out = m.copy()
     if mode == "track":
-        out = largest_component(out, "full")  # 26-connected through the stack
+        out = _canal_track(out)
     for k in range(out.shape[0]):
         if not out[k].any():
             continue
@@ -72,6 +76,37 @@ def postprocess_masks(masks: np.ndarray, spec: str | None) -> np.ndarray:
             c0, c1 = max(cols[0] - 1, 0), min(cols[-1] + 2, out.shape[2])
             out[k, r0:r1, c0:c1] = ndimage.binary_fill_holes(out[k, r0:r1, c0:c1])
     return out[0] if single else out
+
+
+def _slice_centres(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Slice indices with foreground and their (row, col) centres, of a ``(K, rows, cols)`` stack."""
+    ks = np.flatnonzero(mask.any(axis=(1, 2)))
+    return ks, np.array([np.argwhere(mask[k]).mean(axis=0) for k in ks]).reshape(-1, 2)
+
+
+def _canal_track(m: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component plus the components that continue its line (see the module doc)."""
+    lab, n = ndimage.label(m, structure=np.ones((3, 3, 3), bool))
+    if n <= 1:
+        return m
+    sizes = np.bincount(lab.ravel())[1:]
+    main = int(np.argmax(sizes)) + 1
+    keep = lab == main
+    ks, cs = _slice_centres(keep)
+    diameter = 2.0 * np.sqrt(sizes[main - 1] / len(ks) / np.pi)  # pixels, from the mean cross-section
+    if len(ks) >= 2:
+        fit = [np.polyfit(ks, cs[:, j], 1) for j in range(2)]
+    else:
+        fit = [np.array([0.0, cs[0, j]]) for j in range(2)]
+    for other in range(1, n + 1):
+        if other == main:
+            continue
+        comp = lab == other
+        oks, ocs = _slice_centres(comp)
+        line = np.stack([np.polyval(fit[j], oks) for j in range(2)], axis=1)
+        if np.all(np.hypot(*(ocs - line).T) <= diameter):
+            keep |= comp
+    return keep
 
 
 def postprocess_probabilities(prob: np.ndarray, threshold: float, spec: str | None) -> np.ndarray:
