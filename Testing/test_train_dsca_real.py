@@ -294,7 +294,7 @@ def test_embed_real_run_writes_entry_and_card(tmp_path):
     e = next(m for m in cat["models"] if m["name"] == "dsca-unet")
     assert e["sha256"] == models.sha256_of(run / "fold0" / "best.pt") == models.sha256_of(dest / "dsca_unet.pt")
     assert e["decision"]["threshold"] == 0.9 and e["decision"]["postprocess"] == "track"
-    assert e["iterations"] == 450 and e["epochs"] == 3 and e["best_epoch"] == 2 and e["train_wall_hours"] == 1.5
+    assert e["iterations"] == 300 and e["epochs"] == 2 and e["epochs_run"] == 3 and e["best_epoch"] == 2 and e["train_wall_hours"] == 1.5
     assert e["metrics"]["real-slabs, held-out, inside the strip"]["mean_dice"] == 0.88
     assert cat["default"] == default and len(cat["models"]) == 3
     card = (dest / "dsca_unet.md").read_text()
