@@ -152,6 +152,14 @@ def bench_dsca_end_to_end(axial_path: Path, repeats: int, log_fn: Logger, warmup
     arch = default_2d_arch()
     net, source = load_2d(arch)
     opt, applied = optimize_for_inference(net)
+    # the embedded model's decision (catalogue threshold + post-processing), as `dsca segment` applies it; an injected
+    # predictor alone would fall back to threshold 0.5 without post-processing
+    thr, post = None, None
+    if source.startswith("embedded:"):
+        from DuralSacSegLib import models as m2d
+
+        info = m2d.load_model(source.split(":", 1)[1], torch.device("cpu"))[1]
+        thr, post = float(info.threshold), str(info.postprocess)
 
     def predictor(f):
         def p(batch):
@@ -183,7 +191,7 @@ def bench_dsca_end_to_end(axial_path: Path, repeats: int, log_fn: Logger, warmup
     fns = {}
     for k, (p, b, c) in preds.items():
         def run(p=p, b=b, c=c, k=k):
-            results[k] = segment_file(axial_path, predictor=p, batch_size=b, crop_px=c)
+            results[k] = segment_file(axial_path, predictor=p, batch_size=b, crop_px=c, threshold=thr, postprocess=post)
 
         fns[k] = run
     log_fn(f"  DSCA end to end ({arch}): {len(fns)} variants, {repeats} rounds")
@@ -198,7 +206,8 @@ def bench_dsca_end_to_end(axial_path: Path, repeats: int, log_fn: Logger, warmup
                      "slices_whole": len(res.roi.located) + len(res.roi.rerun_whole) if res.roi.crop_px else len(a),
                      "max_abs_area_diff_mm2": float(np.abs(a - ref).max()) if len(a) else 0.0,
                      "n_slices": len(a)})
-    return {"architecture": arch, "weights": source, "variants": rows, "onnx": onnx_note}
+    return {"architecture": arch, "weights": source, "variants": rows, "onnx": onnx_note,
+            "decision": {"threshold": thr, "postprocess": post}}
 
 
 def bench_foramen_measure(label_path: Path, repeats: int) -> dict:
