@@ -166,14 +166,15 @@ def test_path_3d_from_a_model_records_its_locator_and_canal_decision(monkeypatch
 
     def fake_segment(vol, model="default", device="auto", progress=None, **k):
         return segment3d.SegmentationResult(labels, labels, {"total": 0.1}, "fine-x", "cpu", (), "manual point",
-                                            (1.0, 2.0, 3.0), 0.6)
+                                            (1.0, 2.0, 3.0), 0.6, inference={"backend": "torch", "threads": 1})
 
     monkeypatch.setattr(segment3d, "segment_volume", fake_segment)
     src = sp.CanalSource("model", CANAL, "test model with a canal class", model="fine-x")
     res = sp.run_3d(labels.with_array(np.asarray(labels.array, np.float32)), src, "test")
     info = res.info()
     assert info["model"] == "fine-x"
-    assert info["model_settings"] == {"locator": "manual point", "l45_centre_lps": [1.0, 2.0, 3.0], "canal_threshold": 0.6}
+    assert info["model_settings"] == {"locator": "manual point", "l45_centre_lps": [1.0, 2.0, 3.0], "canal_threshold": 0.6,
+                                      "inference": {"backend": "torch", "threads": 1}}
     clean = [r for r in res.table.rows if not r.qc_flags]
     assert clean and abs(np.median([r.area_mm2 for r in clean]) - math.pi * R_MM**2) < 3.6
 

@@ -242,6 +242,17 @@ def test_phantom_guard_refuses_a_strip_only_threshold():
     assert next(r for r in rows if r["threshold"] == 0.5)["phantom_bias_mm2"] == pytest.approx(64.0)
 
 
+def _embed_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "embed_dsca_real.py"
+    spec = importlib.util.spec_from_file_location("embed_dsca_real", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def _fake_run(tmp_path, sha_override=None):
     """A finished run folder as scripts/train_dsca_real.sh leaves it (tiny numbers, real weights format)."""
     from DuralSacSegLib import models
@@ -276,13 +287,10 @@ def test_embed_real_run_writes_entry_and_card(tmp_path):
     """scripts/embed_dsca_real.py copies the weights byte for byte, stores the calibrated decision, the training record
     and the held-out numbers; the card is written from the same files; the default is left alone."""
     import shutil
-    import sys
-    from pathlib import Path
 
     from DuralSacSegLib import models
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    import embed_dsca_real
+    embed_dsca_real = _embed_script()
 
     dest = tmp_path / "Models"
     dest.mkdir()
@@ -302,12 +310,7 @@ def test_embed_real_run_writes_entry_and_card(tmp_path):
 
 
 def test_embed_real_run_refuses_numbers_of_other_weights(tmp_path):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    import embed_dsca_real
-
+    embed_dsca_real = _embed_script()
     run = _fake_run(tmp_path, sha_override="0" * 64)
     with pytest.raises(SystemExit, match="other|not on"):
         embed_dsca_real.main([str(run), "--dest", str(tmp_path)])

@@ -25,7 +25,6 @@ import csv
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,8 +112,12 @@ def _entry(d: dict, dest: Path, old: dict) -> dict:
 
 
 def _card(d: dict, e: dict) -> str:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from dsca_card_section import section
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dsca_card_section", ROOT / "scripts" / "dsca_card_section.py")
+    card_section = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card_section)
+    section = card_section.section
 
     from spinemorph.spider import HELD_OUT_SLAB_PATIENTS, SPIDER_ATTRIBUTION
 
