@@ -130,7 +130,7 @@ class DuralSacSegLogic(slicer_logic.DuralSacSegLogicBase):
         is never imported into Slicer's process.
 
         :param inputVolume: vtkMRMLScalarVolumeNode (axial stack, or any 3D volume: resliced to axial planes).
-        :param model: embedded model name (None: the catalogue default, MultiResUNet), or a weights file path.
+        :param model: embedded model name (None: the catalogue default, dsca-unet), or a weights file path.
         :param device: "auto", "cuda", "mps" or "cpu".
         :param outputSegmentation, outputTable, outputChart: nodes to fill (created when None).
         :param progress: ``progress(fraction, message)``; ``shouldCancel()`` returning True stops the run.

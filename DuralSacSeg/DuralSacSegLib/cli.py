@@ -84,7 +84,7 @@ def add_segment_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("input", metavar="INPUT", help="DICOM folder (or one file of the series) or an image file")
     s.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
     s.add_argument("--model", default=None, metavar="NAME|FILE",
-                   help="embedded model name or a .pt weights file (default: the catalogue's default, MultiResUNet)")
+                   help="embedded model name or a .pt weights file (default: the catalogue's default, the real-image U-Net dsca-unet)")
     s.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="compute device (default: auto)")
     s.add_argument("--series", default=None, metavar="UID", help="SeriesInstanceUID when the DICOM folder holds several")
     s.add_argument("--levels", default=None, metavar="JSON", help="level positions, JSON text or file (see below)")

@@ -79,7 +79,7 @@ OVERLAY_MARGIN_MM = 25.0
 DEFAULT_MIN_RESLICE_SPACING_MM = 1.0
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_THRESHOLD = 0.5
-#: None = the catalogue's default model (the MultiResUNet, see DuralSacSeg/Resources/Models/catalog.json)
+#: None = the catalogue's default model (dsca-unet, see DuralSacSeg/Resources/Models/catalog.json)
 DEFAULT_MODEL: str | None = None
 DEFAULT_N_OVERLAYS = 4
 

@@ -19,8 +19,8 @@ from DuralSacSegLib.slicer_common import (  # noqa: F401 - reloadGlue is used by
 
 #: model entries shown before the dependencies (and so the catalogue reader) are installed: (label, value)
 FALLBACK_MODEL_CHOICES = (
-    ("MultiResUNet (dsca-multiresunet)", "dsca-multiresunet"),
     ("U-Net (dsca-unet)", "dsca-unet"),
+    ("MultiResUNet (dsca-multiresunet)", "dsca-multiresunet"),
     ("Attention U-Net (dsca-attention-unet)", "dsca-attention-unet"),
     ("Imported weights file…", IMPORTED_WEIGHTS),
 )

@@ -39,7 +39,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the generated study (default 0)")
     p.add_argument("--preset", default="normal", choices=("normal", "central-stenosis", "foraminal-stenosis"),
                    help="anatomy of the generated study (default normal)")
-    p.add_argument("--dsca-model", default=None, metavar="NAME|FILE", help="DSCA model (default: embedded MultiResUNet)")
+    p.add_argument("--dsca-model", default=None, metavar="NAME|FILE", help="DSCA model (default: the catalogue default, dsca-unet)")
     p.add_argument("--foramen-model", default="default", metavar="NAME|FILE", help="foramen model (default: embedded)")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"), help="compute device (default auto)")
     p.add_argument("--diameter-mm", type=float, default=7.5, help="working-channel diameter for planning (default 7.5)")
