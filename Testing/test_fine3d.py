@@ -360,6 +360,8 @@ def test_hand_placed_l45_point_centres_the_crop_and_skips_the_locator(tmp_path, 
     coarse = models3d.LoadedModel("coarse", loaded.network, 2, {}, loaded.path, "", loaded.device)
     with pytest.raises(InputError, match="one pass"):
         segment3d.segment_volume(img, coarse, "cpu", l45_point=tuple(point))
+    with pytest.raises(InputError, match="counting locator.*one pass"):  # never silently ignored
+        segment3d.segment_volume(img, coarse, "cpu", fine_options={"locator_mode": "count"})
 
 
 def test_segment_cli_l45_point_ras_and_json(tmp_path, monkeypatch):

@@ -719,6 +719,11 @@ def segment_volume(
 
         raise InputError(f"an L4-5 point places the crop of a coarse-to-fine model; {loaded.name} segments the whole "
                          "image in one pass (use the fine model, e.g. --model foramen3d-fine-cpu)")
+    if (fine_options or {}).get("locator_mode", "coarse") != "coarse":
+        from spinemorph.errors import InputError
+
+        raise InputError(f"the counting locator places the crop of a coarse-to-fine model; {loaded.name} segments the "
+                         "whole image in one pass (use the fine model, e.g. --model foramen3d-fine-cpu)")
     padded, on_input, t = segment_preprocessed(prep, model, device, progress, should_cancel)
     timings = {"preprocess": t_pre, **t, "total": time.perf_counter() - t_start}
     _report(progress, 1.0, "done")
