@@ -28,14 +28,23 @@ def positive_float(text: str) -> float:
     return v
 
 
+def point_values_mm(point) -> tuple[float, float, float] | None:
+    """Three finite floats from a sequence or an ``"X,Y,Z"`` text (``;`` also separates); None when it is not that."""
+    if isinstance(point, str):
+        point = [p for p in point.replace(";", ",").split(",") if p.strip()]
+    try:
+        vals = tuple(float(v) for v in point)
+    except (TypeError, ValueError):
+        return None
+    if len(vals) != 3 or not all(math.isfinite(v) for v in vals):
+        return None
+    return vals
+
+
 def point_mm(text: str) -> tuple[float, float, float]:
     """``type=`` of a 3D point option: three finite numbers ``X,Y,Z`` in mm (a usage error names the bad value)."""
-    parts = [p for p in text.replace(";", ",").split(",") if p.strip()]
-    try:
-        vals = tuple(float(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three numbers X,Y,Z in mm, got {text!r}") from None
-    if len(vals) != 3 or not all(math.isfinite(v) for v in vals):
+    vals = point_values_mm(text)
+    if vals is None:
         raise argparse.ArgumentTypeError(f"expected three finite numbers X,Y,Z in mm, got {text!r}")
     return vals
 

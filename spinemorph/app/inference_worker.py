@@ -40,13 +40,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import pickle
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from spinemorph.argtypes import point_values_mm
 
 TASKS = ("dsca", "foramen")
 PROGRESS, DEVICE, DONE, ERROR = "SPINEMORPH_PROGRESS", "SPINEMORPH_DEVICE", "SPINEMORPH_DONE", "SPINEMORPH_ERROR"
@@ -99,7 +100,7 @@ def worker_command(python: str, task: str, input_path, output_dir, model: str | 
     if l45_point is not None:
         if task != "foramen":
             raise ValueError(f"an L4-5 point applies to the foramen task only, not {task!r}")
-        point = _point_values(l45_point)
+        point = point_values_mm(l45_point)
         if point is None:
             raise ValueError(f"the L4-5 point must be three finite numbers X,Y,Z (LPS mm), got {l45_point!r}")
     cmd = [str(python), "-u", "-m", "spinemorph.inference_worker", task, "--input", str(input_path),
@@ -111,19 +112,6 @@ def worker_command(python: str, task: str, input_path, output_dir, model: str | 
     if point is not None:
         cmd.append("--l45-point=" + ",".join(repr(v) for v in point))
     return cmd
-
-
-def _point_values(point) -> tuple[float, float, float] | None:
-    """Three finite floats from a sequence or an ``"X,Y,Z"`` string; None when it is not that."""
-    if isinstance(point, str):
-        point = [p for p in point.replace(";", ",").split(",") if p.strip()]
-    try:
-        values = tuple(float(v) for v in point)
-    except (TypeError, ValueError):
-        return None
-    if len(values) != 3 or not all(math.isfinite(v) for v in values):
-        return None
-    return values
 
 
 def python_path_for_worker(*package_dirs, existing: str | None = None) -> str:
@@ -259,7 +247,7 @@ def _check_l45_point(args) -> None:
 
     if args.task != "foramen":
         raise InputError(f"--l45-point applies to the foramen task only, not {args.task}")
-    point = _point_values(args.l45_point)
+    point = point_values_mm(args.l45_point)
     if point is None:
         raise InputError(f"--l45-point must be three finite numbers X,Y,Z in LPS mm, got {args.l45_point!r}")
     args.l45_point = point
