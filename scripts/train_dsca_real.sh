@@ -41,6 +41,17 @@ PIDFILE="$WT/runs/dsca_real.pid"
 
 log() { echo "$(date -u '+%F %T') $*" | tee -a "$LOG"; }
 
+epochs_done() {  # rows of the run's fold-0 history (0 when none)
+  local h=$1/fold0/history.csv
+  if [[ -f $h ]]; then echo $(($(wc -l < "$h") - 1)); else echo 0; fi
+}
+
+calibrated_on() {  # true when calibration.json was measured on the run's current best.pt (sha256, not mtime)
+  local want
+  want=$(sha256sum "$1/best.pt" | cut -d' ' -f1)
+  "$PY" -c "import json,sys; sys.exit(json.load(open('$1/calibration.json')).get('weights_sha256') != '$want')"
+}
+
 ensure_worktree() {
   if [[ ! -d $WT ]]; then
     git -C "$MAIN" worktree add --detach "$WT" HEAD
@@ -66,11 +77,13 @@ run_all() {
       fi
       nice -n 5 "$PY" -m spinemorph.cli dsca train --config "$CFG" --architecture "$arch" --epochs "$EPOCHS" \
         --threads "$THREADS" --out "$run" --no-progress "${init[@]}" >> "$LOG" 2>&1
+    elif (( $(epochs_done "$run") >= EPOCHS )); then
+      log "$arch: $EPOCHS epochs already done; not resumed (resuming would re-export best.pt)"
     else
       log "$arch: resume"
       nice -n 5 "$PY" -m spinemorph.cli dsca train --out "$run" --resume --epochs "$EPOCHS" --no-progress >> "$LOG" 2>&1
     fi
-    if [[ ! -f $run/calibration.json || $run/best.pt -nt $run/calibration.json ]]; then
+    if [[ ! -f $run/calibration.json ]] || ! calibrated_on "$run"; then
       log "$arch: calibrate on the validation split"
       "$PY" scripts/dsca_calibrate.py --model "$run/best.pt" --out "$run/calibration.json" --threads "$THREADS" >> "$LOG" 2>&1
     fi
