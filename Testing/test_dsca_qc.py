@@ -220,3 +220,59 @@ def test_segment_volume_applies_postprocessing():
     assert clean.info()["postprocess"] == "track"
     with pytest.raises(InputError):
         segment_volume(img, predictor=predictor, postprocess="nonsense")
+
+
+def test_track_bridges_an_empty_slice_between_sac_slices_and_the_table_flags_it():
+    """The tightest slice of a stenosis left empty at the decision threshold is segmented again at the bridging
+    threshold (only the piece on the canal line; the stack's ends stay empty), flagged ``bridged_gap`` and not graded."""
+    from DuralSacSegLib.postprocess import BRIDGE_THRESHOLD, bridged_slices
+
+    n = 9
+    prob = np.full((n, N, N), 0.02, np.float32)
+    for k in range(1, 8):
+        prob[k][_ellipse(60, 60, 16, 12)] = 0.99
+    narrow = _ellipse(60, 60, 8, 6)  # the stenosis: 0.25 of the area, and the network unsure (0.7 < 0.95)
+    prob[4] = 0.02
+    prob[4][narrow] = 0.7
+    prob[4][_ellipse(15, 100, 5, 5)] = 0.8  # a bright blob far from the canal line on the same slice
+    prob[0][_ellipse(60, 60, 16, 12)] = 0.7  # end of the stack: not between two sac slices, never filled
+    assert BRIDGE_THRESHOLD < 0.7
+    post = postprocess_probabilities(prob, 0.95, "track+fill")
+    mask = post >= 0.95
+    assert mask[4].sum() == narrow.sum() and not mask[4, 90:110, 5:25].any()
+    assert not mask[0].any() and mask[1].sum() == _ellipse(60, 60, 16, 12).sum()
+    assert list(bridged_slices(prob, 0.95, post)) == [4]
+    # without the probabilities (a binary mask only) nothing can be bridged
+    assert not postprocess_masks(prob >= 0.95, "track")[4].any()
+    # the bridged piece must lie on the track: a slice whose only candidate is off the line stays empty
+    off = prob.copy()
+    off[4] = 0.02
+    off[4][_ellipse(15, 100, 5, 5)] = 0.8
+    assert not (postprocess_probabilities(off, 0.95, "track") >= 0.95)[4].any()
+    table = compute_dsca_table(_vol(mask.astype(np.uint8)), low_confidence_slices=[4])
+    r = table.rows[4]
+    assert dsca.FLAG_BRIDGED in r.qc_flags and r.stenosis == "" and "lower threshold" in r.stenosis_note
+    assert r.area_mm2 == pytest.approx(narrow.sum() * PIX * PIX)
+    assert table.rows[3].stenosis  # its neighbours are graded as usual
+
+
+def test_segment_volume_flags_the_bridged_slice():
+    """End to end: the network is unsure on slice 3 only (0.7 < threshold 0.95); with ``track`` the slice is bridged,
+    listed with its area and flagged, not graded; without post-processing it stays empty."""
+    from DuralSacSegLib.segment import segment_volume
+
+    a = _stack(7)
+    img = Volume(a.astype(np.float32) * 100 + 10, (PIX, PIX, 4.0))
+
+    def predictor(batch):
+        out = (batch > 0.5).astype(np.float32)
+        out[3] *= 0.7
+        return out
+
+    raw = segment_volume(img, predictor=predictor, threshold=0.95)
+    bridged = segment_volume(img, predictor=predictor, threshold=0.95, postprocess="track")
+    assert raw.table.rows[3].qc_flags == (dsca.FLAG_EMPTY,)
+    r = bridged.table.rows[3]
+    assert dsca.FLAG_BRIDGED in r.qc_flags and r.stenosis == ""
+    assert r.area_mm2 == pytest.approx(bridged.table.rows[2].area_mm2, rel=0.05)
+    assert all(dsca.FLAG_BRIDGED not in bridged.table.rows[k].qc_flags for k in (0, 1, 2, 4, 5, 6))

@@ -36,11 +36,13 @@ Definitions (see also ``DEVELOPERS.md``, "Measurement definitions"):
 - more **qc_flags**: ``area_below_floor`` (area < ``min_area_mm2``, default :data:`DEFAULT_MIN_AREA_MM2` = 20 mm²:
   a fragment, not a plausible sac), ``off_canal_track`` (the centroid of the largest component lies more than
   ``off_track_mm``, default :data:`DEFAULT_OFF_TRACK_MM` = 10 mm, from the robust canal centreline fitted through the
-  other slices; needs at least centreline degree + 2 non-empty slices).
+  other slices; needs at least centreline degree + 2 non-empty slices), ``bridged_gap`` (the slice was empty at the
+  model's decision threshold between two sac slices and was segmented again at the lower bridging threshold of
+  :mod:`DuralSacSegLib.postprocess`, typically the tightest slice of a stenosis: ``low_confidence_slices``).
 - **stenosis**: category of the axial area (or the corrected one with ``stenosis_area="corrected"``) under a
   :class:`~DuralSacSegLib.stenosis.StenosisScheme` (default: Bolender et al. / Schönström et al. 1985, < 75 mm²
   absolute, 75–100 mm² relative) — **only for slices without a blocking QC flag** (:data:`BLOCKING_FLAGS`: empty,
-  area below the floor, off the canal track, several components, low solidity, touching the border: the mask is
+  area below the floor, off the canal track, several components, low solidity, touching the border, bridged gap: the mask is
   implausible as one dural sac cross-section, so its area says nothing about stenosis). A flagged slice gets ``""``
   and ``stenosis_note`` says why ("not graded: ..."); the area is still reported. ``large_jump_vs_neighbours`` alone
   does not block grading (a real stenosis makes the area drop between neighbouring slices).
@@ -81,9 +83,10 @@ FLAG_JUMP = "large_jump_vs_neighbours"
 FLAG_OUTSIDE = "outside_stack"
 FLAG_SMALL = "area_below_floor"
 FLAG_OFF_TRACK = "off_canal_track"
-QC_FLAGS = (FLAG_EMPTY, FLAG_MULTIPLE, FLAG_BORDER, FLAG_LOW_SOLIDITY, FLAG_JUMP, FLAG_SMALL, FLAG_OFF_TRACK)
-#: flags that make a slice's mask implausible as one dural sac cross-section: no stenosis category is given
-BLOCKING_FLAGS = (FLAG_EMPTY, FLAG_SMALL, FLAG_OFF_TRACK, FLAG_MULTIPLE, FLAG_LOW_SOLIDITY, FLAG_BORDER)
+FLAG_BRIDGED = "bridged_gap"
+QC_FLAGS = (FLAG_EMPTY, FLAG_MULTIPLE, FLAG_BORDER, FLAG_LOW_SOLIDITY, FLAG_JUMP, FLAG_SMALL, FLAG_OFF_TRACK, FLAG_BRIDGED)
+#: flags that make a slice's mask implausible (or too uncertain) as one dural sac cross-section: no stenosis category
+BLOCKING_FLAGS = (FLAG_EMPTY, FLAG_SMALL, FLAG_OFF_TRACK, FLAG_MULTIPLE, FLAG_LOW_SOLIDITY, FLAG_BORDER, FLAG_BRIDGED)
 #: what each flag means, for tables, the console and reports
 FLAG_TEXT = {
     FLAG_EMPTY: "no dural sac segmented",
@@ -94,6 +97,7 @@ FLAG_TEXT = {
     FLAG_BORDER: "touches the image border (may be cut off)",
     FLAG_JUMP: "area jumps against the neighbouring slices",
     FLAG_OUTSIDE: "level outside the imaged slices",
+    FLAG_BRIDGED: "low confidence: segmented at the lower threshold between two sac slices (check the outline)",
 }
 
 # QC settings: project design choices (not from the literature), meant to draw the reader's eye, not to decide anything.
@@ -542,6 +546,7 @@ def compute_dsca_table(
     jump_fraction: float = DEFAULT_JUMP_FRACTION,
     min_area_mm2: float = DEFAULT_MIN_AREA_MM2,
     off_track_mm: float = DEFAULT_OFF_TRACK_MM,
+    low_confidence_slices: Sequence[int] = (),
 ) -> DscaTable:
     """Measure every slice of a dural sac mask.
 
@@ -563,6 +568,8 @@ def compute_dsca_table(
         Degree of the centreline polynomial (lowered to the number of non-empty slices − 1).
     low_solidity, jump_fraction, min_area_mm2, off_track_mm : float
         QC thresholds (see the module docstring); slices with a blocking flag get no stenosis category.
+    low_confidence_slices : sequence of int
+        Slice indices the segmentation bridged at a lower threshold (flag ``bridged_gap``, blocking).
 
     Returns
     -------
@@ -662,6 +669,7 @@ def compute_dsca_table(
 
     # jumps vs immediate non-empty neighbours, then stenosis categories
     areas = np.array([r.area_mm2 for r in rows])
+    bridged = {int(k) for k in low_confidence_slices}
     for k, r in enumerate(rows):
         if r.area_mm2 <= 0:
             continue
@@ -672,6 +680,8 @@ def compute_dsca_table(
                 r.qc_flags = r.qc_flags + (FLAG_JUMP,)
         if r.area_mm2 < float(min_area_mm2):
             r.qc_flags = r.qc_flags + (FLAG_SMALL,)
+        if k in bridged:
+            r.qc_flags = r.qc_flags + (FLAG_BRIDGED,)
         blocking = r.blocking_flags
         if blocking:
             r.stenosis = ""

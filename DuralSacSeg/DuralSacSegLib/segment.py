@@ -48,8 +48,8 @@ import numpy as np
 from scipy import ndimage
 
 from DuralSacSegLib.dsca import DscaTable, compute_dsca_table, level_position_mm
+from DuralSacSegLib.postprocess import bridged_slices, postprocess_probabilities
 from DuralSacSegLib.postprocess import parse_spec as parse_postprocess
-from DuralSacSegLib.postprocess import postprocess_probabilities
 from DuralSacSegLib.roi import DEFAULT_CROP_PX, RoiReport, predict_stack, validate_crop_px
 from DuralSacSegLib.stenosis import StenosisScheme, get_scheme
 from spinemorph.atomic import atomic_path, atomic_write_text, prepare_output_dir
@@ -476,7 +476,10 @@ def segment_volume(
         predict, stack, thr, todo=todo, crop_px=crop, batch_size=int(batch_size),
         progress=lambda f, msg: report(0.05 + 0.85 * f, msg), check_cancel=check_cancel)
     prob *= coverage
+    raw_prob = prob
     prob = postprocess_probabilities(prob, thr, post)
+    bridged = bridged_slices(raw_prob, thr, prob)
+    del raw_prob
     timings["inference_s"] = time.perf_counter() - t0
 
     check_cancel()
@@ -494,7 +497,10 @@ def segment_volume(
 
     report(0.96, "measuring the dural sac area per slice")
     t0 = time.perf_counter()
-    table = compute_dsca_table(axial_mask, axial, levels=levels, scheme=sch, stenosis_area=stenosis_area)
+    # bridged network slices -> table slices (the network grid keeps the axial stack's slices; nearest by position)
+    low_conf = _nearest_slices(net_img, axial_mask, bridged)
+    table = compute_dsca_table(axial_mask, axial, levels=levels, scheme=sch, stenosis_area=stenosis_area,
+                               low_confidence_slices=low_conf)
     timings["table_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     report(1.0, "done")
@@ -515,6 +521,17 @@ def segment_volume(
         roi=roi_report,
         postprocess=str(post),
     )
+
+
+def _nearest_slices(src: Volume, dst: Volume, ks) -> list[int]:
+    """For slice indices ``ks`` of ``src``, the nearest slice index of ``dst`` along ``dst``'s slice normal."""
+    ks = list(ks)
+    if not ks:
+        return []
+    n = dst.direction[:, 2]
+    dst_pos = dst.index_to_lps(np.stack([np.zeros(dst.shape[0]), np.zeros(dst.shape[0]), np.arange(dst.shape[0])], 1)) @ n
+    src_pos = src.index_to_lps(np.stack([np.zeros(len(ks)), np.zeros(len(ks)), np.asarray(ks, float)], 1)) @ n
+    return sorted({int(np.argmin(np.abs(dst_pos - s))) for s in src_pos})
 
 
 def segment_file(path: str | os.PathLike, series_uid: str | None = None, **kwargs) -> SegmentationResult:
