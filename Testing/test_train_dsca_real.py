@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -314,3 +315,38 @@ def test_embed_real_run_refuses_numbers_of_other_weights(tmp_path):
     run = _fake_run(tmp_path, sha_override="0" * 64)
     with pytest.raises(SystemExit, match="other|not on"):
         embed_dsca_real.main([str(run), "--dest", str(tmp_path)])
+
+
+def test_every_epochs_weights_kept_on_request(tmp_path):
+    data = tiny_phantom_samples(6, seed=1)
+    cfg = _cfg(2, 1, keep_epoch_weights=True)
+    cfg["validation"]["select"] = "loss"
+    run_training(cfg, tmp_path / "run", train_samples=data, external_samples=[], progress=False)
+    kept = sorted(p.name for p in (tmp_path / "run" / "fold0" / "epochs").glob("*.pt"))
+    assert kept == ["epoch_001.pt", "epoch_002.pt"]
+    from DuralSacSegLib.models import read_weights_file
+
+    assert read_weights_file(tmp_path / "run" / "fold0" / "epochs" / "epoch_002.pt")["config"]["epoch"] == 2
+    plain = _cfg(1, 1)
+    plain["validation"]["select"] = "loss"
+    run_training(plain, tmp_path / "plain", train_samples=data, external_samples=[], progress=False)
+    assert not (tmp_path / "plain" / "fold0" / "epochs").exists()
+
+
+def test_checkpoint_choice_prefers_the_phantom_target_then_the_real_score():
+    from DuralSacSegLib.calibration import choose_checkpoint
+
+    def row(epoch, score, bias, dice=0.8):
+        return {"epoch": epoch, "score": score, "mean_dice": dice, "phantom_bias_mm2": bias}
+
+    rows = [row(11, 0.74, 2.8), row(18, 0.78, -10.3), row(20, 0.76, -4.9), row(22, 0.75, 7.0)]
+    best, tier = choose_checkpoint(rows)
+    assert best["epoch"] == 20 and tier == 5.0  # the best real score within ±5 mm², not the best score overall
+    best, tier = choose_checkpoint([row(18, 0.78, -10.3), row(22, 0.75, 7.0)])
+    assert best["epoch"] == 22 and tier == 10.0
+    best, tier = choose_checkpoint([row(3, 0.5, 40.0), row(4, 0.6, float("nan"))])
+    assert best["epoch"] == 4 and math.isinf(tier)  # nothing within a tier: the best real score, and it says so
+    best, _ = choose_checkpoint([row(5, 0.7001, 1.0, 0.80), row(6, 0.7004, 1.0, 0.82)])
+    assert best["epoch"] == 6  # a tie on the score goes to the higher Dice
+    with pytest.raises(InputError):
+        choose_checkpoint([])

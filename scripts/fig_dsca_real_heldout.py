@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     fig, axs = plt.subplots(3, len(stacks), figsize=(3 * len(stacks), 9), squeeze=False)
     for j, p in enumerate(sorted(stacks, key=int)):
         ix = stacks[p]
-        pred = postprocess_masks(probs[ix] >= info.threshold, info.postprocess)
+        pred = postprocess_masks(probs[ix] >= info.threshold, info.postprocess, prob=probs[ix])
         dice = []
         for a, k in enumerate(ix):
             t, q = planes.truth[k] > 0, pred[a] & planes.valid[k]

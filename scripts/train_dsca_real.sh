@@ -18,7 +18,9 @@
 #      attention_unet multiresunet — fastest first, so a usable model exists early): `spinemorph dsca train --config
 #      configs/real_cpu.json --architecture A --out runs/dsca_real_A` (or `--resume` when the run exists). The state is
 #      saved atomically after every epoch and every 5 minutes inside an epoch; a killed job loses at most 5 minutes;
-#   3. per finished run: scripts/dsca_calibrate.py (threshold + post-processing on the validation split of training
+#   3. per finished run trained with "keep_epoch_weights" (every epoch's weights kept): scripts/dsca_choose_checkpoint.py
+#      --apply picks the epoch on the real validation planes and T1 phantom planes together (runs/dsca_real_A/
+#      checkpoint_choice.json; best.pt then holds that epoch); then scripts/dsca_calibrate.py (threshold + post-processing on the validation split of training
 #      patients) then scripts/dsca_evaluate.py with that choice (held-out real slabs inside the strip, held-out
 #      synthetic, phantom study) -> runs/dsca_real_A/calibration.json, runs/dsca_real_A/eval/evaluation.json;
 #   4. when all three are evaluated: scripts/dsca_select_default.py ranks them (runs/dsca_real_default.json).
@@ -82,6 +84,10 @@ run_all() {
     else
       log "$arch: resume"
       nice -n 5 "$PY" -m spinemorph.cli dsca train --out "$run" --resume --epochs "$EPOCHS" --no-progress >> "$LOG" 2>&1
+    fi
+    if [[ -d $run/fold0/epochs && ! -f $run/checkpoint_choice.json && -f $run/best.pt ]]; then
+      log "$arch: choose the checkpoint (real validation planes + T1 phantom planes)"
+      "$PY" scripts/dsca_choose_checkpoint.py "$run" --apply --threads "$THREADS" >> "$LOG" 2>&1
     fi
     if [[ ! -f $run/calibration.json ]] || ! calibrated_on "$run"; then
       log "$arch: calibrate on the validation split"
