@@ -225,7 +225,7 @@ def test_segment_volume_applies_postprocessing():
 def test_track_bridges_an_empty_slice_between_sac_slices_and_the_table_flags_it():
     """The tightest slice of a stenosis left empty at the decision threshold is segmented again at the bridging
     threshold (only the piece on the canal line; the stack's ends stay empty), flagged ``bridged_gap`` and not graded."""
-    from DuralSacSegLib.postprocess import BRIDGE_THRESHOLD, bridged_slices
+    from DuralSacSegLib.postprocess import BRIDGE_THRESHOLD
 
     n = 9
     prob = np.full((n, N, N), 0.02, np.float32)
@@ -237,11 +237,12 @@ def test_track_bridges_an_empty_slice_between_sac_slices_and_the_table_flags_it(
     prob[4][_ellipse(15, 100, 5, 5)] = 0.8  # a bright blob far from the canal line on the same slice
     prob[0][_ellipse(60, 60, 16, 12)] = 0.7  # end of the stack: not between two sac slices, never filled
     assert BRIDGE_THRESHOLD < 0.7
-    post = postprocess_probabilities(prob, 0.95, "track+fill")
+    bridged = []
+    post = postprocess_probabilities(prob, 0.95, "track+fill", bridged=bridged)
     mask = post >= 0.95
     assert mask[4].sum() == narrow.sum() and not mask[4, 90:110, 5:25].any()
     assert not mask[0].any() and mask[1].sum() == _ellipse(60, 60, 16, 12).sum()
-    assert list(bridged_slices(prob, 0.95, post)) == [4]
+    assert bridged == [4]
     # without the probabilities (a binary mask only) nothing can be bridged
     assert not postprocess_masks(prob >= 0.95, "track")[4].any()
     # the bridged piece must lie on the track: a slice whose only candidate is off the line stays empty
@@ -249,6 +250,12 @@ def test_track_bridges_an_empty_slice_between_sac_slices_and_the_table_flags_it(
     off[4] = 0.02
     off[4][_ellipse(15, 100, 5, 5)] = 0.8
     assert not (postprocess_probabilities(off, 0.95, "track") >= 0.95)[4].any()
+    # a slice whose only piece at the decision threshold is a stray blob (removed by track) is bridged and counted
+    blob = prob.copy()
+    blob[4][_ellipse(15, 100, 5, 5)] = 0.99
+    bridged = []
+    assert (postprocess_probabilities(blob, 0.95, "track", bridged=bridged) >= 0.95)[4].sum() == narrow.sum()
+    assert bridged == [4]
     table = compute_dsca_table(_vol(mask.astype(np.uint8)), low_confidence_slices=[4])
     r = table.rows[4]
     assert dsca.FLAG_BRIDGED in r.qc_flags and r.stenosis == "" and "lower threshold" in r.stenosis_note

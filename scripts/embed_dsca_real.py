@@ -127,9 +127,19 @@ def _card(d: dict, e: dict) -> str:
     val = ", ".join(d["calib"]["validation_patients"])
     missed = [f"{x['preset']} seed {x['seed']} slice {x['slice']} ({x['exact_mm2']:.0f} mm²)"
               for x in (d["eval"].get("phantom_study") or {}).get("slices", []) if x["pred_mm2"] == 0 and x["exact_mm2"] > 0]
-    missed_text = ("- Phantom study: the mask is empty on " + "; ".join(missed) + " — the network misses the sac at the "
-                   "tightest phantom stenosis (QC flag `empty`: not graded, never called normal); look at such slices."
-                   if missed else "")
+    phantom_rows = (d["eval"].get("phantom_study") or {}).get("slices", [])
+    bridged = [f"{x['preset']} seed {x['seed']} slice {x['slice']} ({x['pred_mm2']:.0f} for {x['exact_mm2']:.0f} mm²)"
+               for x in phantom_rows if "bridged_gap" in x.get("qc_flags", "").split(";")]
+    notes = []
+    if missed:
+        notes.append("- Phantom study: the mask is empty on " + "; ".join(missed) + " — the network misses the sac at "
+                     "the tightest phantom stenosis (QC flag `empty`: not graded, never called normal); look at such slices.")
+    if bridged:
+        notes.append("- Phantom study: at the decision threshold the mask breaks at the tightest stenosis; the `track` "
+                     "post-processing bridges those slices at probability 0.5 and flags them `bridged_gap` (not graded): "
+                     + "; ".join(bridged) + " — the bridged outline is uncertain (too small or too large); read such "
+                     "slices by eye.")
+    missed_text = "\n".join(notes)
     return f"""# Model card: `{e['name']}` ({LABEL[arch]})
 
 Dural sac segmentation of axial lumbar MR slices (1 channel in, 1 logit out), the network of DuralSacSeg's

@@ -18,7 +18,7 @@ flow void, never "no sac". The operations:
   network's mask breaks where the sac is tightest (the phantom study's central stenosis: 79 and 95 mm2 left empty at
   the decision threshold 20/21, with mean probabilities 0.39 and 0.80 inside the sac). Such a slice is thresholded
   again at :data:`BRIDGE_THRESHOLD` and keeps the one 2D piece whose centre lies nearest the track's line, within one
-  sac diameter; :func:`bridged_slices` names them so that the DSCA table flags them (``bridged_gap``: area listed,
+  sac diameter; their indices are returned (``bridged=[]``) so that the DSCA table flags them (``bridged_gap``: area listed,
   not graded - a reader confirms the outline). Empty slices at the ends of the track are never filled (the sac does
   end);
 - ``fill_holes``: fill enclosed holes per slice (``scipy.ndimage.binary_fill_holes``).
@@ -62,12 +62,13 @@ def parse_spec(spec: str | None) -> tuple[str, bool]:
 
 
 def postprocess_masks(masks: np.ndarray, spec: str | None, prob: np.ndarray | None = None,
-                      bridge_threshold: float = BRIDGE_THRESHOLD) -> np.ndarray:
+                      bridge_threshold: float = BRIDGE_THRESHOLD, bridged: list | None = None) -> np.ndarray:
     """Apply a post-processing spec to a binary stack ``(K, rows, cols)`` (or one slice ``(rows, cols)``).
 
     Slices are neighbours along axis 0 (the stack must be ordered by position). Returns a bool array of the same shape.
     With ``prob`` (the probabilities the masks were thresholded from, same shape) the ``"track"`` mode also bridges
-    empty slices inside the track at ``bridge_threshold`` (module doc).
+    empty slices inside the track at ``bridge_threshold`` (module doc); their indices are appended to ``bridged``
+    when a list is given.
     """
     mode, fill = parse_spec(spec)
     m = np.asarray(masks).astype(bool)
@@ -85,7 +86,9 @@ def postprocess_masks(masks: np.ndarray, spec: str | None, prob: np.ndarray | No
             p = np.asarray(prob)
             if p.shape != m.shape:
                 raise InputError(f"probabilities {p.shape} and masks {m.shape} differ in shape")
-            out = _bridge_gaps(out, p, float(bridge_threshold))
+            out, ks = _bridge_gaps(out, p, float(bridge_threshold))
+            if bridged is not None:
+                bridged.extend(ks)
     for k in range(out.shape[0]):
         if not out[k].any():
             continue
@@ -119,15 +122,16 @@ def _track_line(mask: np.ndarray):
     return fit, diameter
 
 
-def _bridge_gaps(track: np.ndarray, prob: np.ndarray, low: float) -> np.ndarray:
+def _bridge_gaps(track: np.ndarray, prob: np.ndarray, low: float) -> tuple[np.ndarray, list[int]]:
     """Empty slices strictly between the first and last slice of ``track``: the 2D piece of ``prob >= low`` nearest
-    the track's line, when its centre lies within one sac diameter of it (module doc)."""
+    the track's line, when its centre lies within one sac diameter of it (module doc). Returns (mask, bridged slices)."""
     ks = np.flatnonzero(track.any(axis=(1, 2)))
     if len(ks) < 2:
-        return track
+        return track, []
     gaps = [k for k in range(ks[0] + 1, ks[-1]) if not track[k].any()]
     if not gaps:
-        return track
+        return track, []
+    done = []
     fit, diameter = _track_line(track)
     out = track.copy()
     for k in gaps:
@@ -140,14 +144,8 @@ def _bridge_gaps(track: np.ndarray, prob: np.ndarray, low: float) -> np.ndarray:
         best = int(np.argmin(dist))
         if dist[best] <= diameter:
             out[k] = lab == best + 1
-    return out
-
-
-def bridged_slices(prob: np.ndarray, threshold: float, post_prob: np.ndarray) -> np.ndarray:
-    """Indices of the slices :func:`postprocess_probabilities` bridged: no pixel at ``threshold`` before, some after."""
-    before = (np.asarray(prob) >= threshold).any(axis=(1, 2))
-    after = (np.asarray(post_prob) >= threshold).any(axis=(1, 2))
-    return np.flatnonzero(after & ~before)
+            done.append(int(k))
+    return out, done
 
 
 def _canal_track(m: np.ndarray) -> np.ndarray:
@@ -170,17 +168,18 @@ def _canal_track(m: np.ndarray) -> np.ndarray:
     return keep
 
 
-def postprocess_probabilities(prob: np.ndarray, threshold: float, spec: str | None) -> np.ndarray:
+def postprocess_probabilities(prob: np.ndarray, threshold: float, spec: str | None,
+                              bridged: list | None = None) -> np.ndarray:
     """Probabilities whose thresholded mask is the post-processed mask (for resampling onto other grids).
 
     Removed pixels are set to 0, filled holes and bridged gaps (``"track"``, module doc) to 1; everything else keeps
-    its probability. :func:`bridged_slices` tells which slices were bridged.
+    its probability. The indices of bridged slices are appended to ``bridged`` when a list is given.
     """
     mode, fill = parse_spec(spec)
     if mode == "none" and not fill:
         return prob
     raw = np.asarray(prob) >= threshold
-    kept = postprocess_masks(raw, spec, prob=prob if raw.ndim == 3 else None)
+    kept = postprocess_masks(raw, spec, prob=prob if raw.ndim == 3 else None, bridged=bridged)
     out = np.array(prob, dtype=np.float32, copy=True)
     out[raw & ~kept] = 0.0
     out[kept & ~raw] = 1.0

@@ -48,8 +48,8 @@ import numpy as np
 from scipy import ndimage
 
 from DuralSacSegLib.dsca import DscaTable, compute_dsca_table, level_position_mm
-from DuralSacSegLib.postprocess import bridged_slices, postprocess_probabilities
 from DuralSacSegLib.postprocess import parse_spec as parse_postprocess
+from DuralSacSegLib.postprocess import postprocess_probabilities
 from DuralSacSegLib.roi import DEFAULT_CROP_PX, RoiReport, predict_stack, validate_crop_px
 from DuralSacSegLib.stenosis import StenosisScheme, get_scheme
 from spinemorph.atomic import atomic_path, atomic_write_text, prepare_output_dir
@@ -476,10 +476,8 @@ def segment_volume(
         predict, stack, thr, todo=todo, crop_px=crop, batch_size=int(batch_size),
         progress=lambda f, msg: report(0.05 + 0.85 * f, msg), check_cancel=check_cancel)
     prob *= coverage
-    raw_prob = prob
-    prob = postprocess_probabilities(prob, thr, post)
-    bridged = bridged_slices(raw_prob, thr, prob)
-    del raw_prob
+    bridged: list[int] = []
+    prob = postprocess_probabilities(prob, thr, post, bridged=bridged)
     timings["inference_s"] = time.perf_counter() - t0
 
     check_cancel()
