@@ -198,8 +198,8 @@ Resumable run: `scripts/train_dsca_real.sh start` (state every epoch and every 5
 - One fold, a CPU budget; the issue's targets (held-out real Dice ≥ 0.90, area MAE ≤ 15 mm², r ≥ 0.95) are compared
   in the section below — read it before trusting an area.
 {missed_text}
-- On the held-out real slabs the failures are a narrowed or tapering sac: empty masks on some planes and the whole
-  canal outlined around a small caudal sac on others (`docs/figures/dsca_unet_real_heldout.png`,
+- On the held-out real slabs the worst planes are the tapering caudal end of the sac, where the whole canal is
+  outlined around a small sac, and planes at a slab's end (`docs/figures/dsca_unet_real_heldout.png`,
   `scripts/fig_dsca_real_heldout.py`). A narrow sac is exactly where stenosis is graded: read those slices by eye.
 
 {section(d['eval'], d['calib'])}"""
