@@ -283,3 +283,31 @@ def test_segment_volume_flags_the_bridged_slice():
     assert dsca.FLAG_BRIDGED in r.qc_flags and r.stenosis == ""
     assert r.area_mm2 == pytest.approx(bridged.table.rows[2].area_mm2, rel=0.05)
     assert all(dsca.FLAG_BRIDGED not in bridged.table.rows[k].qc_flags for k in (0, 1, 2, 4, 5, 6))
+
+
+def test_recompute_keeps_the_bridged_flag_until_the_slice_is_edited():
+    """"Recompute table" after a run: an unedited bridged slice stays flagged and ungraded; once the reader edits it
+    (area changed by more than 5 %), their outline is graded."""
+    from DuralSacSegLib.segment import UNEDITED_AREA_FRACTION, recompute_table, segment_volume
+
+    a = _stack(7)
+    img = Volume(a.astype(np.float32) * 100 + 10, (PIX, PIX, 4.0))
+
+    def predictor(batch):
+        out = (batch > 0.5).astype(np.float32)
+        out[3] *= 0.7
+        return out
+
+    res = segment_volume(img, predictor=predictor, threshold=0.95, postprocess="track")
+    assert dsca.FLAG_BRIDGED in res.table.rows[3].qc_flags
+    plain = recompute_table(res.mask, img)  # no previous table: nothing to carry
+    assert dsca.FLAG_BRIDGED not in plain.rows[3].qc_flags and plain.rows[3].stenosis
+    again = recompute_table(res.mask, img, previous=res.table)
+    assert dsca.FLAG_BRIDGED in again.rows[3].qc_flags and again.rows[3].stenosis == ""
+    assert dsca.FLAG_BRIDGED in recompute_table(res.mask, img, previous=again).rows[3].qc_flags  # and again
+    edited = res.mask.array.copy()
+    edited[3] = 0
+    edited[3][_ellipse(60, 60, 12, 9)] = 1  # the reader draws a smaller sac
+    assert abs(edited[3].sum() / res.mask.array[3].sum() - 1) > UNEDITED_AREA_FRACTION
+    mine = recompute_table(res.mask.with_array(edited), img, previous=res.table)
+    assert dsca.FLAG_BRIDGED not in mine.rows[3].qc_flags and mine.rows[3].stenosis

@@ -672,3 +672,64 @@ def test_labels_from_segmentation_takes_the_optional_dural_sac(foramen_glue, mon
     assert set(np.unique(no_sac.array).tolist()) == {0, 1, 2, 3}
     with pytest.raises(InputError, match="L4-5 disc"):
         slicer_nodes.labelsFromSegmentation(_SegNode(["L4", "L5", "Dural_sac"]), None, *args)
+
+
+# ====================================================================== DuralSacSeg: Recompute table keeps low confidence
+class _VolumeNode:
+    def __init__(self, node_id):
+        self.node_id = node_id
+
+    def GetID(self):
+        return self.node_id
+
+
+class _TableNode:
+    def __init__(self):
+        self.attributes = {}
+
+    def SetAttribute(self, name, value):
+        self.attributes[name] = value
+
+
+def test_recompute_table_carries_the_bridged_flag_of_the_same_volume(monkeypatch):
+    """The panel's "Recompute table" on an unedited mask: the low-confidence slice stays ungraded for the volume it was
+    measured on, and nothing is carried over to another volume."""
+    import importlib
+    import sys
+
+    from DuralSacSegLib import dsca as dsca_mod
+    from DuralSacSegLib.segment import segment_volume
+    from slicer_standin import StandIn, purge_glue
+
+    StandIn((5, 10)).install(monkeypatch)
+    try:
+        glue = importlib.import_module("DuralSacSegLib.slicer_logic")
+        slicer_nodes = importlib.import_module("DuralSacSegLib.slicer_nodes")
+        yy, xx = np.mgrid[:60, :60]
+        sac = ((xx - 30) / 8.0) ** 2 + ((yy - 30) / 6.0) ** 2 <= 1
+        a = np.repeat(sac[None], 7, axis=0).astype(np.float32)
+        image = Volume(a * 100 + 10, (0.5, 0.5, 4.0))
+
+        def predictor(batch):
+            out = (batch > 0.5).astype(np.float32)
+            out[3] *= 0.7
+            return out
+
+        res = segment_volume(image, predictor=predictor, threshold=0.95, postprocess="track")
+        assert dsca_mod.FLAG_BRIDGED in res.table.rows[3].qc_flags
+        monkeypatch.setattr(slicer_nodes, "volumeFromNode", lambda node: image)
+        monkeypatch.setattr(slicer_nodes, "maskFromSegment", lambda seg, sid, vol: res.mask)
+        monkeypatch.setattr(slicer_nodes, "fillTableNode", lambda node, columns: None)
+        monkeypatch.setattr(slicer_nodes, "areaChart", lambda *args: "chart")
+        logic = glue.DuralSacSegLogicBase()
+        monkeypatch.setattr(logic, "ensureDependencies", lambda: None)
+        table = _TableNode()
+        logic._showTable(res.table, _VolumeNode("vol1"), table, None)
+        logic.recomputeTable(_VolumeNode("vol1"), "segmentation", table, None)
+        assert dsca_mod.FLAG_BRIDGED in logic.lastTable.rows[3].qc_flags and not logic.lastTable.rows[3].graded
+        logic._showTable(res.table, _VolumeNode("vol1"), table, None)
+        logic.recomputeTable(_VolumeNode("vol2"), "segmentation", table, None)  # another volume: nothing carried
+        assert dsca_mod.FLAG_BRIDGED not in logic.lastTable.rows[3].qc_flags
+    finally:
+        sys.modules.pop("DuralSacSegLib.slicer_logic", None)
+        purge_glue()

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from DuralSacSegLib.dsca import DscaTable, compute_dsca_table, level_position_mm
+from DuralSacSegLib.dsca import FLAG_BRIDGED, DscaTable, compute_dsca_table, level_position_mm
 from DuralSacSegLib.postprocess import parse_spec as parse_postprocess
 from DuralSacSegLib.postprocess import postprocess_probabilities
 from DuralSacSegLib.roi import DEFAULT_CROP_PX, RoiReport, predict_stack, validate_crop_px
@@ -542,20 +542,39 @@ def segment_file(path: str | os.PathLike, series_uid: str | None = None, **kwarg
     return result
 
 
+#: "Recompute table" keeps a slice's ``bridged_gap`` flag while its area stays within this fraction of the flagged
+#: area: the outline was not edited (reslicing a non-axial mask again moves areas by a few %); an edit beyond it is
+#: the reader's outline, which is graded. Design choice.
+UNEDITED_AREA_FRACTION = 0.05
+
+
 def recompute_table(mask: Volume, image: Volume | None = None, *, axial_tolerance_deg: float = AXIAL_TOLERANCE_DEG,
-                    slice_spacing_mm: float | None = None, **table_kwargs) -> DscaTable:
+                    slice_spacing_mm: float | None = None, previous: DscaTable | None = None,
+                    **table_kwargs) -> DscaTable:
     """DSCA table of an (edited) mask: as is if its slices are axial, else after reslicing it to axial planes.
 
     A non-axial mask is resliced like :func:`segment_volume` does (linear interpolation of the 0/1 mask, threshold 0.5),
-    so the Slicer widget's "Recompute table" gives the same slices as the original run.
+    so the Slicer widget's "Recompute table" gives the same slices as the original run. ``previous``: the table of
+    the run (or of the last recompute) of the same image: slices it flagged ``bridged_gap`` (segmented at the lower
+    bridging threshold) keep the flag, and stay ungraded, unless the reader edited them (area changed by more than
+    :data:`UNEDITED_AREA_FRACTION`).
     """
     if is_axial(mask, axial_tolerance_deg):
-        return compute_dsca_table(mask, image, **table_kwargs)
-    fg = Volume((np.asarray(mask.array) > 0).astype(np.float32), mask.spacing_mm, mask.origin_mm, mask.direction)
-    ax = reslice_to_axial(fg, slice_spacing_mm)
-    ax_mask = ax.with_array((ax.array >= 0.5).astype(np.uint8))
-    ax_img = reslice_to_axial(image, slice_spacing_mm) if image is not None else None
-    return compute_dsca_table(ax_mask, ax_img, **table_kwargs)
+        ax_mask, ax_img = mask, image
+    else:
+        fg = Volume((np.asarray(mask.array) > 0).astype(np.float32), mask.spacing_mm, mask.origin_mm, mask.direction)
+        ax = reslice_to_axial(fg, slice_spacing_mm)
+        ax_mask = ax.with_array((ax.array >= 0.5).astype(np.uint8))
+        ax_img = reslice_to_axial(image, slice_spacing_mm) if image is not None else None
+    table = compute_dsca_table(ax_mask, ax_img, **table_kwargs)
+    if previous is None or len(previous.rows) != len(table.rows):
+        return table
+    keep = [k for k, (old, new) in enumerate(zip(previous.rows, table.rows))
+            if FLAG_BRIDGED in old.qc_flags and new.area_mm2 > 0
+            and abs(new.area_mm2 - old.area_mm2) <= UNEDITED_AREA_FRACTION * old.area_mm2]
+    if not keep:
+        return table
+    return compute_dsca_table(ax_mask, ax_img, low_confidence_slices=keep, **table_kwargs)
 
 
 # ---------------------------------------------------------------------- outputs

@@ -34,6 +34,8 @@ class DuralSacSegLogicBase(ScriptedLoadableModuleLogic, SceneCacheMixin):
         #: last ``SegmentationResult`` / ``DscaTable`` (for the widget's table clicks and CSV export)
         self.lastResult = None
         self.lastTable = None
+        #: ID of the volume node ``lastTable`` was measured on ("Recompute table" carries its low-confidence flags)
+        self.lastTableSource = None
         #: the table node ``lastTable`` was written into (the panel highlights its QC rows)
         self.lastTableNode = None
 
@@ -92,6 +94,7 @@ class DuralSacSegLogicBase(ScriptedLoadableModuleLogic, SceneCacheMixin):
         outputTable.SetAttribute("DuralSacSeg.Source", inputVolume.GetID())
         outputChart = slicer_nodes.areaChart(outputTable, outputChart, table_model.PLOT_X, table_model.PLOT_Y, SERIES_COLORS)
         self.lastTable = table
+        self.lastTableSource = inputVolume.GetID()
         self.lastTableNode = outputTable
         return outputTable, outputChart
 
@@ -102,7 +105,9 @@ class DuralSacSegLogicBase(ScriptedLoadableModuleLogic, SceneCacheMixin):
         self.ensureDependencies()
         image = slicer_nodes.volumeFromNode(inputVolume)
         mask = slicer_nodes.maskFromSegment(segmentationNode, SEGMENT_ID, inputVolume)
-        table = recompute_table(mask, image)
+        # the last table of this volume: its low-confidence (bridged) slices stay flagged unless they were edited
+        previous = self.lastTable if getattr(self, "lastTableSource", None) == inputVolume.GetID() else None
+        table = recompute_table(mask, image, previous=previous)
         return self._showTable(table, inputVolume, outputTable, outputChart)
 
     def exportCsv(self, path):
