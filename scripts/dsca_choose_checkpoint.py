@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     ap.add_argument("run", type=Path)
     ap.add_argument("--apply", action="store_true", help="make the chosen epoch the run's best.pt")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="torch device for the predictions (cpu, cuda)")
     ap.add_argument("--row-step", type=int, default=16)
     ap.add_argument("--phantom-n", type=int, default=24)
     args = ap.parse_args(argv)
@@ -59,10 +60,10 @@ def main(argv=None) -> int:
     ph = cal.phantom_planes(args.phantom_n)
     rows = []
     for path in epochs:
-        net, info = models.load_model(path, torch.device("cpu"))
-        probs = cal.predict_planes(net, planes.images)
+        net, info = models.load_model(path, torch.device(args.device))
+        probs = cal.predict_planes(net, planes.images, device=args.device)
         m = cal.score_strip(probs, planes, info.threshold, "none")
-        bias = cal.phantom_bias(cal.predict_planes(net, ph.images), ph, info.threshold, "none")
+        bias = cal.phantom_bias(cal.predict_planes(net, ph.images, device=args.device), ph, info.threshold, "none")
         epoch = int(path.stem.split("_")[1])
         rows.append({"epoch": epoch, "weights": path.name, "weights_sha256": info.sha256, "threshold": info.threshold,
                      "score": m["score"], "mean_dice": m["mean_dice"], "area_mae_mm2": m["area_mae_mm2"],
