@@ -19,8 +19,7 @@ Run folder::
     config.json             the configuration used (with the command-line overrides applied)
     fold<k>/state.pt        resumable state: weights, optimizer, epoch, RNG states, history (atomic, each epoch)
     fold<k>/best.pt         weights with the lowest validation loss (SpineMorph weights format, float16)
-    fold<k>/epochs/epoch_NNN.pt  every epoch's weights, with ``"keep_epoch_weights": true`` (for
-                            ``scripts/dsca_choose_checkpoint.py``)
+    fold<k>/epochs/epoch_NNN.pt  every epoch's weights with ``"keep_epoch_weights": true`` (dsca_choose_checkpoint)
     fold<k>/history.csv     per-epoch train / validation loss, validation Dice, seconds
     fold<k>/loss_curve.png  train and validation loss per epoch
     fold<k>/metrics.json    validation and external-validation metrics of best.pt (also *_slices.csv)
@@ -551,7 +550,6 @@ def train_fold(
             save_weights(fold_dir / "best.pt", net, cfg["architecture"], config={**cfg, "fold": fold, "epoch": epoch})
         save_weights(fold_dir / "last.pt", net, cfg["architecture"], config={**cfg, "fold": fold, "epoch": epoch})
         if cfg.get("keep_epoch_weights"):  # every epoch's weights, for a later checkpoint choice on more criteria
-            (fold_dir / "epochs").mkdir(exist_ok=True)
             save_weights(fold_dir / "epochs" / f"epoch_{epoch:03d}.pt", net, cfg["architecture"],
                          config={**cfg, "fold": fold, "epoch": epoch})
         state["done"] = epoch >= int(cfg["epochs"])
