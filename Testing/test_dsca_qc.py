@@ -263,12 +263,12 @@ def test_track_bridges_an_empty_slice_between_sac_slices_and_the_table_flags_it(
     assert table.rows[3].stenosis  # its neighbours are graded as usual
 
 
-def test_segment_volume_flags_the_bridged_slice():
-    """End to end: the network is unsure on slice 3 only (0.7 < threshold 0.95); with ``track`` the slice is bridged,
-    listed with its area and flagged, not graded; without post-processing it stays empty."""
+def unsure_on_slice_3(postprocess="track", n_px=N):
+    """``(image, result)`` of :func:`segment_volume` on a straight 7-slice canal with an injected network that is
+    unsure on slice 3 only (0.7 < threshold 0.95): the case gap bridging is for (also used by the Slicer glue test)."""
     from DuralSacSegLib.segment import segment_volume
 
-    a = _stack(7)
+    a = _stack(7) if n_px == N else np.repeat(_ellipse(n_px // 2, n_px // 2, 8, 6, (n_px, n_px))[None], 7, axis=0)
     img = Volume(a.astype(np.float32) * 100 + 10, (PIX, PIX, 4.0))
 
     def predictor(batch):
@@ -276,8 +276,14 @@ def test_segment_volume_flags_the_bridged_slice():
         out[3] *= 0.7
         return out
 
-    raw = segment_volume(img, predictor=predictor, threshold=0.95)
-    bridged = segment_volume(img, predictor=predictor, threshold=0.95, postprocess="track")
+    return img, segment_volume(img, predictor=predictor, threshold=0.95, postprocess=postprocess)
+
+
+def test_segment_volume_flags_the_bridged_slice():
+    """End to end: with ``track`` the unsure slice is bridged, listed with its area and flagged, not graded; without
+    post-processing it stays empty."""
+    _img, raw = unsure_on_slice_3("none")
+    _img, bridged = unsure_on_slice_3("track")
     assert raw.table.rows[3].qc_flags == (dsca.FLAG_EMPTY,)
     r = bridged.table.rows[3]
     assert dsca.FLAG_BRIDGED in r.qc_flags and r.stenosis == ""
@@ -288,17 +294,9 @@ def test_segment_volume_flags_the_bridged_slice():
 def test_recompute_keeps_the_bridged_flag_until_the_slice_is_edited():
     """"Recompute table" after a run: an unedited bridged slice stays flagged and ungraded; once the reader edits it
     (area changed by more than 5 %), their outline is graded."""
-    from DuralSacSegLib.segment import UNEDITED_AREA_FRACTION, recompute_table, segment_volume
+    from DuralSacSegLib.segment import UNEDITED_AREA_FRACTION, recompute_table
 
-    a = _stack(7)
-    img = Volume(a.astype(np.float32) * 100 + 10, (PIX, PIX, 4.0))
-
-    def predictor(batch):
-        out = (batch > 0.5).astype(np.float32)
-        out[3] *= 0.7
-        return out
-
-    res = segment_volume(img, predictor=predictor, threshold=0.95, postprocess="track")
+    img, res = unsure_on_slice_3("track")
     assert dsca.FLAG_BRIDGED in res.table.rows[3].qc_flags
     plain = recompute_table(res.mask, img)  # no previous table: nothing to carry
     assert dsca.FLAG_BRIDGED not in plain.rows[3].qc_flags and plain.rows[3].stenosis

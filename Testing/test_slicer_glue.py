@@ -698,24 +698,14 @@ def test_recompute_table_carries_the_bridged_flag_of_the_same_volume(monkeypatch
     import sys
 
     from DuralSacSegLib import dsca as dsca_mod
-    from DuralSacSegLib.segment import segment_volume
     from slicer_standin import StandIn, purge_glue
+    from test_dsca_qc import unsure_on_slice_3
 
     StandIn((5, 10)).install(monkeypatch)
     try:
         glue = importlib.import_module("DuralSacSegLib.slicer_logic")
         slicer_nodes = importlib.import_module("DuralSacSegLib.slicer_nodes")
-        yy, xx = np.mgrid[:60, :60]
-        sac = ((xx - 30) / 8.0) ** 2 + ((yy - 30) / 6.0) ** 2 <= 1
-        a = np.repeat(sac[None], 7, axis=0).astype(np.float32)
-        image = Volume(a * 100 + 10, (0.5, 0.5, 4.0))
-
-        def predictor(batch):
-            out = (batch > 0.5).astype(np.float32)
-            out[3] *= 0.7
-            return out
-
-        res = segment_volume(image, predictor=predictor, threshold=0.95, postprocess="track")
+        image, res = unsure_on_slice_3("track", n_px=60)
         assert dsca_mod.FLAG_BRIDGED in res.table.rows[3].qc_flags
         monkeypatch.setattr(slicer_nodes, "volumeFromNode", lambda node: image)
         monkeypatch.setattr(slicer_nodes, "maskFromSegment", lambda seg, sid, vol: res.mask)
