@@ -309,3 +309,21 @@ def test_recompute_keeps_the_bridged_flag_until_the_slice_is_edited():
     assert abs(edited[3].sum() / res.mask.array[3].sum() - 1) > UNEDITED_AREA_FRACTION
     mine = recompute_table(res.mask.with_array(edited), img, previous=res.table)
     assert dsca.FLAG_BRIDGED not in mine.rows[3].qc_flags and mine.rows[3].stenosis
+
+
+def test_bridging_follows_a_curved_canal():
+    """The expected centre of a bridged slice comes from its neighbours, not from a straight line through the whole
+    stack: in a lordotic (curved) canal a straight line misses the sac at the apex by more than a sac diameter."""
+    from DuralSacSegLib.postprocess import _bridge_gaps
+
+    track = np.zeros((15, N, N), bool)
+    cols = [60 + 0.4 * (k - 7) ** 2 for k in range(15)]  # apex of the curve at slice 7
+    for k in range(15):
+        if k != 7:
+            track[k][_ellipse(cols[k], 60, 3, 2)] = True
+    prob = track.astype(np.float32) * 0.99
+    prob[7][_ellipse(60.4, 60, 2, 2)] = 0.7  # the unsure sac where the curve puts it
+    straight = np.polyfit([k for k in range(15) if k != 7], [c for k, c in enumerate(cols) if k != 7], 1)
+    assert abs(np.polyval(straight, 7) - 60) > 2 * 3  # a straight line would look > one diameter away
+    out, done = _bridge_gaps(track, prob, 0.5)
+    assert done == [7] and out[7].sum() == _ellipse(60.4, 60, 2, 2).sum()

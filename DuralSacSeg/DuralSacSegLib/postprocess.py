@@ -17,8 +17,8 @@ flow void, never "no sac". The operations:
   dural sac runs without a break from the conus to S2, and a slice between two sac slices cannot be "no sac". The
   network's mask breaks where the sac is tightest (the phantom study's central stenosis: 79 and 95 mm2 left empty at
   the decision threshold 20/21, with mean probabilities 0.39 and 0.80 inside the sac). Such a slice is thresholded
-  again at :data:`BRIDGE_THRESHOLD` and keeps the one 2D piece whose centre lies nearest the track's line, within one
-  sac diameter; their indices are returned (``bridged=[]``) so that the DSCA table flags them (``bridged_gap``: area listed,
+  again at :data:`BRIDGE_THRESHOLD` and keeps the one 2D piece whose centre lies nearest the sac's expected centre
+  (interpolated between the nearest track slices above and below), within one sac diameter of those slices; their indices are returned (``bridged=[]``) so that the DSCA table flags them (``bridged_gap``: area listed,
   not graded - a reader confirms the outline). Empty slices at the ends of the track are never filled (the sac does
   end);
 - ``fill_holes``: fill enclosed holes per slice (``scipy.ndimage.binary_fill_holes``).
@@ -132,15 +132,19 @@ def _bridge_gaps(track: np.ndarray, prob: np.ndarray, low: float) -> tuple[np.nd
     if not gaps:
         return track, []
     done = []
-    fit, diameter = _track_line(track)
+    cs = {int(k): c for k, c in zip(*_slice_centres(track))}
     out = track.copy()
     for k in gaps:
         lab, n = ndimage.label(prob[k] >= low, structure=np.ones((3, 3), bool))
         if n == 0:
             continue
+        # where the sac should be: between the nearest track slices above and below (a lordotic canal is not straight)
+        k0, k1 = max(j for j in cs if j < k), min(j for j in cs if j > k)
+        t = (k - k0) / (k1 - k0)
+        expected = (1 - t) * cs[k0] + t * cs[k1]
+        diameter = np.mean([2.0 * np.sqrt(track[j].sum() / np.pi) for j in (k0, k1)])
         centres = np.array(ndimage.center_of_mass(np.ones(lab.shape), lab, range(1, n + 1))).reshape(-1, 2)
-        line = np.array([np.polyval(fit[0], k), np.polyval(fit[1], k)])
-        dist = np.hypot(*(centres - line).T)
+        dist = np.hypot(*(centres - expected).T)
         best = int(np.argmin(dist))
         if dist[best] <= diameter:
             out[k] = lab == best + 1
