@@ -10,20 +10,24 @@
 # weights FORAMEN3D/Resources/Models/foramen3d_fine_cpu.pt at their recorded iteration (--init-weights): the
 # learning-rate schedule continues, the optimizer's moments start afresh.
 #
-# Environment: FINE_WORKTREE (default /work/train3d: `git worktree add /work/train3d <commit>`),
+# Environment: FINE_WORKTREE (default ../train3d beside the repository; created from HEAD when missing),
 # FINE_RUN (default <repo>/runs/foramen_fine), FINE_CONFIG (default the worktree's
 # FORAMEN3D/Resources/Models/configs/foramen3d_fine.json), PYTHON (default <repo>/.venv/bin/python),
 # FINE_MAX_ITERATIONS (extends a resumed run).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-WT=${FINE_WORKTREE:-/work/train3d}
+WT=${FINE_WORKTREE:-$(cd "$REPO/.." && pwd)/train3d}
 RUN=${FINE_RUN:-$REPO/runs/foramen_fine}
 PY=${PYTHON:-$REPO/.venv/bin/python}
 CFG=${FINE_CONFIG:-$WT/FORAMEN3D/Resources/Models/configs/foramen3d_fine.json}
 MODE=${1:-resume}
 if [ ! -d "$WT/FORAMEN3D/FORAMEN3DLib" ]; then
-  echo "error: no worktree at $WT; create it with: git -C $REPO worktree add $WT HEAD" >&2
-  exit 1
+  if [ "${1:-resume}" = status ]; then echo "no worktree at $WT (nothing started yet)"; exit 0; fi
+  if [ -e "$WT" ]; then
+    echo "error: $WT exists but is not a worktree of this repository; remove it or set FINE_WORKTREE" >&2
+    exit 1
+  fi
+  git -C "$REPO" worktree add --detach "$WT" HEAD  # the code under the training: this commit, not later edits
 fi
 export PYTHONPATH="$WT:$WT/DuralSacSeg:$WT/FORAMEN3D"
 export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
