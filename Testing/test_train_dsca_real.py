@@ -254,7 +254,7 @@ def _embed_script():
     return mod
 
 
-def _fake_run(tmp_path, sha_override=None):
+def _fake_run(tmp_path, sha_override=None, weights_epoch=None):
     """A finished run folder as scripts/train_dsca_real.sh leaves it (tiny numbers, real weights format)."""
     from DuralSacSegLib import models
     from DuralSacSegLib.networks import build_network
@@ -264,7 +264,8 @@ def _fake_run(tmp_path, sha_override=None):
     (run / "eval").mkdir()
     torch.manual_seed(0)
     best = models.save_weights(run / "fold0" / "best.pt", build_network("unet"), "unet",
-                               config={"loss": {"pos_weight": 20.0}})
+                               config={"loss": {"pos_weight": 20.0},
+                                       **({"epoch": weights_epoch} if weights_epoch else {})})
     sha = sha_override or models.sha256_of(best)
     cfg = json.loads((models.MODELS_DIR / "configs" / "real_cpu.json").read_text())
     (run / "config.json").write_text(json.dumps({**cfg, "architecture": "unet"}))
@@ -308,6 +309,26 @@ def test_embed_real_run_writes_entry_and_card(tmp_path):
     assert cat["default"] == default and len(cat["models"]) == 3
     card = (dest / "dsca_unet.md").read_text()
     assert e["sha256"] in card and "| 2 | 0.4000 | 0.5000 | 0.800 | 1800 |" in card and "0.880" in card
+
+
+def test_embed_real_run_records_a_chosen_checkpoint(tmp_path):
+    """Weights from the checkpoint choice (epoch 3, not the best-Dice epoch 2): the entry and card name epoch 3, its
+    iterations, and the training's best-Dice epoch beside it."""
+    import shutil
+
+    from DuralSacSegLib import models
+
+    embed_dsca_real = _embed_script()
+    dest = tmp_path / "Models"
+    dest.mkdir()
+    shutil.copyfile(models.MODELS_DIR / "catalog.json", dest / "catalog.json")
+    run = _fake_run(tmp_path, weights_epoch=3)
+    assert embed_dsca_real.main([str(run), "--dest", str(dest)]) == 0
+    e = next(m for m in json.loads((dest / "catalog.json").read_text())["models"] if m["name"] == "dsca-unet")
+    assert (e["checkpoint_epoch"], e["epochs"], e["iterations"], e["best_epoch"]) == (3, 3, 450, 2)
+    assert e["checkpoint_validation_dice"] == 0.78 and "dsca_choose_checkpoint" in e["checkpoint_rule"]
+    card = (dest / "dsca_unet.md").read_text()
+    assert "checkpoint of epoch 3 (validation Dice 0.780)" in card and "best validation Dice (2, 0.800)" in card
 
 
 def test_embed_real_run_refuses_numbers_of_other_weights(tmp_path):

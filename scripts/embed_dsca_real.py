@@ -58,11 +58,26 @@ def _load(run: Path) -> dict:
             "ckpt_config": dict(ckpt.get("config") or {})}
 
 
+def _checkpoint_row(d: dict) -> dict:
+    """The history row of the epoch the weights come from: the weights' own ``config["epoch"]`` (written at every save,
+    also by the checkpoint choice, which may pick another epoch than the best validation Dice), else the best row."""
+    hist = d["history"]
+    best_row = max(hist, key=lambda h: float(h["val_dice"]))
+    epoch = d["ckpt_config"].get("epoch")
+    if epoch is None or int(epoch) == int(best_row["epoch"]):
+        return best_row
+    row = next((h for h in hist if int(h["epoch"]) == int(epoch)), None)
+    if row is None:
+        raise SystemExit(f"error: the weights say epoch {epoch}, which fold0/history.csv does not hold")
+    return row
+
+
 def _entry(d: dict, dest: Path, old: dict) -> dict:
     from DuralSacSegLib.networks import build_network, count_parameters
 
     arch, cfg, hist, c, ev = d["arch"], d["config"], d["history"], d["calib"]["chosen"], d["eval"]
     best_row = max(hist, key=lambda h: float(h["val_dice"]))
+    ckpt_row = _checkpoint_row(d)
     real, ph = ev.get("real_slabs_strip") or {}, ev.get("phantom_study") or {}
     keys_real = ("n_planes", "n_patients", "mean_dice", "median_dice", "area_mae_mm2", "area_rmse_mm2", "pearson_r",
                  "ba_mean_diff_mm2", "ba_loa_low_mm2", "ba_loa_high_mm2", "patients", "row_step")
@@ -97,9 +112,13 @@ def _entry(d: dict, dest: Path, old: dict) -> dict:
         },
         "training_config": "configs/real_cpu.json",
         "seed": cfg.get("seed"),
-        "iterations": sum(int(h["iterations"]) for h in hist if int(h["epoch"]) <= int(best_row["epoch"])),
-        "epochs": int(best_row["epoch"]),
+        "iterations": sum(int(h["iterations"]) for h in hist if int(h["epoch"]) <= int(ckpt_row["epoch"])),
+        "epochs": int(ckpt_row["epoch"]),
         "epochs_run": len(hist),
+        "checkpoint_epoch": int(ckpt_row["epoch"]),
+        "checkpoint_rule": ("best validation Dice" if ckpt_row is best_row else
+                            "scripts/dsca_choose_checkpoint.py (real validation score within a phantom-bias tier)"),
+        "checkpoint_validation_dice": float(ckpt_row["val_dice"]),
         "best_epoch": int(best_row["epoch"]),
         "best_validation_dice": float(best_row["val_dice"]),
         "train_wall_hours": round(sum(float(h["seconds"]) for h in hist) / 3600, 2),
@@ -109,6 +128,15 @@ def _entry(d: dict, dest: Path, old: dict) -> dict:
         "metrics": metrics,
         "metrics_command": ev.get("command"),
     }
+
+
+def _checkpoint_text(e: dict) -> str:
+    if e["checkpoint_epoch"] == e["best_epoch"]:
+        return f"best-validation checkpoint (epoch {e['best_epoch']}, validation Dice {e['best_validation_dice']:.3f})"
+    return (f"checkpoint of epoch {e['checkpoint_epoch']} (validation Dice {e['checkpoint_validation_dice']:.3f}), chosen "
+            "by `scripts/dsca_choose_checkpoint.py` (highest accuracy score — Dice and area error — on the real "
+            "validation planes within a phantom-bias tier; epoch weights kept by `keep_epoch_weights`), not the "
+            f"epoch of best validation Dice ({e['best_epoch']}, {e['best_validation_dice']:.3f})")
 
 
 def _card(d: dict, e: dict) -> str:
@@ -172,8 +200,8 @@ Mixed 50/50 per crop: (1) every canal plane (every 4th PNG row, 0.6 mm pixels on
 slabs of the training patients minus the validation split, with the loss limited to the imaged strip (the slabs are
 12–23 mm wide left-right); (2) 800 synthetic axial planes (style v2: nerve roots, epidural fat, texture) generated from
 the SPIDER label maps of training patients and from phantoms. Held-out patients ({', '.join(HELD_OUT_SLAB_PATIENTS)})
-are never used for training, checkpoint choice or calibration. Checkpoint choice: mean Dice inside the strip on the
-validation patients {val} (96 planes, every 16th row).
+are never used for training, checkpoint choice or calibration. Validation (the training's best-Dice checkpoint): mean
+Dice inside the strip on the validation patients {val} (96 planes, every 16th row); checkpoint: see Recipe.
 
 SPIDER data: {SPIDER_ATTRIBUTION}
 
@@ -181,8 +209,7 @@ SPIDER data: {SPIDER_ATTRIBUTION}
 Weighted binary cross-entropy (positive weight {cfg['loss']['pos_weight']:g}), Adam (lr {cfg['optimizer']['lr']:g}),
 batch {cfg['batch_size']}; random {cfg['crop']['size']} × {cfg['crop']['size']} crops
 ({100 * (1 - cfg['crop']['negative_fraction']):.0f} % containing the dural sac), left-right flips, random gamma
-{cfg['augment']['gamma'][0]}–{cfg['augment']['gamma'][1]}; {cfg['iterations_per_epoch']} iterations per epoch, best-validation
-checkpoint (epoch {e['best_epoch']}, validation Dice {e['best_validation_dice']:.3f}).
+{cfg['augment']['gamma'][0]}–{cfg['augment']['gamma'][1]}; {cfg['iterations_per_epoch']} iterations per epoch; {_checkpoint_text(e)}.
 {'Warm start: ' + str(e['warm_start']) + '.' if e['warm_start'] else 'Trained from scratch (seed ' + str(e['seed']) + ').'}
 Resumable run: `scripts/train_dsca_real.sh start` (state every epoch and every 5 minutes).
 
