@@ -410,3 +410,12 @@ def test_dsca3d_calibrate_refuses_held_out_patients(capsys):
     assert "held-out test patients 136" in capsys.readouterr().err
     cfg = json.loads(mod.FINE_CONFIG.read_text())
     assert set(cfg["val_patients"]) == {"191", "241", "22", "146"}
+
+
+def test_evaluate_fine_roi_option_is_checked(tmp_path, capsys):
+    """`evaluate_fine --roi` takes three window sizes (array order); anything else is one clear error, nothing written."""
+    from FORAMEN3DLib import evaluate_fine
+
+    assert evaluate_fine.main(["--model", "foramen3d-fine-cpu", "--out", str(tmp_path / "o"), "--roi", "96,96"]) == 1
+    assert "--roi needs three sizes" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -98,12 +98,13 @@ def disc_offset_mm(vol, truth: np.ndarray, pred: np.ndarray) -> float:
     return float(t[2] - p[2])  # LPS z points superior
 
 
-def evaluate_synth(loaded, n: int, seed: int = 0, mode: str = "network") -> list[dict]:
+def evaluate_synth(loaded, n: int, seed: int = 0, mode: str = "network", roi=None) -> list[dict]:
     """Held-out label maps synthesised (contrast T2) on the fine crop centred on the true L4-5 disc.
 
     ``mode="network"``: the fine network alone on that crop (no locator; fine models only). ``mode="pipeline"``:
     the crop as an image volume through :func:`FORAMEN3DLib.segment3d.segment_volume` (any model: the coarse model's
-    single pass, or locator + fine network), scored on the same voxels: the like-for-like comparison of models."""
+    single pass, or locator + fine network), scored on the same voxels: the like-for-like comparison of models.
+    ``roi``: sliding-window size of the fine network (array order; default the model's ``infer_roi``)."""
     from spinemorph import spider
 
     from .segment3d import postprocess_labels, segment_volume
@@ -119,11 +120,12 @@ def evaluate_synth(loaded, n: int, seed: int = 0, mode: str = "network") -> list
             smp = fd.synthetic_sample(case, 2_000_000 + seed + s, 0.0, contrast="t2", allow_held_out=True)
             t0 = time.perf_counter()
             if mode == "network":
-                probs = predict_crop(loaded.network, smp["x"], loaded.meta.get("infer_roi") or [96, 96, 96], 0.25,
-                                     device=loaded.device)
+                probs = predict_crop(loaded.network, smp["x"], roi or loaded.meta.get("infer_roi") or [96, 96, 96],
+                                     0.25, device=loaded.device)
                 pred = postprocess_labels(probs.argmax(0).astype(np.uint8), structures=(1, 2, 3, 4))
             else:
-                pred = np.asarray(segment_volume(smp["grid"].volume(smp["x"]), loaded, "cpu").labels.array)
+                opts = {"roi": tuple(roi)} if roi and canal else None
+                pred = np.asarray(segment_volume(smp["grid"].volume(smp["x"]), loaded, "cpu", fine_options=opts).labels.array)
             dt = time.perf_counter() - t0
             truth = fd.definite_labels(smp["bits"])
             known = truth != 255
@@ -172,7 +174,7 @@ def _grid_region(image, crop) -> np.ndarray:
 
 
 def evaluate_slabs(model, device="cpu", pred_dir: Path | None = None, patients=None,
-                   l45_point: str | None = None) -> list[dict]:
+                   l45_point: str | None = None, roi=None) -> list[dict]:
     """Held-out real slabs through :func:`segment_volume` (any model), scored on :func:`reference_region`.
 
     ``patients``: a subset of the held-out slab patients (default all). ``l45_point="reference"``: the crop is
@@ -205,7 +207,9 @@ def evaluate_slabs(model, device="cpu", pred_dir: Path | None = None, patients=N
             if lab.disc_center_lps is None:
                 raise SpineMorphError(f"patient {p}: levels not derivable, no reference L4-5 disc for --l45-point")
             point = tuple(float(v) for v in lab.disc_center_lps)
-        res = segment_volume(image.with_array(image.array.astype(np.float32)), loaded, device, l45_point=point)
+        opts = {"roi": tuple(roi)} if roi and canal else None
+        res = segment_volume(image.with_array(image.array.astype(np.float32)), loaded, device, l45_point=point,
+                             fine_options=opts)
         pred = np.asarray(res.labels.array)
         if pred_dir is not None:
             (pred_dir / "region").mkdir(parents=True, exist_ok=True)
@@ -367,6 +371,8 @@ def main(argv=None) -> int:
                     help="with --slabs: centre the fine crop on the reference L4-5 disc centroid (a hand-placed point) "
                          "instead of the coarse locator's answer")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--roi", default=None, metavar="A,B,C",
+                    help="sliding-window size of the fine network, array order (default: the model's infer_roi)")
     ap.add_argument("--locator-study", action="store_true",
                     help="level errors of the coarse locator on every slab patient with derived levels")
     ap.add_argument("--count", action="store_true",
@@ -382,14 +388,17 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(a.threads)
     try:
+        roi = [int(v) for v in a.roi.split(",")] if a.roi else None
+        if roi is not None and (len(roi) != 3 or min(roi) < 16):
+            raise SpineMorphError(f"--roi needs three sizes of at least 16 voxels, got {a.roi!r}")
         loaded = models3d.load_model(a.model, "cpu")
         rows = []
         if a.synth:
             mode = a.synth_mode or ("network" if has_canal_class(loaded) else "pipeline")
-            rows += evaluate_synth(loaded, a.synth, mode=mode)
+            rows += evaluate_synth(loaded, a.synth, mode=mode, roi=roi)
         if a.slabs:
             pts = [p.strip() for p in a.patients.split(",") if p.strip()] if a.patients else None
-            rows += evaluate_slabs(loaded, pred_dir=a.pred_dir, patients=pts, l45_point=a.l45_point)
+            rows += evaluate_slabs(loaded, pred_dir=a.pred_dir, patients=pts, l45_point=a.l45_point, roi=roi)
         studies = {}
         if a.locator_study:
             studies["locator"] = locator_study(study_patients(a.split), loaded if a.count else None)
@@ -404,9 +413,10 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     out = Path(a.out)
+    roi = [int(v) for v in a.roi.split(",")] if a.roi else None
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows) if rows else {}
-    atomic_write_text(out / "metrics.json", json.dumps({"model": str(a.model), "meta": loaded.meta, "summary": summary,
+    atomic_write_text(out / "metrics.json", json.dumps({"model": str(a.model), "meta": loaded.meta, "roi": roi, "summary": summary,
                                                         "rows": rows, "studies": studies}, indent=2, default=str))
     print(json.dumps(summary, indent=2))
     return 0
