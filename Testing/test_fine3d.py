@@ -419,3 +419,57 @@ def test_evaluate_fine_roi_option_is_checked(tmp_path, capsys):
     assert evaluate_fine.main(["--model", "foramen3d-fine-cpu", "--out", str(tmp_path / "o"), "--roi", "96,96"]) == 1
     assert "--roi needs three sizes" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def _arch_crop():
+    """A 20×30×40 crop (k, j, i): canal at i 10-14 (rows j 5-24), vertebra voxels in front of it (body, i 2-8) and
+    behind it (arch, i 16-30), background elsewhere."""
+    from FORAMEN3DLib import fine_data as fd
+
+    lab = np.zeros((20, 30, 40), np.uint8)
+    lab[8:12, 5:25, 10:15] = fd.CANAL
+    lab[4:16, 0:12, 2:9] = fd.L4
+    lab[4:16, 0:12, 16:31] = fd.L4
+    lab[4:16, 16:30, 2:9] = fd.L5
+    lab[4:16, 16:30, 16:31] = fd.L5
+    return lab
+
+
+def test_arch_region_and_arch_centred_patches():
+    """behind_canal_wall: rows without canal take the nearest row's wall; arch_voxels are exactly the vertebra voxels
+    behind it (also for merged slab labels); with arch_p = 1 every patch is centred on one of them."""
+    from FORAMEN3DLib import fine_data as fd
+    from FORAMEN3DLib.train_fine import _patch
+
+    lab = _arch_crop()
+    region = fd.behind_canal_wall(lab == fd.CANAL)
+    assert region[:, :, 10:].all() and not region[:, :, :10].any()  # rows 0-4 and 25-29 take the wall of rows 5 / 24
+    bits = fd.bits_of(lab)
+    arch = np.zeros(lab.size, bool)
+    arch[fd.arch_voxels(bits)] = True
+    assert np.array_equal(arch.reshape(lab.shape), ((lab == fd.L4) | (lab == fd.L5)) & region)
+    merged = np.where((lab == fd.L4) | (lab == fd.L5), fd.MERGED_VERTEBRA, bits).astype(np.uint8)
+    assert np.array_equal(fd.arch_voxels(merged), fd.arch_voxels(bits))
+    assert len(fd.arch_voxels(np.where(lab == fd.CANAL, 1, bits).astype(np.uint8))) == 0  # no canal: no arch
+    rng = np.random.default_rng(0)
+    x = np.zeros(lab.shape, np.float32)
+    for _ in range(20):
+        _, bp, lo = _patch(rng, x, bits, (8, 8, 8), 0.0, arch_p=1.0)
+        centre = fd.definite_labels(bp)[4, 4, 4]
+        k, j, i = (np.asarray(lo) + 4)
+        assert centre in (fd.L4, fd.L5) and i >= 16 and region[k, j, i]  # (clipping in j keeps it on the arch)
+
+
+def test_arch_dice_agrees_with_the_evaluation_metric():
+    from FORAMEN3DLib import fine_data as fd
+    from FORAMEN3DLib.evaluate_fine import _arch_dice
+    from FORAMEN3DLib.train_fine import arch_dice_on_definite
+
+    lab = _arch_crop()
+    pred = lab.copy()
+    pred[4:16, 0:12, 24:31] = 0  # half of the L4 arch missed
+    known = np.ones(lab.shape, bool)
+    d = arch_dice_on_definite(fd.bits_of(lab), pred)
+    assert d == pytest.approx(_arch_dice(lab, pred, known)) and 0.7 < d < 0.95
+    assert arch_dice_on_definite(fd.bits_of(lab), lab) == 1.0
+    assert np.isnan(arch_dice_on_definite(fd.bits_of(np.where(lab == fd.CANAL, 0, lab)), pred))

@@ -52,22 +52,9 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def posterior_arch_region(truth: np.ndarray) -> np.ndarray:
-    """Voxels posterior of the anterior canal wall of their row (array ``(k, j, i)``, i anterior → posterior).
-
-    The wall of row ``j`` is the most anterior canal voxel of that row (any slice); rows without canal take the
-    nearest row's wall."""
-    canal = truth == fd.CANAL
-    rows = np.nonzero(canal.any(axis=(0, 2)))[0]
-    if len(rows) == 0:
-        return np.zeros(truth.shape, bool)
-    wall = np.full(truth.shape[1], -1)
-    for j in rows:
-        wall[j] = int(np.nonzero(canal[:, j, :].any(axis=0))[0].min())
-    known = np.nonzero(wall >= 0)[0]
-    nearest = known[np.abs(np.arange(truth.shape[1])[:, None] - known[None, :]).argmin(1)]
-    wall = wall[nearest]
-    i = np.arange(truth.shape[2])
-    return np.broadcast_to((i[None, :] >= wall[:, None])[None], truth.shape)
+    """Voxels posterior of the anterior canal wall of their row (array ``(k, j, i)``, i anterior → posterior;
+    :func:`FORAMEN3DLib.fine_data.behind_canal_wall` of the truth's canal)."""
+    return fd.behind_canal_wall(truth == fd.CANAL)
 
 
 def has_canal_class(loaded) -> bool:

@@ -70,6 +70,31 @@ def definite_labels(bits: np.ndarray) -> np.ndarray:
     return out
 
 
+def behind_canal_wall(canal: np.ndarray) -> np.ndarray:
+    """Voxels at or behind the anterior canal wall of their row (array ``(k, j, i)``, i anterior → posterior): the
+    region of the posterior arch (pedicles, articular processes, laminae, transverse and spinous processes).
+
+    The wall of row ``j`` is the most anterior canal voxel of that row (any slice); rows without canal take the
+    nearest row's wall; no canal at all: an empty region."""
+    canal = np.asarray(canal, bool)
+    per_row = canal.any(axis=0)  # (j, i)
+    rows = np.nonzero(per_row.any(axis=1))[0]
+    if len(rows) == 0:
+        return np.zeros(canal.shape, bool)
+    wall = per_row[rows].argmax(axis=1)
+    nearest = np.abs(np.arange(canal.shape[1])[:, None] - rows[None, :]).argmin(1)
+    i = np.arange(canal.shape[2])
+    return np.broadcast_to((i[None, :] >= wall[nearest][:, None])[None], canal.shape)
+
+
+def arch_voxels(bits: np.ndarray) -> np.ndarray:
+    """Flat indices of the voxels that may be L4 or L5 bone (definite or merged vertebra labels) behind the anterior
+    canal wall (:func:`behind_canal_wall` of the definite canal voxels): the posterior arches of a crop."""
+    bits = np.asarray(bits, np.uint8)
+    vert = ((bits & ((1 << L4) | (1 << L5))) != 0) & (bits != IGNORE)
+    return np.flatnonzero(vert & behind_canal_wall(bits == (1 << CANAL)))
+
+
 # ---------------------------------------------------------------------- geometry
 @dataclasses.dataclass(frozen=True, eq=False)
 class FineGrid:

@@ -14,7 +14,8 @@ oldest sample of its source, so the network keeps seeing new synthetic images (s
 half a training iteration: measured in docs/performance.md).
 
 Each iteration draws ``batch_size`` samples (source drawn with ``sample_weights``), a random patch (centred on a
-labelled voxel with probability ``foreground_p``), left-right flip, intensity scale / shift / noise and, for synthetic
+labelled voxel with probability ``foreground_p``; on a posterior-arch voxel — L4/L5 bone behind the anterior canal
+wall, :func:`fine_data.arch_voxels` — with probability ``arch_p``), left-right flip, intensity scale / shift / noise and, for synthetic
 and phantom crops, a narrower left-right field of view (``p_slab``: a 15-100 mm slab, zero input and ignored labels
 outside, z-scored again inside) so that the network also learns the narrow real slabs.
 
@@ -28,8 +29,9 @@ iteration.
 
 Validation every ``validate_every`` iterations on the validation patients (``val_patients``: never trained on, not the
 held-out test patients): their synthesised label maps and real slabs, whole fine crops by MONAI sliding-window
-inference; Dice per class on the fully labelled voxels (slabs: inside the imaged slices). The best mean is kept as
-``best.pt`` (fp16, loadable by :mod:`FORAMEN3DLib.models3d`).
+inference; Dice per class on the fully labelled voxels (slabs: inside the imaged slices) and, on the synthesised
+crops, the posterior-arch Dice (:func:`arch_dice_on_definite`; in the mean only with ``val_mean_arch``). The best mean
+is kept as ``best.pt`` (fp16, loadable by :mod:`FORAMEN3DLib.models3d`).
 
 Run folder: ``config.json``, ``checkpoint.pt`` (model, optimizer, numpy RNG, iteration, pool keys, best value,
 history; written atomically every ``checkpoint_every_s`` seconds and at each validation), ``best.pt``, ``last.pt``,
@@ -82,8 +84,9 @@ DEFAULT_FINE_CONFIG: dict = {
              "refresh_every": 6, "refresh_weights": {"synth": 0.75, "slab": 0.2, "phantom": 0.05}},
     "jitter_mm": 8.0,
     "augment": {"flip_lr": 0.5, "intensity_scale": 0.15, "intensity_shift": 0.15, "noise_std": 0.05,
-                "p_slab": 0.25, "slab_mm": [15.0, 100.0], "foreground_p": 0.8},
+                "p_slab": 0.25, "slab_mm": [15.0, 100.0], "foreground_p": 0.8, "arch_p": 0.0},
     "validate_every": 300,
+    "val_mean_arch": False,
     "checkpoint_every_s": 300,
     "log_every": 10,
     "sliding_overlap": 0.25,
@@ -122,6 +125,10 @@ def validate_fine_config(cfg: dict) -> dict:
         raise InputError(f"fine config infer_roi {cfg['infer_roi']} must be multiples of {net.size_divisor}")
     if cfg["precision"] not in ("fp32", "bf16"):
         raise InputError("fine config precision must be 'fp32' or 'bf16'")
+    aug = cfg["augment"]
+    if not (0 <= float(aug["arch_p"]) and 0 <= float(aug["foreground_p"])
+            and float(aug["arch_p"]) + float(aug["foreground_p"]) <= 1):
+        raise InputError("fine config augment.arch_p and augment.foreground_p must be probabilities with a sum <= 1")
     for key in ("sample_weights",):
         if any(s not in ("synth", "slab", "phantom") for s in cfg[key]):
             raise InputError(f"fine config {key}: sources are synth, slab, phantom")
@@ -274,10 +281,14 @@ def with_coordinates(x: np.ndarray, crop_shape, lo=(0, 0, 0)) -> np.ndarray:
     return np.concatenate([np.asarray(x, np.float32)[None], coordinate_channels(crop_shape, lo, x.shape)])
 
 
-def _patch(rng, x, bits, patch, fg_p):
+def _patch(rng, x, bits, patch, fg_p, arch_p: float = 0.0):
     shape = np.asarray(x.shape)
     patch = np.asarray(patch)
-    if rng.random() < fg_p:
+    u = rng.random()
+    arch = fd.arch_voxels(bits) if u < arch_p else ()
+    if len(arch):  # centred on the posterior arch (a thin, small share of the foreground)
+        centre = np.array(np.unravel_index(arch[int(rng.integers(len(arch)))], x.shape))
+    elif u < arch_p + fg_p:
         fg = np.flatnonzero((bits != fd.IGNORE) & (bits != 1))
         centre = np.array(np.unravel_index(fg[int(rng.integers(len(fg)))], x.shape)) if len(fg) else shape // 2
     else:
@@ -347,6 +358,20 @@ def dice_on_definite(bits: np.ndarray, pred: np.ndarray) -> dict:
         s = int(a.sum()) + int(b.sum())
         out[name] = 2.0 * float((a & b).sum()) / s if s else math.nan
     return out
+
+
+def arch_dice_on_definite(bits: np.ndarray, pred: np.ndarray) -> float:
+    """Dice of L4 + L5 bone behind the anterior canal wall (the posterior arches) on the fully labelled voxels of a
+    crop with a definite canal (NaN without one); the metric of ``evaluate_fine``'s "posterior arch"."""
+    truth = fd.definite_labels(bits)
+    known = truth != 255
+    if not (truth == fd.CANAL).any():
+        return math.nan
+    region = fd.behind_canal_wall(truth == fd.CANAL) & known
+    a = ((truth == fd.L4) | (truth == fd.L5)) & region
+    b = ((pred == fd.L4) | (pred == fd.L5)) & region
+    s = int(a.sum()) + int(b.sum())
+    return 2.0 * float((a & b).sum()) / s if s else math.nan
 
 
 # ---------------------------------------------------------------------- training
@@ -490,14 +515,19 @@ def train_fine(config=None, run_dir="runs/fine", resume: bool = False, overwrite
                 val_data[k] = val_sample(k, cfg)
             x, bits = val_data[k]
             probs = predict_crop(net, x, cfg["infer_roi"], float(cfg["sliding_overlap"]), cfg["precision"], device=dev)
-            rows.append((k, dice_on_definite(bits, probs.argmax(0).astype(np.uint8))))
+            pred = probs.argmax(0).astype(np.uint8)
+            rows.append((k, {**dice_on_definite(bits, pred), "posterior arch": arch_dice_on_definite(bits, pred)}))
         net.train()
         row = {"iteration": state["iteration"]}
         for src in ("synth", "slab"):
             for name in FINE_CLASS_NAMES.values():
                 vals = [d[name] for k, d in rows if k[0] == src and not math.isnan(d[name])]
                 row[f"val_{src}_{name}"] = float(np.mean(vals)) if vals else math.nan
-        row["val_mean"] = float(np.nanmean([v for k, v in row.items() if k.startswith("val_")]))
+        vals = [d["posterior arch"] for k, d in rows if k[0] == "synth" and not math.isnan(d["posterior arch"])]
+        arch = float(np.mean(vals)) if vals else math.nan
+        row["val_mean"] = float(np.nanmean([v for k, v in row.items() if k.startswith("val_")]
+                                           + ([arch] if cfg.get("val_mean_arch") else [])))
+        row["val_synth_posterior arch"] = arch  # logged always; part of val_mean only with "val_mean_arch"
         return row
 
     samples = {s: float(w) for s, w in cfg["sample_weights"].items() if float(w) > 0}
@@ -536,7 +566,8 @@ def train_fine(config=None, run_dir="runs/fine", resume: bool = False, overwrite
             x, bits = bank.get(key)
             if rng.random() < cfg["augment"]["flip_lr"]:
                 x, bits = x[::-1], bits[::-1]
-            xp, bp, lo = _patch(rng, x, bits, cfg["patch"], cfg["augment"]["foreground_p"])
+            xp, bp, lo = _patch(rng, x, bits, cfg["patch"], cfg["augment"]["foreground_p"],
+                                float(cfg["augment"].get("arch_p", 0.0)))
             xp, bp = augment(rng, xp, bp, cfg["augment"], src != "slab")
             xs.append(with_coordinates(xp, x.shape, lo) if n_in == 4 else xp[None])
             bs_.append(bp)
