@@ -418,6 +418,8 @@ def test_evaluate_fine_roi_option_is_checked(tmp_path, capsys):
 
     assert evaluate_fine.main(["--model", "foramen3d-fine-cpu", "--out", str(tmp_path / "o"), "--roi", "96,96"]) == 1
     assert "--roi needs three sizes" in capsys.readouterr().err
+    assert evaluate_fine.main(["--model", "foramen3d-fine-cpu", "--out", str(tmp_path / "o"), "--roi", "144,144,160"]) == 1
+    assert "multiple of 32" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

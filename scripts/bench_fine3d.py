@@ -20,8 +20,6 @@ Variants (``--variants``, comma list):
 * ``torch``: the same with torch for the windows;
 * ``overlap0``: overlap 0 (still 8 windows on a 144×144×160 crop: the number of windows does not change);
 * ``whole``: one window over the whole crop (padded to 160³; instance-norm statistics of the whole crop);
-* ``crop``: one window of exactly the crop's shape (144×144×160: no padding; instance-norm statistics of the crop);
-* ``halves``: two windows of 144×144×96 along the anterior-posterior axis (the crop's other axes whole);
 * ``onnx``: ONNX Runtime for the windows (one export per process, its time is reported separately);
 * ``bf16``: torch bfloat16 autocast for the windows;
 * ``nolevelcheck``: without the level check (what the check costs when it does not trigger).
@@ -45,9 +43,7 @@ VARIANTS = {
     "default": {},
     "torch": {"backend": "torch"},
     "overlap0": {"overlap": 0.0},
-    "whole": {"roi": (160, 160, 160)},
-    "crop": {"roi": (144, 144, 160)},
-    "halves": {"roi": (144, 144, 96)},
+    "whole": {"roi": (160, 160, 160)},  # the crop padded to the next multiple of 32 (the network's size divisor)
     "onnx": {"backend": "onnx"},
     "bf16": {"precision": "bf16"},
     "nolevelcheck": {"level_check": False},

@@ -379,6 +379,9 @@ def main(argv=None) -> int:
         if roi is not None and (len(roi) != 3 or min(roi) < 16):
             raise SpineMorphError(f"--roi needs three sizes of at least 16 voxels, got {a.roi!r}")
         loaded = models3d.load_model(a.model, "cpu")
+        div = int(getattr(loaded.network.config, "size_divisor", 1))
+        if roi is not None and any(r % div for r in roi):
+            raise SpineMorphError(f"--roi {a.roi}: every size must be a multiple of {div} for this network")
         rows = []
         if a.synth:
             mode = a.synth_mode or ("network" if has_canal_class(loaded) else "pipeline")
