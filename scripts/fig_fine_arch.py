@@ -12,15 +12,9 @@ placed from the truth (pedicle column = the most populated vertebral column behi
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT, ROOT / "DuralSacSeg", ROOT / "FORAMEN3D"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
 
 COLORS = {1: "red", 2: "lime", 3: "deepskyblue", 4: "yellow"}
 

@@ -23,11 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT, ROOT / "DuralSacSeg", ROOT / "FORAMEN3D"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
-
 FALLBACK_VIEWS = ("wide", "hull")
 
 
