@@ -68,10 +68,7 @@ def _score(row: dict, truth: np.ndarray, pred: np.ndarray, known: np.ndarray, ca
 
 
 def _arch_dice(truth: np.ndarray, pred: np.ndarray, known: np.ndarray) -> float:
-    arch = posterior_arch_region(truth) & known
-    vt = ((truth == fd.L4) | (truth == fd.L5)) & arch
-    vp = ((pred == fd.L4) | (pred == fd.L5)) & arch
-    return _dice(vt, vp)
+    return fd.arch_dice(truth, pred, known)
 
 
 def disc_offset_mm(vol, truth: np.ndarray, pred: np.ndarray) -> float:
@@ -376,6 +373,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     try:
         roi = [int(v) for v in a.roi.split(",")] if a.roi else None
+    except ValueError:
+        print(f"error: --roi needs three integers, got {a.roi!r}", file=sys.stderr)
+        return 1
+    try:
         if roi is not None and (len(roi) != 3 or min(roi) < 16):
             raise SpineMorphError(f"--roi needs three sizes of at least 16 voxels, got {a.roi!r}")
         loaded = models3d.load_model(a.model, "cpu")
@@ -403,7 +404,6 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     out = Path(a.out)
-    roi = [int(v) for v in a.roi.split(",")] if a.roi else None
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows) if rows else {}
     atomic_write_text(out / "metrics.json", json.dumps({"model": str(a.model), "meta": loaded.meta, "roi": roi, "summary": summary,

@@ -95,6 +95,16 @@ def arch_voxels(bits: np.ndarray) -> np.ndarray:
     return np.flatnonzero(vert & behind_canal_wall(bits == (1 << CANAL)))
 
 
+def arch_dice(truth: np.ndarray, pred: np.ndarray, known: np.ndarray) -> float:
+    """Dice of L4 + L5 bone behind the anterior canal wall of ``truth`` (the posterior arches), on ``known`` voxels;
+    NaN when neither has any."""
+    region = behind_canal_wall(truth == CANAL) & known
+    a = ((truth == L4) | (truth == L5)) & region
+    b = ((pred == L4) | (pred == L5)) & region
+    s = int(a.sum()) + int(b.sum())
+    return 2.0 * float((a & b).sum()) / s if s else float("nan")
+
+
 # ---------------------------------------------------------------------- geometry
 @dataclasses.dataclass(frozen=True, eq=False)
 class FineGrid:

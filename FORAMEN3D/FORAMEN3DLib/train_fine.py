@@ -286,7 +286,8 @@ def _patch(rng, x, bits, patch, fg_p, arch_p: float = 0.0):
     patch = np.asarray(patch)
     u = rng.random()
     arch = fd.arch_voxels(bits) if u < arch_p else ()
-    if len(arch):  # centred on the posterior arch (a thin, small share of the foreground)
+    if len(arch):  # centred on the posterior arch (a thin, small share of the foreground); a crop without
+        # a definite canal has no arch region: its patch is centred on the foreground instead
         centre = np.array(np.unravel_index(arch[int(rng.integers(len(arch)))], x.shape))
     elif u < arch_p + fg_p:
         fg = np.flatnonzero((bits != fd.IGNORE) & (bits != 1))
@@ -364,14 +365,9 @@ def arch_dice_on_definite(bits: np.ndarray, pred: np.ndarray) -> float:
     """Dice of L4 + L5 bone behind the anterior canal wall (the posterior arches) on the fully labelled voxels of a
     crop with a definite canal (NaN without one); the metric of ``evaluate_fine``'s "posterior arch"."""
     truth = fd.definite_labels(bits)
-    known = truth != 255
     if not (truth == fd.CANAL).any():
         return math.nan
-    region = fd.behind_canal_wall(truth == fd.CANAL) & known
-    a = ((truth == fd.L4) | (truth == fd.L5)) & region
-    b = ((pred == fd.L4) | (pred == fd.L5)) & region
-    s = int(a.sum()) + int(b.sum())
-    return 2.0 * float((a & b).sum()) / s if s else math.nan
+    return fd.arch_dice(truth, pred, truth != 255)
 
 
 # ---------------------------------------------------------------------- training
