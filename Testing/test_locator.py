@@ -19,6 +19,8 @@ from spinemorph.volume import Volume
 
 #: synthetic spine (LPS z, superior +): mobile discs L2-3, L3-4, L4-5, L5-S1; the sacrum below -35 mm has none
 DISCS_Z = {"L2-3": 70.0, "L3-4": 35.0, "L4-5": 0.0, "L5-S1": -35.0}
+#: where the stand-in network's dural sac ends (LPS z); None: it labels no sac (tests set it with monkeypatch)
+SAC = {"end_z": None}
 
 
 def _row_z(grid) -> np.ndarray:
@@ -43,6 +45,8 @@ def fake_fine_labels(grid, centre_z: float, jump: bool = False) -> np.ndarray:
     for lo, hi, c in ((zd + 6.0, zd + 29.0, fd.L4), (zd - 4.0, zd + 4.0, fd.DISC), (zd - 29.0, zd - 6.0, fd.L5)):
         rows = (z >= lo) & (z <= hi)
         lab[50:90, rows, 20:70] = c
+    if SAC["end_z"] is not None:  # the dural sac behind the bodies, from the crop's top down to its end
+        lab[60:80, z >= SAC["end_z"], 80:95] = fd.CANAL
     return lab
 
 
@@ -93,6 +97,38 @@ def test_a_thin_l5s1_ends_the_count_a_level_high_and_no_disc_at_start_gives_up()
     res = locator.count_walk(np.array([0.0, 0.0, -80.0]), run)
     assert res.crop is None and "cannot start" in res.reason
     assert res.steps()[0]["kind"] == "no disc" and res.steps()[0]["disc_presence"] < 0.5
+
+
+def _walked(z, kind, gap):
+    grid = fd.fine_crop_grid((0.0, 0.0, z))
+    return locator.Crop(np.array([0.0, 0.0, z]), np.zeros(grid.shape, np.uint8), grid, np.ones(grid.shape, bool),
+                        kind=kind, sac_end_gap_mm=gap)
+
+
+def test_choose_by_sac_end_known_answers():
+    """The walk's L4-5 is the lowest walked disc whose crop's sac reaches its lower face (gap ≤ the limit): an
+    S1-S2 remnant counted as a disc (count one level low) is undone; the kinds are relabelled. When no disc
+    qualifies (no sac measured, or one that ends high) the count's answer stands and the reason says why. Known
+    limitation (3 of the 21 training slabs): an L5-S1 crop whose predicted sac still reaches the face is taken."""
+    l45, l5s1, remnant = _walked(0.0, "disc", 3.6), _walked(-35.0, "disc (L4-5)", 38.6), _walked(-70.0, "disc (L5-S1)", 60.0)
+    counted = locator.CountResult(l5s1, [l45, l5s1, remnant, _walked(-105.0, "no disc", 70.0)], "4 discs walked")
+    res = locator.choose_by_sac_end(counted, 30.0)
+    assert res.crop is l45 and [c.kind for c in res.walk] == ["disc (L4-5)", "disc", "disc", "no disc"]
+    assert "lowest of 3 walked discs" in res.reason and "ends 4 mm above" in res.reason
+    # a crop one level high reaches the face too: still the lowest one that does
+    up = _walked(35.0, "disc", 0.0)
+    assert locator.choose_by_sac_end(locator.CountResult(None, [up, _walked(0.0, "disc", 12.0),
+                                                                 _walked(-35.0, "no disc", 40.0)], "x"), 30.0).crop.centre_lps[2] == 0.0
+    # no sac measured / a sac that ends high everywhere: the count's answer
+    nan = [_walked(0.0, "disc (L4-5)", float("nan")), _walked(-35.0, "disc (L5-S1)", float("nan"))]
+    res = locator.choose_by_sac_end(locator.CountResult(nan[0], nan, "2 discs"), 30.0)
+    assert res.crop is nan[0] and [c.kind for c in res.walk] == ["disc (L4-5)", "disc (L5-S1)"]
+    assert res.reason.startswith("2 discs; no walked disc's crop has a dural sac reaching its lower face")
+    high = [_walked(0.0, "disc (L4-5)", 41.0), _walked(-35.0, "disc (L5-S1)", 60.0)]
+    assert locator.choose_by_sac_end(locator.CountResult(high[0], high, "r"), 30.0).crop is high[0]
+    # the known limitation: the L5-S1 crop's sac reaches its face as well -> one level low
+    low = [_walked(0.0, "disc (L4-5)", 0.0), _walked(-35.0, "disc (L5-S1)", 17.0), _walked(-70.0, "no disc", 45.0)]
+    assert locator.choose_by_sac_end(locator.CountResult(low[0], low, "r"), 30.0).crop is low[1]
 
 
 def test_disc_presence_and_steps_known_answers():
@@ -186,6 +222,24 @@ def test_segment_volume_count_agrees_without_note(tmp_path, monkeypatch):
     res = segment3d.segment_volume(img, loaded, "cpu", fine_options={"locator_mode": "count"})
     assert res.locator == "disc count" and not any(q.startswith("levels:") for q in res.qc)
     assert abs(res.l45_centre_lps[2]) < 1.5
+
+
+def test_segment_volume_count_undoes_a_remnant_disc_by_the_sac_end(tmp_path, monkeypatch):
+    """A disc-like S1-S2 remnant below L5-S1 and a dural sac ending 50 mm below L4-5 (above the sacrum's crop
+    faces): the count alone walks one disc too far (L5-S1); the sac end brings the crop back to L4-5, whose sac
+    reaches its lower face; the walk records each crop's sac end; no level note (count and coarse agree)."""
+    monkeypatch.setitem(DISCS_Z, "S1-S2", -70.0)
+    monkeypatch.setitem(SAC, "end_z", -50.0)
+    img, loaded = _spine_world(tmp_path, monkeypatch, DISCS_Z["L4-5"])
+    res = segment3d.segment_volume(img, loaded, "cpu", fine_options={"locator_mode": "count"})
+    det = res.locator_details
+    assert [w["kind"] for w in det["walk"]] == ["disc (L4-5)", "disc", "disc", "no disc"]
+    gaps = [w["sac_end_gap_mm"] for w in det["walk"]]
+    assert gaps[0] == pytest.approx(3.6, abs=1.0) and gaps[1] == pytest.approx(38.6, abs=1.0) and gaps[2] > 60.0
+    assert res.locator == "disc count" and abs(res.l45_centre_lps[2]) < 1.5
+    assert "sac reaches its lower face" in det["reason"]
+    assert not any(q.startswith(("levels:", "level check:")) for q in res.qc), res.qc
+    assert set(np.unique(res.labels.array)) == {0, 1, 2, 3, 4}
 
 
 def test_inference_record_says_what_ran(tmp_path, monkeypatch):

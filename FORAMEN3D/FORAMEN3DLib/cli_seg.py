@@ -62,10 +62,10 @@ DIR receives labels.nrrd (0 background, 1 L4, 2 L4-5 disc, 3 L5, 4 dural sac) an
 locator: "coarse model", "disc count" or "manual point", L4-5 centre in LPS mm, dural-sac decision, the inference
 backend that ran the network (ONNX Runtime or torch, threads, precision), QC notes, timings).
 
---locator count walks down the discs with the fine network to the sacrum and counts one disc up (experimental: with
-the shipped weights it takes an S1-S2 remnant for a disc and lands one level low on 6 of 6 held-out slabs; with the
-previous weights it erred on 8 of 21 training/validation slabs, the coarse model on 7; both locators disagreeing by a
-level raises a QC note — see the model card foramen3d_fine_cpu.md). Prefer the default and --l45-point.
+--locator count walks down the discs with the fine network to the sacrum and takes the lowest walked disc whose
+crop's dural sac reaches the crop's lower face (an option: 3-5 times the time; a level off on 5 of 21 training /
+validation slabs and 1 of 6 held-out ones, the default coarse locator on 7 and 1; both locators disagreeing by a
+level raises a QC note — see the model card foramen3d_fine_cpu.md). Check the levels; --l45-point fixes them.
 
 examples:
   python -m FORAMEN3DLib.cli_seg segment t2_space.nrrd --out seg/

@@ -245,8 +245,9 @@ def locator_study(patients=None, count_model=None) -> list[dict]:
     superior-inferior offset (mm, + = inferior) of the coarse locator's L4-5 centre from the reference disc centre
     (``disc_offset_mm``) and its level error (``level``: the offset in levels, 0 = right, + = low). With
     ``count_model`` (a fine model) also the **disc count** (:mod:`FORAMEN3DLib.locator`, the whole
-    ``segment_volume`` path with ``locator_mode="count"``): ``count_offset_mm``, ``count_level``, the walk, whether
-    it fell back to the coarse answer, and the QC notes."""
+    ``segment_volume`` path with ``locator_mode="count"``): ``count_offset_mm``, ``count_level``, the walk (each
+    crop with its own ``offset_mm`` / ``level`` and its dural sac's end, ``sac_end_gap_mm``), whether it fell back
+    to the coarse answer, and the QC notes."""
     from spinemorph import spider
 
     from .preprocess import preprocess_volume
@@ -266,20 +267,24 @@ def locator_study(patients=None, count_model=None) -> list[dict]:
         d = prep.crop.direction
         ref = np.asarray(lab.disc_center_lps)
         split = "held-out" if p in spider.HELD_OUT_SLAB_PATIENTS else "training/validation"
+
+        def si_offset(lps, d=d, ref=ref) -> float:  # superior-inferior offset from the reference L4-5 (mm, + = low)
+            return float((d.T @ (np.asarray(lps, float) - ref))[1])
+
         if count_model is None:
             padded, _, _ = segment_preprocessed(prep, DEFAULT_LOCATOR, "cpu", inverse=False)
-            off = float((d.T @ (locate_l45(prep, padded) - ref))[1])
+            off = si_offset(locate_l45(prep, padded))
             row = {"case": p, "split": split, "identity": lab.identity, "disc_offset_mm": off, "level": level(off)}
         else:
             t0 = time.perf_counter()
             res = segment_volume(img, count_model, "cpu", fine_options={"locator_mode": "count"})
             det = res.locator_details or {}
-            off = float((d.T @ (np.asarray(det["coarse_centre_lps"]) - ref))[1])
-            coff = float((d.T @ (np.asarray(res.l45_centre_lps) - ref))[1])
+            off, coff = si_offset(det["coarse_centre_lps"]), si_offset(res.l45_centre_lps)
             row = {"case": p, "split": split, "identity": lab.identity, "disc_offset_mm": off, "level": level(off),
                    "count_offset_mm": coff, "count_level": level(coff), "locator": res.locator,
                    "walk": [w["kind"] for w in det.get("walk", [])], "reason": det.get("reason"),
-                   "walk_steps": det.get("walk", []),
+                   "walk_steps": [{**w, "offset_mm": round(si_offset(w["centre_lps"]), 1),
+                                   "level": level(si_offset(w["centre_lps"]))} for w in det.get("walk", [])],
                    "qc": list(res.qc), "total_s": time.perf_counter() - t0}
         rows.append(row)
         print(json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)

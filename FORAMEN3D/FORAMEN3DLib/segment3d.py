@@ -563,8 +563,9 @@ def segment_fine(
     (:func:`model_canal_threshold`), ``None`` = argmax.
 
     ``locator_mode``: ``"coarse"`` (default: the crop on the coarse model's L4-5) or ``"count"`` (walk down the discs
-    with the fine network from the coarse answer until a crop finds no disc, :func:`FORAMEN3DLib.locator.count_walk`;
-    2-4 fine crops instead of 1; ``info["locator"] = "disc count"``, the walk in ``info["locator_details"]``; a QC
+    with the fine network from the coarse answer until a crop finds no disc, :func:`FORAMEN3DLib.locator.count_walk`,
+    then take the lowest walked disc whose crop's dural sac reaches its lower face,
+    :func:`FORAMEN3DLib.locator.choose_by_sac_end`; 2-5 fine crops instead of 1; ``info["locator"] = "disc count"``, the walk in ``info["locator_details"]``; a QC
     note when the count and the coarse model lie a level apart (:data:`LEVEL_DISAGREE_MM`), and when the count
     fails: the crop then stays on the coarse answer, ``locator`` ``"coarse model"``). A hand-placed ``l45_point``
     wins over both.
@@ -605,7 +606,7 @@ def segment_fine(
         t0 = time.perf_counter()
         lab = postprocess_labels(r, structures=(1, 2, 3, 4))
         t["postprocess"] += time.perf_counter() - t0
-        return count_locator.Crop(np.asarray(c, float), lab, g, fv, pdisc)
+        return count_locator.Crop(np.asarray(c, float), lab, g, fv, pdisc, sac_end_gap_mm=sac_end_gap_mm(lab, fv))
 
     t0 = time.perf_counter()
     tc: dict = {}
@@ -620,7 +621,8 @@ def segment_fine(
         where = "coarse model"
         if locator_mode == "count":
             _report(progress, 0.3, "counting the levels")
-            counted = count_locator.count_walk(centre, lambda c: run_crop(c, disc_probability=True))
+            counted = count_locator.choose_by_sac_end(
+                count_locator.count_walk(centre, lambda c: run_crop(c, disc_probability=True)), SAC_END_GAP_MM)
             extra = {"locator_details": {"mode": "count", "walk": counted.steps(), "reason": counted.reason,
                                          "coarse_centre_lps": [round(float(v), 3) for v in centre]}}
             if counted.crop is None:
