@@ -193,7 +193,20 @@ def run_measure(args) -> int:
             log.warning("QC: %s", note)
     thresholds = Thresholds(height_mm=args.height_threshold_mm, width_mm=args.width_threshold_mm)
     t0 = time.perf_counter()
-    result = measure_foramen(labels, thresholds=thresholds, slab_half_width_mm=args.slab_mm / 2, zone=args.zone)
+    try:
+        result = measure_foramen(labels, thresholds=thresholds, slab_half_width_mm=args.slab_mm / 2, zone=args.zone)
+    except InputError as exc:
+        if seg_info is None:
+            raise
+        # the automatic segmentation is what the reader must look at: keep it (a complete file, nothing else written)
+        write_volume(labels, out / LABELS_OUT)
+        notes = "; ".join(seg_info["qc"])
+        raise InputError(
+            f"{exc} — on the automatic segmentation of {args.input} (locator: {seg_info['locator'] or 'none'}"
+            + (f"; QC: {notes}" if notes else "") + f"), written to {out / LABELS_OUT} for review. A level off or a "
+            "missed posterior arch looks like this: check the labels, then place the L4-5 disc centre with "
+            "--l45-point X,Y,Z or measure the corrected label map (spinemorph foramen measure LABELS --out DIR)"
+        ) from exc
     t_measure = time.perf_counter() - t0
     meshes = {}
     t_mesh = 0.0
