@@ -281,3 +281,34 @@ def test_step_down_reaches_the_next_disc_on_real_masks(patient):
     l5s1 = fd.label_center_lps(mask, dlab == dids[0])
     step = locator.next_disc_below(crop)
     assert np.linalg.norm(step - l5s1) < 10.0
+
+
+@pytest.mark.usefixtures("spider_root")
+def test_locator_study_reports_each_walked_crop_against_the_reference(monkeypatch):
+    """``evaluate_fine.locator_study`` with a count model: every walked crop gets its superior-inferior offset from
+    the reference L4-5 disc and its level (0 / +1 / +2 for crops 0, 35 and 70 mm below it), next to its sac end; the
+    coarse and final answers are scored the same way (real slab 5; the segmentation is a stand-in)."""
+    import types
+
+    from FORAMEN3DLib import evaluate_fine
+    from FORAMEN3DLib.preprocess import preprocess_volume
+
+    from spinemorph import spider
+
+    image, mask = spider.load_slab("5")
+    ref = np.asarray(fd.slab_labels("5", image, mask).disc_center_lps, float)
+    down = preprocess_volume(image.with_array(image.array.astype(np.float32))).crop.direction[:, 1]  # superior -> inferior
+    walk = [{"centre_lps": list(ref + off * down), "disc_presence": 0.99, "kind": kind, "sac_end_gap_mm": gap}
+            for off, kind, gap in ((0.0, "disc (L4-5)", 0.0), (35.0, "disc", 38.0), (70.0, "no disc", None))]
+
+    def fake_segment_volume(img, model, device, fine_options=None, **kw):
+        assert fine_options == {"locator_mode": "count"}
+        return types.SimpleNamespace(l45_centre_lps=tuple(ref), locator="disc count", qc=(), locator_details={
+            "walk": walk, "reason": "stand-in", "coarse_centre_lps": list(ref - 35.0 * down)})
+
+    monkeypatch.setattr(segment3d, "segment_volume", fake_segment_volume)
+    (row,) = evaluate_fine.locator_study(["5"], count_model=object())
+    assert row["level"] == -1 and row["disc_offset_mm"] == pytest.approx(-35.0, abs=0.01)
+    assert row["count_level"] == 0 and abs(row["count_offset_mm"]) < 0.01
+    assert [(w["level"], w["offset_mm"], w["sac_end_gap_mm"]) for w in row["walk_steps"]] == [
+        (0, 0.0, 0.0), (1, 35.0, 38.0), (2, 70.0, None)]
