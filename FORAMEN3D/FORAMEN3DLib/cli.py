@@ -198,14 +198,13 @@ def run_measure(args) -> int:
     except InputError as exc:
         if seg_info is None:
             raise
-        # the automatic segmentation is what the reader must look at: keep it (a complete file, nothing else written)
-        write_volume(labels, out / LABELS_OUT)
+        # nothing is written (a failed measurement leaves no files); say where the problem is and what to do
         notes = "; ".join(seg_info["qc"])
         raise InputError(
             f"{exc} — on the automatic segmentation of {args.input} (locator: {seg_info['locator'] or 'none'}"
-            + (f"; QC: {notes}" if notes else "") + f"), written to {out / LABELS_OUT} for review. A level off or a "
-            "missed posterior arch looks like this: check the labels, then place the L4-5 disc centre with "
-            "--l45-point X,Y,Z or measure the corrected label map (spinemorph foramen measure LABELS --out DIR)"
+            + (f"; QC: {notes}" if notes else "") + "). A level off or a missed posterior arch looks like this: "
+            f"look at the labels (spinemorph foramen segment {args.input} --out DIR), then place the L4-5 disc centre "
+            "with --l45-point X,Y,Z or measure the corrected label map (spinemorph foramen measure LABELS --out DIR)"
         ) from exc
     t_measure = time.perf_counter() - t0
     meshes = {}
