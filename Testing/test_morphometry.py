@@ -499,3 +499,72 @@ def test_cli_measure_report_failure_leaves_no_output(tmp_path, monkeypatch):
     out = tmp_path / "out"
     assert main(["foramen", "measure", str(ipath), "--out", str(out), "--device", "cpu"]) == 1
     assert not out.exists() or not any(out.rglob("*")), sorted(out.rglob("*"))
+
+
+# ------------------------------------------------------------------------------ one side without a posterior arch
+def _without_arch(vol, R, t, sides=("left",), label=3):
+    """The box phantom with the posterior elements of ``label`` removed on ``sides`` (anatomical x > 8 mm on the left,
+    < -8 mm on the right, behind the body y > 17 mm): that side has no pedicle."""
+    k, j, i = np.indices(vol.array.shape)
+    anat = (vol.index_to_lps(np.stack([i, j, k], -1)) - t) @ R
+    cut = np.zeros(vol.array.shape, bool)
+    for side in sides:
+        lateral = anat[..., 0] > 8.0 if side == "left" else anat[..., 0] < -8.0
+        cut |= lateral & (anat[..., 1] > 17.0)
+    return vol.with_array(np.where(cut & (vol.array == label), 0, vol.array).astype(np.uint8))
+
+
+def test_one_side_without_arch_still_measures_the_other(tmp_path):
+    """A side whose L5 pedicle is missing is reported "not measured" with the reason, never flagged; the other side
+    keeps its exact values (a surgeon still gets the side that can be read). Neither side → one error naming both."""
+    import json
+
+    from FORAMEN3DLib.markup_model import MeasurementState, lateral_view_plane
+    from FORAMEN3DLib.morphometry import NOT_MEASURED
+
+    from spinemorph.app.cli import main
+    from spinemorph.errors import SpineMorphError
+    from spinemorph.volume import write_volume
+
+    right = BoxSide(sap_front_y_mm=24.0)
+    vol, R, t = box_phantom(right=right, spacing=0.7)
+    res = measure_foramen(_without_arch(vol, R, t))
+    left = res.sides["left"]
+    assert not left.measured and left.qc_status == NOT_MEASURED and not left.flagged
+    assert "left" in left.qc_reasons[0] and "L5" in left.qc_reasons[0]
+    assert all(np.isnan(m.value) and m.qc == NOT_MEASURED and not m.flag for m in (left.height, left.width, left.area))
+    assert res.sides["right"].measured
+    _check(res, "right", right)
+    assert abs(res.posterior_disc_height.value - PDH_TRUTH_MM) <= 0.75
+    rows = {(r["Metric"], r["Side"]): r for r in res.to_rows("c")}
+    assert rows[("foraminal_height", "left")]["Value"] == "" and rows[("foraminal_height", "left")]["QC"] == NOT_MEASURED
+    doc = res.to_dict()
+    assert doc["sides"]["left"]["qc_status"] == NOT_MEASURED and doc["sides"]["left"]["slab_center_x_mm"] is None
+    json.dumps(doc)  # no NaN / array left in the document
+    # the Slicer-free panel logic: no markups / lateral view for the unmeasured side, its table rows say why
+    state = MeasurementState(res)
+    assert {s.side for s in state.markup_specs()} == {"right"}
+    assert {r["QC"] for r in state.rows() if r["Side"] == "left"} == {NOT_MEASURED}
+    assert "left: not measured" in state.summary_text()
+    with pytest.raises(SpineMorphError, match="not measured"):
+        state.update_from_ras("left_height", np.zeros((2, 3)))
+    with pytest.raises(SpineMorphError, match="not measured"):
+        lateral_view_plane(state, "left")
+    # the command: exit 0, the CSV / JSON / report written, the console names the side and the reason
+    path = tmp_path / "one_side.nrrd"
+    write_volume(_without_arch(vol, R, t), path)
+    out = tmp_path / "out"
+    assert main(["foramen", "measure", str(path), "--out", str(out), "--no-meshes"]) == 0
+    csv_rows = (out / "measurements.csv").read_text().splitlines()
+    assert any(r.startswith("one_side,foraminal_width,left,,mm,,not measured") for r in csv_rows), csv_rows
+    assert (out / "report.png").stat().st_size > 1000
+    # the left half of L5 missing altogether: the pedicle search itself finds nothing there (Landmarks.side_errors)
+    k, j, i = np.indices(vol.array.shape)
+    half = ((vol.index_to_lps(np.stack([i, j, k], -1)) - t) @ R)[..., 0] > 0.5
+    res = measure_foramen(vol.with_array(np.where(half & (vol.array == 3), 0, vol.array).astype(np.uint8)))
+    assert set(res.landmarks.side_errors) == {"left"} and "no posterior arch found behind the L5 body" in res.landmarks.side_errors["left"]
+    assert not res.sides["left"].measured and res.sides["left"].qc_reasons[0] == res.landmarks.side_errors["left"]
+    _check(res, "right", right)
+    # neither side: one error that names both sides
+    with pytest.raises(InputError, match="left.*right"):
+        measure_foramen(_without_arch(vol, R, t, sides=("left", "right")))

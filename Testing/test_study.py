@@ -242,3 +242,31 @@ def test_report_foramen_section_shows_qc_view_and_fallbacks(tmp_path):
     qc = html.split('id="qc"')[1]
     assert "foramen left foraminal width: review: 2.1 mm is outside" in qc and "foramen left side: review" in qc
     assert "foramen right" not in qc
+
+
+def test_report_foramen_side_not_measured(tmp_path):
+    """Issue 14: a side the rules could not measure (no pedicle / no enclosed foramen) is listed as "not measured" with
+    its reason in the value table, the per-side table and the QC section; the measured side is reported as usual."""
+    import numpy as np
+    from FORAMEN3DLib.morphometry import NOT_MEASURED, Measurement
+
+    from spinemorph.app.study import StepResult
+    from spinemorph.app.study_report import build_report
+
+    why = "no posterior arch found behind the L5 body on the right side"
+    ms = [Measurement("foraminal_height", "left", 19.2, "mm", np.zeros((2, 3))),
+          Measurement("foraminal_height", "right", float("nan"), "mm", np.zeros((0, 3)), qc=NOT_MEASURED, qc_reasons=[why])]
+    meas = {"measurements": [m.to_dict() for m in ms],
+            "sides": {"left": {"qc_status": "ok", "qc_reasons": [], "view_kind": "searched offset", "fallbacks": []},
+                      "right": {"qc_status": NOT_MEASURED, "qc_reasons": [why], "view_kind": "", "fallbacks": [],
+                                "offset_from_midline_mm": None, "facet_closing_radius_mm": None}},
+            "thresholds": {}, "threshold_sources": {}}
+    (tmp_path / "foramen").mkdir()
+    (tmp_path / "foramen" / "measurements.json").write_text(json.dumps(meas))
+    html = build_report(tmp_path, None, [StepResult("foramen", "ok")], truth_path=None, models={}, version="test")
+    rows = html.split('id="foramen-table"')[1].split("</table>")[0].split("<tr")[2:]
+    assert rows[1].startswith(' class="flag"') and f"not measured: {why}" in rows[1]
+    sides = html.split('id="foramen-sides"')[1].split("</table>")[0].split("<tr")[2:]
+    assert sides[1].startswith(' class="flag"') and f"not measured: {why}" in sides[1]
+    qc = html.split('id="qc"')[1]
+    assert f"foramen right side: not measured ({why})" in qc and "foramen left" not in qc

@@ -38,6 +38,9 @@ def _sides(labels) -> dict:
         return {"error": str(exc)}
     out = {}
     for side, r in res.sides.items():
+        if not r.measured:  # this side alone failed: the other is still measured
+            out[side] = {"error": r.qc_reasons[0]}
+            continue
         out[side] = {"view_kind": r.view_kind, "fallbacks": list(r.fallbacks), "qc_status": r.qc_status,
                      "qc_reasons": list(r.qc_reasons), "height_mm": round(float(r.height.value), 2),
                      "width_mm": round(float(r.width.value), 2), "area_mm2": round(float(r.area.value), 1),
@@ -53,6 +56,9 @@ def _verdict(pred: dict, truth: dict) -> dict:
             out[side] = f"failed: {pred['error']}"
             continue
         p, t = pred[side], truth.get(side, {})
+        if "error" in p:
+            out[side] = f"failed: {p['error']}"
+            continue
         bad = []
         if p["view_kind"] in FALLBACK_VIEWS:
             bad.append(f"view {p['view_kind']}")

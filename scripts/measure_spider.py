@@ -56,6 +56,10 @@ def main(argv=None) -> int:
         t_mesh, c_mesh = time.perf_counter() - t0, time.process_time() - c0
         for side in ("right", "left"):
             r = res.sides[side]
+            if not r.measured:
+                print(f"| {case} | {side} | not measured: {r.qc_reasons[0]} | | | | {r.qc_status} | "
+                      f"{res.posterior_disc_height.value:.1f} | | | |")
+                continue
             print(
                 f"| {case} | {side} | {r.height.value:.1f} | {r.width.value:.1f} | {r.area.value:.0f} | "
                 f"{'yes' if r.flagged else 'no'} | {r.qc_status} | {res.posterior_disc_height.value:.1f} | "

@@ -239,6 +239,9 @@ def run_measure(args) -> int:
         print(f"label map ({scheme.describe()}): measured as labels, not segmented")
     for side in ("left", "right"):
         r = result.sides[side]
+        if not r.measured:
+            print(f"{side:>5}: NOT MEASURED — {r.qc_reasons[0]}")
+            continue
         print(
             f"{side:>5}: height {r.height.value:5.1f} mm  width {r.width.value:5.1f} mm  area {r.area.value:6.1f} mm²"
             f"  QC {r.qc_status} ({r.view_kind}, offset {r.offset_mm:.1f} mm, closing {r.closing_radius_mm:g} mm)"

@@ -174,6 +174,9 @@ class Landmarks:
     midline_view: LateralView
     structure_volumes_mm3: dict
     smooth_mm: float = 0.0
+    #: side -> why that side has no pedicles / lateral view (a side whose arch is missing is not measured; the other
+    #: side still is); empty when both sides were found
+    side_errors: dict = dataclasses.field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -295,7 +298,8 @@ def find_landmarks(
     Raises
     ------
     InputError
-        Missing labels, labels in the wrong order, or no pedicle found on a side.
+        Missing labels, labels in the wrong order, or no pedicle found on either side (one side without a
+        pedicle is recorded in ``Landmarks.side_errors`` and has no lateral view).
     """
     pts, cvol, counts = _label_points(labels)
     if smooth_mm is None:
@@ -318,7 +322,7 @@ def find_landmarks(
     f = max(1, int(round(1.5 / s)))  # coarse grid of about 1.5 mm for the morphological work
     cs = f * s
     cx, cy, cz = (float(c) for c in grid.origin_frame_mm + s * (f - 1) / 2.0)
-    bodies, pedicles, coarse = {}, {}, {}
+    bodies, pedicles, coarse, side_errors = {}, {}, {}, {}
     body_col_c = None
     for lab, name in ((L4, "L4"), (L5, "L5")):
         vert = coarse[lab] = _block_mean(grid.fractions[lab], f) > 0.5
@@ -343,16 +347,19 @@ def find_landmarks(
         central = np.abs(xs_c[bx] - mid_x) <= 5.0
         wall_v = float(np.percentile(ys_c[by[central]], 98)) if central.any() else wall_y
         for side in SIDES:
+            if side in side_errors:
+                continue
             xsel = xs_c > mid_x + 3.0 if side == "left" else xs_c < mid_x - 3.0
             sub = vert[:, :, xsel]
             area = sub.sum(axis=(0, 2)).astype(float)  # coronal cross-section of this side per y', in coarse voxels (× cs² for mm²; only its argmin is used)
             area = np.convolve(area, np.ones(3) / 3.0, mode="same")
             ysel = np.flatnonzero((ys_c >= wall_v + band_mm[0]) & (ys_c <= wall_v + band_mm[1]) & (area > 0))
             if len(ysel) == 0:
-                raise InputError(
+                side_errors[side] = (
                     f"no {side} pedicle found on {name}: nothing of label {lab} behind the vertebral body on that side; "
                     "the vertebra labels must include the pedicles"
                 )
+                continue
             j, waist = _waist(area, ysel)
             kz, _, kx = np.nonzero(sub[:, max(j - 1, 0) : j + 2, :])
             xv, zv = xs_c[xsel][kx], zs_c[kz]
@@ -362,10 +369,11 @@ def find_landmarks(
             if own.sum() >= 4:
                 kz, kx, xv, zv = kz[own], kx[own], xv[own], zv[own]
             if len(kz) < 4:
-                raise InputError(
+                side_errors[side] = (
                     f"no posterior arch found behind the {name} body on the {side} side (nothing of label {lab} forms a "
                     "pedicle there); check that the vertebra labels include the posterior elements"
                 )
+                continue
             x0, x1 = _main_peak(xv, cs)
             keep = (xv >= x0 - cs) & (xv <= x1 + cs)
             xv, zv = xv[keep], zv[keep]
@@ -385,8 +393,12 @@ def find_landmarks(
     col = np.repeat(np.repeat(body_col_c, f, axis=0), f, axis=1)[:ny, :nx]
     col = np.pad(col, ((0, ny - col.shape[0]), (0, nx - col.shape[1])), mode="edge")
     body_col = ndi.binary_dilation(col, structure=disk(max(1, int(round(2.0 / s))), dtype=bool))
+    # one side without an arch is reported for that side (the surgeon still gets the other); none at all is an error
+    if len(side_errors) == len(SIDES):
+        raise InputError("; ".join(side_errors[s] for s in SIDES))
+    pedicles = {k: v for k, v in pedicles.items() if k[1] not in side_errors}
     views = {}
-    for side in SIDES:
+    for side in (s for s in SIDES if s not in side_errors):
         xc = 0.5 * (pedicles[("L4", side)].center_x_mm + pedicles[("L5", side)].center_x_mm)
         views[side] = _view(grid, side, xc, slab_half_width_mm, body_col, "mean", smooth_mm)
     midline = _view(grid, "midline", mid_x, slab_half_width_mm, body_col, "mean", smooth_mm)
@@ -403,6 +415,7 @@ def find_landmarks(
         midline_view=midline,
         structure_volumes_mm3=vols,
         smooth_mm=float(smooth_mm),
+        side_errors=side_errors,
     )
 
 

@@ -103,8 +103,14 @@ class MeasurementState:
         self.view_axis_lps = np.asarray(result.landmarks.frame.lateral_axis_lps, dtype=float)
         self.points: dict[str, dict[str, np.ndarray]] = {}
         self.views = {}
+        #: side -> why it was not measured (no pedicle / no enclosed foramen); such a side has no points, no markups
+        #: and no lateral view, its values are NaN with QC "not measured" (edit the segmentation and measure again)
+        self.not_measured: dict[str, str] = {}
         for side in SIDES:
             r = result.sides[side]
+            if not getattr(r, "measured", True):
+                self.not_measured[side] = r.qc_reasons[0] if r.qc_reasons else "not measured"
+                continue
             self.views[side] = r.view
             self.points[side] = {
                 "height": np.asarray(r.height.points_lps, dtype=float).reshape(2, 3),
@@ -125,8 +131,12 @@ class MeasurementState:
         self.values = {side: self._recompute(side) for side in SIDES}
 
     def _recompute(self, side: str) -> dict:
-        from FORAMEN3DLib.morphometry import FLAG_TEXT, flags_for, measure_from_points
+        from FORAMEN3DLib.morphometry import FLAG_TEXT, NOT_MEASURED, flags_for, measure_from_points
 
+        if side in self.not_measured:
+            nan = float("nan")
+            return {"height_mm": nan, "width_mm": nan, "area_mm2": nan, "flagged": False, "flag": "",
+                    "qc": {m: NOT_MEASURED for m in METRICS}, "qc_status": NOT_MEASURED}
         p = self.points[side]
         v = measure_from_points(p["height"], p["width"], p["area"], self.view_axis_lps, self.thresholds)
         q = self._effective_qc(side, v)
@@ -166,7 +176,7 @@ class MeasurementState:
     def markup_specs(self) -> list[MarkupSpec]:
         """Two lines and one closed curve per side, in RAS (what the glue turns into markups nodes)."""
         specs = []
-        for side in SIDES:
+        for side in (s for s in SIDES if s not in self.not_measured):
             s = "L" if side == "left" else "R"
             for metric, kind in (("height", "line"), ("width", "line"), ("area", "closed_curve")):
                 specs.append(
@@ -187,6 +197,9 @@ class MeasurementState:
             A line without exactly 2 points or an outline with fewer than 3.
         """
         side, metric = self.parse_key(key)
+        if side in self.not_measured:
+            raise SpineMorphError(f"the {side} foramen was not measured ({self.not_measured[side]}); edit the segmentation "
+                                  "and measure again")
         p = ras_to_lps(np.asarray(points_ras, dtype=float).reshape(-1, 3))
         if metric in ("height", "width") and len(p) != 2:
             raise SpineMorphError(f"the {side} foraminal {metric} line needs exactly 2 points (it has {len(p)})")
@@ -208,6 +221,8 @@ class MeasurementState:
             v = self.values[side]
             q = v.get("qc") or self.qc[side]
             fl = flags_for(v["height_mm"], v["width_mm"], self.thresholds)
+            if side in self.not_measured:
+                fl = {}
             for metric, value in (("height", v["height_mm"]), ("width", v["width_mm"]), ("area", v["area_mm2"])):
                 name, unit = METRICS[metric]
                 out.append({"Metric": name, "Side": side, "Value": round(float(value), 2), "Unit": unit,
@@ -225,6 +240,9 @@ class MeasurementState:
         parts = []
         for side in SIDES:
             v = self.values[side]
+            if side in self.not_measured:
+                parts.append(f"{side}: not measured ({self.not_measured[side]})")
+                continue
             flag = " — enlargement likely needed" if v["flagged"] else ""
             review = " (QC: review)" if v.get("qc_status") == "review" else ""
             parts.append(f"{side}: height {v['height_mm']:.1f} mm, width {v['width_mm']:.1f} mm, area {v['area_mm2']:.0f} mm²{flag}{review}")
@@ -292,6 +310,8 @@ def slice_to_ras(origin_ras, x_axis_ras, y_axis_ras) -> np.ndarray:
 def lateral_view_plane(state: MeasurementState, side: str) -> np.ndarray:
     """SliceToRAS of a side's lateral view: through the centre of its foramen outline, normal = the lateral axis,
     screen-right = posterior (y'), screen-up = superior (z') of the canal frame (like Slicer's sagittal view)."""
+    if side in state.not_measured:
+        raise SpineMorphError(f"the {side} foramen was not measured: it has no lateral view")
     frame = state.views[side].frame
     centre = np.asarray(state.points[side]["area"], dtype=float).mean(axis=0)
     y_axis = frame.axes_lps[:, 1]

@@ -126,6 +126,10 @@ SEED_BEHIND_WALL_MM = 5.0
 HULL_WINDOW_Y_MM = (-3.0, 25.0)
 HULL_WINDOW_HALF_Z_MM = 22.0
 
+#: QC status of a side (and its values) that could not be measured — the other side still is (a surgeon wants the
+#: side that can be read); its values are NaN / empty and it never carries a flag
+NOT_MEASURED = "not measured"
+
 STRUCTURE_NAMES = {L4: "L4", DISC_L45: "L4-5 disc", L5: "L5", FACET_BRIDGE: "facet (bridged gap)"}
 
 
@@ -193,6 +197,11 @@ class SideResult:
     facet_closure_mm: float = 0.0
     facet_segment_yz: np.ndarray | None = None
 
+    @property
+    def measured(self) -> bool:
+        """False for a side that could not be measured (QC status ``not measured``, values NaN, no view)."""
+        return self.qc_status != NOT_MEASURED
+
 
 @dataclasses.dataclass
 class MorphometryResult:
@@ -248,13 +257,13 @@ class MorphometryResult:
                 s: {
                     "flagged": self.sides[s].flagged,
                     "flag": FLAG_TEXT if self.sides[s].flagged else "",
-                    "slab_center_x_mm": round(self.sides[s].view.x_mm, 3),
-                    "slab_half_width_mm": round(self.sides[s].view.half_width_mm, 3),
-                    "slab_projection": self.sides[s].view.projection,
+                    "slab_center_x_mm": None if self.sides[s].view is None else round(self.sides[s].view.x_mm, 3),
+                    "slab_half_width_mm": None if self.sides[s].view is None else round(self.sides[s].view.half_width_mm, 3),
+                    "slab_projection": None if self.sides[s].view is None else self.sides[s].view.projection,
                     "facet_closing_radius_mm": None if not np.isfinite(self.sides[s].closing_radius_mm) else self.sides[s].closing_radius_mm,
                     "method": self.sides[s].method,
                     "view_kind": self.sides[s].view_kind,
-                    "offset_from_midline_mm": round(self.sides[s].offset_mm, 2),
+                    "offset_from_midline_mm": None if not np.isfinite(self.sides[s].offset_mm) else round(self.sides[s].offset_mm, 2),
                     "fallbacks": list(self.sides[s].fallbacks),
                     "open_boundary_mm": round(self.sides[s].open_boundary_mm, 2),
                     "facet_closure_mm": round(self.sides[s].facet_closure_mm, 2),
@@ -506,6 +515,22 @@ def _measure_side(lm: Landmarks, side: str, thresholds: Thresholds, input_reason
     )
 
 
+def _unmeasured_side(side: str, reason: str, input_reasons=()) -> SideResult:
+    """A side that could not be measured: NaN values without points, QC ``not measured`` with the reason."""
+    reasons = [reason] + list(input_reasons)
+    empty = np.zeros((0, 3))
+
+    def m(metric, unit):
+        return Measurement(metric, side, float("nan"), unit, empty, "", "not measured: " + reason, NOT_MEASURED, reasons)
+
+    return SideResult(
+        side=side, height=m("foraminal_height", "mm"), width=m("foraminal_width", "mm"), area=m("foraminal_area", "mm2"),
+        flagged=False, view=None, outline_yz=np.zeros((0, 2)), vertex_labels=np.zeros(0, dtype=int),
+        height_yz=np.zeros((0, 2)), width_yz=np.zeros((0, 2)), closing_radius_mm=float("nan"), method="",
+        view_kind="", qc_status=NOT_MEASURED, qc_reasons=reasons,
+    )
+
+
 def _posterior_disc_height(lm: Landmarks, thresholds: Thresholds, input_reasons=()):
     v = lm.midline_view
     c4 = _body_corner(v, L4, (1.0, -1.0), on_bone=True)
@@ -551,10 +576,13 @@ def measure_foramen(
     -------
     MorphometryResult
 
+    A side whose pedicles or enclosed foramen cannot be found is returned unmeasured (:data:`NOT_MEASURED`, NaN
+    values, the reason in ``qc_reasons``) and the other side is still measured.
+
     Raises
     ------
     InputError
-        Labels missing / in the wrong order, no pedicle, no enclosed foramen.
+        Labels missing / in the wrong order; neither side measurable (no pedicle, no enclosed foramen).
     """
     t0 = time.perf_counter()
     if zone not in ZONES:
@@ -568,7 +596,17 @@ def measure_foramen(
             f"thick-slice label map ({thick:.1f} mm > {THICK_SLICE_MM:g} mm voxel spacing): the parasagittal plane and "
             "the foramen outline are sampled coarsely; low confidence"
         )
-    sides = {s: _measure_side(lm, s, thresholds, input_reasons, zone) for s in SIDES}
+    sides = {}
+    for s in SIDES:
+        if s in lm.side_errors:
+            sides[s] = _unmeasured_side(s, lm.side_errors[s], input_reasons)
+            continue
+        try:
+            sides[s] = _measure_side(lm, s, thresholds, input_reasons, zone)
+        except InputError as exc:  # this side only: the other may still be measured
+            sides[s] = _unmeasured_side(s, str(exc), input_reasons)
+    if not any(r.measured for r in sides.values()):
+        raise InputError("; ".join(sides[s].qc_reasons[0] for s in SIDES))
     pdh, pdh_yz = _posterior_disc_height(lm, thresholds, input_reasons)
     return MorphometryResult(
         sides=sides,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,12 @@ def report_png_bytes(result: MorphometryResult, title: str = "") -> bytes:
 def _draw_report(fig, axes, result: MorphometryResult, title: str) -> bytes:
     for ax, side in zip(axes[:2], ("right", "left")):  # patient's right on the left, as a radiologist looks
         r = result.sides[side]
+        if not r.measured:
+            ax.axis("off")
+            ax.set_title(f"{side} foramen: NOT MEASURED", fontsize=10)
+            ax.text(0.5, 0.5, textwrap.fill(r.qc_reasons[0], 48), transform=ax.transAxes, ha="center", va="center",
+                    fontsize=9, bbox={"facecolor": "gold", "alpha": 0.85, "edgecolor": "none"})
+            continue
         v = r.view
         qc = getattr(r, "qc_status", "ok")
         kind = getattr(r, "view_kind", r.method)
@@ -117,7 +124,8 @@ def _draw_report(fig, axes, result: MorphometryResult, title: str) -> bytes:
     rows = [["metric", "right", "left"]]
     for metric, unit in (("height", "mm"), ("width", "mm"), ("area", "mm²")):
         vals = [getattr(result.sides[s], metric) for s in ("right", "left")]
-        rows.append([f"foraminal {metric} ({unit})"] + [f"{m.value:.1f}" + (" *" if m.flag else "") + (" †" if getattr(m, "qc", "ok") != "ok" else "") for m in vals])
+        rows.append([f"foraminal {metric} ({unit})"] + ["–" if not np.isfinite(m.value) else
+                     f"{m.value:.1f}" + (" *" if m.flag else "") + (" †" if getattr(m, "qc", "ok") != "ok" else "") for m in vals])
     rows.append(["flag", *(("yes" if result.sides[s].flagged else "no") for s in ("right", "left"))])
     rows.append(["QC", *(getattr(result.sides[s], "qc_status", "ok") for s in ("right", "left"))])
     rows.append(["posterior disc height (mm)", f"{pdh.value:.1f}" + (" *" if pdh.flag else ""), ""])

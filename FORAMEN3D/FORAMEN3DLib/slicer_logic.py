@@ -203,6 +203,8 @@ class FORAMEN3DLogicBase(ScriptedLoadableModuleLogic, SceneCacheMixin):
 
         slicer_nodes.registerLayout(markup_model.LAYOUT_ID, markup_model.layout_xml())
         for side, viewName in markup_model.LATERAL_VIEW_NAMES.items():
+            if side in self.measurementState.not_measured:  # no lateral view: the table says why
+                continue
             slicer_nodes.setReformat(viewName, markup_model.lateral_view_plane(self.measurementState, side), inputVolume)
 
     # ------------------------------------------------------------------ planning

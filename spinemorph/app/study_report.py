@@ -248,11 +248,11 @@ def build_report(out_dir: Path, selection, steps, *, truth_path: Path | None, mo
                 qc.append(f"foramen {m.get('side')} {m.get('metric')}: {m.get('flag')}")
             if m.get("note"):
                 qc.append(f"foramen {m.get('side')} {m.get('metric')}: {m.get('note')}")
-            if m.get("qc") == "review":
+            if m.get("qc") == "review":  # (a side "not measured" is listed once, below)
                 qc.append(f"foramen {m.get('side')} {m.get('metric')}: {_qc_cell(m)}")
         for side, sd in (meas.get("sides") or {}).items():
-            if sd.get("qc_status") == "review":
-                qc.append(f"foramen {side} side: review ({'; '.join(sd.get('qc_reasons') or []) or 'no reason given'})")
+            if sd.get("qc_status") in ("review", "not measured"):
+                qc.append(f"foramen {side} side: {sd['qc_status']} ({'; '.join(sd.get('qc_reasons') or []) or 'no reason given'})")
 
     # ---- plan
     sec = rep.section("plan", "Transforaminal endoscopic trajectory (L4-5)")
@@ -350,7 +350,7 @@ def _qc_cell(item: dict, key: str = "qc") -> str:
     """QC cell of a foramen value / side: "ok", or "review: reason; reason" ("" when the file predates QC)."""
     status = item.get(key) or ""
     reasons = "; ".join(str(r) for r in item.get("qc_reasons") or [])
-    return f"{status}: {reasons}" if status == "review" and reasons else status
+    return f"{status}: {reasons}" if status in ("review", "not measured") and reasons else status
 
 
 def _foramen_tables(rep, meas: dict) -> list[str]:
@@ -361,7 +361,7 @@ def _foramen_tables(rep, meas: dict) -> list[str]:
         ["metric", "side", "value", "unit", "flag", "QC"],
         [[m.get("metric"), m.get("side"), _fmt(m.get("value")), m.get("unit"), m.get("flag") or "", _qc_cell(m)]
          for m in ms],
-        flags=[bool(m.get("flag")) or m.get("qc") == "review" for m in ms], table_id="foramen-table")]
+        flags=[bool(m.get("flag")) or m.get("qc") in ("review", "not measured") for m in ms], table_id="foramen-table")]
     sides = meas.get("sides") or {}
     if sides:
         out.append("<h3>Per side: lateral view and QC</h3>")
@@ -372,7 +372,7 @@ def _foramen_tables(rep, meas: dict) -> list[str]:
                          _fmt(sd.get("offset_from_midline_mm")), "–" if radius is None else _fmt(radius),
                          "; ".join(str(f) for f in sd.get("fallbacks") or []) or "none"])
         out.append(rep.table(["side", "QC", "view", "offset from midline (mm)", "facet closing radius (mm)", "fallbacks"],
-                             rows, flags=[sd.get("qc_status") == "review" or bool(sd.get("fallbacks"))
+                             rows, flags=[sd.get("qc_status") in ("review", "not measured") or bool(sd.get("fallbacks"))
                                           for sd in sides.values()], table_id="foramen-sides"))
     return out
 
