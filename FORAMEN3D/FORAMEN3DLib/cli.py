@@ -241,6 +241,8 @@ def run_measure(args) -> int:
         r = result.sides[side]
         if not r.measured:
             print(f"{side:>5}: NOT MEASURED — {r.qc_reasons[0]}")
+            if seg_info is not None:
+                print(f"       on the automatic segmentation: look at {out / LABELS_OUT}, correct it and measure the label map")
             continue
         print(
             f"{side:>5}: height {r.height.value:5.1f} mm  width {r.width.value:5.1f} mm  area {r.area.value:6.1f} mm²"
