@@ -520,7 +520,7 @@ def test_one_side_without_arch_still_measures_the_other(tmp_path):
     import json
 
     from FORAMEN3DLib.markup_model import MeasurementState, lateral_view_plane
-    from FORAMEN3DLib.morphometry import NOT_MEASURED
+    from FORAMEN3DLib.morphometry import MIN_ARCH_BALANCE, NOT_MEASURED
 
     from spinemorph.app.cli import main
     from spinemorph.errors import SpineMorphError
@@ -535,6 +535,11 @@ def test_one_side_without_arch_still_measures_the_other(tmp_path):
     assert all(np.isnan(m.value) and m.qc == NOT_MEASURED and not m.flag for m in (left.height, left.width, left.area))
     assert res.sides["right"].measured
     _check(res, "right", right)
+    # the other side is measured but under review: the missing arch makes the posterior elements asymmetric, which
+    # rotates the canal frame on real masks (Landmarks.arch_balance; the box phantom's frame happens to stay put)
+    assert res.landmarks.arch_balance["L5"] < MIN_ARCH_BALANCE <= res.landmarks.arch_balance["L4"]
+    assert res.sides["right"].qc_status == "review" and not res.sides["right"].flagged
+    assert any("asymmetric posterior elements: L5" in why for why in res.sides["right"].qc_reasons)
     assert abs(res.posterior_disc_height.value - PDH_TRUTH_MM) <= 0.75
     rows = {(r["Metric"], r["Side"]): r for r in res.to_rows("c")}
     assert rows[("foraminal_height", "left")]["Value"] == "" and rows[("foraminal_height", "left")]["QC"] == NOT_MEASURED

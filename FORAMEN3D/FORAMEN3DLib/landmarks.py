@@ -177,6 +177,9 @@ class Landmarks:
     #: side -> why that side has no pedicles / lateral view (a side whose arch is missing is not measured; the other
     #: side still is); empty when both sides were found
     side_errors: dict = dataclasses.field(default_factory=dict)
+    #: per vertebra ("L4", "L5"): volume of its bone behind the body on the smaller side / on the larger side (1 =
+    #: symmetric arches); see :func:`arch_balance`
+    arch_balance: dict = dataclasses.field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -416,7 +419,28 @@ def find_landmarks(
         structure_volumes_mm3=vols,
         smooth_mm=float(smooth_mm),
         side_errors=side_errors,
+        arch_balance=arch_balance(grid, mid_x, wall_y),
     )
+
+
+def arch_balance(grid: FrameGrid, midline_x_mm: float, wall_y_mm: float, lateral_mm: float = 3.0) -> dict:
+    """Per vertebra (``{"L4": r, "L5": r}``): its voxels behind the posterior body wall (``y' > wall + 1 mm``) more than
+    ``lateral_mm`` left of the midline vs right of it, smaller / larger (1 = symmetric, 0 = one side without arch).
+
+    The frame's y' axis points at the mean of the posterior elements, so an arch missing from one side's labels (a
+    segmentation that missed it) rotates the frame and every lateral view; this ratio is the evidence for the QC
+    note of :func:`FORAMEN3DLib.morphometry.measure_foramen`."""
+    s = grid.spacing_mm
+    ys = grid.origin_frame_mm[1] + s * np.arange(grid.shape[1])
+    xs = grid.origin_frame_mm[0] + s * np.arange(grid.shape[2])
+    behind = ys > wall_y_mm + 1.0
+    out = {}
+    for lab, name in ((L4, "L4"), (L5, "L5")):
+        v = grid.fractions[lab][:, behind, :] > 0.5
+        n_left = int(v[:, :, xs > midline_x_mm + lateral_mm].sum())
+        n_right = int(v[:, :, xs < midline_x_mm - lateral_mm].sum())
+        out[name] = min(n_left, n_right) / max(n_left, n_right, 1)
+    return out
 
 
 def lateral_view(lm: Landmarks, side: str, x_mm: float, half_width_mm: float, projection: str = "mean") -> LateralView:

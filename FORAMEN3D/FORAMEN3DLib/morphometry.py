@@ -118,6 +118,12 @@ PLAUSIBLE_SOURCE = (
     "design choice of SpineMorph (wide band around adult foraminal height ~16-23 mm, width ~6-11 mm, area ~100-200 mm2); "
     "not a normal range"
 )
+#: a vertebra whose bone behind the body on one side is less than this share of the other side's (``Landmarks.
+#: arch_balance``) puts every value under review: the frame's y' axis points at the mean of the posterior elements, so
+#: an arch missing from one side's labels rotates the frame and the lateral views (on SPIDER 18 and 98 with the left
+#: L5 arch deleted, the right side's height moved by 3.6 and 5.8 mm). Design choice between the 39 real SPIDER label
+#: maps (smallest ratio 0.53, L4 of 50_t2_SPACE) and those two simulated misses (0.19, 0.36).
+MIN_ARCH_BALANCE = 0.45
 #: label maps whose largest voxel spacing exceeds this (mm) are measured with QC status "review" (thick slices)
 THICK_SLICE_MM = 1.5
 #: the hole-search seed lies this far behind the posterior body wall (heuristic, not from the literature)
@@ -596,6 +602,13 @@ def measure_foramen(
             f"thick-slice label map ({thick:.1f} mm > {THICK_SLICE_MM:g} mm voxel spacing): the parasagittal plane and "
             "the foramen outline are sampled coarsely; low confidence"
         )
+    for name, ratio in sorted(getattr(lm, "arch_balance", {}).items()):
+        if ratio < MIN_ARCH_BALANCE:
+            input_reasons.append(
+                f"asymmetric posterior elements: {name}'s bone behind the body on one side is {100 * ratio:.0f} % of the "
+                f"other side's (< {100 * MIN_ARCH_BALANCE:.0f} %): an arch missing from the labels rotates the canal "
+                "frame and the lateral views; check the segmentation"
+            )
     sides = {}
     for s in SIDES:
         if s in lm.side_errors:
