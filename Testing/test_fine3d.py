@@ -46,7 +46,7 @@ def test_partial_label_loss_merged_and_ignored_voxels():
     lg = logits.clone().requires_grad_(True)
     loss = train_fine.partial_label_loss(lg, bits)
     loss.backward()
-    assert float(loss) == 0.0
+    assert loss.item() == 0.0
 
 
 def test_bits_and_definite_labels_round_trip():
