@@ -469,3 +469,21 @@ def _empty(tmp_path):
     d = tmp_path / "empty"
     d.mkdir(exist_ok=True)
     return d
+
+
+def test_run_summary_reports_metrics_inside_the_imaged_strip(tmp_path):
+    """Samples with an imaged strip (real slab planes) get the fold table's ``*_within_strip_*`` metrics (the
+    whole-plane ones count what the network does in the padding, where it was never trained)."""
+    import dataclasses
+
+    data = tiny_phantom_samples(8, seed=1)
+    ext = []
+    for s in tiny_phantom_samples(2, seed=9):
+        valid = np.zeros(s.mask.shape, np.uint8)
+        valid[:, s.mask.shape[1] // 4 : 3 * s.mask.shape[1] // 4] = 1
+        ext.append(dataclasses.replace(s, valid=valid))
+    summary = run_training(_tiny_config(1), tmp_path / "run", train_samples=data, external_samples=ext, progress=False)
+    row = summary["folds"][0]
+    assert "external_within_strip_f1" in row and "external_within_strip_area_mae_mm2" in row
+    assert not any(k.startswith("validation_within_strip") for k in row)  # phantom validation planes: no strip
+    assert "external_within_strip_f1" in (tmp_path / "run" / "folds.csv").read_text().splitlines()[0]

@@ -109,8 +109,11 @@ def run_train_command(args) -> int:
                 cfg["data"][key] = {"source": "folder", "path": str(Path(option).resolve())}
         summary = run_training(cfg, args.out, resume=False, progress=not args.no_progress, init_weights=args.init_weights)
     mean = summary.get("mean", {})
-    parts = [f"{k}={mean[k]:.4g}" for k in ("validation_f1", "validation_area_mae_mm2", "external_f1", "external_area_mae_mm2")
-             if k in mean and mean[k] is not None and math.isfinite(mean[k])]
+    keys = ("validation_f1", "validation_area_mae_mm2", "external_f1", "external_area_mae_mm2")
+    # validation on real slab planes: report inside the imaged strip (the whole-plane figures count the padding)
+    keys = tuple(k.replace("validation_", "validation_within_strip_") if k.replace("validation_", "validation_within_strip_") in mean
+                 else k for k in keys)
+    parts = [f"{k}={mean[k]:.4g}" for k in keys if k in mean and mean[k] is not None and math.isfinite(mean[k])]
     print(f"trained {summary['architecture']}: best fold {summary['best_fold']}; {', '.join(parts)}; run folder {args.out}")
     return 0
 

@@ -780,6 +780,11 @@ def run_training(
             for k in keys:
                 if part in row:
                     flat[f"{part}_{k}"] = row[part].get(k)
+            # real slab planes: the metrics inside the imaged strip (outside it the truth is unknown and the network,
+            # never trained there, may label the padding) — the figures to read for such a run
+            for k in keys:
+                if part in row and f"within_valid_{k}" in row[part]:
+                    flat[f"{part}_within_strip_{k}"] = row[part].get(f"within_valid_{k}")
         table.append(flat)
     write_csv(run_dir / "folds.csv", table)
     summary = {"architecture": cfg["architecture"], "config": cfg.get("name", ""), "folds": table, "mean": {}, "sd": {}}
