@@ -776,21 +776,15 @@ def run_training(
     table = []
     for row in fold_rows:
         flat = {k: row[k] for k in ("fold", "n_train_slices", "n_val_slices", "best_epoch", "best_val_loss", "train_seconds")}
-        for part in ("validation", "external"):
-            for k in keys:
-                if part in row:
-                    flat[f"{part}_{k}"] = row[part].get(k)
-            # real slab planes: the metrics inside the imaged strip (outside it the truth is unknown and the network,
-            # never trained there, may label the padding) — the figures to read for such a run
-            for k in keys:
-                if part in row and f"within_valid_{k}" in row[part]:
-                    flat[f"{part}_within_strip_{k}"] = row[part].get(f"within_valid_{k}")
+        for part in (p for p in ("validation", "external") if p in row):
+            for k in keys:  # real slab planes also inside the imaged strip (the padding, never trained on, excluded)
+                flat[f"{part}_{k}"] = row[part].get(k)
+                if f"within_valid_{k}" in row[part]:
+                    flat[f"{part}_within_strip_{k}"] = row[part][f"within_valid_{k}"]
         table.append(flat)
     write_csv(run_dir / "folds.csv", table)
     summary = {"architecture": cfg["architecture"], "config": cfg.get("name", ""), "folds": table, "mean": {}, "sd": {}}
-    for k in table[0]:
-        if k == "fold":
-            continue
+    for k in (k for k in table[0] if k != "fold"):
         vals = np.array([r[k] for r in table if r.get(k) is not None], dtype=float)
         if len(vals):
             summary["mean"][k] = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
