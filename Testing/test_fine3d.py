@@ -244,21 +244,25 @@ def _sac_world(tmp_path, monkeypatch, sac_end_z):
     return img, loaded
 
 
+#: the coarse model's answer alone (these tests are about the crop on the coarse answer, not the level network)
+COARSE = {"locator_mode": "coarse"}
+
+
 def test_level_check_notes_a_sac_that_ends_high_and_changes_no_label(tmp_path, monkeypatch):
     """The sac ends 40 mm above the crop's lower face (as when the crop sits one level low): a QC note, the crop and
     labels stay; 25 mm (within what correct crops of training patients show) or a sac reaching the face: no note."""
     lower_face_z = -(fd.FINE_OFFSET_MM[1] + 0.8 * (fd.FINE_SHAPE[1] - 1) / 2)  # disc at z = 0, j runs inferior
     img, loaded = _sac_world(tmp_path, monkeypatch, lower_face_z + 40.0)
-    res = segment3d.segment_volume(img, loaded, "cpu")
+    res = segment3d.segment_volume(img, loaded, "cpu", fine_options=COARSE)
     assert len(res.qc) == 1 and "L5-S1" in res.qc[0]
     gap = float(__import__("re").search(r"ends (\d+) mm above", res.qc[0]).group(1))
     assert abs(gap - 40.0) <= 2.5  # the crop is snapped onto the 0.8 mm voxels (≤ 1 voxel) + the last sac row
-    off = segment3d.segment_volume(img, loaded, "cpu", fine_options={"level_check": False})
+    off = segment3d.segment_volume(img, loaded, "cpu", fine_options={**COARSE, "level_check": False})
     assert off.qc == () and np.array_equal(off.labels.array, res.labels.array)
     assert off.crop_labels.origin_mm == res.crop_labels.origin_mm
     for end in (lower_face_z + 25.0, lower_face_z - 20.0):
         img2, loaded2 = _sac_world(tmp_path, monkeypatch, end)
-        assert segment3d.segment_volume(img2, loaded2, "cpu").qc == ()
+        assert segment3d.segment_volume(img2, loaded2, "cpu", fine_options=COARSE).qc == ()
 
 
 def test_onnx_backend_same_labels_and_cached_export(tmp_path, monkeypatch):
@@ -360,7 +364,7 @@ def test_hand_placed_l45_point_centres_the_crop_and_skips_the_locator(tmp_path, 
     coarse = models3d.LoadedModel("coarse", loaded.network, 2, {}, loaded.path, "", loaded.device)
     with pytest.raises(InputError, match="one pass"):
         segment3d.segment_volume(img, coarse, "cpu", l45_point=tuple(point))
-    with pytest.raises(InputError, match="counting locator.*one pass"):  # never silently ignored
+    with pytest.raises(InputError, match="locator 'count'.*one pass"):  # never silently ignored
         segment3d.segment_volume(img, coarse, "cpu", fine_options={"locator_mode": "count"})
 
 

@@ -207,7 +207,7 @@ def test_segment_volume_count_mode_records_locator_and_disagreement(tmp_path, mo
     assert any(re.search(r"disc count put L4-5 3[4-6] mm below the coarse model's L4-5 \(about one level\)", q)
                for q in res.qc), res.qc
     assert set(np.unique(res.labels.array)) <= {0, 1, 2, 3}
-    coarse = segment3d.segment_volume(img, loaded, "cpu")
+    coarse = segment3d.segment_volume(img, loaded, "cpu", fine_options={"locator_mode": "coarse"})
     assert coarse.locator == "coarse model" and coarse.locator_details is None
     assert coarse.l45_centre_lps[2] == pytest.approx(DISCS_Z["L3-4"], abs=1e-3)
     manual = segment3d.segment_volume(img, loaded, "cpu", l45_point=(-24.0, 40.0, 0.0),

@@ -95,6 +95,8 @@ def main(argv=None) -> int:
     ap.add_argument("--presets", default="normal,central-stenosis,foraminal-stenosis")
     ap.add_argument("--synth", type=int, default=1, help="synthesised images per held-out label map (0 = none)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--locator", choices=("default", "coarse", "count", "levels"), default="default",
+                    help="the fine pipeline's L4-5 locator (default: segment_volume's default)")
     args = ap.parse_args(argv)
     import torch
 
@@ -109,10 +111,12 @@ def main(argv=None) -> int:
     rows = []
     for name, image, truth in _cases(presets, args.synth):
         t0 = time.perf_counter()
-        seg = segment_volume(image, loaded, "cpu")
+        seg = segment_volume(image, loaded, "cpu", fine_options=None if args.locator == "default" else
+                             {"locator_mode": args.locator})
         t_seg = time.perf_counter() - t0
         pred_m, truth_m = _sides(seg.labels), _sides(truth)
         row = {"case": name, "segment_s": round(t_seg, 2), "locator": getattr(seg, "locator", None),
+               "l45_centre_lps": [round(float(v), 1) for v in seg.l45_centre_lps] if seg.l45_centre_lps else None,
                "seg_qc": list(getattr(seg, "qc", ()) or ()), "image": pred_m, "truth": truth_m,
                "verdict": _verdict(pred_m, truth_m)}
         rows.append(row)

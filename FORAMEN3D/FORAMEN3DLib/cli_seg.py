@@ -16,6 +16,8 @@ from spinemorph.commandline import OneLineParser, run_command
 from spinemorph.device import DEVICE_CHOICES
 from spinemorph.errors import SpineMorphError
 
+from .locator import DEFAULT_LOCATOR_MODE, LOCATOR_MODES
+
 TRAIN_HELP = """\
 Train the FORAMEN3D 3D U-Net (L4, L4-5 disc, L5).
 
@@ -52,20 +54,24 @@ SEGMENT_HELP = """\
 Segment L4, the L4-5 disc, L5 (and, with the fine model, the dural sac) in a lumbar MR image; no morphometry.
 
 The fine model (the default, foramen3d-fine-cpu) segments a crop around L4-5. The crop is centred on the L4-5 disc
-found by the coarse locator model, or, with --l45-point, on a point you place: use it when the locator took the wrong
-disc (the labels come out one level off; check the level labels on every image). The point is the centre of the L4-5
+that the level network names (it sees the whole mid-sagittal field of view: L5 is the vertebra on the sacrum), or,
+with --l45-point, on a point you place: use it when the locator took the wrong disc (the labels come out one level
+off; check the level labels on every image). The point is the centre of the L4-5
 disc in LPS millimetres (DICOM / ITK patient coordinates: x to the patient's left, y posterior, z superior); a point
 read in 3D Slicer is RAS: pass it with --ras (x and y are negated). Write --l45-point=X,Y,Z (with "=") when X is
 negative.
 
 DIR receives labels.nrrd (0 background, 1 L4, 2 L4-5 disc, 3 L5, 4 dural sac) and segmentation.json (model, device,
-locator: "coarse model", "disc count" or "manual point", L4-5 centre in LPS mm, dural-sac decision, the inference
+locator: "level network", "coarse model", "disc count" or "manual point", L4-5 centre in LPS mm, dural-sac decision, the inference
 backend that ran the network (ONNX Runtime or torch, threads, precision), QC notes, timings).
 
---locator count walks down the discs with the fine network to the sacrum and takes the lowest walked disc whose
-crop's dural sac reaches the crop's lower face (an option: 3-5 times the time; a level off on 5 of 21 training /
-validation slabs and 1 of 6 held-out ones, the default coarse locator on 7 and 1; both locators disagreeing by a
-level raises a QC note — see the model card foramen3d_fine_cpu.md). Check the levels; --l45-point fixes them.
+--locator levels (default): the level network (model card foramen3d_levels.md; on real slabs a level off on 0 of 6
+validation and 0 of 6 held-out patients; on 2 of its 14 training patients it named no L4-5 disc). When it names no
+L4-5 disc (a field of view without the sacrum, a slab off the midline) the coarse model's answer is used, with a QC
+note. --locator coarse: the coarse model alone (a level off on 7 of 21 training / validation slabs and 1 of 6
+held-out). --locator count walks down the discs with the fine network to the sacrum and takes the lowest walked disc
+whose crop's dural sac reaches the crop's lower face (3-5 times the time; 5 of 21 and 1 of 6). A locator that
+disagrees with the coarse model by a level raises a QC note. Check the levels; --l45-point fixes them.
 
 examples:
   python -m FORAMEN3DLib.cli_seg segment t2_space.nrrd --out seg/
@@ -83,8 +89,8 @@ def add_segment_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", metavar="NAME|FILE", help="segmentation model (default: default)")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="compute device (default auto)")
     add_l45_point_options(p)
-    p.add_argument("--locator", default="coarse", choices=("coarse", "count"),
-                   help="how the fine model finds L4-5 without --l45-point (default coarse; see above)")
+    p.add_argument("--locator", default=DEFAULT_LOCATOR_MODE, choices=LOCATOR_MODES,
+                   help=f"how the fine model finds L4-5 without --l45-point (default {DEFAULT_LOCATOR_MODE}; see above)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
     p.set_defaults(func=run_segment)
     return p
@@ -99,7 +105,8 @@ def run_segment(args) -> int:
     point = l45_point_lps(args)
     out = prepare_output_dir(args.out, args.overwrite, ["labels.nrrd", "segmentation.json"])
     vol = read_volume(args.input)
-    fine = {"locator_mode": args.locator} if getattr(args, "locator", "coarse") != "coarse" else None
+    mode = getattr(args, "locator", DEFAULT_LOCATOR_MODE)
+    fine = {"locator_mode": mode} if mode != DEFAULT_LOCATOR_MODE else None
     res = segment_volume(vol, model=args.model, device=args.device, l45_point=point, fine_options=fine)
     write_volume(res.labels, out / "labels.nrrd")
     doc = {"input": str(args.input), "model": res.model_name, "device": res.device, "locator": res.locator,

@@ -158,12 +158,13 @@ def _grid_region(image, crop) -> np.ndarray:
 
 
 def evaluate_slabs(model, device="cpu", pred_dir: Path | None = None, patients=None,
-                   l45_point: str | None = None, roi=None) -> list[dict]:
+                   l45_point: str | None = None, roi=None, locator_mode: str = "coarse") -> list[dict]:
     """Held-out real slabs through :func:`segment_volume` (any model), scored on :func:`reference_region`.
 
     ``patients``: a subset of the held-out slab patients (default all). ``l45_point="reference"``: the crop is
     centred on the **reference** L4-5 disc centroid of the slab mask, as a reader's hand-placed point would be
-    (``segment_volume(..., l45_point=...)``; fine models only; the coarse locator does not run).
+    (``segment_volume(..., l45_point=...)``; fine models only; the coarse locator does not run). ``locator_mode``:
+    the fine pipeline's locator (``segment_fine``; default the coarse model).
 
     ``pred_dir``: write each prediction as ``<patient>.nrrd`` (labels on the slab grid) and the region the model
     segmented (its fine crop, or the coarse window, on the slab grid) as ``region/<patient>.nrrd``, for
@@ -191,7 +192,9 @@ def evaluate_slabs(model, device="cpu", pred_dir: Path | None = None, patients=N
             if lab.disc_center_lps is None:
                 raise SpineMorphError(f"patient {p}: levels not derivable, no reference L4-5 disc for --l45-point")
             point = tuple(float(v) for v in lab.disc_center_lps)
-        opts = {"roi": tuple(roi)} if roi and canal else None
+        opts = {"roi": tuple(roi)} if roi and canal else {}
+        if locator_mode != "coarse":
+            opts["locator_mode"] = locator_mode
         res = segment_volume(image.with_array(image.array.astype(np.float32)), loaded, device, l45_point=point,
                              fine_options=opts)
         pred = np.asarray(res.labels.array)
@@ -238,7 +241,7 @@ def study_patients(split: str) -> list[str]:
     raise SpineMorphError(f"split must be train, held-out or all, got {split!r}")
 
 
-def locator_study(patients=None, count_model=None) -> list[dict]:
+def locator_study(patients=None, count_model=None, level_model=None) -> list[dict]:
     """Level errors of the L4-5 locator on real slabs (``--locator-study``).
 
     For every slab patient whose levels can be derived (:func:`fine_data.slab_labels`; labelled by ``split``), the
@@ -247,7 +250,9 @@ def locator_study(patients=None, count_model=None) -> list[dict]:
     ``count_model`` (a fine model) also the **disc count** (:mod:`FORAMEN3DLib.locator`, the whole
     ``segment_volume`` path with ``locator_mode="count"``): ``count_offset_mm``, ``count_level``, the walk (each
     crop with its own ``offset_mm`` / ``level`` and its dural sac's end, ``sac_end_gap_mm``), whether it fell back
-    to the coarse answer, and the QC notes."""
+    to the coarse answer, and the QC notes. With ``level_model`` (:class:`level_locator.LevelModel`) also the level
+    network's L4-5 on the planes around the coarse answer (``levels_offset_mm``, ``levels_level``, ``levels_order_ok``,
+    ``levels_s``)."""
     from spinemorph import spider
 
     from .preprocess import preprocess_volume
@@ -286,6 +291,18 @@ def locator_study(patients=None, count_model=None) -> list[dict]:
                    "walk_steps": [{**w, "offset_mm": round(si_offset(w["centre_lps"]), 1),
                                    "level": level(si_offset(w["centre_lps"]))} for w in det.get("walk", [])],
                    "qc": list(res.qc), "total_s": time.perf_counter() - t0}
+        if level_model is not None:
+            from .level_locator import locate_levels
+
+            if count_model is not None:
+                coarse = det["coarse_centre_lps"]
+            else:
+                coarse = locate_l45(prep, padded)
+            t0 = time.perf_counter()
+            lv = locate_levels(img, level_model, coarse)
+            loff = si_offset(lv.centre_lps) if lv.centre_lps is not None else math.nan
+            row.update({"levels_offset_mm": loff, "levels_level": level(loff) if np.isfinite(loff) else None,
+                        "levels_order_ok": lv.order_ok, "levels_s": time.perf_counter() - t0})
         rows.append(row)
         print(json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     return rows
@@ -366,6 +383,10 @@ def main(argv=None) -> int:
                     help="level errors of the coarse locator on every slab patient with derived levels")
     ap.add_argument("--count", action="store_true",
                     help="with --locator-study: also the disc count (locator_mode='count') through segment_volume")
+    ap.add_argument("--levels", default=None, metavar="FILE",
+                    help="with --locator-study: also the level network (level-locator weights; 'default' = embedded)")
+    ap.add_argument("--locator", choices=("coarse", "count", "levels"), default="coarse",
+                    help="with --slabs: the fine pipeline's L4-5 locator (default coarse)")
     ap.add_argument("--split", choices=("train", "held-out", "all"), default="all",
                     help="with --locator-study: the slab patients studied (rules are chosen on train only)")
     ap.add_argument("--sac-end-study", default=None, metavar="P1,P2",
@@ -394,12 +415,20 @@ def main(argv=None) -> int:
             rows += evaluate_synth(loaded, a.synth, mode=mode, roi=roi)
         if a.slabs:
             pts = [p.strip() for p in a.patients.split(",") if p.strip()] if a.patients else None
-            rows += evaluate_slabs(loaded, pred_dir=a.pred_dir, patients=pts, l45_point=a.l45_point, roi=roi)
+            rows += evaluate_slabs(loaded, pred_dir=a.pred_dir, patients=pts, l45_point=a.l45_point, roi=roi,
+                                   locator_mode=a.locator)
         studies = {}
         if a.locator_study:
-            studies["locator"] = locator_study(study_patients(a.split), loaded if a.count else None)
+            lvm = None
+            if a.levels:
+                from .level_locator import load_level_model
+
+                lvm = load_level_model(None if a.levels == "default" else a.levels)
+            studies["locator"] = locator_study(study_patients(a.split), loaded if a.count else None, lvm)
             lr = studies["locator"]
             studies["locator_summary"] = {"n": len(lr), "coarse level errors": [r["case"] for r in lr if r["level"]]}
+            if lvm is not None:
+                studies["locator_summary"]["level-network level errors"] = [r["case"] for r in lr if r["levels_level"] != 0]
             if a.count:
                 studies["locator_summary"]["count level errors"] = [r["case"] for r in lr if r["count_level"]]
             print(json.dumps(studies["locator_summary"]))

@@ -34,6 +34,13 @@ from collections.abc import Callable
 
 import numpy as np
 
+#: ``locator_mode`` of :func:`FORAMEN3DLib.segment3d.segment_fine`: ``"coarse"`` (the coarse model's L4-5),
+#: ``"count"`` (this module's walk) or ``"levels"`` (:mod:`FORAMEN3DLib.level_locator`)
+LOCATOR_MODES = ("coarse", "count", "levels")
+#: the default: on the real slabs the level network took the wrong level on 0 of 6 validation and 0 of 6 held-out
+#: patients, the coarse model on 3 and 1 (model card foramen3d_levels.md)
+DEFAULT_LOCATOR_MODE = "levels"
+
 #: fine-crop classes of L4, the L4-5 disc and L5 (fine_data's numbering)
 _L4, _DISC, _L5 = 1, 2, 3
 #: disc presence: the mean of the highest disc probabilities (this volume, mm³) ...

@@ -14,9 +14,13 @@ from the input (linear), z-scored, segmented with MONAI sliding-window inference
 in ONNX Runtime when it is installed, else in torch: same labels, :func:`fine_network_labels`), post-processed and
 pasted back onto the input grid (nearest neighbour; exact for 0.8 mm inputs aligned with the crop). A level check
 adds a QC note (``SegmentationResult.qc``) when the crop probably sits one level low (:func:`segment_fine`).
-``locator_mode="count"`` (option) walks down the discs with the fine network from the coarse answer to the sacrum
-and counts one disc up (:mod:`FORAMEN3DLib.locator`); a QC note says when it disagrees with the coarse model by a
-level. ``SegmentationResult.inference`` records what ran the network (ONNX Runtime or torch, threads, precision).
+The L4-5 disc the crop is placed on comes by default from the **level network** (``locator_mode="levels"``,
+:mod:`FORAMEN3DLib.level_locator`: a 2D network that names L5, L4 and their discs on the mid-sagittal planes of the
+whole field of view, on the planes through the coarse answer); when it names no L4-5 disc (a field of view without
+the sacrum or the lower lumbar spine) the coarse answer stands, with a QC note. ``locator_mode="coarse"`` uses the
+coarse model's answer alone; ``locator_mode="count"`` walks down the discs with the fine network from the coarse
+answer to the sacrum and counts one disc up (:mod:`FORAMEN3DLib.locator`). A QC note says when the locator used
+disagrees with the coarse model by a level. ``SegmentationResult.inference`` records what ran the network (ONNX Runtime or torch, threads, precision).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from spinemorph.masks import largest_component  # 26-connected ("full") in 3D; a
 from spinemorph.volume import Volume
 
 from . import models3d
+from .locator import DEFAULT_LOCATOR_MODE, LOCATOR_MODES  # noqa: F401 - re-exported (the CLI reads locator)
 from .preprocess import PADDED_SHAPE, Preprocessed, preprocess_volume, unpad
 
 ProgressCallback = Callable[[float, str], None]
@@ -464,9 +469,11 @@ def sac_end_gap_mm(labels: np.ndarray, fov: np.ndarray) -> float:
     return max(0.0, float(last - rows.max()) * fd.FINE_SPACING_MM)
 
 
-#: ``locator_mode`` of :func:`segment_fine`: ``"coarse"`` (the coarse model's L4-5) or ``"count"`` (walk down the
-#: discs with the fine network from the coarse answer, :mod:`FORAMEN3DLib.locator`)
-LOCATOR_MODES = ("coarse", "count")
+# ``locator_mode`` of segment_fine: "coarse" (the coarse model's L4-5), "count" (walk down the discs with the fine
+# network from the coarse answer, FORAMEN3DLib.locator) or "levels" (the level-naming network on the whole
+# mid-sagittal field of view, FORAMEN3DLib.level_locator); LOCATOR_MODES and DEFAULT_LOCATOR_MODE are defined in
+# FORAMEN3DLib.locator (no torch import: the command line reads them).
+
 #: the disc count and the coarse model disagree by a level when their L4-5 centres lie this far apart (S-I, mm; one
 #: level is 30-40 mm)
 LEVEL_DISAGREE_MM = 15.0
@@ -547,11 +554,34 @@ def model_canal_threshold(loaded: models3d.LoadedModel) -> float | None:
     return check_canal_threshold(value)
 
 
+def _levels_centre(image: Volume, prep: Preprocessed, coarse_lps, device, qc: list) -> tuple[np.ndarray, str, dict]:
+    """``locator_mode="levels"``: the level network's L4-5 (:func:`FORAMEN3DLib.level_locator.locate_levels`, on the
+    planes around the coarse answer's left-right position); (centre, locator name, ``{"locator_details": ...}``). QC
+    notes (appended to ``qc``) when it disagrees with the coarse model by a level, when the levels it names are out of
+    order, and when it finds no L4-5 disc (the crop then stays on the coarse answer)."""
+    from . import level_locator
+
+    res = level_locator.locate_levels(image, level_locator.load_level_model(device=device), coarse_lps)
+    extra = {"locator_details": {**res.details(), "coarse_centre_lps": [round(float(v), 3) for v in coarse_lps]}}
+    if res.centre_lps is None:
+        qc.append(f"level network: {res.reason}; the crop is centred on the coarse model's L4-5 — check the level labels")
+        return np.asarray(coarse_lps, float), "coarse model", extra
+    if not res.order_ok:
+        qc.append(f"level network: {res.reason} — check the level labels")
+    shift = level_shift_mm(prep, coarse_lps, res.centre_lps)
+    if abs(shift) >= LEVEL_DISAGREE_MM:
+        n = max(1, round(abs(shift) / 35.0))
+        qc.append(f"levels: the level network put L4-5 {abs(shift):.0f} mm {'below' if shift > 0 else 'above'} the "
+                  f"coarse model's L4-5 (about {'one level' if n == 1 else f'{n} levels'}); the level network was used "
+                  "— check the level labels")
+    return res.centre_lps, "level network", extra
+
+
 def segment_fine(
     image: Volume, prep: Preprocessed, loaded: models3d.LoadedModel, device="auto",
     progress: ProgressCallback | None = None, should_cancel: Callable[[], bool] | None = None,
     locator=None, overlap: float = 0.25, backend: str = "auto", level_check: bool = True, roi=None,
-    precision: str = "fp32", l45_point=None, canal_threshold=MODEL_SETTING, locator_mode: str = "coarse",
+    precision: str = "fp32", l45_point=None, canal_threshold=MODEL_SETTING, locator_mode: str = DEFAULT_LOCATOR_MODE,
 ) -> tuple[np.ndarray, Volume, dict, tuple, dict]:
     """Coarse-to-fine segmentation (see the module docstring): labels on the input grid, fine-crop labels, timings,
     QC notes, and ``info`` (``locator``: ``"coarse model"`` or ``"manual point"``, ``l45_centre_lps``,
@@ -562,13 +592,15 @@ def segment_fine(
     the dural-sac decision (:func:`decide_fine_labels`); default: the model's own setting
     (:func:`model_canal_threshold`), ``None`` = argmax.
 
-    ``locator_mode``: ``"coarse"`` (default: the crop on the coarse model's L4-5) or ``"count"`` (walk down the discs
+    ``locator_mode``: ``"levels"`` (default, :func:`_levels_centre`), ``"coarse"`` (the crop on the coarse model's
+    L4-5) or ``"count"`` (walk down the discs
     with the fine network from the coarse answer until a crop finds no disc, :func:`FORAMEN3DLib.locator.count_walk`,
     then take the lowest walked disc whose crop's dural sac reaches its lower face,
     :func:`FORAMEN3DLib.locator.choose_by_sac_end`; 2-5 fine crops instead of 1; ``info["locator"] = "disc count"``, the walk in ``info["locator_details"]``; a QC
     note when the count and the coarse model lie a level apart (:data:`LEVEL_DISAGREE_MM`), and when the count
-    fails: the crop then stays on the coarse answer, ``locator`` ``"coarse model"``). A hand-placed ``l45_point``
-    wins over both.
+    fails: the crop then stays on the coarse answer, ``locator`` ``"coarse model"``); with ``"levels"``
+    ``info["locator"] = "level network"`` and its account in ``info["locator_details"]``. A hand-placed
+    ``l45_point`` wins over all.
 
     **Level check** (``level_check``): the coarse locator can take the L5-S1 disc for L4-5 (real slab 136: the
     fine network then labels L5 as L4 and S1 as L5) or L3-4 for L4-5; the fine network, which gets the crop
@@ -619,6 +651,9 @@ def segment_fine(
         coarse_padded, _, tc = segment_preprocessed(prep, loc_name, device, None, should_cancel, inverse=False)
         centre = locate_l45(prep, coarse_padded)
         where = "coarse model"
+        if locator_mode == "levels":
+            _report(progress, 0.3, "naming the levels")
+            centre, where, extra = _levels_centre(image, prep, centre, loaded.device, qc)
         if locator_mode == "count":
             _report(progress, 0.3, "counting the levels")
             counted = count_locator.choose_by_sac_end(
@@ -721,10 +756,11 @@ def segment_volume(
 
         raise InputError(f"an L4-5 point places the crop of a coarse-to-fine model; {loaded.name} segments the whole "
                          "image in one pass (use the fine model, e.g. --model foramen3d-fine-cpu)")
-    if (fine_options or {}).get("locator_mode", "coarse") != "coarse":
+    mode = (fine_options or {}).get("locator_mode", "coarse")
+    if mode != "coarse":
         from spinemorph.errors import InputError
 
-        raise InputError(f"the counting locator places the crop of a coarse-to-fine model; {loaded.name} segments the "
+        raise InputError(f"the locator {mode!r} places the crop of a coarse-to-fine model; {loaded.name} segments the "
                          "whole image in one pass (use the fine model, e.g. --model foramen3d-fine-cpu)")
     padded, on_input, t = segment_preprocessed(prep, model, device, progress, should_cancel)
     timings = {"preprocess": t_pre, **t, "total": time.perf_counter() - t_start}

@@ -1,0 +1,182 @@
+"""Level-naming L4-5 locator (FORAMEN3DLib.level_data / level_locator / train_levels, ``locator_mode="levels"``):
+grid geometry and decision on known answers, the per-level labels of real slabs, weights files, training resume, and
+the wiring through segment_volume."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from FORAMEN3DLib import level_data as ld
+from FORAMEN3DLib import level_locator as ll
+from FORAMEN3DLib import segment3d, train_levels
+from FORAMEN3DLib.preprocess import CANONICAL_AXES
+
+from spinemorph import spider
+from spinemorph.errors import ModelError
+from spinemorph.volume import Volume
+
+needs_spider = pytest.mark.skipif(spider.spider_root() is None, reason="SPIDER data (../shared/data/spider) not present")
+
+#: an axial LPS volume: i = x (left), j = y (posterior), k = z (superior); 1 mm voxels, 200 x 160 x 300 mm
+AXIAL = Volume(np.zeros((300, 160, 200), np.float32), (1.0, 1.0, 1.0), (-100.0, -60.0, -150.0), np.eye(3))
+
+
+def test_level_grid_covers_the_field_of_view_in_sagittal_planes_on_the_midline():
+    grid = ld.level_grid(AXIAL, (12.0, 0.0, 0.0))
+    d = np.asarray(grid.direction)
+    assert np.allclose(d, CANONICAL_AXES)  # i anterior->posterior, j superior->inferior, k left->right
+    assert grid.size_ijk == (80, 150, ld.N_PLANES)  # 160 mm A-P, 300 mm S-I at 2 mm
+    vol = grid.volume(np.zeros(grid.size_ijk[::-1], np.uint8))
+    mid = vol.index_to_lps(((80 - 1) / 2, (150 - 1) / 2, (ld.N_PLANES - 1) / 2))
+    assert mid[0] == pytest.approx(12.0)  # the middle plane lies on the given left-right position
+    assert mid[1] == pytest.approx(AXIAL.index_to_lps((99.5, 79.5, 149.5))[1])
+    assert mid[2] == pytest.approx(AXIAL.index_to_lps((99.5, 79.5, 149.5))[2])
+    first, last = vol.index_to_lps((0, 0, 0)), vol.index_to_lps((0, 0, ld.N_PLANES - 1))
+    assert first[0] - last[0] == pytest.approx(2.0 * (ld.N_PLANES - 1))  # planes left -> right (x decreases)
+
+
+def test_level_input_pads_zscores_and_marks_the_imaged_pixels():
+    img = AXIAL.with_array(np.random.default_rng(0).normal(100, 10, AXIAL.shape).astype(np.float32))
+    grid = ld.level_grid(img, (0.0, 0.0, 0.0))
+    x, fov = ld.level_input(img, grid)
+    assert x.shape == fov.shape == (ld.N_PLANES, 160, 96)  # 150 -> 160 rows, 80 -> 96 columns
+    assert fov[:, :150, :80].all() and not fov[:, 150:].any() and not fov[:, :, 80:].any()
+    assert abs(float(x[fov].mean())) < 1e-3 and float(x[fov].std()) == pytest.approx(1.0, abs=1e-3)
+    assert (x[~fov] == 0).all()
+
+
+def _probabilities(grid, rows: dict, shape=(160, 96)):
+    """Per-plane softmax with each class in a block of rows (cols 30-50), background elsewhere."""
+    p = np.zeros((grid.size_ijk[2], ld.N_CLASSES, *shape), np.float32)
+    p[:, ld.BG] = 1.0
+    for c, (r0, r1) in rows.items():
+        p[:, :, r0:r1, 30:50] = 0.0
+        p[:, c, r0:r1, 30:50] = 1.0
+    return p
+
+
+def test_locate_from_probabilities_known_centre_and_order_check():
+    grid = ld.level_grid(AXIAL, (0.0, 0.0, 0.0))
+    fov = np.ones((grid.size_ijk[2], 160, 96), bool)
+    rows = {ld.L4: (60, 74), ld.DISC_L45: (75, 80), ld.L5: (81, 95), ld.DISC_L5S1: (96, 100)}
+    res = ll.locate_from_probabilities(_probabilities(grid, rows), fov, grid)
+    vol = grid.volume(np.zeros(grid.size_ijk[::-1], np.uint8))
+    want = vol.index_to_lps((39.5, 77.0, (ld.N_PLANES - 1) / 2))
+    assert np.allclose(res.centre_lps, want, atol=1e-6)
+    assert res.order_ok
+    assert res.level_rows_mm["L4"] == pytest.approx((66.5 - 77.0) * 2.0)
+    assert res.level_rows_mm["L5"] == pytest.approx((87.5 - 77.0) * 2.0)
+    # L5 named above the disc: out of order, said so (the centre is still the disc's)
+    swapped = ll.locate_from_probabilities(_probabilities(grid, {ld.L5: (60, 74), ld.DISC_L45: (75, 80),
+                                                                 ld.L4: (81, 95)}), fov, grid)
+    assert not swapped.order_ok and "out of order" in swapped.reason
+    # no disc / a speck of disc: no centre, a reason
+    none = ll.locate_from_probabilities(_probabilities(grid, {ld.L4: (60, 74)}), fov, grid)
+    assert none.centre_lps is None and "no L4-5 disc" in none.reason
+    speck = ll.locate_from_probabilities(_probabilities(grid, {ld.DISC_L45: (75, 76)}, shape=(160, 96))[:, :, :, :],
+                                         fov, grid)
+    assert speck.centre_lps is not None  # 20 px x 4 mm² = 80 mm² >= the floor
+    tiny = _probabilities(grid, {})
+    tiny[:, :, 75, 30:33] = 0.0
+    tiny[:, ld.DISC_L45, 75, 30:33] = 1.0
+    small = ll.locate_from_probabilities(tiny, fov, grid)
+    assert small.centre_lps is None and "too small" in small.reason
+
+
+def test_weights_round_trip_and_clear_errors(tmp_path):
+    torch.manual_seed(0)
+    net = ll.build_network()
+    ll.save_level_model(net, tmp_path / "lv.pt", {"iteration": 7})
+    m = ll.load_level_model(tmp_path / "lv.pt")
+    assert m.meta["iteration"] == 7
+    x = np.random.default_rng(1).normal(size=(2, 64, 64)).astype(np.float32)
+    with torch.inference_mode():
+        want = torch.softmax(net.eval()(torch.from_numpy(x[:, None])), 1).numpy()
+    got = ll.predict_planes(m, x)
+    assert got.shape == (2, ld.N_CLASSES, 64, 64) and np.allclose(got.sum(1), 1.0, atol=1e-5)
+    assert np.abs(got - want).max() < 2e-2  # fp16 storage
+    with pytest.raises(ModelError, match="not found"):
+        ll.load_level_model(tmp_path / "missing.pt")
+    torch.save({"format": "other"}, tmp_path / "bad.pt")
+    with pytest.raises(ModelError, match="not a level-locator weights file"):
+        ll.load_level_model(tmp_path / "bad.pt")
+    (tmp_path / "trunc.pt").write_bytes((tmp_path / "lv.pt").read_bytes()[:1000])
+    with pytest.raises(ModelError, match="cannot read"):
+        ll.load_level_model(tmp_path / "trunc.pt")
+
+
+def test_augment_keeps_labels_on_the_image_and_the_sacrum_in_view():
+    rng = np.random.default_rng(3)
+    x = np.zeros((160, 128), np.float32)
+    y = np.zeros((160, 128), np.uint8)
+    for c, (r0, r1) in {ld.L4: (50, 64), ld.DISC_L45: (65, 70), ld.L5: (71, 85), ld.DISC_L5S1: (86, 90)}.items():
+        y[r0:r1, 50:70] = c
+        x[r0:r1, 50:70] = c
+    fov = np.zeros_like(y, bool)
+    fov[:150, :120] = True
+    for _ in range(30):
+        xa, ya, fa = train_levels.augment(rng, x, y, fov)
+        assert xa.shape == x.shape and ya.dtype == np.uint8
+        assert (ya[~fa] == ld.BG).all() or (ya[~fa] == ld.BG).mean() > 0.99
+        assert (ya == ld.DISC_L45).any() and (ya == ld.DISC_L5S1).any()  # cuts never remove L4-5 or L5-S1
+
+
+@needs_spider
+def test_slab_level_labels_count_up_from_the_lowest_vertebra():
+    """Real slab 61 (training patient, levels counted): L5 is the lowest body, L4 above it, the L4-5 disc between
+    them at the reference disc centre of fine_data.slab_labels, the L5-S1 disc below L5, higher levels above."""
+    from FORAMEN3DLib import fine_data as fd
+
+    image, mask = spider.load_slab("61")
+    y = ld.slab_level_labels("61", image, mask)
+    rows = {c: np.nonzero((y == c).any(axis=(0, 2)))[0].mean() for c in range(1, ld.N_CLASSES)}
+    assert rows[ld.UPPER_VERTEBRA] < rows[ld.L4] < rows[ld.DISC_L45] < rows[ld.L5] < rows[ld.DISC_L5S1]
+    ref = fd.slab_labels("61", image, mask).disc_center_lps
+    assert np.allclose(fd.label_center_lps(mask, y == ld.DISC_L45), ref, atol=1e-6)
+    assert ((y == ld.IGNORE) <= (np.asarray(mask.array) == spider.SLAB_VERTEBRA) |
+            (np.asarray(mask.array) == spider.SLAB_DISC)).all()
+    s = ld.slab_planes("61")
+    assert s["x"].shape[1:] == (160, 128) and s["y"].shape == s["x"].shape
+    with pytest.raises(Exception, match="held out"):
+        ld.slab_planes("136")
+
+
+@needs_spider
+def test_training_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """Two iterations, then two more with --resume == four in one go (same weights: generators saved)."""
+    monkeypatch.setattr(train_levels, "VAL_PATIENTS", ("22",))
+    real = train_levels.load_cases
+    monkeypatch.setattr(train_levels, "load_cases", lambda ps, allow_held_out=False: real([p for p in ps if p in
+                                                                                         ("18", "22", "61")]))
+    monkeypatch.setattr(ll, "NETWORK", {**ll.NETWORK, "channels": (4, 4, 4, 4, 4, 4)})
+    train_levels.train(tmp_path / "a", 4, 1, False, 2, 1)
+    train_levels.train(tmp_path / "b", 2, 1, False, 2, 1)
+    train_levels.train(tmp_path / "b", 4, 1, True, 2, 1)
+    sa = torch.load(tmp_path / "a" / "state.pt", weights_only=False)["network"]
+    sb = torch.load(tmp_path / "b" / "state.pt", weights_only=False)["network"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert (tmp_path / "a" / "best.pt").is_file() and (tmp_path / "a" / "history.csv").read_text().count("\n") == 3
+
+
+def test_segment_volume_levels_mode_moves_the_crop_and_says_so(tmp_path, monkeypatch):
+    """The level network's L4-5 one level below the coarse answer: the crop moves there, ``locator`` says "level
+    network", a QC note gives the disagreement; no disc found: the coarse answer stays, with a QC note."""
+    from test_locator import DISCS_Z, _spine_world
+
+    img, loaded = _spine_world(tmp_path, monkeypatch, DISCS_Z["L3-4"])
+    monkeypatch.setattr(ll, "load_level_model", lambda path=None, device="cpu": None)
+    found = ll.LevelResult(np.array([-24.0, 40.0, DISCS_Z["L4-5"]]), "named", {"L4": -30.0, "L5": 30.0}, True)
+    monkeypatch.setattr(ll, "locate_levels", lambda image, model, lr: found)
+    res = segment3d.segment_volume(img, loaded, "cpu", fine_options={"locator_mode": "levels"})
+    assert res.locator == "level network" and res.l45_centre_lps[2] == pytest.approx(DISCS_Z["L4-5"])
+    assert res.locator_details["mode"] == "levels"
+    assert res.locator_details["coarse_centre_lps"][2] == pytest.approx(DISCS_Z["L3-4"])
+    assert any(re.search(r"level network put L4-5 3[4-6] mm below the coarse model's L4-5 \(about one level\)", q)
+               for q in res.qc), res.qc
+    monkeypatch.setattr(ll, "locate_levels", lambda image, model, lr: ll.LevelResult(None, "no disc", {}, False))
+    res = segment3d.segment_volume(img, loaded, "cpu", fine_options={"locator_mode": "levels"})
+    assert res.locator == "coarse model" and res.l45_centre_lps[2] == pytest.approx(DISCS_Z["L3-4"])
+    assert any(q.startswith("level network: no disc") for q in res.qc)
