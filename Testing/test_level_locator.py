@@ -167,7 +167,7 @@ def test_segment_volume_levels_mode_moves_the_crop_and_says_so(tmp_path, monkeyp
     from test_locator import DISCS_Z, _spine_world
 
     img, loaded = _spine_world(tmp_path, monkeypatch, DISCS_Z["L3-4"])
-    monkeypatch.setattr(ll, "load_level_model", lambda path=None, device="cpu": None)
+    monkeypatch.setattr(ll, "get_level_model", lambda device="cpu", path=None: None)
     found = ll.LevelResult(np.array([-24.0, 40.0, DISCS_Z["L4-5"]]), "named", {"L4": -30.0, "L5": 30.0}, True)
     monkeypatch.setattr(ll, "locate_levels", lambda image, model, lr: found)
     res = segment3d.segment_volume(img, loaded, "cpu", fine_options={"locator_mode": "levels"})

@@ -22,7 +22,9 @@ Variants (``--variants``, comma list):
 * ``whole``: one window over the whole crop (padded to 160³; instance-norm statistics of the whole crop);
 * ``onnx``: ONNX Runtime for the windows (one export per process, its time is reported separately);
 * ``bf16``: torch bfloat16 autocast for the windows;
-* ``nolevelcheck``: without the level check (what the check costs when it does not trigger).
+* ``nolevelcheck``: without the level check (what the check costs when it does not trigger);
+* ``coarselocator``: the crop on the coarse model's answer alone (``locator_mode="coarse"``; the default adds the
+  level network, :mod:`FORAMEN3DLib.level_locator`, whose time is part of ``locate``).
 
 Writes a JSON (``--out``) and prints a table. The numbers depend on the machine's load: run variants in one call.
 """
@@ -47,6 +49,7 @@ VARIANTS = {
     "onnx": {"backend": "onnx"},
     "bf16": {"precision": "bf16"},
     "nolevelcheck": {"level_check": False},
+    "coarselocator": {"locator_mode": "coarse"},
 }
 STAGES = ("preprocess", "locate", "fine_preprocess", "inference", "postprocess", "inverse", "total")
 

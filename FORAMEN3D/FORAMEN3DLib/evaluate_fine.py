@@ -43,6 +43,7 @@ from spinemorph.atomic import atomic_write_text
 from spinemorph.errors import SpineMorphError
 
 from . import fine_data as fd
+from .locator import DEFAULT_LOCATOR_MODE, LOCATOR_MODES
 from .train_fine import FINE_CLASS_NAMES, predict_crop
 
 
@@ -158,13 +159,13 @@ def _grid_region(image, crop) -> np.ndarray:
 
 
 def evaluate_slabs(model, device="cpu", pred_dir: Path | None = None, patients=None,
-                   l45_point: str | None = None, roi=None, locator_mode: str = "coarse") -> list[dict]:
+                   l45_point: str | None = None, roi=None, locator_mode: str | None = None) -> list[dict]:
     """Held-out real slabs through :func:`segment_volume` (any model), scored on :func:`reference_region`.
 
     ``patients``: a subset of the held-out slab patients (default all). ``l45_point="reference"``: the crop is
     centred on the **reference** L4-5 disc centroid of the slab mask, as a reader's hand-placed point would be
     (``segment_volume(..., l45_point=...)``; fine models only; the coarse locator does not run). ``locator_mode``:
-    the fine pipeline's locator (``segment_fine``; default the coarse model).
+    the fine pipeline's locator (``segment_fine``; None: its default).
 
     ``pred_dir``: write each prediction as ``<patient>.nrrd`` (labels on the slab grid) and the region the model
     segmented (its fine crop, or the coarse window, on the slab grid) as ``region/<patient>.nrrd``, for
@@ -193,7 +194,7 @@ def evaluate_slabs(model, device="cpu", pred_dir: Path | None = None, patients=N
                 raise SpineMorphError(f"patient {p}: levels not derivable, no reference L4-5 disc for --l45-point")
             point = tuple(float(v) for v in lab.disc_center_lps)
         opts = {"roi": tuple(roi)} if roi and canal else {}
-        if locator_mode != "coarse":
+        if locator_mode is not None and canal:
             opts["locator_mode"] = locator_mode
         res = segment_volume(image.with_array(image.array.astype(np.float32)), loaded, device, l45_point=point,
                              fine_options=opts)
@@ -385,8 +386,8 @@ def main(argv=None) -> int:
                     help="with --locator-study: also the disc count (locator_mode='count') through segment_volume")
     ap.add_argument("--levels", default=None, metavar="FILE",
                     help="with --locator-study: also the level network (level-locator weights; 'default' = embedded)")
-    ap.add_argument("--locator", choices=("coarse", "count", "levels"), default="coarse",
-                    help="with --slabs: the fine pipeline's L4-5 locator (default coarse)")
+    ap.add_argument("--locator", choices=LOCATOR_MODES, default=None,
+                    help=f"with --slabs: the fine pipeline's L4-5 locator (default {DEFAULT_LOCATOR_MODE})")
     ap.add_argument("--split", choices=("train", "held-out", "all"), default="all",
                     help="with --locator-study: the slab patients studied (rules are chosen on train only)")
     ap.add_argument("--sac-end-study", default=None, metavar="P1,P2",

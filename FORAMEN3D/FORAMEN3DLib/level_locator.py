@@ -17,6 +17,7 @@ Weights file (``torch.save`` dictionary, loaded with ``weights_only=True``)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,19 @@ def load_level_model(path=None, device="cpu") -> LevelModel:
         raise ModelError(f"level-locator weights {p} do not fit their network: {str(e).splitlines()[0]}") from None
     net.eval().to(device)
     return LevelModel(net, dict(obj.get("meta", {})), p, torch.device(device))
+
+
+@functools.lru_cache(maxsize=2)
+def _cached(path: str, mtime_ns: int, device: str) -> LevelModel:
+    return load_level_model(path, device)
+
+
+def get_level_model(device="cpu", path=None) -> LevelModel:
+    """:func:`load_level_model`, loaded once per file (path and modification time) and device."""
+    p = Path(path) if path is not None else DEFAULT_WEIGHTS
+    if not p.is_file():
+        return load_level_model(p, device)  # the one clear error
+    return _cached(str(p), p.stat().st_mtime_ns, str(device))
 
 
 def predict_planes(model: LevelModel, x: np.ndarray, batch: int = 8) -> np.ndarray:

@@ -561,7 +561,7 @@ def _levels_centre(image: Volume, prep: Preprocessed, coarse_lps, device, qc: li
     order, and when it finds no L4-5 disc (the crop then stays on the coarse answer)."""
     from . import level_locator
 
-    res = level_locator.locate_levels(image, level_locator.load_level_model(device=device), coarse_lps)
+    res = level_locator.locate_levels(image, level_locator.get_level_model(device), coarse_lps)
     extra = {"locator_details": {**res.details(), "coarse_centre_lps": [round(float(v), 3) for v in coarse_lps]}}
     if res.centre_lps is None:
         qc.append(f"level network: {res.reason}; the crop is centred on the coarse model's L4-5 — check the level labels")
