@@ -226,6 +226,7 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--validate-every", type=int, default=250)
     ap.add_argument("--save-every", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0, help="network initialisation and sampling seed (default 0)")
     ap.add_argument("--export", type=Path, default=None, help="copy best.pt (fp16) to this file and stop")
     a = ap.parse_args(argv)
     if a.export is not None:
@@ -234,7 +235,7 @@ def main(argv=None) -> int:
         shutil.copyfile(a.out / "best.pt", a.export)
         print(f"wrote {a.export}")
         return 0
-    train(a.out, a.iterations, a.threads, a.resume, a.validate_every, a.save_every)
+    train(a.out, a.iterations, a.threads, a.resume, a.validate_every, a.save_every, seed=a.seed)
     return 0
 
 
