@@ -180,3 +180,26 @@ def test_segment_volume_levels_mode_moves_the_crop_and_says_so(tmp_path, monkeyp
     res = segment3d.segment_volume(img, loaded, "cpu", fine_options={"locator_mode": "levels"})
     assert res.locator == "coarse model" and res.l45_centre_lps[2] == pytest.approx(DISCS_Z["L3-4"])
     assert any(q.startswith("level network: no disc") for q in res.qc)
+
+
+def test_level_input_filters_only_the_midline_band_with_the_same_result():
+    """``level_input`` smooths only the part of the image around the planes: the same values as smoothing the whole
+    volume (an oblique, anisotropic axial volume; the grid off the field-of-view centre)."""
+    from scipy.spatial.transform import Rotation
+
+    from spinemorph.intensity import zscore
+    from spinemorph.volume import resample_to_grid
+
+    rot = Rotation.from_euler("xyz", [8, -5, 12], degrees=True).as_matrix()
+    arr = np.random.default_rng(2).normal(100, 10, (90, 120, 110)).astype(np.float32)
+    img = Volume(arr, (0.9, 0.7, 1.6), (-40.0, -50.0, -70.0), rot)
+    grid = ld.level_grid(img, img.index_to_lps((70.0, 60.0, 45.0)))
+    x, fov = ld.level_input(img, grid)
+    whole = resample_to_grid(ld._smoothed(img), grid.spacing_mm, grid.size_ijk, grid.origin_mm, grid.direction,
+                             "linear").array
+    f = resample_to_grid(img.with_array(np.ones(img.shape, np.uint8)), grid.spacing_mm, grid.size_ijk,
+                         grid.origin_mm, grid.direction, "nearest").array.astype(bool)
+    ref = zscore(whole, f)
+    ref[~f] = 0.0
+    assert np.array_equal(ld.pad_planes(f), fov)
+    assert np.abs(ld.pad_planes(ref) - x).max() < 1e-4

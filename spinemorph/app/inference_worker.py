@@ -18,9 +18,10 @@ Protocol (one line each, ``PREFIX <json>``; any other line is log text):
 - ``SPINEMORPH_DEVICE {"device": "cpu", "warning": "..."}`` once the device is chosen;
 - ``SPINEMORPH_PROGRESS {"fraction": 0.42, "message": "..."}`` during the run;
 - ``SPINEMORPH_DONE {...result info...}`` after the outputs are written (exit status 0); for ``foramen`` the info also
-  holds ``locator`` (``"manual point"`` / ``"coarse model"`` / ``"disc count"``; ``""`` for a single-pass model), ``l45_centre_lps`` (the
-  crop centre used, LPS mm, or null) and ``qc`` (a list of QC notes, possibly empty) — readers that do not know these
-  keys ignore them;
+  holds ``locator`` (``"manual point"`` / ``"level network"`` / ``"coarse model"`` / ``"disc count"``; ``""`` for a
+  single-pass model), ``l45_centre_lps`` (the crop centre used, LPS mm, or null), ``locator_details`` (the level
+  network's or the disc count's account, or null) and ``qc`` (a list of QC notes, possibly empty) — readers that do
+  not know these keys ignore them;
 - ``SPINEMORPH_ERROR {"message": "...", "cancelled": false}`` on a failure (exit status 1; usage errors: 2).
 
 Outputs in ``--output-dir`` (written atomically; :func:`read_result` reads them back):
@@ -236,6 +237,7 @@ def _run_foramen(args, image, emit: _Emitter) -> dict:
     return {"model": result.model_name, "device": result.device,
             "timings_s": {k: round(float(v), 4) for k, v in result.timings_s.items()},
             "locator": result.locator, "l45_centre_lps": None if centre is None else [float(v) for v in centre],
+            "locator_details": getattr(result, "locator_details", None),
             "inference": getattr(result, "inference", None), "qc": [str(note) for note in result.qc]}
 
 
