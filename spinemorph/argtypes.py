@@ -52,7 +52,7 @@ def point_mm(text: str) -> tuple[float, float, float]:
 def add_l45_point_options(parser: argparse.ArgumentParser) -> None:
     """``--l45-point X,Y,Z`` and ``--ras``: a hand-placed L4-5 disc centre for the coarse-to-fine 3D segmentation."""
     parser.add_argument("--l45-point", type=point_mm, default=None, metavar="X,Y,Z",
-                        help="centre of the L4-5 disc in LPS mm (with --ras: RAS mm); overrides the coarse locator when "
+                        help="centre of the L4-5 disc in LPS mm (with --ras: RAS mm); overrides the locator when "
                              "it took the wrong level (coarse-to-fine models only; write --l45-point=X,Y,Z when X < 0)")
     parser.add_argument("--ras", action="store_true", help="--l45-point is given in RAS (3D Slicer) instead of LPS")
 

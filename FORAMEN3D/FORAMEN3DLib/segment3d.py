@@ -64,9 +64,10 @@ class SegmentationResult:
     qc : tuple of str
         Review notes of the pipeline (fine models: the level check, :func:`segment_fine`); empty when none.
     locator : str
-        Fine models: where the crop centre came from, ``"coarse model"`` (the coarse locator), ``"disc count"``
-        (``locator_mode="count"``, :mod:`FORAMEN3DLib.locator`) or ``"manual point"`` (``l45_point``); ``""`` for
-        single-pass models.
+        Fine models: where the crop centre came from, ``"level network"`` (the default ``locator_mode="levels"``,
+        :mod:`FORAMEN3DLib.level_locator`), ``"coarse model"`` (the coarse locator, also the level network's
+        fallback), ``"disc count"`` (``locator_mode="count"``, :mod:`FORAMEN3DLib.locator`) or ``"manual point"``
+        (``l45_point``); ``""`` for single-pass models.
     l45_centre_lps : tuple or None
         Fine models: the L4-5 centre (LPS mm) the crop was placed on.
     canal_threshold : float or None
@@ -725,7 +726,7 @@ def segment_volume(
         ``precision``, ``level_check``, ``locator``, ``canal_threshold``, ``locator_mode``).
     l45_point : sequence of 3 floats, optional
         Fine models only: a hand-placed L4-5 disc centre in **LPS** millimetres (RAS: negate x and y). The fine crop
-        is centred there instead of on the coarse locator's answer (``result.locator == "manual point"``). A point
+        is centred there instead of on the locator's answer (``result.locator == "manual point"``). A point
         outside the image, or a single-pass model, raises :class:`~spinemorph.errors.InputError`.
 
     Returns

@@ -24,7 +24,7 @@ CHANNEL_COLOR = (0.2, 0.9, 0.4)
 
 def l45PointLPS(markupsNode):
     """The hand-placed L4-5 disc centre: the first control point of ``markupsNode`` (a point list; Slicer stores RAS)
-    as LPS mm (x and y negated), or None when no node is selected (the coarse locator then finds the level).
+    as LPS mm (x and y negated), or None when no node is selected (the locator then finds the level).
 
     A selected point list without a point is an ``InputError`` (the user meant to place one)."""
     from spinemorph.errors import InputError

@@ -42,7 +42,7 @@ class FORAMEN3DParameterNode:
     model - catalogue name of the embedded 3D model ("default") or the imported-file marker; weightsFile - user .pt file.
     device - compute device.
     l45Point - optional point list: its first point is the L4-5 disc centre placed by hand (when the model takes the
-    wrong level); None: the coarse locator finds it.
+    wrong level); None: the locator (level network) finds it.
     outputSegmentation - L4 / L4-5 disc / L5 segments; measurementTable - Metric / Side / Value / Unit / Flag.
     trajectoryLine - entry (point 1) and target (point 2) of the working channel; channelModel - its cylinder.
     side, target, diameterMm - trajectory planning settings (channel 6-8 mm, default 7.5 mm).

@@ -31,7 +31,7 @@ Outputs in ``--output-dir`` (written atomically; :func:`read_result` reads them 
 - ``foramen``: ``labels.nrrd`` (0 background, 1 L4, 2 L4-5 disc, 3 L5 on the input grid), ``result.json``.
 
 ``--l45-point=X,Y,Z`` (``foramen`` only, optional): a hand-placed L4-5 disc centre in **LPS** millimetres (Slicer's
-RAS: negate x and y); the fine model's crop is centred there instead of on the coarse locator's answer. A malformed
+RAS: negate x and y); the fine model's crop is centred there instead of on the locator's answer. A malformed
 point, a point outside the image or a point given to ``dsca`` ends the run with one ``SPINEMORPH_ERROR`` line.
 
 This module imports only the standard library at import time (the Slicer glue imports it for the protocol helpers).
