@@ -92,10 +92,10 @@ def main(argv=None) -> int:
               [Patch(color=COLOURS[255][:3], label="level unknown (fragment)"),
                Line2D([], [], marker="x", color="yellow", mec="black", ls="", ms=9, label="L4-5 of the level network"),
                Line2D([], [], marker="o", mfc="none", mec="cyan", ls="", ms=9, label="L4-5 of the coarse model")]
-    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8.5)
-    fig.text(0.99, 0.003, "real T2 SPACE slabs: SPIDER, van der Graaf et al., Sci Data 2024 (CC BY 4.0)", ha="right",
-             va="bottom", fontsize=7)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.02), ncol=5, fontsize=8.5)
+    fig.text(0.5, 0.004, "real T2 SPACE slabs: SPIDER, van der Graaf et al., Sci Data 2024 (CC BY 4.0)", ha="center",
+             va="bottom", fontsize=7.5)
+    fig.tight_layout(rect=(0, 0.085, 1, 1))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(a.out, dpi=80)
     print(f"wrote {a.out}")
