@@ -203,3 +203,36 @@ def test_level_input_filters_only_the_midline_band_with_the_same_result():
     ref[~f] = 0.0
     assert np.array_equal(ld.pad_planes(f), fov)
     assert np.abs(ld.pad_planes(ref) - x).max() < 1e-4
+
+
+def test_levels_mode_rescues_an_image_where_the_coarse_model_finds_nothing(tmp_path, monkeypatch):
+    """The coarse model finds no L4-5 in its window: the level network (planes on the field of view's left-right
+    centre) places the crop, with a QC note; when it names none either, one error; the coarse mode keeps its error."""
+    from test_locator import DISCS_Z, _spine_world
+
+    from spinemorph.errors import SpineMorphError
+
+    img, loaded = _spine_world(tmp_path, monkeypatch, DISCS_Z["L3-4"])
+
+    def nothing(prep, lab):
+        raise SpineMorphError("the locator found no L4-5 level in this image")
+
+    monkeypatch.setattr(segment3d, "locate_l45", nothing)
+    monkeypatch.setattr(ll, "get_level_model", lambda device="cpu", path=None: None)
+    seen = {}
+
+    def found(image, model, lr):
+        seen["lr"] = np.asarray(lr, float)
+        return ll.LevelResult(np.array([-24.0, 40.0, DISCS_Z["L4-5"]]), "named", {"L4": -30.0, "L5": 30.0}, True)
+
+    monkeypatch.setattr(ll, "locate_levels", found)
+    res = segment3d.segment_volume(img, loaded, "cpu")
+    assert res.locator == "level network" and res.l45_centre_lps[2] == pytest.approx(DISCS_Z["L4-5"])
+    assert res.locator_details["coarse_centre_lps"] is None
+    assert np.allclose(seen["lr"], img.index_to_lps((np.asarray(img.size_ijk, float) - 1) / 2.0))
+    assert any("coarse model found no L4-5 in its window" in q for q in res.qc)
+    monkeypatch.setattr(ll, "locate_levels", lambda image, model, lr: ll.LevelResult(None, "no disc named", {}, False))
+    with pytest.raises(SpineMorphError, match="no L4-5 level found.*no disc named"):
+        segment3d.segment_volume(img, loaded, "cpu")
+    with pytest.raises(SpineMorphError, match="the locator found no L4-5 level"):
+        segment3d.segment_volume(img, loaded, "cpu", fine_options={"locator_mode": "coarse"})

@@ -559,11 +559,25 @@ def _levels_centre(image: Volume, prep: Preprocessed, coarse_lps, device, qc: li
     """``locator_mode="levels"``: the level network's L4-5 (:func:`FORAMEN3DLib.level_locator.locate_levels`, on the
     planes around the coarse answer's left-right position); (centre, locator name, ``{"locator_details": ...}``). QC
     notes (appended to ``qc``) when it disagrees with the coarse model by a level, when the levels it names are out of
-    order, and when it finds no L4-5 disc (the crop then stays on the coarse answer)."""
+    order, and when it finds no L4-5 disc (the crop then stays on the coarse answer). ``coarse_lps`` None (the coarse
+    model found no L4-5 in its 144 mm window, e.g. a tall field of view): the planes lie on the field of view's
+    left-right centre and the level network's answer is used with a QC note; when it names none either, one
+    :class:`SpineMorphError`."""
     from . import level_locator
 
-    res = level_locator.locate_levels(image, level_locator.get_level_model(device), coarse_lps)
-    extra = {"locator_details": {**res.details(), "coarse_centre_lps": [round(float(v), 3) for v in coarse_lps]}}
+    lr = coarse_lps if coarse_lps is not None else image.index_to_lps((np.asarray(image.size_ijk, float) - 1) / 2.0)
+    res = level_locator.locate_levels(image, level_locator.get_level_model(device), lr)
+    extra = {"locator_details": {**res.details(), "coarse_centre_lps": None if coarse_lps is None else
+                                 [round(float(v), 3) for v in coarse_lps]}}
+    if coarse_lps is None:  # the coarse model found nothing in its window: the level network alone (planes on the
+        if res.centre_lps is None:  # field of view's left-right centre)
+            raise SpineMorphError(f"no L4-5 level found: the coarse model found none in its 144 mm window and {res.reason}; "
+                                  "give a sagittal or 3D lumbar MRI covering L3-S1, or place the L4-5 point by hand")
+        qc.append("levels: the coarse model found no L4-5 in its window; the level network's L4-5 was used (planes on "
+                  "the field of view's left-right centre) — check the level labels")
+        if not res.order_ok:
+            qc.append(f"level network: {res.reason} — check the level labels")
+        return res.centre_lps, "level network", extra
     if res.centre_lps is None:
         qc.append(f"level network: {res.reason}; the crop is centred on the coarse model's L4-5 — check the level labels")
         return np.asarray(coarse_lps, float), "coarse model", extra
@@ -650,7 +664,12 @@ def segment_fine(
     else:
         loc_name = locator or loaded.meta.get("locator") or DEFAULT_LOCATOR
         coarse_padded, _, tc = segment_preprocessed(prep, loc_name, device, None, should_cancel, inverse=False)
-        centre = locate_l45(prep, coarse_padded)
+        try:
+            centre = locate_l45(prep, coarse_padded)
+        except SpineMorphError:
+            if locator_mode != "levels":
+                raise
+            centre = None  # the level network may still name L4-5 (it sees the whole field of view)
         where = "coarse model"
         if locator_mode == "levels":
             _report(progress, 0.3, "naming the levels")
