@@ -236,3 +236,24 @@ def test_levels_mode_rescues_an_image_where_the_coarse_model_finds_nothing(tmp_p
         segment3d.segment_volume(img, loaded, "cpu")
     with pytest.raises(SpineMorphError, match="the locator found no L4-5 level"):
         segment3d.segment_volume(img, loaded, "cpu", fine_options={"locator_mode": "coarse"})
+
+
+@needs_spider
+def test_locate_levels_does_not_depend_on_how_the_voxels_are_stored():
+    """The same real slab (61, a training patient) stored in another axis order and with a flipped axis (as an
+    axial-ordered acquisition would be): the same L4-5 centre with the embedded weights (the grid is built on the
+    exact re-orientation)."""
+    m = ll.get_level_model()
+    image, _ = spider.load_slab("61")
+    img = image.with_array(image.array.astype(np.float32))
+    c = img.index_to_lps((np.asarray(img.size_ijk, float) - 1) / 2)
+    arr = np.flip(np.transpose(img.array, (2, 0, 1)), axis=2)  # array (old i, old k, old j reversed)
+    d, sp = np.asarray(img.direction, float), np.asarray(img.spacing_mm, float)
+    other = Volume(np.ascontiguousarray(arr), (sp[1], sp[2], sp[0]),
+                   tuple(img.index_to_lps((0.0, img.size_ijk[1] - 1.0, 0.0))),
+                   np.stack([-d[:, 1], d[:, 2], d[:, 0]], axis=1))
+    probe = img.index_to_lps((10.0, 20.0, 3.0))
+    i, j, k = np.round(other.lps_to_index(probe)).astype(int)
+    assert other.array[k, j, i] == img.array[3, 20, 10]  # the same voxel at the same place
+    a, b = ll.locate_levels(img, m, c), ll.locate_levels(other, m, c)
+    assert a.centre_lps is not None and np.linalg.norm(a.centre_lps - b.centre_lps) < 0.05
