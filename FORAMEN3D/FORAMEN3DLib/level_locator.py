@@ -34,7 +34,10 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "Resources" / "Models" /
 #: MONAI UNet arguments of the level network (5 poolings: a receptive field over the whole lumbar spine at 2 mm)
 NETWORK = {"spatial_dims": 2, "in_channels": 1, "out_channels": ld.N_CLASSES, "channels": (16, 32, 64, 128, 256, 256),
            "strides": (2, 2, 2, 2, 2), "num_res_units": 1, "norm": "instance"}
-#: the L4-5 disc region must hold at least this much area summed over the averaged planes (mm²)
+#: the L4-5 disc region must hold at least this much area on the plane-averaged decision (mm²). A design choice, not a
+#: literature value: a mid-sagittal lumbar disc section is several hundred mm² (about 35 mm deep × 8-12 mm high), so
+#: 40 mm² (10 pixels of 2 mm) only rejects specks (training patient 50, a slab off the midline at L4-L5, got no L4-5
+#: disc from the network); the crop then stays on the coarse answer with a QC note
 MIN_DISC_AREA_MM2 = 40.0
 
 
