@@ -18,8 +18,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 def _cache_dir_in_tmp(tmp_path_factory):
     """``SPINEMORPH_CACHE_DIR`` is a folder of this test session, never the user's cache.
 
-    Runs of the fine 3D model with ONNX Runtime export the network to ``$SPINEMORPH_CACHE_DIR/onnx``, else to
-    ``~/.cache/spinemorph/onnx`` (:func:`FORAMEN3DLib.segment3d.onnx_cache_dir` reads the variable at call time;
+    Runs of the fine 3D model with OpenVINO or ONNX Runtime convert the network into
+    ``$SPINEMORPH_CACHE_DIR/openvino`` or ``.../onnx``, else ``~/.cache/spinemorph/...``
+    (:func:`FORAMEN3DLib.fine_backends.cache_dir` reads the variable at call time;
     worker processes inherit it). Set in ``os.environ`` for the whole session, so one export serves every test of
     the run; a test may still point it elsewhere with ``monkeypatch.setenv``.
     """

@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from FORAMEN3DLib import fine_backends, models3d, segment3d, train_fine
 from FORAMEN3DLib import fine_data as fd
-from FORAMEN3DLib import models3d, segment3d, train_fine
 from FORAMEN3DLib.network3d import NetworkConfig, UNet3D
 from FORAMEN3DLib.preprocess import CANONICAL_AXES, preprocess_volume
 
@@ -272,7 +272,7 @@ def test_onnx_backend_same_labels_and_cached_export(tmp_path, monkeypatch):
     if not onnx_available():
         pytest.skip("onnx / onnxruntime not installed (optional)")
     monkeypatch.setenv("SPINEMORPH_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(segment3d, "_ONNX", {})
+    monkeypatch.setattr(fine_backends, "_SESSIONS", {})
     loaded = models3d.load_model(_tiny_fine_weights(tmp_path / "fine.pt"), "cpu")
     x = np.random.default_rng(0).normal(size=(72, 72, 80)).astype(np.float32)
     ref = segment3d.fine_network_labels(loaded, x, (64, 64, 64), 0.25, "torch")
@@ -281,9 +281,50 @@ def test_onnx_backend_same_labels_and_cached_export(tmp_path, monkeypatch):
     files = list((tmp_path / "cache" / "onnx").glob("*_64x64x64_*.onnx"))
     assert len(files) == 1
     stamp = files[0].stat().st_mtime_ns
-    segment3d._ONNX.clear()
+    fine_backends._SESSIONS.clear()
     assert np.array_equal(segment3d.fine_network_labels(loaded, x, (64, 64, 64), 0.25, "onnx"), got)
     assert files[0].stat().st_mtime_ns == stamp  # loaded from the cache, not exported again
+
+
+def test_openvino_backend_same_labels_cached_ir_and_bf16(tmp_path, monkeypatch):
+    """OpenVINO windows (the CPU default) give the torch labels at fp32; the IR is converted once into the cache
+    folder and reused; bf16 changes few labels and the record says which arithmetic ran; a wrong input shape and a
+    broken IR each give one clear error."""
+    from spinemorph.errors import ModelError
+    from spinemorph.openvino_runtime import OpenVinoPredictor, cpu_has_bf16, openvino_available
+
+    if not openvino_available():
+        pytest.skip("openvino not installed")
+    monkeypatch.setenv("SPINEMORPH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(fine_backends, "_SESSIONS", {})
+    assert fine_backends.resolve_fine_backend("cpu", "auto", "fp32") == "openvino"
+    assert fine_backends.resolve_fine_backend("cpu", "auto", "bf16") == "openvino"
+    with pytest.raises(ValueError, match="backend must be"):
+        fine_backends.resolve_fine_backend("cpu", "tensorrt")
+    loaded = models3d.load_model(_tiny_fine_weights(tmp_path / "fine.pt"), "cpu")
+    x = np.random.default_rng(0).normal(size=(72, 72, 80)).astype(np.float32)
+    ref_logits = segment3d.fine_network_logits(loaded, x, (64, 64, 64), 0.25, "torch")
+    got_logits = segment3d.fine_network_logits(loaded, x, (64, 64, 64), 0.25, "openvino")
+    assert np.abs(got_logits - ref_logits).max() < 1e-2
+    got = segment3d.decide_fine_labels(got_logits)
+    assert (got != segment3d.decide_fine_labels(ref_logits)).mean() < 1e-3
+    files = list((tmp_path / "cache" / "openvino").glob("*_64x64x64_*.xml"))
+    assert len(files) == 1 and files[0].with_suffix(".bin").is_file()
+    stamp = files[0].stat().st_mtime_ns
+    fine_backends._SESSIONS.clear()
+    assert np.array_equal(segment3d.fine_network_labels(loaded, x, (64, 64, 64), 0.25, "openvino"), got)
+    assert files[0].stat().st_mtime_ns == stamp  # read from the cache, not converted again
+    rec = fine_backends.inference_record("cpu", "openvino", "fp32")
+    assert rec["backend"] == "openvino" and rec["precision"] == "fp32"
+    bf = segment3d.fine_network_labels(loaded, x, (64, 64, 64), 0.25, "openvino", "bf16")
+    assert (bf != got).mean() < 0.02
+    assert fine_backends.inference_record("cpu", "openvino", "bf16")["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
+    pred = OpenVinoPredictor(files[0], threads=1)
+    with pytest.raises(ModelError, match="takes inputs of shape"):
+        pred(np.zeros((1, 4, 32, 64, 64), np.float32))
+    files[0].write_text("not an IR")
+    with pytest.raises(ModelError, match="OpenVINO cannot load"):
+        OpenVinoPredictor(files[0])
 
 
 def test_canal_threshold_decision_known_answers():

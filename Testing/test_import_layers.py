@@ -48,7 +48,8 @@ LAYER_NAMES = {CORE: "core", DATA: "data", COMPUTATION: "computation", APPLICATI
 CORE_MODULES = {
     "spinemorph", "spinemorph.argtypes", "spinemorph.atomic", "spinemorph.benchutil", "spinemorph.commandline",
     "spinemorph.cpu_inference", "spinemorph.device", "spinemorph.dicomio", "spinemorph.errors", "spinemorph.files", "spinemorph.intensity",
-    "spinemorph.labelmaps", "spinemorph.labels", "spinemorph.masks", "spinemorph.onnx_export", "spinemorph.polydata",
+    "spinemorph.labelmaps", "spinemorph.labels", "spinemorph.masks", "spinemorph.onnx_export", "spinemorph.openvino_runtime",
+    "spinemorph.polydata",
     "spinemorph.runconfig", "spinemorph.segio", "spinemorph.series", "spinemorph.stats", "spinemorph.volume",
 }
 #: layer 2, synthetic and real data. A name here also covers ``<name>_*`` and ``<name>.*`` (files split from it).

@@ -248,14 +248,17 @@ def test_inference_record_says_what_ran(tmp_path, monkeypatch):
     rec = segment3d.inference_record("cpu", "torch", "bf16")
     assert rec == {"backend": "torch", "threads": torch.get_num_threads(), "precision": "bf16 autocast", "device": "cpu"}
     assert segment3d.resolve_fine_backend("cuda", "auto", "fp32") == "torch"
-    assert segment3d.resolve_fine_backend("cpu", "auto", "bf16") == "torch"
+    from spinemorph.openvino_runtime import openvino_available
+
+    assert segment3d.resolve_fine_backend("cpu", "auto", "bf16") == ("openvino" if openvino_available() else "torch")
     img, loaded = _spine_world(tmp_path, monkeypatch, DISCS_Z["L4-5"])
     res = segment3d.segment_volume(img, loaded, "cpu", fine_options={"backend": "torch"})
     assert res.inference["backend"] == "torch" and res.inference["threads"] == torch.get_num_threads()
     auto = segment3d.segment_volume(img, loaded, "cpu")
     from spinemorph.onnx_export import onnx_available
 
-    assert auto.inference["backend"] == ("onnxruntime" if onnx_available() else "torch")
+    expected = "openvino" if openvino_available() else ("onnxruntime" if onnx_available() else "torch")
+    assert auto.inference["backend"] == expected and auto.inference["precision"] == "fp32"
 
 
 # ---------------------------------------------------------------------- real slab masks (geometry only)

@@ -15,12 +15,14 @@ back), ``total``. Each variant's labels are compared with the default's (Dice pe
 
 Variants (``--variants``, comma list):
 
-* ``default``: the shipped settings (ROI 96³, overlap 0.25, Gaussian blending; ONNX Runtime when installed, else
-  torch);
+* ``default``: the shipped settings (ROI 96³, overlap 0.25, Gaussian blending; OpenVINO fp32 when installed, else
+  ONNX Runtime, else torch);
 * ``torch``: the same with torch for the windows;
 * ``overlap0``: overlap 0 (still 8 windows on a 144×144×160 crop: the number of windows does not change);
 * ``whole``: one window over the whole crop (padded to 160³; instance-norm statistics of the whole crop);
 * ``onnx``: ONNX Runtime for the windows (one export per process, its time is reported separately);
+* ``openvino``: OpenVINO fp32 for the windows (the IR conversion, once per machine, is in ``first_call_s``);
+* ``ovbf16``: OpenVINO bfloat16 (native on CPUs with AVX512-BF16 / AMX, else it computes in fp32);
 * ``bf16``: torch bfloat16 autocast for the windows;
 * ``nolevelcheck``: without the level check (what the check costs when it does not trigger);
 * ``coarselocator``: the crop on the coarse model's answer alone (``locator_mode="coarse"``; the default adds the
@@ -47,7 +49,9 @@ VARIANTS = {
     "overlap0": {"overlap": 0.0},
     "whole": {"roi": (160, 160, 160)},  # the crop padded to the next multiple of 32 (the network's size divisor)
     "onnx": {"backend": "onnx"},
-    "bf16": {"precision": "bf16"},
+    "openvino": {"backend": "openvino"},
+    "ovbf16": {"backend": "openvino", "precision": "bf16"},
+    "bf16": {"backend": "torch", "precision": "bf16"},
     "nolevelcheck": {"level_check": False},
     "coarselocator": {"locator_mode": "coarse"},
 }
@@ -81,8 +85,14 @@ def run(args) -> dict:
     fine = segment3d.get_model(args.model, "cpu")
     coarse = segment3d.get_model("foramen3d-budget-cpu", "cpu")
     out = {"image": what, "shape": list(image.shape), "spacing_mm": list(image.spacing_mm), "model": args.model,
-           "threads": args.threads, "repeats": args.repeats, "machine": platform.processor() or platform.machine(),
+           "threads": args.threads, "repeats": args.repeats, "machine": _cpu_model(),
            "load_start": list(_load()), "variants": {}}
+    from spinemorph.openvino_runtime import cpu_has_bf16, openvino_available
+
+    if openvino_available():
+        import openvino
+
+        out.update({"openvino": openvino.__version__, "cpu_native_bf16": cpu_has_bf16()})
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     for name in names:
         if name not in VARIANTS:
@@ -120,6 +130,18 @@ def run(args) -> dict:
               + (f" | vs default: {rec['vs_default']}" if "vs_default" in rec else ""), flush=True)
     out["load_end"] = list(_load())
     return out
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _load():

@@ -83,13 +83,14 @@ def disc_offset_mm(vol, truth: np.ndarray, pred: np.ndarray) -> float:
     return float(t[2] - p[2])  # LPS z points superior
 
 
-def evaluate_synth(loaded, n: int, seed: int = 0, mode: str = "network", roi=None) -> list[dict]:
+def evaluate_synth(loaded, n: int, seed: int = 0, mode: str = "network", roi=None, window: dict | None = None) -> list[dict]:
     """Held-out label maps synthesised (contrast T2) on the fine crop centred on the true L4-5 disc.
 
     ``mode="network"``: the fine network alone on that crop (no locator; fine models only). ``mode="pipeline"``:
     the crop as an image volume through :func:`FORAMEN3DLib.segment3d.segment_volume` (any model: the coarse model's
     single pass, or locator + fine network), scored on the same voxels: the like-for-like comparison of models.
-    ``roi``: sliding-window size of the fine network (array order; default the model's ``infer_roi``)."""
+    ``roi``: sliding-window size of the fine network (array order; default the model's ``infer_roi``). ``window``:
+    ``backend`` / ``precision`` of the fine network's windows (pipeline mode, :mod:`.fine_backends`)."""
     from spinemorph import spider
 
     from .segment3d import postprocess_labels, segment_volume
@@ -109,8 +110,9 @@ def evaluate_synth(loaded, n: int, seed: int = 0, mode: str = "network", roi=Non
                                      0.25, device=loaded.device)
                 pred = postprocess_labels(probs.argmax(0).astype(np.uint8), structures=(1, 2, 3, 4))
             else:
-                opts = {"roi": tuple(roi)} if roi and canal else None
-                pred = np.asarray(segment_volume(smp["grid"].volume(smp["x"]), loaded, "cpu", fine_options=opts).labels.array)
+                opts = {**({"roi": tuple(roi)} if roi and canal else {}), **((window or {}) if canal else {})}
+                pred = np.asarray(segment_volume(smp["grid"].volume(smp["x"]), loaded, "cpu",
+                                                 fine_options=opts or None).labels.array)
             dt = time.perf_counter() - t0
             truth = fd.definite_labels(smp["bits"])
             known = truth != 255
@@ -159,7 +161,8 @@ def _grid_region(image, crop) -> np.ndarray:
 
 
 def evaluate_slabs(model, device="cpu", pred_dir: Path | None = None, patients=None,
-                   l45_point: str | None = None, roi=None, locator_mode: str | None = None) -> list[dict]:
+                   l45_point: str | None = None, roi=None, locator_mode: str | None = None,
+                   window: dict | None = None) -> list[dict]:
     """Held-out real slabs through :func:`segment_volume` (any model), scored on :func:`reference_region`.
 
     ``patients``: a subset of the held-out slab patients (default all). ``l45_point="reference"``: the crop is
@@ -193,7 +196,7 @@ def evaluate_slabs(model, device="cpu", pred_dir: Path | None = None, patients=N
             if lab.disc_center_lps is None:
                 raise SpineMorphError(f"patient {p}: levels not derivable, no reference L4-5 disc for --l45-point")
             point = tuple(float(v) for v in lab.disc_center_lps)
-        opts = {"roi": tuple(roi)} if roi and canal else {}
+        opts = {**({"roi": tuple(roi)} if roi and canal else {}), **((window or {}) if canal else {})}
         if locator_mode is not None and canal:
             opts["locator_mode"] = locator_mode
         res = segment_volume(image.with_array(image.array.astype(np.float32)), loaded, device, l45_point=point,
@@ -380,6 +383,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--roi", default=None, metavar="A,B,C",
                     help="sliding-window size of the fine network, array order (default: the model's infer_roi)")
+    ap.add_argument("--backend", choices=("auto", "openvino", "onnx", "torch"), default="auto",
+                    help="what runs the fine network's windows (pipeline mode; default: OpenVINO on a CPU where installed)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="the fine network's arithmetic (bf16: OpenVINO bfloat16 / torch autocast; pipeline mode)")
     ap.add_argument("--locator-study", action="store_true",
                     help="level errors of the coarse locator on every slab patient with derived levels")
     ap.add_argument("--count", action="store_true",
@@ -398,6 +405,7 @@ def main(argv=None) -> int:
     from . import models3d
 
     torch.set_num_threads(a.threads)
+    window = {"backend": a.backend, "precision": a.precision}
     try:
         roi = [int(v) for v in a.roi.split(",")] if a.roi else None
     except ValueError:
@@ -413,11 +421,11 @@ def main(argv=None) -> int:
         rows = []
         if a.synth:
             mode = a.synth_mode or ("network" if has_canal_class(loaded) else "pipeline")
-            rows += evaluate_synth(loaded, a.synth, mode=mode, roi=roi)
+            rows += evaluate_synth(loaded, a.synth, mode=mode, roi=roi, window=window)
         if a.slabs:
             pts = [p.strip() for p in a.patients.split(",") if p.strip()] if a.patients else None
             rows += evaluate_slabs(loaded, pred_dir=a.pred_dir, patients=pts, l45_point=a.l45_point, roi=roi,
-                                   locator_mode=a.locator)
+                                   locator_mode=a.locator, window=window)
         studies = {}
         if a.locator_study:
             lvm = None
@@ -441,7 +449,8 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows) if rows else {}
-    atomic_write_text(out / "metrics.json", json.dumps({"model": str(a.model), "meta": loaded.meta, "roi": roi, "summary": summary,
+    atomic_write_text(out / "metrics.json", json.dumps({"model": str(a.model), "meta": loaded.meta, "roi": roi, "window": window,
+                                                        "summary": summary,
                                                         "rows": rows, "studies": studies}, indent=2, default=str))
     print(json.dumps(summary, indent=2))
     return 0
