@@ -256,6 +256,15 @@ def test_track_bridges_an_empty_slice_between_sac_slices_and_the_table_flags_it(
     bridged = []
     assert (postprocess_probabilities(blob, 0.95, "track", bridged=bridged) >= 0.95)[4].sum() == narrow.sum()
     assert bridged == [4]
+    # a piece at the bridging threshold that spills beyond the sac around it (epidural fat at p >= 0.5) is cut to
+    # the canal cross-section of the two neighbouring sac slices: never wider than the sac above and below
+    spill = prob.copy()
+    spill[4] = 0.02
+    spill[4][_ellipse(60, 60, 30, 24)] = 0.6  # 3.75x the neighbours' area, centred on the canal line
+    bridged = []
+    cut = (postprocess_probabilities(spill, 0.95, "track+fill", bridged=bridged) >= 0.95)[4]
+    assert bridged == [4] and cut.sum() == _ellipse(60, 60, 16, 12).sum()
+    assert not (cut & ~_ellipse(60, 60, 16, 12)).any()
     table = compute_dsca_table(_vol(mask.astype(np.uint8)), low_confidence_slices=[4])
     r = table.rows[4]
     assert dsca.FLAG_BRIDGED in r.qc_flags and r.stenosis == "" and "lower threshold" in r.stenosis_note

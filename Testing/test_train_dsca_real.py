@@ -176,6 +176,18 @@ def test_choose_decision_on_known_planes():
     assert worst["area_mae_mm2"] == pytest.approx(16 * 0.25)
 
 
+def test_best_candidate_breaks_exact_ties_by_the_unrounded_score():
+    """Same rounded score and the same Dice (e.g. largest2d+fill vs track+fill, which bridges one empty slice): the
+    smaller area error wins whatever the list order (the 2026-12-08 U-Net calibration had exactly this tie)."""
+    a = {"postprocess": "largest2d+fill", "score": 0.798642, "mean_dice": 0.891604}
+    b = {"postprocess": "track+fill", "score": 0.798841, "mean_dice": 0.891604}
+    c = {"postprocess": "fill", "score": 0.7969, "mean_dice": 0.8999}
+    for rows in ([a, b, c], [b, a, c], [c, a, b]):
+        assert cal.best_candidate(rows)["postprocess"] == "track+fill"
+    d = {"postprocess": "none", "score": 0.79870, "mean_dice": 0.8920}  # same rounded score, higher Dice: Dice first
+    assert cal.best_candidate([a, b, d])["postprocess"] == "none"
+
+
 def test_select_default_model(tmp_path):
     import importlib.util
     from pathlib import Path

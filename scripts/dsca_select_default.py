@@ -45,10 +45,10 @@ def select_default(paths) -> dict:
         raise SystemExit(f"error: the evaluations cover different real planes {sorted(map(str, planes))}; re-run them alike")
     if any(not math.isfinite(r["score"]) for r in rows):
         raise SystemExit("error: an evaluation lacks mean_true_area_mm2 / area MAE; re-run scripts/dsca_evaluate.py")
-    rows.sort(key=lambda r: (-round(r["score"], 3), -r["real_mean_dice"]))
+    rows.sort(key=lambda r: (-round(r["score"], 3), -r["real_mean_dice"], -r["score"]))
     return {"default": rows[0]["model"], "ranking": rows,
             "rule": "highest mean Dice - area MAE / mean true area inside the imaged strip of the held-out real slabs "
-                    "(0.001), then higher Dice"}
+                    "(0.001), then higher Dice, then the unrounded score"}
 
 
 def main(argv=None) -> int:

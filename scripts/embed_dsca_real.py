@@ -24,11 +24,31 @@ import argparse
 import csv
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LABEL = {"multiresunet": "MultiResUNet", "unet": "U-Net", "attention_unet": "Attention U-Net"}
+
+
+def _start_text(e: dict) -> str:
+    if not e["warm_start"]:
+        return f"Trained from scratch (seed {e['seed']})."
+    return (f"Warm start: {e['warm_start']} (the epochs up to it ran with that run's recipe, `configs/real_cpu.json`: "
+            "Adam lr 1e-4; the rows after it with the settings above).")
+
+
+def _warm_start_from_log(run: Path) -> str | None:
+    """``"<weights> at epoch N"`` from the run log's warm-start line (``dsca train --init-weights``), else None."""
+    log = run / "train.log"
+    if not log.is_file():
+        return None
+    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        m = re.search(r"warm start from (\S+) at epoch (\d+)", line)
+        if m:
+            return f"{Path(m.group(1)).name} of the earlier run, epoch {m.group(2)}"
+    return None
 
 
 def _load(run: Path) -> dict:
@@ -53,7 +73,7 @@ def _load(run: Path) -> dict:
     with open(run / "fold0" / "history.csv", newline="", encoding="utf-8") as f:
         history = list(csv.DictReader(f))
     ckpt = models.read_weights_file(best)
-    return {"best": best, "sha": sha, "calib": calib, "eval": ev, "history": history,
+    return {"run": run, "best": best, "sha": sha, "calib": calib, "eval": ev, "history": history,
             "config": json.loads((run / "config.json").read_text(encoding="utf-8")), "arch": str(ckpt["architecture"]),
             "ckpt_config": dict(ckpt.get("config") or {})}
 
@@ -88,7 +108,10 @@ def _entry(d: dict, dest: Path, old: dict) -> dict:
         s = ev["synthetic"]
         metrics["synthetic, held-out"] = {k: s.get(k) for k in ("n_slices", "mean_slice_dice", "f1", "area_mae_mm2",
                                                                  "pearson_r", "ba_mean_diff_mm2")}
-    warm = (d["ckpt_config"].get("init_weights") or cfg.get("init_weights"))
+    warm = (d["ckpt_config"].get("init_weights") or cfg.get("init_weights") or _warm_start_from_log(d["run"]))
+    config_file = f"configs/{cfg.get('name')}.json"
+    if not (ROOT / "DuralSacSeg" / "Resources" / "Models" / config_file).is_file():
+        config_file = "configs/real_cpu.json"
     return {
         "name": f"dsca-{arch.replace('_', '-')}",
         "architecture": arch,
@@ -110,7 +133,7 @@ def _entry(d: dict, dest: Path, old: dict) -> dict:
             "previous_threshold": d["calib"]["current"]["threshold"],
             "previous_postprocess": d["calib"]["current"]["postprocess"],
         },
-        "training_config": "configs/real_cpu.json",
+        "training_config": config_file,
         "seed": cfg.get("seed"),
         "iterations": sum(int(h["iterations"]) for h in hist if int(h["epoch"]) <= int(ckpt_row["epoch"])),
         "epochs": int(ckpt_row["epoch"]),
@@ -195,7 +218,7 @@ calibrated decision threshold {e['decision']['threshold']:.4f} with post-process
 `dsca segment` (and the Slicer module) run the network on whole 320 × 320 slices only to locate the canal and on a
 128 × 128 window around it on the others (`DuralSacSegLib.roi`); `--crop-px 0` / "Whole slices" runs every slice whole.
 
-## Training data (`configs/real_cpu.json`)
+## Training data (`{e['training_config']}`)
 Mixed 50/50 per crop: (1) every canal plane (every 4th PNG row, 0.6 mm pixels on the 320 grid) of the **real** T2 SPACE
 slabs of the training patients minus the validation split, with the loss limited to the imaged strip (the slabs are
 12–23 mm wide left-right); (2) 800 synthetic axial planes (style v2: nerve roots, epidural fat, texture) generated from
@@ -210,7 +233,7 @@ Weighted binary cross-entropy (positive weight {cfg['loss']['pos_weight']:g}), A
 batch {cfg['batch_size']}; random {cfg['crop']['size']} × {cfg['crop']['size']} crops
 ({100 * (1 - cfg['crop']['negative_fraction']):.0f} % containing the dural sac), left-right flips, random gamma
 {cfg['augment']['gamma'][0]}–{cfg['augment']['gamma'][1]}; {cfg['iterations_per_epoch']} iterations per epoch; {_checkpoint_text(e)}.
-{'Warm start: ' + str(e['warm_start']) + '.' if e['warm_start'] else 'Trained from scratch (seed ' + str(e['seed']) + ').'}
+{_start_text(e)}
 Resumable run: `scripts/train_dsca_real.sh start` (state every epoch and every 5 minutes).
 
 | epoch | train loss | validation loss | validation Dice | seconds |

@@ -173,7 +173,7 @@ def choose_decision(probs: np.ndarray, planes: PlaneSet, thresholds: Sequence[fl
     """Try every (threshold, post-processing) pair on validation planes; return (best, all rows).
 
     Best = highest :func:`accuracy_score` (mean Dice − relative area MAE inside the strip); ties (within 0.001)
-    broken by the higher mean Dice. With ``phantom = (probabilities, PhantomPlanes)`` only candidates whose phantom
+    broken by the higher mean Dice, then by the unrounded score (:func:`best_candidate`). With ``phantom = (probabilities, PhantomPlanes)`` only candidates whose phantom
     bias stays within ``max(PHANTOM_BIAS_TOL_MM2, |bias of current|)`` are eligible (``current`` = (threshold,
     post-processing) in use; the current setting is always eligible).
     """
@@ -195,8 +195,14 @@ def choose_decision(probs: np.ndarray, planes: PlaneSet, thresholds: Sequence[fl
             cur = score_strip(probs, planes, float(current[0]), current[1])
             cur.pop("per_patient")
             eligible = [cur]
-    best = max(eligible, key=lambda r: (round(r["score"], 3), r["mean_dice"]))
-    return best, rows
+    return best_candidate(eligible), rows
+
+
+def best_candidate(rows: Sequence[dict]) -> dict:
+    """The row with the highest ``score`` rounded to 0.001, then the higher ``mean_dice``, then the higher unrounded
+    ``score`` — never the list order: two post-processings can give the same masks on every plane (same Dice) and
+    differ only in area (e.g. ``track`` bridging an empty slice), and the more accurate area must win."""
+    return max(rows, key=lambda r: (round(r["score"], 3), r["mean_dice"], r["score"]))
 
 
 #: phantom-bias tiers of :func:`choose_checkpoint` (mm²): the issue's ±5 mm² partial-volume target first, then the

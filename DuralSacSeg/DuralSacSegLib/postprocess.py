@@ -18,7 +18,10 @@ flow void, never "no sac". The operations:
   network's mask breaks where the sac is tightest (the phantom study's central stenosis: 79 and 95 mm2 left empty at
   the decision threshold 20/21, with mean probabilities 0.39 and 0.80 inside the sac). Such a slice is thresholded
   again at :data:`BRIDGE_THRESHOLD` and keeps the one 2D piece whose centre lies nearest the sac's expected centre
-  (interpolated between the nearest track slices above and below), within one sac diameter of those slices; their indices are returned (``bridged=[]``) so that the DSCA table flags them (``bridged_gap``: area listed,
+  (interpolated between the nearest track slices above and below), within one sac diameter of those slices, cut to the
+  union of those two slices' masks (a gap is where the sac is tightest: the bridged outline is never wider than the sac
+  around it; without this cut a piece at p >= 0.5 took 375-410 mm2 of epidural fat on the phantom's 79 mm2 stenosis,
+  2026-12-08); their indices are returned (``bridged=[]``) so that the DSCA table flags them (``bridged_gap``: area listed,
   not graded - a reader confirms the outline). Empty slices at the ends of the track are never filled (the sac does
   end);
 - ``fill_holes``: fill enclosed holes per slice (``scipy.ndimage.binary_fill_holes``).
@@ -146,8 +149,13 @@ def _bridge_gaps(track: np.ndarray, prob: np.ndarray, low: float) -> tuple[np.nd
         centres = np.array(ndimage.center_of_mass(np.ones(lab.shape), lab, range(1, n + 1))).reshape(-1, 2)
         dist = np.hypot(*(centres - expected).T)
         best = int(np.argmin(dist))
-        if dist[best] <= diameter:
-            out[k] = lab == best + 1
+        if dist[best] > diameter:
+            continue
+        # no wider than the sac around it: a gap is where the sac is tightest, so the piece is kept only inside the
+        # canal cross-section of its two neighbouring sac slices (at p >= 0.5 a piece can spill into the epidural fat)
+        piece = (lab == best + 1) & (track[k0] | track[k1])
+        if piece.any():
+            out[k] = largest_component(piece)
             done.append(int(k))
     return out, done
 
