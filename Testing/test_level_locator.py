@@ -257,3 +257,30 @@ def test_locate_levels_does_not_depend_on_how_the_voxels_are_stored():
     assert other.array[k, j, i] == img.array[3, 20, 10]  # the same voxel at the same place
     a, b = ll.locate_levels(img, m, c), ll.locate_levels(other, m, c)
     assert a.centre_lps is not None and np.linalg.norm(a.centre_lps - b.centre_lps) < 0.05
+
+
+@needs_spider
+def test_level_network_names_a_merged_training_slab_and_agrees_with_the_counted_levels():
+    """Training data only: slab 7 (levels not derivable from its mask) gets L4 / L4-5 disc / L5 from the level network,
+    the disc between the bodies; on validation patient 22 (levels counted from the mask) every voxel the rule names
+    has the counted identity; a training sample of slab 7 uses the names only when the level model is given."""
+    from FORAMEN3DLib import fine_data as fd
+
+    model = ll.get_level_model()
+    image, mask = spider.load_slab("7")
+    assert fd.slab_labels("7", image, mask).identity == "merged"
+    named = ll.slab_labels_from_levels(image, mask, model)
+    assert named is not None and named.identity == "level-network"
+    b = named.bits
+    rows = {c: np.nonzero(b == (1 << c))[1].mean() for c in (fd.L4, fd.DISC, fd.L5)}
+    assert rows[fd.L4] < rows[fd.DISC] < rows[fd.L5]  # rows run superior -> inferior
+    img22, mask22 = spider.load_slab("22")
+    counted = fd.slab_labels("22", img22, mask22)
+    assert counted.identity == "counted"
+    by_net = ll.slab_labels_from_levels(img22, mask22, model)
+    for c in (fd.L4, fd.DISC, fd.L5):
+        sel = by_net.bits == (1 << c)
+        assert sel.sum() > 1000 and np.array_equal(counted.bits[sel], by_net.bits[sel])
+    assert fd.slab_sample("7", 0, 0.0)["meta"]["identity"] == "merged"
+    named_by = lambda im, m: ll.slab_labels_from_levels(im, m, model)  # noqa: E731 - as train_fine passes it
+    assert fd.slab_sample("7", 0, 0.0, name_levels=named_by)["meta"]["identity"] == "level-network"

@@ -248,7 +248,8 @@ class SlabLabels:
 
     ``bits`` uint8 allowed-class masks on the slab grid; ``disc_center_lps`` the L4-5 disc centre (None when it
     could not be identified); ``identity`` how the levels were derived: ``"full-mask"`` (the patient's SPACE label
-    volume), ``"counted"`` (counting up from the lowest labelled vertebra) or ``"merged"``.
+    volume), ``"counted"`` (counting up from the lowest labelled vertebra), ``"level-network"`` (training data only,
+    :func:`FORAMEN3DLib.level_locator.slab_labels_from_levels`) or ``"merged"``.
     """
 
     bits: np.ndarray
@@ -344,8 +345,12 @@ def slab_fine_crop(image: Volume, labels: SlabLabels, grid: FineGrid) -> tuple[n
     return normalise(img, fov), np.where(fov, bits, IGNORE).astype(np.uint8)
 
 
-def slab_sample(patient: str, seed: int, jitter_mm: float = 8.0, allow_held_out: bool = False) -> dict:
-    """Fine crop of a real T2 SPACE slab around its L4-5 disc (jittered; see :func:`slab_labels`)."""
+def slab_sample(patient: str, seed: int, jitter_mm: float = 8.0, allow_held_out: bool = False,
+                name_levels=None) -> dict:
+    """Fine crop of a real T2 SPACE slab around its L4-5 disc (jittered; see :func:`slab_labels`). With
+    ``name_levels(image, mask) -> SlabLabels | None`` (training only: the level network,
+    :func:`FORAMEN3DLib.level_locator.slab_labels_from_levels`) a slab whose levels cannot be derived from the mask
+    gets them where it accepts."""
     from spinemorph import spider
 
     patient = str(patient)
@@ -353,6 +358,8 @@ def slab_sample(patient: str, seed: int, jitter_mm: float = 8.0, allow_held_out:
         raise SpineMorphError(f"slab patient {patient} is held out (or has no slab); it must never be used for training")
     image, mask = spider.load_slab(patient)
     lab = slab_labels(patient, image, mask)
+    if lab.identity == "merged" and name_levels is not None:
+        lab = name_levels(image, mask) or lab
     rng = np.random.default_rng(seed)
     centre = lab.disc_center_lps
     if centre is None:

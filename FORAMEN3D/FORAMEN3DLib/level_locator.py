@@ -24,8 +24,10 @@ import numpy as np
 from scipy import ndimage
 
 from spinemorph.errors import ModelError
+from spinemorph.volume import Volume
 
 from . import level_data as ld
+from .fine_data import SlabLabels
 
 FORMAT = "spinemorph-foramen3d-levels"
 FORMAT_VERSION = 1
@@ -182,6 +184,81 @@ def locate_levels(image, model: LevelModel, lr_centre_lps) -> LevelResult:
     img = image if np.issubdtype(image.array.dtype, np.floating) else image.with_array(image.array.astype(np.float32))
     x, fov = ld.level_input(img, grid)
     return locate_from_probabilities(predict_planes(model, x), fov, grid)
+
+
+#: a body component longer than this (superior-inferior, mm) holds two vertebrae (:func:`slab_labels`' bound)
+MAX_BODY_SPAN_MM = 55.0
+
+
+def slab_labels_from_levels(image: Volume, mask: Volume, level_model) -> SlabLabels | None:
+    """L4 / L4-5 disc / L5 of a slab mask named by the **level network** (training data only, never a reference).
+
+    Each vertebral-body component (26-connected, ≥ 2 cm³, within 2 voxels of a disc) and disc component (≥ 0.2 cm³)
+    takes the majority class (more than half of its non-background votes) of the level network's averaged
+    prediction on the level grid through the slab (planes on the slab's left-right centre). Accepted only when
+    exactly one disc is named L4-5, at least one body each L4 and L5, no named body spans two vertebrae
+    (:data:`MAX_BODY_SPAN_MM`) and L4 lies above the disc above L5; else None. Unnamed components keep the merged
+    classes. Checked by ``scripts/slab_identity_study.py``: on the 18 slabs whose levels are also derived from the
+    mask (6 of them the level network's validation patients) every named voxel agrees; of the 7 merged training
+    slabs it names 7, 55 and 177 and refuses 45, 78, 152 and 234 (``docs/figures/slab_identity.png``)."""
+    from spinemorph import spider
+
+    from .fine_data import (
+        BG,
+        CANAL,
+        DISC,
+        L4,
+        L5,
+        MERGED_DISC,
+        MERGED_VERTEBRA,
+        SlabLabels,
+        _components_by_height,
+        label_center_lps,
+    )
+
+    m = np.asarray(mask.array)
+    vert, disc = m == spider.SLAB_VERTEBRA, m == spider.SLAB_DISC
+    centre = image.index_to_lps((np.asarray(image.size_ijk, float) - 1) / 2.0)
+    n_planes = max(1, int(np.floor(image.size_ijk[2] * image.spacing_mm[2] / ld.LEVEL_SPACING_MM)))
+    grid = ld.level_grid(image, centre, n_planes)
+    x, fov = ld.level_input(image.with_array(np.asarray(image.array, np.float32)), grid)
+    lab = decide(predict_planes(level_model, x), fov)[1]
+    vox_mm3 = float(np.prod(mask.spacing_mm))
+    vlab, vids, _ = _components_by_height(vert, int(2000 / vox_mm3))
+    dlab, dids, _ = _components_by_height(disc, int(200 / vox_mm3))
+    near_disc = ndimage.binary_dilation(disc, iterations=2)
+    bodies = [c for c in vids if (near_disc & (vlab == c)).any()]
+    to_level = np.asarray(grid.direction, float).T
+    named: dict[int, list] = {L4: [], L5: [], DISC: []}
+    for comps, labmap, allowed in ((bodies, vlab, {ld.L4: L4, ld.L5: L5}), (dids, dlab, {ld.DISC_L45: DISC})):
+        for c in comps:
+            idx = np.argwhere(labmap == c)  # (k, j, i)
+            lps = np.asarray(mask.origin_mm) + (np.asarray(mask.direction, float)
+                                                @ (idx[:, ::-1] * np.asarray(mask.spacing_mm)).T).T
+            g = np.rint((to_level @ (lps - np.asarray(grid.origin_mm)).T).T / ld.LEVEL_SPACING_MM).astype(int)
+            ok = (g[:, 1] >= 0) & (g[:, 1] < lab.shape[0]) & (g[:, 0] >= 0) & (g[:, 0] < lab.shape[1])
+            votes = np.bincount(lab[g[ok, 1], g[ok, 0]].astype(int), minlength=ld.N_CLASSES)
+            votes[0] = 0
+            win = int(np.argmax(votes))
+            if votes.sum() == 0 or win not in allowed or votes[win] <= 0.5 * votes.sum():
+                continue
+            if allowed[win] != DISC and np.ptp(idx[:, 1]) * mask.spacing_mm[1] >= MAX_BODY_SPAN_MM:
+                return None
+            named[allowed[win]].append((c, float(idx[:, 1].mean())))
+    if len(named[DISC]) != 1 or not named[L4] or not named[L5]:
+        return None
+    d_row = named[DISC][0][1]  # array rows run superior -> inferior
+    if not (max(r for _, r in named[L4]) < d_row < min(r for _, r in named[L5])):
+        return None
+    bits = np.full(m.shape, 1 << BG, np.uint8)
+    bits[m == spider.SLAB_CANAL] = 1 << CANAL
+    bits[vert] = MERGED_VERTEBRA
+    bits[disc] = MERGED_DISC
+    for cls, labmap in ((L4, vlab), (L5, vlab), (DISC, dlab)):
+        for c, _ in named[cls]:
+            bits[labmap == c] = 1 << cls
+    return SlabLabels(bits, label_center_lps(mask, dlab == named[DISC][0][0]), "level-network",
+                      f"{len(named[L4])} L4 / {len(named[L5])} L5 body and 1 disc component named by the level network")
 
 
 def require_monai() -> None:

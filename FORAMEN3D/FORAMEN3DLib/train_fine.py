@@ -87,6 +87,9 @@ DEFAULT_FINE_CONFIG: dict = {
                 "p_slab": 0.25, "slab_mm": [15.0, 100.0], "foreground_p": 0.8, "arch_p": 0.0},
     "validate_every": 300,
     "val_mean_arch": False,
+    # training slabs whose levels the mask does not give: named by the level network where its rule accepts
+    # (level_locator.slab_labels_from_levels; scripts/slab_identity_study.py), else merged classes
+    "slab_identity_from_levels": False,
     "checkpoint_every_s": 300,
     "log_every": 10,
     "sliding_overlap": 0.25,
@@ -179,7 +182,13 @@ def make_sample(key: tuple, cfg: dict) -> dict:
     if source == "synth":
         return fd.synthetic_sample(case, int(seed), cfg["jitter_mm"])
     if source == "slab":
-        return fd.slab_sample(case, int(seed), cfg["jitter_mm"])
+        name_levels = None
+        if cfg.get("slab_identity_from_levels"):
+            from .level_locator import get_level_model, slab_labels_from_levels
+
+            def name_levels(image, mask):
+                return slab_labels_from_levels(image, mask, get_level_model())
+        return fd.slab_sample(case, int(seed), cfg["jitter_mm"], name_levels=name_levels)
     if source == "phantom":
         return fd.phantom_sample(int(seed), cfg["jitter_mm"])
     raise SpineMorphError(f"unknown sample source {source!r}")
