@@ -186,7 +186,7 @@ def locate_levels(image, model: LevelModel, lr_centre_lps) -> LevelResult:
     return locate_from_probabilities(predict_planes(model, x), fov, grid)
 
 
-#: a body component longer than this (superior-inferior, mm) holds two vertebrae (:func:`slab_labels`' bound)
+#: a body component longer than this (superior-inferior, mm) holds two vertebrae (the bound of :func:`FORAMEN3DLib.fine_data.slab_labels`)
 MAX_BODY_SPAN_MM = 55.0
 
 
@@ -211,7 +211,6 @@ def slab_labels_from_levels(image: Volume, mask: Volume, level_model) -> SlabLab
         L5,
         MERGED_DISC,
         MERGED_VERTEBRA,
-        SlabLabels,
         _components_by_height,
         label_center_lps,
     )
