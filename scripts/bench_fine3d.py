@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -80,12 +79,14 @@ def run(args) -> dict:
     import torch
     from FORAMEN3DLib import segment3d
 
+    from spinemorph.benchutil import machine_info
+
     torch.set_num_threads(args.threads)
     what, image = _image(None if args.phantom else args.patient)
     fine = segment3d.get_model(args.model, "cpu")
     coarse = segment3d.get_model("foramen3d-budget-cpu", "cpu")
     out = {"image": what, "shape": list(image.shape), "spacing_mm": list(image.spacing_mm), "model": args.model,
-           "threads": args.threads, "repeats": args.repeats, "machine": _cpu_model(),
+           "threads": args.threads, "repeats": args.repeats, "machine": machine_info()["cpu_model"],
            "load_start": list(_load()), "variants": {}}
     from spinemorph.openvino_runtime import cpu_has_bf16, openvino_available
 
@@ -130,18 +131,6 @@ def run(args) -> dict:
               + (f" | vs default: {rec['vs_default']}" if "vs_default" in rec else ""), flush=True)
     out["load_end"] = list(_load())
     return out
-
-
-def _cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _load():
