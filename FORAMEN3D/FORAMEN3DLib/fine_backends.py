@@ -81,6 +81,16 @@ def onnx_cache_dir() -> Path:
     return cache_dir("onnx")
 
 
+def _cpu_copy(loaded: models3d.LoadedModel):
+    """The network on the CPU for export, without moving ``loaded``'s own copy off its device."""
+    import copy
+
+    net = loaded.network
+    if any(p.device.type != "cpu" for p in net.parameters()):
+        net = copy.deepcopy(net).cpu()
+    return net
+
+
 def _stem(loaded: models3d.LoadedModel, roi) -> str:
     import torch
 
@@ -100,7 +110,7 @@ def _onnx_predictor(loaded: models3d.LoadedModel, roi, threads: int):
     data = path.read_bytes() if path.is_file() else None
     if data is None:
         ex = torch.zeros((1, int(loaded.network.config.in_channels), *roi))
-        data = export_onnx(loaded.network.cpu(), ex)
+        data = export_onnx(_cpu_copy(loaded), ex)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, data)
@@ -125,10 +135,10 @@ def _openvino_predictor(loaded: models3d.LoadedModel, roi, threads: int, precisi
     if not (path.is_file() and path.with_suffix(".bin").is_file()):
         ex = torch.zeros((1, int(loaded.network.config.in_channels), *roi))
         try:
-            convert_to_ir(loaded.network.cpu(), ex, path)
+            convert_to_ir(_cpu_copy(loaded), ex, path)
         except OSError:
             with tempfile.TemporaryDirectory() as tmp:
-                return OpenVinoPredictor(convert_to_ir(loaded.network.cpu(), ex, Path(tmp) / name), threads, precision)
+                return OpenVinoPredictor(convert_to_ir(_cpu_copy(loaded), ex, Path(tmp) / name), threads, precision)
     return OpenVinoPredictor(path, threads, precision)
 
 
