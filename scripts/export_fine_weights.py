@@ -72,6 +72,10 @@ def main() -> int:
                    + json.dumps(evj["summary"], indent=1))
     else:
         ev_text = "(not evaluated)"
+    lr_text = (f"AdamW lr {cfg['lr']:g} constant" if float(cfg['lr']) == float(cfg['lr_min']) else
+               f"AdamW lr {cfg['lr']:g} cosine to {cfg['lr_min']:g}")
+    levels_text = ("; training slabs whose levels the mask does not give named by the level network where its rule "
+                   "accepts, `slab_identity_from_levels`" if cfg.get("slab_identity_from_levels") else "")
     card = f"""# {a.name} — fine FORAMEN3D model (coarse-to-fine, 0.8 mm, 5 classes)
 
 **Status:** {how}; exported by `scripts/export_fine_weights.py`.
@@ -85,13 +89,14 @@ def main() -> int:
   (ROI {cfg['infer_roi']}, Gaussian blending) and pasted back onto the input grid.
 * Network: 3D U-Net, strided stem + full-resolution refinement: `{json.dumps(cfg['network'])}`; input = image +
   3 crop-coordinate channels. {entry['size_bytes']:,} bytes fp16, sha256 `{entry['sha256'][:16]}…`.
-* Training (`FORAMEN3D/Resources/Models/configs/foramen3d_fine.json`): 64³ patches, batch 2, AdamW lr 5e-4 cosine,
-  fp32 channels-last on 2 CPU threads; data: SynthSeg-style images synthesised from the SPIDER training label maps
-  (SPACE and thick-slice masks, the latter shape-interpolated to 0.8 mm), procedural phantoms, and the real T2 SPACE
-  slabs of training patients with partial labels (levels derived from the patient's own SPACE labels or by counting
-  up from the lowest vertebral body; merged-class loss where they cannot be derived; loss only inside the slab).
+* Training (run config `{cfg.get('name')}`, this run: {lr_text}, sample weights {json.dumps(cfg.get('sample_weights'))}): 64³
+  patches, batch 2, fp32 channels-last on 2 CPU threads; data: SynthSeg-style images synthesised from the SPIDER
+  training label maps (SPACE and thick-slice masks, the latter shape-interpolated to 0.8 mm), procedural phantoms, and
+  the real T2 SPACE slabs of training patients with partial labels (levels derived from the patient's own SPACE labels
+  or by counting up from the lowest vertebral body{levels_text}; merged-class loss where they cannot be derived; loss
+  only inside the slab). Config description: {cfg.get('description', '–')}
   Validation patients 191, 241, 22, 146; held-out test patients {', '.join(__import__('spinemorph.spider', fromlist=['x']).HELD_OUT_PATIENTS)} never used.
-* Iterations so far: {state['iteration']}; run log `runs/foramen_fine/train.log` (copy: `foramen3d_fine_cpu_train.log`).
+* Iterations so far: {state['iteration']}; run log `{run}/train.log` (copy: `foramen3d_fine_cpu_train.log`).
 
 ## Validation history (validation patients)
 
