@@ -301,6 +301,8 @@ def test_openvino_backend_same_labels_cached_ir_and_bf16(tmp_path, monkeypatch):
     assert fine_backends.resolve_fine_backend("cpu", "auto", "bf16") == "openvino"
     with pytest.raises(ValueError, match="backend must be"):
         fine_backends.resolve_fine_backend("cpu", "tensorrt")
+    with pytest.raises(ValueError, match="fp32 only"):  # never a silent fp32 run when bf16 was asked for
+        fine_backends.resolve_fine_backend("cpu", "onnx", "bf16")
     loaded = models3d.load_model(_tiny_fine_weights(tmp_path / "fine.pt"), "cpu")
     x = np.random.default_rng(0).normal(size=(72, 72, 80)).astype(np.float32)
     ref_logits = segment3d.fine_network_logits(loaded, x, (64, 64, 64), 0.25, "torch")
@@ -319,6 +321,20 @@ def test_openvino_backend_same_labels_cached_ir_and_bf16(tmp_path, monkeypatch):
     bf = segment3d.fine_network_labels(loaded, x, (64, 64, 64), 0.25, "openvino", "bf16")
     assert (bf != got).mean() < 0.02
     assert fine_backends.inference_record("cpu", "openvino", "bf16")["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
+    # a cache folder that cannot be created: converted into a temporary folder, the same labels
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("SPINEMORPH_CACHE_DIR", str(blocker))
+    fine_backends._SESSIONS.clear()
+    assert np.array_equal(segment3d.fine_network_labels(loaded, x, (64, 64, 64), 0.25, "openvino"), got)
+    # asked for by name without the package: one clear error
+    import spinemorph.openvino_runtime as ovr
+
+    fine_backends._SESSIONS.clear()
+    monkeypatch.setattr(ovr, "openvino_available", lambda: False)
+    with pytest.raises(ModelError, match="needs the package openvino"):
+        segment3d.fine_network_labels(loaded, x, (64, 64, 64), 0.25, "openvino")
+    monkeypatch.undo()
     pred = OpenVinoPredictor(files[0], threads=1)
     with pytest.raises(ModelError, match="takes inputs of shape"):
         pred(np.zeros((1, 4, 32, 64, 64), np.float32))

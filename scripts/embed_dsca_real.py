@@ -35,19 +35,28 @@ LABEL = {"multiresunet": "MultiResUNet", "unet": "U-Net", "attention_unet": "Att
 def _start_text(e: dict) -> str:
     if not e["warm_start"]:
         return f"Trained from scratch (seed {e['seed']})."
-    return (f"Warm start: {e['warm_start']} (the epochs up to it ran with that run's recipe, `configs/real_cpu.json`: "
-            "Adam lr 1e-4; the rows after it with the settings above).")
+    return (f"Warm start: {e['warm_start']} (the epochs up to it ran with that run's own recipe; the rows after it "
+            "with the settings above).")
 
 
 def _warm_start_from_log(run: Path) -> str | None:
-    """``"<weights> at epoch N"`` from the run log's warm-start line (``dsca train --init-weights``), else None."""
+    """What the run log's warm-start line (``dsca train --init-weights``) names: the weights file, its epoch and, when
+    that file is still there, the recipe stored in it (config name, learning rate); else None."""
+    from DuralSacSegLib import models
+
     log = run / "train.log"
     if not log.is_file():
         return None
     for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
         m = re.search(r"warm start from (\S+) at epoch (\d+)", line)
         if m:
-            return f"{Path(m.group(1)).name} of the earlier run, epoch {m.group(2)}"
+            src, text = Path(m.group(1)), f"{Path(m.group(1)).name} of the earlier run, epoch {m.group(2)}"
+            if src.is_file():
+                cfg = dict(models.read_weights_file(src).get("config") or {})
+                lr = (cfg.get("optimizer") or {}).get("lr")
+                if cfg.get("name") and lr is not None:
+                    text += f" (config `{cfg['name']}`, lr {float(lr):g})"
+            return text
     return None
 
 

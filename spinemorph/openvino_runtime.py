@@ -40,7 +40,8 @@ def openvino_available() -> bool:
     return True
 
 
-def _require():
+def require_openvino():
+    """The ``openvino`` module, or one :class:`ModelError` saying how to install it."""
     if not openvino_available():
         raise ModelError("the OpenVINO backend needs the package openvino; install it with pip (pip install openvino)")
     import openvino
@@ -50,7 +51,7 @@ def _require():
 
 def cpu_has_bf16() -> bool:
     """True when OpenVINO's CPU device computes bfloat16 natively (it lists ``BF16`` among its capabilities)."""
-    ov = _require()
+    ov = require_openvino()
     try:
         return "BF16" in list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     except Exception:  # noqa: BLE001 - OpenVINO raises its own exception types
@@ -70,7 +71,7 @@ def convert_to_ir(net, example, xml_path: str | os.PathLike) -> Path:
     reader never sees half an IR; returns ``xml_path``."""
     import torch
 
-    ov = _require()
+    ov = require_openvino()
     xml_path = Path(xml_path)
     xml_path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.inference_mode():
@@ -100,7 +101,7 @@ class OpenVinoPredictor:
     """
 
     def __init__(self, xml_path: str | os.PathLike, threads: int | None = None, precision: str = "fp32"):
-        ov = _require()
+        ov = require_openvino()
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": _OV_HINT[precision]}

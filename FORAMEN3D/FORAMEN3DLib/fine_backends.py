@@ -40,6 +40,9 @@ def resolve_fine_backend(device_type: str, backend: str = "auto", precision: str
         return "onnx" if (precision == "fp32" and onnx_available()) else "torch"
     if backend not in BACKENDS:
         raise ValueError(f"backend must be auto, {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "onnx" and precision != "fp32":
+        raise ValueError(f"the ONNX Runtime backend computes fp32 only, got precision {precision!r}; "
+                         "use backend openvino or torch for bf16")
     return backend
 
 
@@ -125,11 +128,11 @@ def _openvino_predictor(loaded: models3d.LoadedModel, roi, threads: int, precisi
     folder each time."""
     import tempfile
 
-    import openvino
     import torch
 
-    from spinemorph.openvino_runtime import OpenVinoPredictor, convert_to_ir
+    from spinemorph.openvino_runtime import OpenVinoPredictor, convert_to_ir, require_openvino
 
+    openvino = require_openvino()  # one clear error when backend="openvino" is asked for without the package
     name = f"{_stem(loaded, roi)}_ov{openvino.__version__.split('-')[0]}.xml"
     path = cache_dir("openvino") / name
     if not (path.is_file() and path.with_suffix(".bin").is_file()):

@@ -272,6 +272,28 @@ def _components_by_height(mask: np.ndarray, min_voxels: int):
     return lab, ids, {c: float(rows[c - 1]) for c in ids}
 
 
+#: a vertebral-body component longer than this (superior-inferior, mm) holds two vertebrae (a lumbar body with its
+#: endplates is 25-35 mm high; two bodies and a disc exceed 55 mm)
+MAX_BODY_SPAN_MM = 55.0
+
+
+def slab_components(mask: Volume):
+    """Vertebra and disc components of a slab mask, as :func:`slab_labels` counts them: vertebra components
+    (26-connected) of at least 2 cm³ and disc components of at least 0.2 cm³, inferior first (label image, ids,
+    {id: mean row}), and the vertebral bodies = vertebra components within 2 voxels of a disc (posterior-element
+    fragments cut off by the narrow slab touch none). Returns ``(vlab, vids, vrows, dlab, dids, drows, bodies)``."""
+    from spinemorph import spider
+
+    m = np.asarray(mask.array)
+    disc = m == spider.SLAB_DISC
+    vox_mm3 = float(np.prod(mask.spacing_mm))
+    vlab, vids, vrows = _components_by_height(m == spider.SLAB_VERTEBRA, int(2000 / vox_mm3))
+    dlab, dids, drows = _components_by_height(disc, int(200 / vox_mm3))
+    near_disc = ndimage.binary_dilation(disc, iterations=2)
+    bodies = [c for c in vids if (near_disc & (vlab == c)).any()]
+    return vlab, vids, vrows, dlab, dids, drows, bodies
+
+
 def slab_labels(patient: str, image: Volume, mask: Volume) -> SlabLabels:
     """Derive L4 / L4-5 disc / L5 / canal on a real slab (see :class:`SlabLabels`).
 
@@ -305,19 +327,14 @@ def slab_labels(patient: str, image: Volume, mask: Volume) -> SlabLabels:
             bits[disc & (g > 200) & (g != 202)] = 1 << BG
             if (g == 202).any():
                 return SlabLabels(bits, label_center_lps(mask, (g == 202) & disc), "full-mask", "own SPACE label volume")
-    vox_mm3 = float(np.prod(mask.spacing_mm))
-    vlab, vids, vrows = _components_by_height(vert, int(2000 / vox_mm3))
-    dlab, dids, drows = _components_by_height(disc, int(200 / vox_mm3))
-    near_disc = ndimage.binary_dilation(disc, iterations=2)
-    # vertebral bodies touch a disc; posterior-element fragments (cut off by the narrow slab) do not
-    bodies = [c for c in vids if (near_disc & (vlab == c)).any()]
+    vlab, vids, vrows, dlab, dids, drows, bodies = slab_components(mask)
     if len(bodies) >= 2 and dids:
         l5, l4 = bodies[0], bodies[1]
         between = [c for c in dids if vrows[l4] < drows[c] < vrows[l5]]
-        # a component holding two vertebrae would span > 55 mm superior-inferior
+        # a component holding two vertebrae would span > MAX_BODY_SPAN_MM superior-inferior
         spans = [np.ptp(np.nonzero((vlab == c).any(axis=(0, 2)))[0]) * mask.spacing_mm[1] for c in (l4, l5)]
         below = [c for c in dids if drows[c] > vrows[l5]]  # only the L5-S1 disc may lie below L5
-        if len(between) == 1 and len(below) <= 1 and max(spans) < 55.0:
+        if len(between) == 1 and len(below) <= 1 and max(spans) < MAX_BODY_SPAN_MM:
             near = ndimage.binary_dilation(dlab == between[0], iterations=2)
             if (near & (vlab == l4)).any() and (near & (vlab == l5)).any():
                 bits[vert] = MERGED_VERTEBRA  # fragments: level unknown

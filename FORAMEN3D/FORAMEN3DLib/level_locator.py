@@ -186,10 +186,6 @@ def locate_levels(image, model: LevelModel, lr_centre_lps) -> LevelResult:
     return locate_from_probabilities(predict_planes(model, x), fov, grid)
 
 
-#: a body component longer than this (superior-inferior, mm) holds two vertebrae (the bound of :func:`FORAMEN3DLib.fine_data.slab_labels`)
-MAX_BODY_SPAN_MM = 55.0
-
-
 def slab_labels_from_levels(image: Volume, mask: Volume, level_model) -> SlabLabels | None:
     """L4 / L4-5 disc / L5 of a slab mask named by the **level network** (training data only, never a reference).
 
@@ -197,7 +193,7 @@ def slab_labels_from_levels(image: Volume, mask: Volume, level_model) -> SlabLab
     takes the majority class (more than half of its non-background votes) of the level network's averaged
     prediction on the level grid through the slab (planes on the slab's left-right centre). Accepted only when
     exactly one disc is named L4-5, at least one body each L4 and L5, no named body spans two vertebrae
-    (:data:`MAX_BODY_SPAN_MM`) and L4 lies above the disc above L5; else None. Unnamed components keep the merged
+    (:data:`FORAMEN3DLib.fine_data.MAX_BODY_SPAN_MM`) and L4 lies above the disc above L5; else None. Unnamed components keep the merged
     classes. Checked by ``scripts/slab_identity_study.py``: on the 18 slabs whose levels are also derived from the
     mask (6 of them the level network's validation patients) every named voxel agrees; of the 7 merged training
     slabs it names 7, 55 and 177 and refuses 45, 78, 152 and 234 (``docs/figures/slab_identity.png``)."""
@@ -209,10 +205,11 @@ def slab_labels_from_levels(image: Volume, mask: Volume, level_model) -> SlabLab
         DISC,
         L4,
         L5,
+        MAX_BODY_SPAN_MM,
         MERGED_DISC,
         MERGED_VERTEBRA,
-        _components_by_height,
         label_center_lps,
+        slab_components,
     )
 
     m = np.asarray(mask.array)
@@ -222,19 +219,13 @@ def slab_labels_from_levels(image: Volume, mask: Volume, level_model) -> SlabLab
     grid = ld.level_grid(image, centre, n_planes)
     x, fov = ld.level_input(image.with_array(np.asarray(image.array, np.float32)), grid)
     lab = decide(predict_planes(level_model, x), fov)[1]
-    vox_mm3 = float(np.prod(mask.spacing_mm))
-    vlab, vids, _ = _components_by_height(vert, int(2000 / vox_mm3))
-    dlab, dids, _ = _components_by_height(disc, int(200 / vox_mm3))
-    near_disc = ndimage.binary_dilation(disc, iterations=2)
-    bodies = [c for c in vids if (near_disc & (vlab == c)).any()]
-    to_level = np.asarray(grid.direction, float).T
+    vlab, _, _, dlab, dids, _, bodies = slab_components(mask)
+    level_vol = grid.volume(np.zeros((1, 1, 1), np.uint8))  # the level grid's index <-> LPS map
     named: dict[int, list] = {L4: [], L5: [], DISC: []}
     for comps, labmap, allowed in ((bodies, vlab, {ld.L4: L4, ld.L5: L5}), (dids, dlab, {ld.DISC_L45: DISC})):
         for c in comps:
             idx = np.argwhere(labmap == c)  # (k, j, i)
-            lps = np.asarray(mask.origin_mm) + (np.asarray(mask.direction, float)
-                                                @ (idx[:, ::-1] * np.asarray(mask.spacing_mm)).T).T
-            g = np.rint((to_level @ (lps - np.asarray(grid.origin_mm)).T).T / ld.LEVEL_SPACING_MM).astype(int)
+            g = np.rint(level_vol.lps_to_index(mask.index_to_lps(idx[:, ::-1]))).astype(int)  # level grid (i, j, k)
             ok = (g[:, 1] >= 0) & (g[:, 1] < lab.shape[0]) & (g[:, 0] >= 0) & (g[:, 0] < lab.shape[1])
             votes = np.bincount(lab[g[ok, 1], g[ok, 0]].astype(int), minlength=ld.N_CLASSES)
             votes[0] = 0
